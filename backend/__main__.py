@@ -1,0 +1,309 @@
+"""Command line: python -m backend <command> ...
+
+Every command takes --db PATH (default runs/closed_loop.db); those that
+report take --json. Errors name the flag or field and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from backend.store import DEFAULT_DB
+
+
+def _print(obj, as_json: bool, text: str) -> None:
+    print(json.dumps(obj, indent=2, default=str) if as_json else text)
+
+
+def _load_config(args):
+    from backend import config as config_mod
+
+    if args.config and args.preset:
+        raise config_mod.ConfigError("--config and --preset: give one, not both")
+    cfg = config_mod.load(args.config) if args.config else config_mod.preset(args.preset or "demo")
+    changes = {}
+    if args.policy:
+        changes["policy"] = args.policy
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    if args.steps is not None:
+        changes["train"] = {**cfg.to_dict()["train"], "steps": args.steps}
+    return cfg.replace(**changes) if changes else cfg
+
+
+def cmd_run(args) -> int:
+    from backend.store import Store
+    from backend.worker import create_run, spawn, work
+
+    store = Store(args.db)
+    if args.resume is not None:
+        if args.preset or args.config:
+            raise SystemExit("run: --resume continues an existing run; do not pass --preset/--config")
+        run_id = args.resume
+        store.run(run_id)
+        if args.policy:
+            store.set_policy(run_id, args.policy, by="cli")
+    else:
+        run_id = create_run(store, _load_config(args))
+    if args.detach:
+        pid = spawn(args.db, run_id)
+        _print({"run": run_id, "pid": pid}, args.json, str(run_id))
+        return 0
+    status = work(args.db, run_id, progress=not args.json)
+    _print({"run": run_id, "status": status}, args.json, f"run {run_id}: {status}")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from backend.worker import work
+
+    work(args.db, args.run, progress=False)
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from backend.store import Store
+
+    rows = Store(args.db).runs()
+    out = [{k: r[k] for k in ("id", "name", "status", "policy", "step", "total_steps", "tokens_seen",
+                               "pending", "heartbeat")} for r in rows]
+    lines = [f"{'id':>4}  {'name':<12} {'status':<9} {'policy':<6} {'step':>11}  pending"]
+    lines += [f"{r['id']:>4}  {r['name']:<12} {r['status']:<9} {r['policy']:<6} "
+              f"{r['step']:>5}/{r['total_steps']:<5}  {r['pending']}" for r in out]
+    _print(out, args.json, "\n".join(lines))
+    return 0
+
+
+def summarize(store, run_id: int) -> dict:
+    """What `show` reports: checkpoints, latest score per skill, proposals, schedule."""
+    run = store.run(run_id)
+    latest: dict[str, dict] = {}
+    for m in store.measurements(run_id):
+        if m["metric"] == "exact_match":
+            latest[m["skill"]] = {"step": m["step"], "value": m["value"], "stderr": m["stderr"],
+                                  "n": m["n"], "kind": m["kind"]}
+    return {
+        "run": {k: run[k] for k in ("id", "name", "status", "policy", "step", "total_steps",
+                                    "tokens_seen", "tokens_per_s", "error")},
+        "checkpoints": [{k: c[k] for k in ("step", "tokens_seen", "train_loss", "wall_time")}
+                        for c in store.checkpoints(run_id)],
+        "skills": latest,
+        "proposals": [{k: p[k] for k in ("id", "step", "strategy", "status", "decided_by",
+                                         "applied_step", "final_weights")} for p in store.proposals(run_id)],
+        "schedule": [{k: s[k] for k in ("from_step", "weights", "source", "proposal_id", "decided_by")}
+                     for s in store.schedule(run_id)],
+    }
+
+
+def cmd_show(args) -> int:
+    from backend.store import Store
+
+    s = summarize(Store(args.db), args.run)
+    r = s["run"]
+    lines = [f"run {r['id']} {r['name']}: {r['status']}, policy {r['policy']}, "
+             f"step {r['step']}/{r['total_steps']}, {r['tokens_seen']:,} tokens"]
+    if r["error"]:
+        lines.append(f"error: {r['error']}")
+    lines.append(f"checkpoints: {len(s['checkpoints'])}" + (
+        f" (last at step {s['checkpoints'][-1]['step']}, train loss {s['checkpoints'][-1]['train_loss']})"
+        if s["checkpoints"] else ""))
+    lines.append("skills (latest exact match ± stderr, n):")
+    for name, m in s["skills"].items():
+        se = f"{m['stderr']:.3f}" if m["stderr"] is not None else "n/a"
+        lines.append(f"  {name:<20} {m['kind']:<8} {m['value']:.3f} ± {se}  n={m['n']}  (step {m['step']})")
+    lines.append("proposals:")
+    for p in s["proposals"]:
+        applied = f", applied at step {p['applied_step']}" if p["applied_step"] is not None else ""
+        by = f" by {p['decided_by']}" if p["decided_by"] else ""
+        lines.append(f"  #{p['id']} step {p['step']} {p['strategy']}: {p['status']}{by}{applied}")
+    lines.append("schedule:")
+    for seg in s["schedule"]:
+        w = " ".join(f"{d}={v:.3f}" for d, v in seg["weights"].items())
+        lines.append(f"  from step {seg['from_step']:>6} [{seg['source']}] {w}")
+    _print(s, args.json, "\n".join(lines))
+    return 0
+
+
+def _weights_arg(text: str | None):
+    if text is None:
+        return None
+    src = Path(text[1:]).read_text() if text.startswith("@") else text
+    try:
+        return json.loads(src)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--weights: not valid JSON ({e})")
+
+
+def cmd_decide(args) -> int:
+    from backend.store import Store
+
+    weights = _weights_arg(args.weights)
+    if args.action == "edit" and weights is None:
+        raise SystemExit("decide: edit needs --weights '{\"domain\": weight, ...}'")
+    if args.action != "edit" and weights is not None:
+        raise SystemExit("decide: --weights only goes with edit")
+    p = Store(args.db).decide(args.proposal, args.action, weights=weights, by=args.by, reason=args.reason)
+    _print(p, args.json, f"proposal {p['id']}: {p['status']}; it applies at the next checkpoint"
+           if p["status"] != "rejected" else f"proposal {p['id']}: rejected")
+    return 0
+
+
+def cmd_command(args) -> int:
+    from backend.store import Store
+
+    Store(args.db).send_command(args.run, args.command, by=args.by)
+    _print({"run": args.run, "command": args.command}, args.json,
+           f"{args.command} sent to run {args.run}")
+    return 0
+
+
+def cmd_set_mixture(args) -> int:
+    from backend.store import Store
+
+    store = Store(args.db)
+    pid = store.set_mixture(args.run, _weights_arg(args.weights), step=store.run(args.run)["step"],
+                            by=args.by, reason=args.reason)
+    _print({"proposal": pid}, args.json, f"manual mixture stored as proposal {pid}; applies at the next checkpoint")
+    return 0
+
+
+def cmd_set_policy(args) -> int:
+    from backend.store import Store
+
+    Store(args.db).set_policy(args.run, args.policy, by=args.by)
+    _print({"run": args.run, "policy": args.policy}, args.json, f"run {args.run}: policy {args.policy}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from backend.schedule import export_schedule
+    from backend.store import Store
+
+    data = export_schedule(Store(args.db), args.run)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(data, indent=2))
+    _print({"file": args.output, "segments": len(data["segments"])}, args.json,
+           f"wrote {args.output} ({len(data['segments'])} segments)")
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from backend.schedule import ScheduleError, parse_schedule
+    from backend.store import Store
+    from backend.worker import create_run, spawn, work
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise SystemExit(f"replay: no such file {args.file!r}")
+    try:
+        sched = parse_schedule(path.read_text())
+    except ScheduleError as e:
+        raise SystemExit(f"replay: {args.file}: {e}")
+    cfg = sched.pop("run_config").replace(name=f"replay-{sched['run']['name']}")
+    store = Store(args.db)
+    run_id = create_run(store, cfg, replay_schedule=sched, parent_run=None)
+    store.log_event(run_id, "replay", f"replays schedule of run {sched['run'].get('id')} from {args.file}")
+    if args.detach:
+        spawn(args.db, run_id)
+        _print({"run": run_id}, args.json, str(run_id))
+        return 0
+    status = work(args.db, run_id, progress=not args.json)
+    _print({"run": run_id, "status": status}, args.json, f"replay run {run_id}: {status}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from backend import config as config_mod
+
+    cfg = config_mod.load(args.config)
+    _print(cfg.to_dict(), args.json, f"{args.config}: valid ({cfg.name}, {len(cfg.domain_names)} domains, "
+           f"{len(cfg.steer_skills)} steer skills)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m backend", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def add(name, func, help_):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--db", default=DEFAULT_DB, help=f"run database (default {DEFAULT_DB})")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("run", cmd_run, "start a run (foreground, or --detach), or --resume one")
+    p.add_argument("--preset", help="demo | gpu-small | tiny")
+    p.add_argument("--config", help="run config file (.json or .toml)")
+    p.add_argument("--policy", choices=("auto", "human"))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument("--resume", type=int, metavar="RUN", help="continue a stopped or crashed run")
+    p.add_argument("--detach", action="store_true", help="start a background worker, print the run id")
+
+    p = add("worker", cmd_worker, "process entry of a background worker (used by --detach)")
+    p.add_argument("run", type=int)
+
+    add("runs", cmd_runs, "list runs")
+    p = add("show", cmd_show, "summarise one run")
+    p.add_argument("run", type=int)
+
+    p = add("decide", cmd_decide, "approve, reject or edit a pending proposal")
+    p.add_argument("proposal", type=int)
+    p.add_argument("action", choices=("approve", "reject", "edit"))
+    p.add_argument("--weights", help="edited weights as JSON (or @file)")
+    p.add_argument("--by", default="cli", help="who decides (audit log)")
+    p.add_argument("--reason", help="why (kept with the decision)")
+
+    for name in ("pause", "resume", "stop"):
+        p = add(name, cmd_command, f"{name} a run's worker")
+        p.add_argument("run", type=int)
+        p.add_argument("--by", default="cli")
+        p.set_defaults(command=name)
+
+    p = add("set-mixture", cmd_set_mixture, "set a manual mixture (applies at the next checkpoint)")
+    p.add_argument("run", type=int)
+    p.add_argument("--weights", required=True, help="weights as JSON (or @file)")
+    p.add_argument("--by", default="cli")
+    p.add_argument("--reason")
+
+    p = add("set-policy", cmd_set_policy, "switch a run between auto and human approval")
+    p.add_argument("run", type=int)
+    p.add_argument("policy", choices=("auto", "human"))
+    p.add_argument("--by", default="cli")
+
+    p = add("export-schedule", cmd_export, "write a run's mixture schedule as versioned JSON")
+    p.add_argument("run", type=int)
+    p.add_argument("-o", "--output", required=True)
+
+    p = add("replay", cmd_replay, "start a run that follows an exported schedule")
+    p.add_argument("file")
+    p.add_argument("--detach", action="store_true")
+
+    p = add("validate-config", cmd_validate, "check a config file")
+    p.add_argument("config")
+    return ap
+
+
+def main(argv=None) -> int:
+    from backend.config import ConfigError
+    from backend.data.domains import DataError
+    from backend.schedule import ScheduleError
+    from backend.store import StoreError
+    from backend.worker import WorkerError
+
+    args = build_parser().parse_args(argv)
+    # `pause`/`resume`/`stop` carry their own name in args.command
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, ScheduleError, StoreError, WorkerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,410 @@
+"""Frames and figures for the dashboard and the HTML report.
+
+Two halves:
+
+- frames: the store's rows as tidy pandas DataFrames (`skill_scores`,
+  `domain_losses`, `mixture_history`, `proposal_table`, ...). They read the
+  store only through its public methods.
+- figures: pure functions DataFrame -> plotly Figure. They never touch the
+  store, so they are tested without Streamlit and reused by the report.
+
+Units: `step` is optimizer steps, `tokens_seen` is training tokens; scores
+are exact match in [0, 1]; bands are 95% intervals (value +- 1.96 stderr,
+clipped to [0, 1]).
+
+Figures are built from plain trace dicts added with `add_traces`, not with
+plotly.express: with 50 skills x 1,000 checkpoints px takes seconds, this
+takes milliseconds. Long series are thinned to `max_points` checkpoints
+(evenly spaced, the last one always kept) before any trace is made.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+PRIMARY_METRIC = "exact_match"
+Z95 = 1.96
+MAX_POINTS = 300  # checkpoints per trajectory trace, after thinning
+MAX_COLUMNS = 200  # checkpoints (columns) in a heatmap, after thinning
+
+# 24 distinguishable colours (plotly's Dark24), cycled for more skills/runs
+PALETTE = [
+    "#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#222A2A", "#B68100", "#750D86",
+    "#EB663B", "#511CFB", "#00A08B", "#FB00D1", "#FC0080", "#B2828D", "#6C7C32", "#778AAE",
+    "#862A16", "#A777F1", "#620042", "#1616A7", "#DA60CA", "#6C4516", "#0D2A63", "#AF0038",
+]
+X_LABELS = {"tokens_seen": "tokens seen", "step": "step"}
+
+SCORE_COLUMNS = ["skill", "base", "kind", "step", "tokens_seen", "value", "stderr", "n"]
+
+
+# -- frames: the store's rows as DataFrames ----------------------------------
+
+
+def skill_scores(store, run_id: int) -> pd.DataFrame:
+    """One row per (skill, checkpoint): the skill's exact match with its
+    stderr and item count. Columns: SCORE_COLUMNS.
+
+    A skill measured by several tasks (or facets) gets their mean, with
+    stderr sqrt(sum se^2) / k (independent item sets) and n summed."""
+    rows = store.measurements(run_id, kind="steer") + store.measurements(run_id, kind="holdout")
+    skills = {s["name"]: s for s in store.skills(run_id)}
+    return scores_frame(rows, skills)
+
+
+def scores_frame(rows: list[dict], skills: dict[str, dict] | None = None) -> pd.DataFrame:
+    """`skill_scores` from measurement rows (and skill rows by name)."""
+    if not rows:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
+            SCORE_COLUMNS, ["str", "str", "str", "int64", "int64", "float64", "float64", "float64"])})
+    df = pd.DataFrame.from_records(rows, columns=["skill", "kind", "step", "tokens_seen", "metric",
+                                                  "value", "stderr", "n"])
+    df = df[df["kind"].isin(["steer", "holdout"]) & df["skill"].notna()]
+    if (df["metric"] == PRIMARY_METRIC).any():
+        df = df[df["metric"] == PRIMARY_METRIC]
+    df = df.assign(se2=df["stderr"].astype("float64") ** 2, n=df["n"].astype("float64"))
+    g = df.groupby(["skill", "step"], sort=True)
+    out = g.agg(kind=("kind", "first"), tokens_seen=("tokens_seen", "max"), value=("value", "mean"),
+                se2=("se2", "sum"), k=("value", "size"), n=("n", "sum")).reset_index()
+    out["stderr"] = np.sqrt(out["se2"]) / out["k"]
+    skills = skills or {}
+    out["base"] = [skills[s]["base"] if s in skills else s.removesuffix("_holdout") for s in out["skill"]]
+    return out[SCORE_COLUMNS].reset_index(drop=True)
+
+
+def domain_losses(store, run_id: int) -> pd.DataFrame:
+    """Held-out loss per domain and checkpoint (nats per token).
+    Columns: domain, step, tokens_seen, value, stderr."""
+    rows = store.measurements(run_id, kind="domain_loss")
+    cols = ["domain", "step", "tokens_seen", "value", "stderr"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    df = pd.DataFrame.from_records(rows, columns=cols)
+    return df.groupby(["domain", "step"], as_index=False).agg(
+        tokens_seen=("tokens_seen", "max"), value=("value", "mean"), stderr=("stderr", "mean"))
+
+
+def mixture_history(schedule: list[dict], end_step: int | None = None) -> pd.DataFrame:
+    """Schedule segments (store.schedule rows) in long form: one row per
+    (segment, domain). Columns: from_step, to_step, tokens_at, source,
+    proposal_id, decided_by, domain, weight."""
+    cols = ["from_step", "to_step", "tokens_at", "source", "proposal_id", "decided_by", "domain", "weight"]
+    out = []
+    for i, seg in enumerate(schedule):
+        nxt = schedule[i + 1]["from_step"] if i + 1 < len(schedule) else end_step
+        for d, w in seg["weights"].items():
+            out.append((seg["from_step"], nxt, seg["tokens_at"], seg["source"], seg.get("proposal_id"),
+                        seg.get("decided_by"), d, w))
+    return pd.DataFrame(out, columns=cols)
+
+
+def weights_table(current: dict[str, float], proposed: dict[str, float] | None = None,
+                  rationale: dict[str, str] | None = None) -> pd.DataFrame:
+    """Current (and proposed) weight per domain, the change, the reason."""
+    df = pd.DataFrame({"domain": list(current), "current": [float(v) for v in current.values()]})
+    if proposed is not None:
+        df["proposed"] = [float(proposed.get(d, math.nan)) for d in current]
+        df["change"] = df["proposed"] - df["current"]
+    if rationale is not None:
+        df["reason"] = [rationale.get(d, "") for d in current]
+    return df
+
+
+def forecast_table(forecast: dict[str, dict]) -> pd.DataFrame:
+    """A proposal's forecast: per steer skill the score now and expected at
+    the next checkpoint."""
+    rows = [{"skill": s, "score now": f.get("score"), "expected next": f.get("expected"),
+             "basis": f.get("basis", "")} for s, f in forecast.items()]
+    return pd.DataFrame(rows, columns=["skill", "score now", "expected next", "basis"])
+
+
+def decisions_table(proposals: list[dict]) -> pd.DataFrame:
+    """Every decided proposal (newest first): who, when, what, and where it
+    stands (waiting for the next checkpoint, or applied at step S)."""
+    rows = []
+    for p in proposals:
+        if p["decision"] is None and p["status"] != "superseded":
+            continue
+        rows.append({
+            "proposal": p["id"], "from step": p["step"], "strategy": p["strategy"],
+            "decision": p["decision"] or "-", "status": p["status"],
+            "decided by": p["decided_by"], "decided at": pd.to_datetime(p["decided_at"], unit="s")
+            if p["decided_at"] else pd.NaT,
+            "reason": p["decision_reason"] or "", "applied at step": p["applied_step"],
+        })
+    cols = ["proposal", "from step", "strategy", "decision", "status", "decided by", "decided at",
+            "reason", "applied at step"]
+    return pd.DataFrame(rows[::-1], columns=cols)
+
+
+def tokens_to_reach(scores: pd.DataFrame, threshold: float, by: str = "run") -> pd.DataFrame:
+    """Per (by, skill): the first checkpoint whose score reaches `threshold`
+    (tokens_seen and step; NaN where it never does)."""
+    keys = [by, "skill"] if by in scores.columns else ["skill"]
+    cols = keys + ["tokens_seen", "step"]
+    if scores.empty:
+        return pd.DataFrame(columns=cols)
+    df = scores.sort_values("step")
+    hit = df[df["value"] >= threshold].groupby(keys, as_index=False).first()[cols]
+    allk = df[keys].drop_duplicates()
+    return allk.merge(hit, on=keys, how="left").sort_values(keys).reset_index(drop=True)
+
+
+# -- transforms ---------------------------------------------------------------
+
+
+def smooth(scores: pd.DataFrame, window: int) -> pd.DataFrame:
+    """Rolling mean over `window` checkpoints per skill (and run). The
+    stderr becomes that of a mean of independent estimates:
+    sqrt(mean se^2 / count)."""
+    if window <= 1 or scores.empty:
+        return scores
+    keys = [k for k in ("run", "skill") if k in scores.columns]
+    df = scores.sort_values(keys + ["step"])
+    g = df.groupby(keys, sort=False)
+    value = g["value"].rolling(window, min_periods=1).mean().reset_index(level=list(range(len(keys))), drop=True)
+    se2 = (df["stderr"] ** 2).groupby([df[k] for k in keys], sort=False)
+    se2m = se2.rolling(window, min_periods=1).mean().reset_index(level=list(range(len(keys))), drop=True)
+    cnt = g["value"].rolling(window, min_periods=1).count().reset_index(level=list(range(len(keys))), drop=True)
+    return df.assign(value=value, stderr=np.sqrt(se2m / cnt))
+
+
+def thin(frame: pd.DataFrame, max_points: int, column: str = "step") -> pd.DataFrame:
+    """Keep at most `max_points` distinct values of `column`, evenly spaced,
+    always the first and the last (so the newest checkpoint is shown)."""
+    steps = np.unique(frame[column].to_numpy())
+    if len(steps) <= max_points:
+        return frame
+    keep = steps[np.unique(np.linspace(0, len(steps) - 1, max_points).round().astype(int))]
+    return frame[frame[column].isin(keep)]
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    h = hex_color.lstrip("#")
+    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def _figure(title: str | None, **layout) -> go.Figure:
+    base = dict(template="plotly_white", margin=dict(l=50, r=20, t=50 if title else 20, b=40),
+                legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), hovermode="closest")
+    if title:
+        base["title"] = dict(text=title, x=0, xanchor="left")
+    base.update(layout)
+    return go.Figure(layout=base)
+
+
+def _series_traces(x, y, se, *, name: str, color: str, dash: str = "solid", group: str | None = None,
+                   band: bool = True, width: float = 2, showlegend: bool = True,
+                   hover: str = "score") -> list[dict]:
+    """A line (and its 95% band as one closed polygon) as trace dicts."""
+    x, y = np.asarray(x), np.asarray(y, dtype="float64")
+    traces = []
+    se = np.nan_to_num(np.asarray(se, dtype="float64"))
+    if band and len(x) and se.any():
+        lo = np.clip(y - Z95 * se, 0, 1)
+        hi = np.clip(y + Z95 * se, 0, 1)
+        traces.append(dict(type="scatter", x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]),
+                           fill="toself", fillcolor=_rgba(color, 0.13), line=dict(width=0),
+                           hoverinfo="skip", showlegend=False, legendgroup=group or name, name=name))
+    traces.append(dict(type="scatter", x=x, y=y, customdata=se, mode="lines+markers" if len(x) < 40 else "lines",
+                       name=name, legendgroup=group or name, showlegend=showlegend,
+                       line=dict(color=color, dash=dash, width=width), marker=dict(size=5),
+                       hovertemplate=f"{name}<br>%{{x:,}}: {hover} %{{y:.3f}} ± %{{customdata:.3f}}<extra></extra>"))
+    return traces
+
+
+def _empty(title: str, message: str) -> go.Figure:
+    fig = _figure(title)
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font=dict(size=14, color="#888"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+# -- figures -------------------------------------------------------------------
+
+
+def trajectory_figure(scores: pd.DataFrame, *, x: str = "tokens_seen", bases: list[str] | None = None,
+                      holdout: bool = True, band: bool = True, max_points: int = MAX_POINTS,
+                      title: str | None = "Capability per skill") -> go.Figure:
+    """Per-skill exact match against `x` (tokens_seen or step), each with its
+    95% band. Colour = skill; solid = steer, dotted = held-out variant."""
+    df = scores if bases is None else scores[scores["base"].isin(bases)]
+    if not holdout:
+        df = df[df["kind"] == "steer"]
+    if df.empty:
+        return _empty(title, "no measurements yet")
+    df = thin(df, max_points)
+    fig = _figure(title, xaxis_title=X_LABELS.get(x, x), yaxis=dict(title="exact match", range=[-0.02, 1.02]))
+    order = list(dict.fromkeys(bases or sorted(df["base"].unique())))
+    traces = []
+    for (skill, kind, base), s in df.sort_values("step").groupby(["skill", "kind", "base"], sort=False):
+        color = _color(order.index(base) if base in order else len(order))
+        label = skill if kind == "steer" else f"{skill} (held-out)"
+        traces += _series_traces(s[x], s["value"], s["stderr"], name=label, color=color,
+                                 dash="solid" if kind == "steer" else "dot", band=band)
+    fig.add_traces(traces)
+    return fig
+
+
+def headline_figure(scores: pd.DataFrame, *, x: str = "tokens_seen", max_points: int = MAX_POINTS,
+                    title: str | None = "Mean exact match: steer vs held-out") -> go.Figure:
+    """Mean score over steer skills and over held-out skills (with the
+    band of the mean), over thin grey lines of each steer skill."""
+    if scores.empty:
+        return _empty(title, "no measurements yet")
+    df = thin(scores, max_points)
+    fig = _figure(title, xaxis_title=X_LABELS.get(x, x), yaxis=dict(title="exact match", range=[-0.02, 1.02]))
+    traces = []
+    steer = df[df["kind"] == "steer"].sort_values("step")
+    for i, (skill, s) in enumerate(steer.groupby("skill", sort=True)):
+        traces.append(dict(type="scatter", x=s[x], y=s["value"], mode="lines", name=skill,
+                           line=dict(color="rgba(120,120,120,0.35)", width=1), legendgroup="skills",
+                           showlegend=i == 0,
+                           hovertemplate=f"{skill}<br>%{{x:,}}: %{{y:.3f}}<extra></extra>"))
+    if traces:
+        traces[0]["name"] = "each steer skill"  # the one legend entry of the grey lines
+    for kind, color, label in (("steer", "#2E91E5", "mean of steer skills"),
+                               ("holdout", "#E15F99", "mean of held-out skills")):
+        k = df[df["kind"] == kind]
+        if k.empty:
+            continue
+        m = k.assign(se2=k["stderr"] ** 2).groupby("step").agg(
+            x=(x, "max"), value=("value", "mean"), se2=("se2", "sum"), k=("value", "size"))
+        traces += _series_traces(m["x"], m["value"], np.sqrt(m["se2"]) / m["k"], name=label, color=color,
+                                 dash="solid" if kind == "steer" else "dot", width=3)
+    fig.add_traces(traces)
+    return fig
+
+
+def heatmap_figure(scores: pd.DataFrame, *, x: str = "step", max_columns: int = MAX_COLUMNS,
+                   title: str | None = "Skill x checkpoint") -> go.Figure:
+    """Exact match of every skill (rows; each steer skill above its held-out
+    variant) at every checkpoint (columns, thinned to `max_columns`)."""
+    if scores.empty:
+        return _empty(title, "no measurements yet")
+    df = thin(scores, max_columns)
+    z = df.pivot_table(index="skill", columns="step", values="value", aggfunc="mean")
+    order = (df[["skill", "base", "kind"]].drop_duplicates()
+             .assign(k=lambda d: (d["kind"] != "steer").astype(int))
+             .sort_values(["base", "k"])["skill"].tolist())
+    z = z.reindex(order)
+    xs = z.columns.to_numpy()
+    if x != "step":
+        xs = df.groupby("step")[x].max().reindex(z.columns).to_numpy()
+    labels = [s if not s.endswith("_holdout") else f"{s} (held-out)" for s in z.index]
+    fig = _figure(title, xaxis_title=X_LABELS.get(x, x),
+                  height=max(260, 60 + 18 * len(labels)), yaxis=dict(autorange="reversed"))
+    fig.add_traces([dict(type="heatmap", z=z.to_numpy(), x=xs, y=labels, zmin=0, zmax=1,
+                         colorscale="Viridis", colorbar=dict(title="exact match"),
+                         hovertemplate="%{y}<br>%{x:,}: %{z:.3f}<extra></extra>")])
+    return fig
+
+
+def domain_loss_figure(losses: pd.DataFrame, *, x: str = "tokens_seen", max_points: int = MAX_POINTS,
+                       title: str | None = "Held-out loss per domain") -> go.Figure:
+    """Per-domain held-out loss (nats per token) against `x`."""
+    if losses.empty:
+        return _empty(title, "no measurements yet")
+    df = thin(losses, max_points).sort_values("step")
+    fig = _figure(title, xaxis_title=X_LABELS.get(x, x), yaxis_title="loss (nats/token)")
+    traces = []
+    for i, (d, s) in enumerate(df.groupby("domain", sort=True)):
+        traces.append(dict(type="scatter", x=s[x], y=s["value"], mode="lines", name=d,
+                           line=dict(color=_color(i), width=2),
+                           hovertemplate=f"{d}<br>%{{x:,}}: %{{y:.3f}}<extra></extra>"))
+    fig.add_traces(traces)
+    return fig
+
+
+def mixture_figure(history: pd.DataFrame, *, end_step: int | None = None,
+                   title: str | None = "Mixture over steps") -> go.Figure:
+    """The mixture as a stacked area over steps (a step function: each
+    segment holds until the next), with a marker at each change saying
+    where it came from and who decided it."""
+    if history.empty:
+        return _empty(title, "no mixture yet")
+    segs = history.drop_duplicates("from_step").sort_values("from_step")
+    starts = segs["from_step"].tolist()
+    last = end_step if end_step is not None and end_step > starts[-1] else None
+    xs = starts + ([last] if last is not None else [])
+    fig = _figure(title, xaxis_title="step", yaxis=dict(title="weight", range=[0, 1.1]),
+                  hovermode="x unified")
+    traces = []
+    domains = list(dict.fromkeys(history["domain"]))
+    wide = history.pivot_table(index="from_step", columns="domain", values="weight").reindex(starts)
+    for i, d in enumerate(domains):
+        ys = wide[d].tolist()
+        ys = ys + ([ys[-1]] if last is not None else [])
+        traces.append(dict(type="scatter", x=xs, y=ys, mode="lines", name=d, stackgroup="mixture",
+                           line=dict(shape="hv", width=0.5, color=_color(i)),
+                           hovertemplate=f"{d}: %{{y:.3f}}<extra></extra>"))
+    changes = segs.iloc[1:] if len(segs) > 1 else segs.iloc[:0]
+    if len(changes):
+        def label(r):
+            what = r.source if pd.isna(r.proposal_id) else f"{r.source} #{int(r.proposal_id)}"
+            who = f" by {r.decided_by}" if isinstance(r.decided_by, str) and r.decided_by else ""
+            return f"step {r.from_step}: {what}{who}"
+
+        text = [label(r) for r in changes.itertuples()]
+        traces.append(dict(type="scatter", x=changes["from_step"], y=[1.04] * len(changes), mode="markers",
+                           name="mixture changed", marker=dict(symbol="triangle-down", size=11, color="#222"),
+                           text=text, hovertemplate="%{text}<extra></extra>"))
+    fig.add_traces(traces)
+    return fig
+
+
+def weights_figure(table: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Horizontal bars of the current weights, next to the proposed ones
+    when the table has a `proposed` column (see `weights_table`)."""
+    fig = _figure(title, xaxis=dict(title="weight", range=[0, 1]), barmode="group",
+                  height=max(220, 60 + 32 * len(table)), yaxis=dict(autorange="reversed"))
+    traces = [dict(type="bar", orientation="h", y=table["domain"], x=table["current"], name="current",
+                   marker=dict(color="#9AA5B1"), hovertemplate="%{y}: %{x:.3f}<extra>current</extra>")]
+    if "proposed" in table.columns:
+        traces.append(dict(type="bar", orientation="h", y=table["domain"], x=table["proposed"], name="proposed",
+                           marker=dict(color="#2E91E5"), hovertemplate="%{y}: %{x:.3f}<extra>proposed</extra>"))
+    fig.add_traces(traces)
+    return fig
+
+
+def compare_figure(scores: pd.DataFrame, skill: str, *, x: str = "tokens_seen",
+                   max_points: int = MAX_POINTS, title: str | None = None) -> go.Figure:
+    """One skill's trajectory in several runs (column `run`) on one axis."""
+    title = title if title is not None else skill
+    df = scores[scores["skill"] == skill]
+    if df.empty:
+        return _empty(title, f"no measurements of {skill}")
+    fig = _figure(title, xaxis_title=X_LABELS.get(x, x), yaxis=dict(title="exact match", range=[-0.02, 1.02]))
+    traces = []
+    for i, (run, s) in enumerate(df.groupby("run", sort=False)):
+        s = thin(s, max_points).sort_values("step")
+        traces += _series_traces(s[x], s["value"], s["stderr"], name=str(run), color=_color(i))
+    fig.add_traces(traces)
+    return fig
+
+
+def reach_figure(reach: pd.DataFrame, threshold: float, title: str | None = None) -> go.Figure:
+    """Tokens each run needed to reach `threshold` per skill (grouped bars;
+    a run that never reached it has no bar)."""
+    title = title if title is not None else f"Tokens to reach exact match {threshold:.2f}"
+    if reach.empty or reach["tokens_seen"].isna().all():
+        return _empty(title, f"no skill reached {threshold:.2f} yet")
+    fig = _figure(title, barmode="group", yaxis_title="tokens seen", xaxis_title="skill")
+    traces = []
+    for i, (run, s) in enumerate(reach.groupby("run", sort=False)):
+        traces.append(dict(type="bar", x=s["skill"], y=s["tokens_seen"], name=str(run),
+                           marker=dict(color=_color(i)),
+                           hovertemplate=f"{run}<br>%{{x}}: %{{y:,}} tokens<extra></extra>"))
+    fig.add_traces(traces)
+    return fig

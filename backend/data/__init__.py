@@ -1,0 +1,1 @@
+"""Domains, the synthetic skill suite, the tokenizer and the mixture sampler."""
