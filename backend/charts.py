@@ -195,7 +195,7 @@ def _color(i: int) -> str:
 
 def _figure(title: str | None, **layout) -> go.Figure:
     base = dict(template="plotly_white", margin=dict(l=50, r=20, t=50 if title else 20, b=40),
-                legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), hovermode="closest")
+                hovermode="closest")
     if title:
         base["title"] = dict(text=title, x=0, xanchor="left")
     base.update(layout)

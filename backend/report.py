@@ -1,0 +1,106 @@
+"""A run's report as one standalone HTML file: capability charts, the
+mixture history, every decision and the schedule.
+
+plotly.js is inlined once (include_plotlyjs=True), so the file opens in a
+browser with no Python and no network: something to send a stakeholder.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from backend import charts
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }
+h1 { margin-bottom: .2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: .9rem; margin: .5rem 0; }
+th, td { border: 1px solid #ddd; padding: .25rem .5rem; text-align: left; vertical-align: top; }
+th { background: #f5f5f5; } .muted { color: #777; } pre { background: #f7f7f7; padding: 1rem; overflow: auto; }
+"""
+
+
+def _table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return '<p class="muted">none</p>'
+    return df.to_html(index=False, escape=True, na_rep="", float_format=lambda v: f"{v:.3f}", border=0)
+
+
+def _figure(fig, first: bool) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=first, include_mathjax=False,
+                       config={"displaylogo": False, "responsive": True})
+
+
+def render_report(store, run_id: int) -> str:
+    """The report of one run as an HTML string."""
+    run = store.run(run_id)
+    cfg = run["config"]
+    scores = charts.skill_scores(store, run_id)
+    losses = charts.domain_losses(store, run_id)
+    schedule = store.schedule(run_id)
+    history = charts.mixture_history(schedule, end_step=run["step"])
+    proposals = store.proposals(run_id)
+    checkpoints = store.checkpoints(run_id)
+
+    summary = pd.DataFrame([
+        ("status", run["status"] + (f" ({run['error']})" if run["error"] else "")),
+        ("policy", run["policy"]),
+        ("strategy", cfg["controller"]["strategy"]),
+        ("seed", cfg["seed"]),
+        ("step", f"{run['step']:,} of {run['total_steps']:,}"),
+        ("tokens seen", f"{run['tokens_seen']:,}"),
+        ("checkpoints", len(checkpoints)),
+        ("domains", ", ".join(d["name"] for d in cfg["data"]["domains"])),
+        ("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["created_at"]))),
+    ], columns=["", "value"])
+    latest = (scores.sort_values("step").groupby("skill").tail(1)
+              [["skill", "kind", "step", "value", "stderr", "n"]].sort_values(["kind", "skill"], ascending=[False, True]))
+    segments = pd.DataFrame([{
+        "from step": s["from_step"], "tokens at": s["tokens_at"], "source": s["source"],
+        "proposal": s["proposal_id"], "decided by": s["decided_by"] or "",
+        "weights": ", ".join(f"{d} {w:.3f}" for d, w in s["weights"].items()),
+    } for s in schedule])
+    decisions = charts.decisions_table(proposals)
+
+    figures = [
+        ("Capability", charts.headline_figure(scores)),
+        ("", charts.trajectory_figure(scores)),
+        ("", charts.heatmap_figure(scores)),
+        ("Held-out loss per domain", charts.domain_loss_figure(losses)),
+        ("Mixture history", charts.mixture_figure(history, end_step=run["step"])),
+    ]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>Closed Loop report: run {run_id} {html.escape(run['name'])}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>Run #{run_id} · {html.escape(run['name'])}</h1>",
+        f"<p class='muted'>Closed Loop report generated {time.strftime('%Y-%m-%d %H:%M:%S')}. "
+        "Scores are exact match; bands are 95% intervals (±1.96 stderr).</p>",
+        _table(summary),
+        "<h2>Latest score per skill</h2>", _table(latest),
+    ]
+    for i, (heading, fig) in enumerate(figures):
+        if heading:
+            parts.append(f"<h2>{html.escape(heading)}</h2>")
+        parts.append(_figure(fig, first=i == 0))
+    parts += [
+        "<h2>Schedule</h2>", _table(segments),
+        "<h2>Decisions</h2>", _table(decisions),
+        "<h2>Configuration</h2>",
+        f"<details><summary>resolved config</summary><pre>{html.escape(json.dumps(cfg, indent=2))}</pre></details>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def write_report(store, run_id: int, path: str | Path) -> Path:
+    """Write the report to `path` (folders created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(store, run_id), encoding="utf-8")
+    return path

@@ -1,0 +1,57 @@
+"""Shared fixtures. No network: the hub and datasets run offline."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs of the real loop (run once in the default suite)")
+    config.addinivalue_line("markers", "browser: drives the served dashboard in headless Chromium")
+
+
+def cli(*args, db, check=True, timeout=600, **kw):
+    """Run `python -m backend ARGS --db DB --json` in a fresh process."""
+    cmd = [sys.executable, "-m", "backend", *map(str, args), "--db", str(db), "--json"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return p
+
+
+def cli_json(*args, db, **kw):
+    return json.loads(cli(*args, db=db, **kw).stdout)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One real short run (preset tiny, policy auto, real lm-eval), shared
+    read-only by every test that only reads it. Returns (db path, run id)."""
+    db = tmp_path_factory.mktemp("tiny") / "cl.db"
+    res = cli_json("run", "--preset", "tiny", "--policy", "auto", db=db)
+    assert res["status"] == "finished"
+    return db, res["run"]
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path):
+    """A private copy of the tiny run's database (and run folder) to change."""
+    db, run_id = tiny_run
+    dst = tmp_path / "cl.db"
+    for suffix in ("", "-wal", "-shm"):
+        if Path(str(db) + suffix).exists():
+            shutil.copy(str(db) + suffix, str(dst) + suffix)
+    if (db.parent / f"run-{run_id}").exists():
+        shutil.copytree(db.parent / f"run-{run_id}", tmp_path / f"run-{run_id}")
+    return dst, run_id

@@ -1,0 +1,166 @@
+"""End-to-end: the real loop (torch, transformers, lm-eval, SQLite) on the
+tiny preset, driven through the command line in fresh processes."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from conftest import cli, cli_json
+
+from backend.store import Store
+
+
+def scores_by_checkpoint(store: Store, run_id: int) -> dict:
+    return {(m["step"], m["skill"]): m["value"] for m in store.measurements(run_id)
+            if m["metric"] == "exact_match"}
+
+
+def test_run_measures_every_skill_at_every_checkpoint(tiny_run):
+    db, run_id = tiny_run
+    store = Store(db)
+    run = store.run(run_id)
+    assert run["status"] == "finished" and run["step"] == 30
+    steps = [c["step"] for c in store.checkpoints(run_id)]
+    assert steps == [0, 10, 20, 30]
+    skills = store.skills(run_id)
+    assert {s["kind"] for s in skills} == {"steer", "holdout"}
+    ms = store.measurements(run_id)
+    for s in skills:
+        rows = [m for m in ms if m["skill"] == s["name"] and m["metric"] == "exact_match"]
+        assert [m["step"] for m in rows] == steps, s["name"]
+        assert all(m["stderr"] is not None and m["n"] == 12 for m in rows)
+        assert all(m["decoding"] == "greedy" and m["prompt_variant"].startswith("template") for m in rows)
+    losses = [m for m in ms if m["kind"] == "domain_loss"]
+    assert len(losses) == len(steps) * len(store.domains(run_id))
+    # the held-out loss of the most trained domain falls as the model trains
+    strings = {m["step"]: m["value"] for m in losses if m["domain"] == "strings"}
+    assert strings[30] < strings[0] - 0.5
+    # per-item results are kept
+    assert len(store.samples(run_id, 30)) == 12 * len(skills)
+
+
+def test_auto_policy_applies_proposals_with_reasons(tiny_run):
+    db, run_id = tiny_run
+    store = Store(db)
+    proposals = store.proposals(run_id)
+    # one per checkpoint that can still steer (0, 10, 20)
+    assert [p["step"] for p in proposals] == [0, 10, 20]
+    assert all(p["status"] == "applied" and p["decided_by"] == "auto" for p in proposals)
+    assert all(p["applied_step"] == p["step"] for p in proposals)
+    domains = [d["name"] for d in store.domains(run_id)]
+    for p in proposals:
+        assert set(p["rationale"]) == set(domains)
+        assert abs(sum(p["final_weights"].values()) - 1) < 1e-9
+        assert set(p["forecast"]) == {"copy", "add2"}  # steer skills only
+    schedule = store.schedule(run_id)
+    assert [s["from_step"] for s in schedule] == [0, 10, 20]
+    # the domain that streams no steer skill loses weight
+    assert schedule[-1]["weights"]["noise"] < 1 / len(domains) - 0.05
+
+
+def test_show_reports_the_run(tiny_run):
+    db, run_id = tiny_run
+    out = cli_json("show", run_id, db=db)
+    assert out["run"]["status"] == "finished"
+    assert len(out["checkpoints"]) == 4 and len(out["schedule"]) == 3
+    assert set(out["skills"]) == {"copy", "copy_holdout", "add2", "add2_holdout"}
+    assert cli_json("runs", db=db)[0]["id"] == run_id
+
+
+@pytest.mark.slow
+def test_replay_reproduces_scores(tiny_run, tmp_path):
+    db, run_id = tiny_run
+    sched = tmp_path / "schedule.json"
+    cli("export-schedule", run_id, "-o", sched, db=db)
+    data = json.loads(sched.read_text())
+    assert data["format"] == "closed-loop-schedule" and data["version"] == 1
+    assert data["segments"][-1]["to_step"] == 30 and data["segments"][0]["approved_by"] == "auto"
+    replay_db = tmp_path / "replay.db"
+    res = cli_json("replay", sched, db=replay_db)
+    assert res["status"] == "finished"
+    original, replay = Store(db), Store(replay_db)
+    assert scores_by_checkpoint(replay, res["run"]) == scores_by_checkpoint(original, run_id)
+    assert [s["weights"] for s in replay.schedule(res["run"])] == [s["weights"] for s in original.schedule(run_id)]
+    assert {s["source"] for s in replay.schedule(res["run"])} == {"replay"}
+
+
+def wait_for(predicate, timeout=300, every=0.2):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_stretch_then_resume_matches_uninterrupted(tiny_run, tmp_path):
+    db, run_id = tiny_run
+    kdb = tmp_path / "killed.db"
+    res = cli_json("run", "--preset", "tiny", "--policy", "auto", "--detach", db=kdb)
+    store = Store(kdb)
+    rid = res["run"]
+    # past the checkpoint at step 10, inside the next stretch
+    wait_for(lambda: store.checkpoint(rid, 10) and store.checkpoint(rid, 10)["boundary_done"]
+             and store.run(rid)["step"] > 10)
+    os.kill(store.run(rid)["pid"], signal.SIGKILL)
+    wait_for(lambda: _dead(res["pid"]))
+    assert store.run(rid)["status"] == "running"  # a crash leaves no tidy status
+    out = cli_json("run", "--resume", rid, db=kdb)
+    assert out["status"] == "finished"
+    original = Store(db)
+    assert [(s["from_step"], s["weights"]) for s in store.schedule(rid)] == \
+           [(s["from_step"], s["weights"]) for s in original.schedule(run_id)]
+    assert scores_by_checkpoint(store, rid) == scores_by_checkpoint(original, run_id)
+    assert [p["step"] for p in store.proposals(rid)] == [0, 10, 20]  # none twice
+    assert any(e["kind"] == "resumed" for e in store.events(rid))
+
+
+def _dead(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.slow
+def test_human_approval_applies_at_next_checkpoint_and_no_earlier(tmp_path):
+    db = tmp_path / "human.db"
+    res = cli_json("run", "--preset", "tiny", "--policy", "human", "--steps", "40", "--detach", db=db)
+    rid = res["run"]
+    store = Store(db)
+    # wait for the proposal of checkpoint 10, then hold the worker mid-stretch
+    wait_for(lambda: [p for p in store.proposals(rid) if p["step"] == 10])
+    cli("pause", rid, db=db)
+    wait_for(lambda: store.run(rid)["status"] == "paused")
+    p10 = [p for p in store.proposals(rid) if p["step"] == 10][0]
+    assert p10["status"] == "pending"
+    # the proposal of checkpoint 0 was never decided: superseded, not applied
+    assert store.proposals(rid)[0]["status"] == "superseded"
+    paused_at = store.run(rid)["step"]
+    assert 10 <= paused_at < 20
+    out = cli_json("decide", p10["id"], "approve", "--by", "alice", db=db)
+    assert out["status"] == "approved"
+    # a second decision on it is refused and changes nothing
+    again = cli("decide", p10["id"], "reject", db=db, check=False)
+    assert again.returncode == 2 and "not pending" in again.stderr
+    assert store.proposal(p10["id"])["status"] == "approved"
+    cli("resume", rid, db=db)
+    wait_for(lambda: store.run(rid)["status"] == "finished")
+    p10 = store.proposal(p10["id"])
+    assert p10["status"] == "applied" and p10["applied_step"] == 20
+    segs = store.schedule(rid)
+    assert [(s["from_step"], s["source"], s["proposal_id"]) for s in segs] == \
+           [(0, "initial", None), (20, "proposal", p10["id"])]
+    assert segs[1]["decided_by"] == "alice"
+    # trained on the old mixture until step 20 (checkpoint rows record it)
+    assert store.checkpoint(rid, 20)["weights"] == segs[0]["weights"]
+    assert store.checkpoint(rid, 30)["weights"] == p10["final_weights"]
