@@ -211,25 +211,23 @@ class ClosedLoop:
         return self.cfg.train.batch_size * self.cfg.data.context_length
 
     def _train_stretch(self, weights: dict[str, float], end: int) -> None:
-        import torch
+        c = self.c
+        batches = prefetch_batches(c.sampler, weights, self.cfg.train.batch_size, end - c.trainer.step)
+        state = {"last_poll": time.time(), "steps": 0}
 
-        c, n = self.c, end - self.c.trainer.step
-        batches = _prefetch(lambda: torch.from_numpy(c.sampler.batch(weights, self.cfg.train.batch_size)[0]), n)
-        last_poll, steps_since, t_since = time.time(), 0, time.time()
-        losses = []
-        for _ in range(n):
-            losses.append(c.trainer.train_step(next(batches)))
-            steps_since += 1
+        def on_step(loss: float) -> None:
+            state["steps"] += 1
             if self._bar is not None:
                 self._bar.update(1)
             now = time.time()
-            if now - last_poll >= POLL_SECONDS:
-                tps = steps_since * self.tokens_per_step / (now - t_since)
+            if now - state["last_poll"] >= POLL_SECONDS:
+                tps = state["steps"] * self.tokens_per_step / (now - state["last_poll"])
                 self._poll(tokens_per_s=tps)
-                last_poll, steps_since, t_since = now, 0, now
+                state["last_poll"], state["steps"] = now, 0
                 if self._bar is not None:
-                    self._bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{tps:,.0f}")
-        batches.close()
+                    self._bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+
+        losses = train_stretch(c.trainer, batches, end - c.trainer.step, on_step)
         self.last_loss = sum(losses[-10:]) / len(losses[-10:])
 
     def _poll(self, **fields) -> None:
@@ -317,6 +315,26 @@ class ClosedLoop:
 
         return tqdm(total=self.cfg.train.steps, initial=self.c.trainer.step, unit="step",
                     desc=f"run {self.run_id}", mininterval=1.0)
+
+
+def train_stretch(trainer, batches, n: int, on_step=None) -> list[float]:
+    """n optimizer steps on batches from an iterator; the training stretch
+    between two checkpoints (bench/throughput.py times this same function)."""
+    losses = []
+    for _ in range(n):
+        losses.append(trainer.train_step(next(batches)))
+        if on_step is not None:
+            on_step(losses[-1])
+    batches.close()
+    return losses
+
+
+def prefetch_batches(sampler, weights: dict[str, float], batch_size: int, n: int):
+    """n (B, T+1) batches from the sampler, each drawn in a background thread
+    while the trainer works on the one before (torch releases the GIL)."""
+    import torch
+
+    return _prefetch(lambda: torch.from_numpy(sampler.batch(weights, batch_size)[0]), n)
 
 
 def _prefetch(make, n: int):

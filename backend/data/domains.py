@@ -31,8 +31,9 @@ class Domain:
         self.skills = list(cfg.skills)
         self.size_tokens = cfg.size_tokens
 
-    def document(self, rng: random.Random, split: str = "train") -> str:  # pragma: no cover
-        raise NotImplementedError
+    def document(self, rng: random.Random, split: str = "train", max_chars: int | None = None) -> str:
+        """One document; text sources cut a random window of max_chars."""
+        raise NotImplementedError  # pragma: no cover
 
     def sample_text(self, n_chars: int, seed: int) -> str:
         """Text to train the tokenizer on (deterministic)."""
@@ -65,7 +66,7 @@ def build_domain(cfg: DomainConfig) -> Domain:
 class SyntheticDomain(Domain):
     """Examples of the listed skills, one per line, skills drawn uniformly."""
 
-    def document(self, rng: random.Random, split: str = "train") -> str:
+    def document(self, rng: random.Random, split: str = "train", max_chars: int | None = None) -> str:
         return get_skill(rng.choice(self.skills)).training_text(rng)
 
 
@@ -76,7 +77,7 @@ class RandomStringDomain(Domain):
 
     SYMBOLS = list(LETTERS) + list("0123456789") + ["=", "->", "+", ":", "?", "(", ")"]
 
-    def document(self, rng: random.Random, split: str = "train") -> str:
+    def document(self, rng: random.Random, split: str = "train", max_chars: int | None = None) -> str:
         return " ".join(rng.choice(self.SYMBOLS) for _ in range(rng.randint(4, 14)))
 
 
@@ -100,13 +101,14 @@ class TextDomain(Domain):
     def documents(self) -> list[str]:  # pragma: no cover
         raise NotImplementedError
 
-    def document(self, rng: random.Random, split: str = "train") -> str:
+    def document(self, rng: random.Random, split: str = "train", max_chars: int | None = None) -> str:
         docs = self.holdout_docs if split == "holdout" else self.train_docs
         doc = docs[rng.randrange(len(docs))]
-        # a random window keeps sequences varied inside long files
-        if len(doc) > 4000:
-            start = rng.randrange(len(doc) - 2000)
-            doc = doc[start : start + 4000]
+        # a random window: varied sequences, and tokenizing only what is used
+        limit = max_chars or 4000
+        if len(doc) > limit:
+            start = rng.randrange(len(doc) - limit)
+            doc = doc[start : start + limit]
         return doc
 
 

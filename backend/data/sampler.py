@@ -56,7 +56,8 @@ class MixtureSampler:
         """Documents of one domain, EOS-separated, cut to the context length."""
         ids: list[int] = []
         while len(ids) < self.length:
-            text = domain.document(rng, split)
+            # ~8 characters per token is generous; a short window is topped up
+            text = domain.document(rng, split, max_chars=self.length * 8)
             ids += self._encode(text, add_special_tokens=False).ids[: self.length * 2]
             ids.append(self.eos)
         return np.asarray(ids[: self.length], dtype=np.int64)

@@ -1,0 +1,119 @@
+"""Training throughput: the project's training stretch against a bare
+PyTorch loop on the same model and batch size, side by side in one run.
+
+    python bench/throughput.py [--preset demo] [--steps 60] [--rounds 5]
+
+Both loops train the same Llama (same init) with AdamW, the same learning
+rate schedule and gradient clipping. The bare loop trains on one fixed
+pre-built batch; the project's stretch draws every batch from the mixture
+sampler (tokenizing documents on the fly, in a background thread) through
+backend.loop.train_stretch, with a real store heartbeat once a second. The
+rounds alternate (project, bare, project, ...) so machine noise hits both;
+the median tokens/s of each and their ratio are printed, the ratio last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="demo")
+    ap.add_argument("--steps", type=int, default=60, help="optimizer steps per round")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of each loop (alternating)")
+    args = ap.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+
+    from backend.config import preset
+    from backend.data.domains import build_domains
+    from backend.data.sampler import MixtureSampler
+    from backend.data.tokenizer import train_tokenizer
+    from backend.loop import POLL_SECONDS, prefetch_batches, train_stretch
+    from backend.model import build_model, count_parameters
+    from backend.store import Store
+    from backend.trainer import Trainer, pick_device
+
+    cfg = preset(args.preset)
+    device = pick_device(cfg.train.device)
+    tmp = Path(tempfile.mkdtemp())
+    domains = build_domains(cfg.data.domains)
+    tokenizer = train_tokenizer(domains, cfg.data.tokenizer_vocab, cfg.seed, tmp / "tok")
+    model = build_model(cfg.model, len(tokenizer), cfg.data.context_length,
+                        eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seed=cfg.seed)
+    bare_model = copy.deepcopy(model)
+    sampler = MixtureSampler(domains, tokenizer, cfg.data.context_length, cfg.seed)
+    weights = {d.name: 1 / len(domains) for d in domains}
+    B, T = cfg.train.batch_size, cfg.data.context_length
+    tokens_per_step = B * T
+    store = Store(tmp / "bench.db")
+    run_id = store.create_run(cfg.to_dict())
+
+    # -- the project's stretch --------------------------------------------------
+    trainer = Trainer(model, cfg.train, device)
+    last = {"t": time.time()}
+
+    def on_step(loss):  # what the loop does per step: a heartbeat once a second
+        if time.time() - last["t"] >= POLL_SECONDS:
+            store.heartbeat(run_id, step=trainer.step, tokens_seen=trainer.step * tokens_per_step)
+            store.take_commands(run_id)
+            last["t"] = time.time()
+
+    def project_round() -> float:
+        t = time.perf_counter()
+        train_stretch(trainer, prefetch_batches(sampler, weights, B, args.steps), args.steps, on_step)
+        return args.steps * tokens_per_step / (time.perf_counter() - t)
+
+    # -- the bare PyTorch loop ----------------------------------------------------
+    bare_model.to(device).train()
+    decay = [p for p in bare_model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in bare_model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.train.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, trainer._lr_factor)
+    fixed = torch.from_numpy(sampler.batch(weights, B)[0]).to(device)  # (B, T+1)
+
+    def bare_round() -> float:
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            x, y = fixed[:, :-1], fixed[:, 1:]
+            with trainer.autocast:
+                logits = bare_model(input_ids=x).logits
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(bare_model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            loss.item()
+        return args.steps * tokens_per_step / (time.perf_counter() - t)
+
+    print(f"preset {args.preset}: {count_parameters(model) / 1e6:.2f}M parameters, batch {B} x {T} tokens, "
+          f"device {device}, torch threads {torch.get_num_threads()}")
+    project_round(), bare_round()  # warm-up (allocator, kernels)
+    proj, bare = [], []
+    for r in range(args.rounds):
+        proj.append(project_round())
+        bare.append(bare_round())
+        print(f"round {r + 1}: project {proj[-1]:,.0f} tok/s   bare {bare[-1]:,.0f} tok/s")
+    p, b = statistics.median(proj), statistics.median(bare)
+    print(f"median: project {p:,.0f} tok/s   bare {b:,.0f} tok/s")
+    print(f"ratio project/bare: {p / b:.3f}")
+
+
+if __name__ == "__main__":
+    main()

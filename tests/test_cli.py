@@ -1,0 +1,52 @@
+"""The command line: documented, and its errors name what is wrong."""
+
+import re
+from pathlib import Path
+
+from conftest import ROOT, cli
+
+from backend.__main__ import build_parser
+
+
+def subcommands() -> list[str]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return list(action.choices)
+
+
+def test_every_command_is_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"python -m backend ([a-z-]+)", readme)) | set(
+        re.findall(r"`(pause|resume|stop) RUN`", readme))
+    missing = [c for c in subcommands() if c not in documented]
+    assert not missing, f"commands missing from README.md: {missing}"
+
+
+def test_bad_config_file_names_the_field(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('preset = "tiny"\n[train]\nlr = -1.0\n')
+    p = cli("run", "--config", cfg, db=tmp_path / "x.db", check=False)
+    assert p.returncode == 2 and "train.lr: must be > 0" in p.stderr
+    cfg.write_text('preset = "tiny"\n[model]\nhidden_sise = 64\n')
+    p = cli("validate-config", cfg, db=tmp_path / "x.db", check=False)
+    assert p.returncode == 2 and "model.hidden_sise: unknown key" in p.stderr
+
+
+def test_shipped_configs_validate():
+    for path in sorted(Path(ROOT / "configs").glob("*.toml")):
+        assert cli("validate-config", path, db=":memory:").returncode == 0, path
+
+
+def test_unknown_run_and_proposal_are_named(tmp_path):
+    db = tmp_path / "x.db"
+    p = cli("show", 7, db=db, check=False)
+    assert p.returncode == 2 and "no run 7" in p.stderr
+    p = cli("decide", 3, "approve", db=db, check=False)
+    assert p.returncode == 2 and "no proposal 3" in p.stderr
+
+
+def test_replay_refuses_a_broken_schedule(tmp_path):
+    bad = tmp_path / "s.json"
+    bad.write_text('{"format": "closed-loop-schedule", "version": 2}')
+    p = cli("replay", bad, db=tmp_path / "x.db", check=False)
+    assert p.returncode != 0 and "version: expected 1" in p.stderr
