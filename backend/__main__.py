@@ -199,13 +199,15 @@ def cmd_replay(args) -> int:
     if not path.is_file():
         raise SystemExit(f"replay: no such file {args.file!r}")
     try:
-        sched = parse_schedule(path.read_text())
+        sched = parse_schedule(path.read_bytes())
     except ScheduleError as e:
         raise SystemExit(f"replay: {args.file}: {e}")
-    cfg = sched.pop("run_config").replace(name=f"replay-{sched['run']['name']}")
+    source = sched.get("run") if isinstance(sched.get("run"), dict) else {}
+    cfg = sched.pop("run_config")
+    cfg = cfg.replace(name=f"replay-{source.get('name', cfg.name)}")
     store = Store(args.db)
     run_id = create_run(store, cfg, replay_schedule=sched, parent_run=None)
-    store.log_event(run_id, "replay", f"replays schedule of run {sched['run'].get('id')} from {args.file}")
+    store.log_event(run_id, "replay", f"replays schedule of run {source.get('id', '?')} from {args.file}")
     if args.detach:
         spawn(args.db, run_id)
         _print({"run": run_id}, args.json, str(run_id))

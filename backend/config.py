@@ -281,6 +281,13 @@ class RunConfig:
                 raise ConfigError(
                     f"mixture.initial: must be uniform, natural or weights per domain, got {init!r}"
                 )
+            if init == "natural":
+                for i, d in enumerate(self.data.domains):
+                    if d.source not in TEXT_SOURCES and d.size_tokens is None:
+                        raise ConfigError(
+                            f"data.domains[{i}].size_tokens: the natural mixture needs a size for "
+                            f"{d.source} domain {d.name!r}"
+                        )
         else:
             from backend.controllers.constraints import validate_weights, WeightsError
 
@@ -396,14 +403,16 @@ def load(path: str | Path) -> RunConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
-    text = p.read_text()
     try:
+        text = p.read_text(encoding="utf-8")
         if p.suffix == ".toml":
             data = tomllib.loads(text)
         elif p.suffix == ".json":
             data = json.loads(text)
         else:
             raise ConfigError(f"config file {str(p)!r}: expected .json or .toml")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text") from None
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"config file {str(p)!r} is not valid {p.suffix[1:].upper()}: {e}") from None
     return from_data(data)

@@ -65,6 +65,8 @@ def parse_schedule(data) -> dict:
     if isinstance(data, (str, bytes)):
         try:
             data = json.loads(data)
+        except UnicodeDecodeError:
+            raise ScheduleError("not valid JSON: the file is not UTF-8 text") from None
         except json.JSONDecodeError as e:
             raise ScheduleError(f"not valid JSON: {e}") from None
     if not isinstance(data, dict):
@@ -110,7 +112,7 @@ def parse_schedule(data) -> dict:
         for d, v in w.items():
             if d not in domains:
                 raise ScheduleError(f"{where}.weights.{d}: unknown domain (domains: {', '.join(domains)})")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v) or v < 0:
                 raise ScheduleError(f"{where}.weights.{d}: expected a finite number >= 0, got {v!r}")
         total = sum(w.values())
         if abs(total - 1.0) > 1e-6:
@@ -118,6 +120,13 @@ def parse_schedule(data) -> dict:
         if seg.get("source", "proposal") not in SOURCES:
             raise ScheduleError(f"{where}.source: expected one of {', '.join(SOURCES)}, got {seg.get('source')!r}")
     return {**data, "run_config": cfg}
+
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def to_megatron_blend(schedule: dict, paths: dict[str, str] | None = None) -> list[dict]:

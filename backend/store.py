@@ -11,6 +11,7 @@ DecisionError that says what happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -223,6 +224,26 @@ class Store:
             self._local.db = db
         return db
 
+    @contextlib.contextmanager
+    def _write(self):
+        """A write transaction that takes the write lock first (BEGIN
+        IMMEDIATE): a read-then-write inside it can never hit a 'database is
+        locked' upgrade failure; a busy lock is waited for (busy_timeout)."""
+        db = self.db
+        if db.conn.in_transaction:  # nested: sqlite-utils' atomic uses a savepoint
+            with db.atomic():
+                yield db
+            return
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if db.conn.in_transaction:
+                db.conn.execute("ROLLBACK")
+            raise
+        else:
+            db.conn.execute("COMMIT")
+
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
@@ -240,7 +261,7 @@ class Store:
     def create_run(self, config: dict, *, parent_run: int | None = None,
                    replay_schedule: dict | None = None) -> int:
         """Insert a run from its resolved config; returns the run id."""
-        with self.db.atomic():
+        with self._write():
             cur = self.db.execute(
                 "INSERT INTO runs (name, config, policy, status, total_steps, parent_run, "
                 "replay_schedule, created_at) VALUES (?, ?, ?, 'created', ?, ?, ?, ?)",
@@ -283,7 +304,7 @@ class Store:
     def set_policy(self, run_id: int, policy: str, by: str = "cli") -> None:
         if policy not in ("auto", "human"):
             raise StoreError(f"policy must be auto or human, got {policy!r}")
-        with self.db.atomic():
+        with self._write():
             before = self.run(run_id)["policy"]
             self.db.execute("UPDATE runs SET policy = ? WHERE id = ?", (policy, run_id))
             self._event(run_id, "policy", f"policy {before} -> {policy}", actor=by,
@@ -292,7 +313,7 @@ class Store:
     # -- domains and skills ---------------------------------------------------
     def set_domains(self, run_id: int, domains: list[dict]) -> None:
         rows = [{**d, "run_id": run_id, "skills": _dumps(d.get("skills", []))} for d in domains]
-        with self.db.atomic():
+        with self._write():
             self.db.execute("DELETE FROM domains WHERE run_id = ?", (run_id,))
             self.db["domains"].insert_all(rows)
 
@@ -302,7 +323,7 @@ class Store:
     def set_skills(self, run_id: int, skills: list[dict]) -> None:
         rows = [{**s, "run_id": run_id, "domains": _dumps(s["domains"]), "tasks": _dumps(s["tasks"])}
                 for s in skills]
-        with self.db.atomic():
+        with self._write():
             self.db.execute("DELETE FROM skills WHERE run_id = ?", (run_id,))
             self.db["skills"].insert_all(rows)
 
@@ -342,7 +363,7 @@ class Store:
         now = time.time()
         full = [{"prompt_variant": "", "decoding": "", "scorer": "", "stderr": None, "n": None,
                  "skill": None, "domain": None, **r, "run_id": run_id, "created_at": now} for r in rows]
-        with self.db.atomic():
+        with self._write():
             self.db["measurements"].insert_all(full, replace=True)
 
     def measurements(self, run_id: int, *, kind: str | None = None, skill: str | None = None) -> list[dict]:
@@ -356,7 +377,7 @@ class Store:
     def add_samples(self, run_id: int, step: int, rows: list[dict]) -> None:
         """Per-item results of one checkpoint (which items fail)."""
         full = [{**r, "run_id": run_id, "step": step} for r in rows]
-        with self.db.atomic():
+        with self._write():
             self.db["samples"].insert_all(full, replace=True)
 
     def samples(self, run_id: int, step: int, task: str | None = None) -> list[dict]:
@@ -370,7 +391,7 @@ class Store:
                      weights: dict, rationale: dict, forecast: dict) -> int:
         """Store a pending proposal; older pending ones become superseded.
         Idempotent per (run, step, strategy) so a resumed worker adds none twice."""
-        with self.db.atomic():
+        with self._write():
             old = self._one("SELECT id FROM proposals WHERE run_id = ? AND step = ? AND strategy = ?",
                             (run_id, step, strategy))
             if old:
@@ -426,7 +447,7 @@ class Store:
             final = p["weights"]
         status = {"approve": "approved", "reject": "rejected", "edit": "edited"}[action]
         now = time.time()
-        with self.db.atomic():
+        with self._write():
             # the conditional UPDATE is the lock: of two deciders one changes a row
             cur = self.db.execute(
                 "UPDATE proposals SET status = ?, decision = ?, decided_by = ?, decided_at = ?, "
@@ -453,7 +474,7 @@ class Store:
             final = validate_weights(weights, list(current))
         except WeightsError as e:
             raise DecisionError(f"manual mixture refused: {e}") from None
-        with self.db.atomic():
+        with self._write():
             cur = self.db.execute(
                 "INSERT INTO proposals (run_id, step, strategy, current_weights, weights, rationale, "
                 "forecast, status, decision, decided_by, decided_at, decision_reason, final_weights, "
@@ -471,7 +492,7 @@ class Store:
         """At a checkpoint: the newest approved or edited proposal starts a
         schedule segment at `step`; older approved ones are superseded.
         Returns the applied proposal, or None."""
-        with self.db.atomic():
+        with self._write():
             ready = self._rows(
                 "SELECT * FROM proposals WHERE run_id = ? AND status IN ('approved', 'edited') "
                 "ORDER BY decided_at DESC, id DESC", (run_id,))
@@ -495,7 +516,7 @@ class Store:
     # -- schedule -------------------------------------------------------------
     def add_segment(self, run_id: int, *, from_step: int, tokens_at: int, weights: dict,
                     source: str, proposal_id: int | None = None, decided_by: str | None = None) -> None:
-        with self.db.atomic():
+        with self._write():
             self._add_segment(run_id, from_step, tokens_at, weights, source, proposal_id, decided_by)
 
     def _add_segment(self, run_id, from_step, tokens_at, weights, source, proposal_id, decided_by):
@@ -540,7 +561,7 @@ class Store:
         status = self.run(run_id)["status"]
         if status in ("finished", "failed", "stopped") and command != "stop":
             raise CommandError(f"run {run_id} is {status}; use `run --resume {run_id}` to continue it")
-        with self.db.atomic():
+        with self._write():
             cur = self.db.execute(
                 "INSERT INTO commands (run_id, command, issued_by, created_at) VALUES (?, ?, ?, ?)",
                 (run_id, command, by, time.time()))
@@ -549,7 +570,7 @@ class Store:
 
     def take_commands(self, run_id: int) -> list[str]:
         """The worker's side: pending commands, oldest first, marked done."""
-        with self.db.atomic():
+        with self._write():
             rows = self._rows("SELECT id, command FROM commands WHERE run_id = ? AND done_at IS NULL "
                               "ORDER BY id", (run_id,))
             for r in rows:

@@ -33,8 +33,12 @@ def validate_weights(weights, domains: list[str]) -> dict[str, float]:
         v = weights[d]
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise WeightsError(f"weight of {d!r} is not a number: {v!r}")
-        if not math.isfinite(v):
-            raise WeightsError(f"weight of {d!r} is not finite: {v!r}")
+        try:
+            finite = math.isfinite(v)
+        except OverflowError:  # an int too large for a float
+            finite = False
+        if not finite:
+            raise WeightsError(f"weight of {d!r} is not finite: {str(v)[:40]}")
         if v < 0:
             raise WeightsError(f"weight of {d!r} is negative: {v!r}")
         out[d] = float(v)

@@ -58,7 +58,10 @@ class Deficit:
             feeds[d] = fed
             gain[d] = sum(skills[s]["priority"] for s in fed) / len(fed) if fed else 0.0
         mean_gain = sum(current[d] * gain[d] for d in history.domains)
-        raw = {d: current[d] * math.exp(self.cfg.step_size * (gain[d] - mean_gain)) for d in history.domains}
+        # subtracting the largest gain (not the mean) gives the same mixture
+        # after normalising and never overflows
+        top = max(gain.values())
+        raw = {d: current[d] * math.exp(self.cfg.step_size * (gain[d] - top)) for d in history.domains}
         weights = apply_constraints(raw, current, self.cfg)
 
         rationale = {}

@@ -1,0 +1,219 @@
+"""backend/controllers: the registry, `static` and `deficit` on hand-built histories."""
+
+import re
+
+import pytest
+
+from backend.config import ControllerConfig
+from backend.controllers import (
+    STRATEGIES,
+    History,
+    Proposal,
+    get_strategy,
+    register_strategy,
+)
+from backend.controllers.constraints import apply_constraints
+
+DOMAINS = ["strings", "arithmetic", "noise"]
+SKILL_DOMAINS = {"copy": ["strings"], "add2": ["arithmetic"]}
+UNIFORM = dict.fromkeys(DOMAINS, 1 / 3)
+
+
+def series(*values, every=1000):
+    return [{"step": 10 * i, "tokens_seen": every * i, "value": v, "stderr": 0.05, "n": 50}
+            for i, v in enumerate(values)]
+
+
+def history(scores: dict) -> History:
+    return History(domains=DOMAINS, skill_domains=SKILL_DOMAINS, scores=scores, checkpoint_tokens=1000)
+
+
+def check_constraints(w: dict, current: dict, cfg: ControllerConfig) -> None:
+    assert set(w) == set(current)
+    assert abs(sum(w.values()) - 1) < 1e-12
+    for d, v in w.items():
+        assert cfg.floor - 1e-9 <= v <= cfg.cap + 1e-9
+        assert abs(v - current[d]) <= cfg.max_change + 1e-9
+
+
+# -- registry -------------------------------------------------------------------
+
+
+def test_built_in_strategies_are_registered():
+    assert {"deficit", "static"} <= set(STRATEGIES)
+    assert get_strategy("deficit", ControllerConfig()).name == "deficit"
+
+
+def test_unknown_strategy_lists_the_known_ones():
+    with pytest.raises(KeyError) as e:
+        get_strategy("greedy", ControllerConfig())
+    msg = str(e.value)
+    assert "'greedy'" in msg and "deficit" in msg and "static" in msg
+
+
+def test_registering_twice_is_refused():
+    with pytest.raises(ValueError, match="already registered"):
+        register_strategy("static")(type("Other", (), {}))
+    assert STRATEGIES["static"].__name__ == "Static"
+
+
+def test_a_users_strategy_registers_like_a_built_in():
+    @register_strategy("test-all-on-first")
+    class AllOnFirst:
+        def __init__(self, cfg):
+            self.cfg = cfg
+
+        def propose(self, history, current):
+            raw = {d: float(i == 0) for i, d in enumerate(current)}
+            w = apply_constraints(raw, current, self.cfg)
+            return Proposal(weights=w, rationale={d: "first" for d in current})
+
+    try:
+        cfg = ControllerConfig(strategy="test-all-on-first")  # config validation sees it too
+        p = get_strategy("test-all-on-first", cfg).propose(history({}), UNIFORM)
+        assert max(p.weights, key=p.weights.get) == "strings"
+    finally:
+        del STRATEGIES["test-all-on-first"]
+
+
+# -- static ---------------------------------------------------------------------
+
+
+def test_static_keeps_the_weights():
+    current = {"strings": 0.5, "arithmetic": 0.3, "noise": 0.2}
+    p = get_strategy("static", ControllerConfig()).propose(history({"copy": series(0.1, 0.5)}), current)
+    assert p.weights == current and p.weights is not current
+    assert set(p.rationale) == set(DOMAINS)
+    assert "0.500" in p.rationale["strings"]
+
+
+# -- deficit ----------------------------------------------------------------------
+
+
+def deficit(**kw):
+    cfg = ControllerConfig(**{"strategy": "deficit", **kw})
+    return get_strategy("deficit", cfg), cfg
+
+
+def test_weight_leaves_a_domain_that_feeds_no_steer_skill():
+    strat, cfg = deficit()
+    p = strat.propose(history({"copy": series(0.2), "add2": series(0.2)}), UNIFORM)
+    check_constraints(p.weights, UNIFORM, cfg)
+    assert p.weights["noise"] < 1 / 3 - 0.05
+    assert p.weights["strings"] > 1 / 3 and p.weights["arithmetic"] > 1 / 3
+    # equal skills, equal treatment
+    assert p.weights["strings"] == pytest.approx(p.weights["arithmetic"])
+
+
+def test_weight_moves_toward_a_big_deficit_with_progress():
+    strat, cfg = deficit()
+    # add2 is far from the target and rising; copy is nearly there and flat
+    h = history({"copy": series(0.85, 0.85), "add2": series(0.1, 0.3)})
+    p = strat.propose(h, UNIFORM)
+    check_constraints(p.weights, UNIFORM, cfg)
+    assert p.weights["arithmetic"] > 1 / 3 > p.weights["strings"]
+    assert p.weights["arithmetic"] > p.weights["strings"] > p.weights["noise"]
+
+
+def test_stalled_skill_gets_less_than_a_rising_one_with_the_same_deficit():
+    strat, _ = deficit()
+    h = history({"copy": series(0.3, 0.3), "add2": series(0.2, 0.3)})
+    p = strat.propose(h, UNIFORM)
+    assert p.weights["arithmetic"] > p.weights["strings"]
+
+
+def test_weight_leaves_a_saturated_skills_domain():
+    strat, cfg = deficit(saturation=0.9)
+    h = history({"copy": series(0.8, 0.96), "add2": series(0.4, 0.5)})
+    p = strat.propose(h, UNIFORM)
+    check_constraints(p.weights, UNIFORM, cfg)
+    # saturated: deficit 0, so `strings` is treated like the noise domain
+    assert p.weights["strings"] < 1 / 3 < p.weights["arithmetic"]
+    assert p.weights["strings"] == pytest.approx(p.weights["noise"])
+    assert "saturated" in p.rationale["strings"]
+
+
+def test_every_skill_saturated_keeps_the_mixture():
+    strat, _ = deficit()
+    current = {"strings": 0.5, "arithmetic": 0.3, "noise": 0.2}
+    p = strat.propose(history({"copy": series(0.97), "add2": series(0.99)}), current)
+    # all gains are zero: only the smoothing toward uniform moves the weights
+    cfg = ControllerConfig()
+    assert p.weights == pytest.approx(apply_constraints(current, current, cfg))
+
+
+def test_rationale_has_one_line_per_domain_with_numbers():
+    strat, _ = deficit()
+    p = strat.propose(history({"copy": series(0.6, 0.7), "add2": series(0.1, 0.3)}), UNIFORM)
+    assert set(p.rationale) == set(DOMAINS)
+    for d, line in p.rationale.items():
+        assert "\n" not in line
+        # the change, as "old -> new", with the new weight the proposal carries
+        m = re.match(r"(\d\.\d{3}) -> (\d\.\d{3})", line)
+        assert m, line
+        assert float(m.group(1)) == pytest.approx(1 / 3, abs=5e-4)
+        assert float(m.group(2)) == pytest.approx(p.weights[d], abs=5e-4)
+    assert "streams no steer skill" in p.rationale["noise"]
+    assert "add2 score 0.30 deficit 0.70 progress +0.20" in p.rationale["arithmetic"]
+    assert "copy score 0.70 deficit 0.30 progress +0.10" in p.rationale["strings"]
+
+
+def test_first_checkpoint_progress_is_na():
+    strat, _ = deficit()
+    p = strat.propose(history({"copy": series(0.2), "add2": series(0.2)}), UNIFORM)
+    assert "progress n/a" in p.rationale["strings"]
+
+
+def test_forecast_per_steer_skill():
+    strat, _ = deficit()
+    p = strat.propose(history({"copy": series(0.6, 0.7), "add2": series(0.1, 0.3)}), UNIFORM)
+    assert set(p.forecast) == {"copy", "add2"}
+    for s, last, rise in (("copy", 0.7, 0.1), ("add2", 0.3, 0.2)):
+        f = p.forecast[s]
+        assert f["score"] == pytest.approx(last)
+        # the last rise scaled by the change in the skill's data share
+        domain = SKILL_DOMAINS[s][0]
+        assert f["expected"] == pytest.approx(min(1.0, last + rise * p.weights[domain] / (1 / 3)))
+    # more data for add2 forecasts more than its last rise
+    assert p.forecast["add2"]["expected"] > 0.5
+
+
+def test_skills_without_measurements_are_ignored():
+    strat, _ = deficit()
+    p = strat.propose(history({"copy": series(0.2), "add2": []}), UNIFORM)
+    assert set(p.forecast) == {"copy"}
+    assert "streams no steer skill" in p.rationale["arithmetic"]
+    assert p.weights["strings"] > p.weights["arithmetic"]
+
+
+@pytest.mark.parametrize("step_size", [0.5, 2.0, 8.0, 50.0])
+@pytest.mark.parametrize("current", [
+    UNIFORM,
+    {"strings": 0.7, "arithmetic": 0.28, "noise": 0.02},
+    {"strings": 0.02, "arithmetic": 0.02, "noise": 0.96},  # already above the cap
+])
+def test_result_always_sums_to_one_and_respects_constraints(step_size, current):
+    strat, cfg = deficit(step_size=step_size, floor=0.02, cap=0.7, max_change=0.25)
+    p = strat.propose(history({"copy": series(0.1, 0.4), "add2": series(0.5, 0.5)}), current)
+    assert abs(sum(p.weights.values()) - 1) < 1e-12
+    assert all(cfg.floor - 1e-9 <= v <= cfg.cap + 1e-9 for v in p.weights.values())
+    if current is not UNIFORM and max(current.values()) > cfg.cap:
+        return  # an infeasible current mixture drops the step limit
+    assert all(abs(p.weights[d] - current[d]) <= cfg.max_change + 1e-9 for d in DOMAINS)
+
+
+def test_domain_feeding_two_skills_uses_their_mean_priority():
+    strat, _ = deficit(smoothing=0.0, max_change=1.0, cap=1.0, floor=0.0)
+    h = History(domains=["ab", "c"], skill_domains={"copy": ["ab"], "add2": ["ab"], "sort": ["c"]},
+                scores={"copy": series(0.0), "add2": series(1.0), "sort": series(0.5)})
+    # ab: mean(1.0, 0.0) = 0.5 = c's priority, so nothing moves
+    p = strat.propose(h, {"ab": 0.5, "c": 0.5})
+    assert p.weights == pytest.approx({"ab": 0.5, "c": 0.5})
+
+
+def test_large_step_size_does_not_overflow():
+    strat, _ = deficit(step_size=1000.0)
+    current = {"strings": 0.02, "arithmetic": 0.02, "noise": 0.96}
+    p = strat.propose(history({"copy": series(0.0), "add2": series(0.0)}), current)
+    assert abs(sum(p.weights.values()) - 1) < 1e-12
+    assert p.weights["noise"] < current["noise"]

@@ -1,0 +1,185 @@
+"""backend/data/sampler.py and backend/data/tokenizer.py with a real BPE
+tokenizer trained once for the module on small domains."""
+
+import numpy as np
+import pytest
+
+from backend.config import DomainConfig
+from backend.data import tokenizer as tokenizer_mod
+from backend.data.domains import build_domains
+from backend.data.sampler import MixtureSampler
+
+CONTEXT = 24
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("prose")
+    for i in range(4):
+        (folder / f"{i}.txt").write_text(f"document number {i} says hello to the mixture sampler. " * 5)
+    return build_domains([
+        DomainConfig(name="strings", source="synthetic", skills=["copy", "reverse"]),
+        DomainConfig(name="arithmetic", source="synthetic", skills=["add2"]),
+        DomainConfig(name="noise", source="random"),
+        DomainConfig(name="prose", source="folder", path=str(folder)),
+    ])
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tok")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(domains, tok_dir):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tokenizer_mod, "CHARS_PER_DOMAIN", 20_000)
+        return tokenizer_mod.train_tokenizer(domains, vocab_size=350, seed=0, out_dir=tok_dir)
+
+
+def sampler(domains, tokenizer, seed=0):
+    return MixtureSampler(domains, tokenizer, CONTEXT, seed)
+
+
+WEIGHTS = {"strings": 0.4, "arithmetic": 0.3, "noise": 0.2, "prose": 0.1}
+
+
+# -- tokenizer ----------------------------------------------------------------------
+
+
+def test_tokenizer_has_specials_and_size(tokenizer):
+    assert tokenizer.eos_token == "<eos>" and tokenizer.pad_token == "<pad>"
+    assert tokenizer.eos_token_id != tokenizer.pad_token_id
+    assert 300 <= len(tokenizer) <= 350
+
+
+def test_digits_split_one_per_token(tokenizer):
+    for text in ("12345", "a 907 + 31 = 938", "x99y"):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        pieces = [tokenizer.decode([i]) for i in ids]
+        assert "".join(pieces) == text
+        digit_pieces = [p for p in pieces if any(c.isdigit() for c in p)]
+        assert all(len(p.strip()) == 1 for p in digit_pieces), pieces
+        assert sum(len(p.strip()) for p in digit_pieces) == sum(c.isdigit() for c in text)
+
+
+def test_round_trip_decodes_to_the_same_text(tokenizer):
+    text = "reverse a b c = c b a\n99 + 1 = 1 0 0 ünïcode ✓"
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+
+
+def test_saved_tokenizer_loads_with_identical_ids(tokenizer, tok_dir):
+    loaded = tokenizer_mod.load_tokenizer(tok_dir)
+    text = "copy a b c = a b c 12 + 34 = 46 document number 3"
+    assert loaded.encode(text, add_special_tokens=False) == tokenizer.encode(text, add_special_tokens=False)
+    assert (loaded.eos_token_id, loaded.pad_token_id) == (tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert len(loaded) == len(tokenizer)
+
+
+def test_load_tokenizer_needs_tokenizer_json(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        tokenizer_mod.load_tokenizer(tmp_path)
+
+
+def test_training_is_deterministic(domains, tokenizer, tmp_path):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tokenizer_mod, "CHARS_PER_DOMAIN", 20_000)
+        again = tokenizer_mod.train_tokenizer(domains, vocab_size=350, seed=0, out_dir=tmp_path)
+    assert again.get_vocab() == tokenizer.get_vocab()
+
+
+# -- sampler ------------------------------------------------------------------------
+
+
+def test_batch_shape_dtype_and_counts(domains, tokenizer):
+    s = sampler(domains, tokenizer)
+    batch, counts = s.batch(WEIGHTS, 8)
+    assert batch.shape == (8, CONTEXT + 1) and batch.dtype == np.int64
+    assert sum(counts.values()) == 8 and set(counts) == set(WEIGHTS)
+    assert batch.min() >= 0 and batch.max() < len(tokenizer)
+    assert s.sequences_drawn == 8
+    # documents are EOS-separated inside packed sequences
+    assert (batch == tokenizer.eos_token_id).any()
+
+
+def test_same_seed_same_batches_other_seed_other_batches(domains, tokenizer):
+    a, b, c = sampler(domains, tokenizer), sampler(domains, tokenizer), sampler(domains, tokenizer, seed=1)
+    for _ in range(3):
+        ba, ca = a.batch(WEIGHTS, 4)
+        bb, cb = b.batch(WEIGHTS, 4)
+        assert np.array_equal(ba, bb) and ca == cb
+    assert not np.array_equal(a.batch(WEIGHTS, 4)[0], c.batch(WEIGHTS, 4)[0])
+
+
+def test_restored_sampler_draws_what_the_uninterrupted_one_draws(domains, tokenizer):
+    first = sampler(domains, tokenizer)
+    for _ in range(3):
+        first.batch(WEIGHTS, 5)
+    state = first.state_dict()
+    expected = [first.batch(WEIGHTS, 5)[0] for _ in range(2)]
+    # a new weight set after resume changes only what is drawn from now on
+    expected.append(first.batch({"strings": 0.5, "noise": 0.5}, 5)[0])
+
+    resumed = sampler(domains, tokenizer)
+    resumed.load_state_dict(state)
+    got = [resumed.batch(WEIGHTS, 5)[0] for _ in range(2)] + [resumed.batch({"strings": 0.5, "noise": 0.5}, 5)[0]]
+    for e, g in zip(expected, got):
+        assert np.array_equal(e, g)
+    # a fresh sampler that did not restore draws something else
+    assert not np.array_equal(sampler(domains, tokenizer).batch(WEIGHTS, 5)[0], expected[0])
+
+
+def test_batch_size_does_not_change_the_stream(domains, tokenizer):
+    a, b = sampler(domains, tokenizer), sampler(domains, tokenizer)
+    big = a.batch(WEIGHTS, 6)[0]
+    small = np.concatenate([b.batch(WEIGHTS, 2)[0], b.batch(WEIGHTS, 4)[0]])
+    assert np.array_equal(big, small)
+
+
+def test_load_state_dict_with_wrong_seed_raises(domains, tokenizer):
+    s = sampler(domains, tokenizer, seed=3)
+    with pytest.raises(ValueError, match="seed"):
+        s.load_state_dict({"sequences_drawn": 10, "seed": 4})
+    assert s.sequences_drawn == 0
+
+
+def random_domains(*names):
+    """Cheap real domains (random strings) so that thousands of sequences stay fast."""
+    return build_domains([DomainConfig(name=n, source="random") for n in names])
+
+
+def test_domain_frequencies_follow_the_weights(tokenizer):
+    s = MixtureSampler(random_domains("a", "b"), tokenizer, 4, seed=0)
+    _, counts = s.batch({"a": 0.8, "b": 0.2}, 2000)
+    assert counts["a"] + counts["b"] == 2000
+    assert abs(counts["a"] / 2000 - 0.8) < 0.03
+
+
+def test_zero_weight_is_never_drawn(tokenizer):
+    s = MixtureSampler(random_domains("a", "b", "c"), tokenizer, 4, seed=0)
+    for w in ({"a": 0.5, "b": 0.0, "c": 0.5}, {"a": 0.5, "b": 0.5, "c": 0.0}, {"a": 0.0, "b": 0.3, "c": 0.7}):
+        _, counts = s.batch(w, 500)
+        zero = [k for k, v in w.items() if v == 0]
+        assert all(counts[z] == 0 for z in zero), (w, counts)
+        assert all(counts[k] > 0 for k, v in w.items() if v > 0)
+
+
+def test_missing_weight_counts_as_zero(domains, tokenizer):
+    s = sampler(domains, tokenizer)
+    _, counts = s.batch({"noise": 1.0}, 20)
+    assert counts == {"strings": 0, "arithmetic": 0, "noise": 20, "prose": 0}
+
+
+def test_heldout_is_deterministic_and_independent_of_training_draws(domains, tokenizer):
+    a, b = sampler(domains, tokenizer), sampler(domains, tokenizer)
+    b.batch(WEIGHTS, 7)
+    ha, hb = a.heldout(3), b.heldout(3)
+    assert list(ha) == [d.name for d in domains]
+    for name in ha:
+        assert ha[name].shape == (3, CONTEXT + 1) and ha[name].dtype == np.int64
+        assert np.array_equal(ha[name], hb[name])
+    # text domains draw held-out sequences from their held-out documents only
+    prose = domains[3]
+    text = tokenizer.decode(ha["prose"][0])
+    assert prose.holdout_docs[0][:20] in text
+    assert not any(doc[:20] in text for doc in prose.train_docs if doc[:20] != prose.holdout_docs[0][:20])

@@ -1,0 +1,207 @@
+"""backend/schedule.py: parse (validate) imported schedules, render blends,
+and export a run's schedule from a store filled by hand."""
+
+import copy
+import itertools
+import json
+import math
+
+import pytest
+
+from backend.config import RunConfig, preset
+from backend.schedule import (
+    FORMAT,
+    VERSION,
+    ScheduleError,
+    export_schedule,
+    parse_schedule,
+    to_megatron_blend,
+)
+from backend.store import Store
+
+CFG = preset("tiny").to_dict()  # 30 steps, a checkpoint every 10, 8 x 48 tokens per step
+DOMAINS = [d["name"] for d in CFG["data"]["domains"]]
+UNIFORM = {d: 1 / 6 for d in DOMAINS}
+SKEWED = {"strings": 0.3, "arithmetic": 0.3, "logic": 0.1, "recall": 0.1, "noise": 0.05, "code": 0.15}
+
+
+def schedule() -> dict:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": copy.deepcopy(CFG),
+        "segments": [
+            {"from_step": 0, "to_step": 10, "weights": dict(UNIFORM), "source": "initial"},
+            {"from_step": 10, "to_step": 30, "weights": dict(SKEWED), "source": "proposal"},
+        ],
+    }
+
+
+def refused(data) -> str:
+    with pytest.raises(ScheduleError) as e:
+        parse_schedule(data)
+    return str(e.value)
+
+
+def test_valid_schedule_passes_with_a_checked_config():
+    out = parse_schedule(schedule())
+    assert isinstance(out["run_config"], RunConfig)
+    assert out["run_config"].to_dict() == CFG
+    assert out["segments"] == schedule()["segments"]
+    # the same from JSON text and bytes
+    text = json.dumps(schedule())
+    assert parse_schedule(text)["segments"] == out["segments"]
+    assert parse_schedule(text.encode())["run_config"] == out["run_config"]
+
+
+def mutated(fn) -> dict:
+    s = schedule()
+    fn(s)
+    return s
+
+
+def seg_weights(i, **changes):
+    def fn(s):
+        s["segments"][i]["weights"].update(changes)
+    return fn
+
+
+@pytest.mark.parametrize("fn, start", [
+    (lambda s: s.update(format="other-tool"), "format:"),
+    (lambda s: s.pop("format"), "format:"),
+    (lambda s: s.update(version=2), "version:"),
+    (lambda s: s.update(version="1"), "version:"),
+    (lambda s: s.pop("config"), "config: missing"),
+    (lambda s: s["config"]["train"].update(lr=-1.0), "config.train.lr:"),
+    (lambda s: s["config"]["train"].update(lrr=1.0), "config.train.lrr:"),
+    (lambda s: s["config"]["data"]["domains"][0].update(sorce="x"), "config.data.domains[0].sorce:"),
+    (lambda s: s["config"].update(policy="never"), "config.policy:"),
+    (lambda s: s.update(segments=[]), "segments:"),
+    (lambda s: s.update(segments={"0": {}}), "segments:"),
+    (lambda s: s.pop("segments"), "segments:"),
+    (lambda s: s["segments"].__setitem__(1, "10:skewed"), "segments[1]:"),
+    (lambda s: s["segments"][1].update(from_step=15), "segments[1].from_step:"),
+    (lambda s: s["segments"][1].update(from_step=30), "segments[1].from_step:"),
+    (lambda s: s["segments"][1].update(from_step="10"), "segments[1].from_step:"),
+    (lambda s: s["segments"][1].update(from_step=10.0), "segments[1].from_step:"),
+    (lambda s: s["segments"][1].update(from_step=True), "segments[1].from_step:"),
+    (lambda s: s["segments"][0].update(from_step=10), "segments[0].from_step:"),
+    (lambda s: s["segments"][1].update(from_step=0), "segments[1].from_step:"),
+    (lambda s: s["segments"].append({"from_step": 10, "weights": dict(UNIFORM)}), "segments[2].from_step:"),
+    (lambda s: s["segments"].insert(1, {"from_step": 20, "weights": dict(UNIFORM)}), "segments[2].from_step:"),
+    (lambda s: s["segments"][1]["weights"].pop("code"), "segments[1].weights:"),
+    (lambda s: s["segments"][1].update(weights=[0.5, 0.5]), "segments[1].weights:"),
+    (lambda s: s["segments"][0].pop("weights"), "segments[0].weights:"),
+    (seg_weights(1, web=0.0), "segments[1].weights.web:"),
+    (seg_weights(1, noise=-0.05, code=0.25), "segments[1].weights.noise:"),
+    (seg_weights(1, noise=math.nan), "segments[1].weights.noise:"),
+    (seg_weights(1, noise=math.inf), "segments[1].weights.noise:"),
+    (seg_weights(1, noise="0.05"), "segments[1].weights.noise:"),
+    (seg_weights(1, noise=True), "segments[1].weights.noise:"),
+    (seg_weights(1, noise=0.5), "segments[1].weights:"),
+    (lambda s: s["segments"][1].update(source="magic"), "segments[1].source:"),
+])
+def test_broken_schedule_is_refused_naming_the_field(fn, start):
+    msg = refused(mutated(fn))
+    assert msg.startswith(start), msg
+
+
+def test_messages_say_what_is_wrong():
+    assert "not a checkpoint step" in refused(mutated(lambda s: s["segments"][1].update(from_step=15)))
+    assert "not after" in refused(mutated(lambda s: s["segments"][1].update(from_step=0)))
+    assert "must start at step 0" in refused(mutated(lambda s: s["segments"][0].update(from_step=10)))
+    assert "missing domain 'code'" in refused(mutated(lambda s: s["segments"][1]["weights"].pop("code")))
+    assert "unknown domain" in refused(mutated(seg_weights(1, web=0.0)))
+    assert "sum to 1" in refused(mutated(seg_weights(1, noise=0.5)))
+
+
+@pytest.mark.parametrize("data", ["{not json", b"\xff\xfe", "[1, 2]", "42", None])
+def test_not_a_json_object_is_refused(data):
+    msg = refused(data)
+    assert "JSON" in msg
+
+
+@pytest.mark.parametrize("data", [b"\xff\xff\xff", b'{"format": "caf\xe9"}'])
+def test_bytes_that_are_not_utf8_are_refused(data):
+    assert "JSON" in refused(data)
+
+
+def test_segment_source_is_optional():
+    s = schedule()
+    for seg in s["segments"]:
+        seg.pop("source")
+    parse_schedule(s)
+
+
+def test_megatron_blend():
+    out = to_megatron_blend(schedule(), {"strings": "/data/strings_text_document"})
+    assert [(b["from_step"], b["to_step"]) for b in out] == [(0, 10), (10, 30)]
+    parts = out[1]["data_path"].split(" ")
+    assert len(parts) == 2 * len(DOMAINS)
+    weights, paths = [float(p) for p in parts[::2]], parts[1::2]
+    assert paths == ["/data/strings_text_document"] + DOMAINS[1:]
+    assert weights == pytest.approx([SKEWED[d] for d in DOMAINS], abs=1e-6)
+    assert out[0]["data_path"].startswith("0.166667 /data/strings_text_document 0.166667 arithmetic")
+
+
+# -- export from a store filled by hand ---------------------------------------------
+
+
+@pytest.fixture
+def filled(tmp_path):
+    """A run whose mixture changed at step 10 (an approved proposal) and at
+    step 20 (a manual mixture); a later proposal is still pending."""
+    store = Store(tmp_path / "cl.db")
+    rid = store.create_run(CFG)
+    tokens_per_step = CFG["train"]["batch_size"] * CFG["data"]["context_length"]
+    store.add_segment(rid, from_step=0, tokens_at=0, weights=UNIFORM, source="initial")
+    pid = store.add_proposal(rid, step=10, strategy="deficit", current_weights=UNIFORM, weights=SKEWED,
+                             rationale={}, forecast={})
+    store.decide(pid, "approve", by="alice")
+    store.apply_approved(rid, step=10, tokens_at=10 * tokens_per_step)
+    manual = store.set_mixture(rid, dict.fromkeys(DOMAINS, 1) | {"code": 4}, step=15, by="bob")
+    store.apply_approved(rid, step=20, tokens_at=20 * tokens_per_step)
+    store.add_proposal(rid, step=20, strategy="deficit", current_weights=UNIFORM, weights=UNIFORM,
+                       rationale={}, forecast={})
+    yield store, rid, pid, manual
+    store.close()
+
+
+def test_export_describes_the_trained_segments(filled):
+    store, rid, pid, manual = filled
+    out = export_schedule(store, rid)
+    assert list(out)[:2] == ["format", "version"]
+    assert (out["format"], out["version"], out["total_steps"], out["tokens_per_step"]) == (FORMAT, VERSION, 30, 384)
+    assert out["domains"] == DOMAINS and out["config"] == CFG
+    assert out["run"] == {"id": rid, "name": "tiny", "seed": 0, "status": "created"}
+    segs = out["segments"]
+    assert [(s["from_step"], s["to_step"]) for s in segs] == [(0, 10), (10, 20), (20, 30)]
+    assert [s["source"] for s in segs] == ["initial", "proposal", "manual"]
+    assert [s["proposal_id"] for s in segs] == [None, pid, manual]
+    assert [s["strategy"] for s in segs] == [None, "deficit", "manual"]
+    assert [s["approved_by"] for s in segs] == [None, "alice", "bob"]
+    assert segs[1]["weights"] == SKEWED and segs[2]["weights"]["code"] == pytest.approx(4 / 9)
+    # segments tile the run: each ends where the next starts, tokens follow steps
+    for a, b in itertools.pairwise(segs):
+        assert a["to_step"] == b["from_step"] and a["to_tokens"] == b["from_tokens"]
+    for s in segs:
+        assert s["from_tokens"] == s["from_step"] * 384 and s["to_tokens"] == s["to_step"] * 384
+    assert segs[-1]["to_tokens"] == 30 * 384
+    # the stored tokens_at agree with the exported token counts
+    assert [r["tokens_at"] for r in store.schedule(rid)] == [s["from_tokens"] for s in segs]
+
+
+def test_export_round_trips_through_json_and_parse(filled):
+    store, rid, *_ = filled
+    exported = export_schedule(store, rid)
+    parsed = parse_schedule(json.dumps(exported))
+    assert isinstance(parsed["run_config"], RunConfig) and parsed["run_config"].to_dict() == CFG
+    assert parsed["segments"] == exported["segments"]
+    blend = to_megatron_blend(parsed)
+    assert [(b["from_step"], b["to_step"]) for b in blend] == [(0, 10), (10, 20), (20, 30)]
+
+
+def test_export_prefers_the_stored_domains(filled):
+    store, rid, *_ = filled
+    store.set_domains(rid, [{"name": d, "source": "x", "skills": []} for d in reversed(DOMAINS)])
+    assert export_schedule(store, rid)["domains"] == DOMAINS[::-1]
