@@ -178,6 +178,26 @@ def cmd_set_policy(args) -> int:
     return 0
 
 
+def cmd_alerts(args) -> int:
+    from backend.store import Store
+
+    alerts = Store(args.db).open_alerts(args.run)
+    out = [{"skill": k, "step": e["after"].get("step"), "message": e["message"]} for k, e in alerts.items()]
+    _print(out, args.json, "\n".join(f"{a['skill']} (step {a['step']}): {a['message']}" for a in out)
+           or f"run {args.run}: no open Goodhart alerts")
+    return 0
+
+
+def cmd_ack(args) -> int:
+    from backend.store import Store
+
+    store = Store(args.db)
+    store.acknowledge_alert(args.run, args.skill, by=args.by, step=store.run(args.run)["step"], note=args.note)
+    _print({"run": args.run, "skill": args.skill}, args.json,
+           f"alert on {args.skill} acknowledged; the controller may push it again")
+    return 0
+
+
 def cmd_export(args) -> int:
     from backend.schedule import export_schedule
     from backend.store import Store
@@ -276,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=int)
     p.add_argument("policy", choices=("auto", "human"))
     p.add_argument("--by", default="cli")
+
+    p = add("alerts", cmd_alerts, "open Goodhart alerts of a run")
+    p.add_argument("run", type=int)
+
+    p = add("ack-alert", cmd_ack, "acknowledge a skill's Goodhart alert (the controller may push it again)")
+    p.add_argument("run", type=int)
+    p.add_argument("skill")
+    p.add_argument("--by", default="cli")
+    p.add_argument("--note")
 
     p = add("export-schedule", cmd_export, "write a run's mixture schedule as versioned JSON")
     p.add_argument("run", type=int)

@@ -73,8 +73,16 @@ class DomainConfig:
     size_tokens: int | None = None
     """Nominal corpus size in tokens, used by the `natural` mixture. Text
     domains measure their own size when this is unset."""
+    contamination: float = 0.0
+    """For source=synthetic: share of examples that are the steer evaluation
+    items themselves (a planted leak: teaching to the test, which the
+    Goodhart guard must catch). 0 for an honest domain."""
 
     def validate(self, path: str) -> None:
+        if not 0.0 <= self.contamination <= 1.0:
+            raise ConfigError(f"{path}.contamination: must be within [0, 1], got {self.contamination}")
+        if self.contamination and self.source != "synthetic":
+            raise ConfigError(f"{path}.contamination: only synthetic domains can leak evaluation items")
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"{path}.name: must be a non-empty identifier, got {self.name!r}")
         if self.source not in DOMAIN_SOURCES:
@@ -152,6 +160,9 @@ class EvalConfig:
     """lm-eval batch size."""
     max_gen_toks: int = 16
     """Longest generated answer, in tokens."""
+    loglikelihood: bool = True
+    """Also score each skill by the loglikelihood of its answer (accuracy of
+    the greedy continuation, and the per-token loss of the answer)."""
     heldout_loss_sequences: int = 16
     """Held-out sequences per domain for the per-domain loss."""
 

@@ -68,7 +68,7 @@ def build_components(cfg: RunConfig, run_dir: Path) -> Components:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
-    domains = build_domains(cfg.data.domains)
+    domains = build_domains(cfg.data.domains, seed=cfg.seed, eval_items_per_skill=cfg.evaluation.items_per_skill)
     tok_dir = run_dir / "tokenizer"
     if cfg.data.tokenizer_path:
         tokenizer = load_tokenizer(cfg.data.tokenizer_path)
@@ -82,7 +82,7 @@ def build_components(cfg: RunConfig, run_dir: Path) -> Components:
     sampler = MixtureSampler(domains, tokenizer, cfg.data.context_length, cfg.seed)
     kinds = ["steer", "holdout"] if cfg.evaluation.holdout else ["steer"]
     tasks = build_tasks(cfg.steer_skills, kinds, run_dir / "evaldata", cfg.evaluation.items_per_skill,
-                        cfg.seed, cfg.evaluation.max_gen_toks)
+                        cfg.seed, cfg.evaluation.max_gen_toks, cfg.evaluation.loglikelihood)
     evaluator = HarnessEvaluator(model, tokenizer, tasks, batch_size=cfg.evaluation.batch_size,
                                  max_length=cfg.data.context_length, device=device)
     heldout = sampler.heldout(cfg.evaluation.heldout_loss_sequences)
@@ -154,6 +154,7 @@ class ClosedLoop:
         if not ck["evaluated"]:
             self._evaluate(step, tokens)
             self.store.mark_checkpoint(self.run_id, step, evaluated=True)
+        self._estimate_and_guard(step)
         if step < self.cfg.train.steps:  # nothing to steer after the last checkpoint
             if self.replay is not None:
                 self._follow_replay(step, tokens)
@@ -166,7 +167,7 @@ class ClosedLoop:
     def _register(self) -> None:
         """Domains and skills (steer and held-out) of the run, into the store."""
         from backend.data.skills import get_skill
-        from backend.evaluation.tasks import skill_name, task_name
+        from backend.evaluation.tasks import skill_name
 
         self.store.set_domains(self.run_id, [
             {"name": d.name, "source": d.source, "skills": d.skills, "size_tokens": d.size_tokens}
@@ -176,8 +177,10 @@ class ClosedLoop:
         for base in self.cfg.steer_skills:
             feeds = [d.name for d in self.c.domains if base in d.skills]
             for kind in kinds:
+                tasks = [t["task"] for t in self.c.evaluator.task_configs
+                         if t["metadata"]["skill"] == skill_name(base, kind)]
                 rows.append({"name": skill_name(base, kind), "base": base, "kind": kind, "domains": feeds,
-                             "tasks": [task_name(base, kind)], "difficulty": get_skill(base).difficulty})
+                             "tasks": tasks, "difficulty": get_skill(base).difficulty})
         self.store.set_skills(self.run_id, rows)
 
     def _resume_or_start(self) -> None:
@@ -273,6 +276,34 @@ class ClosedLoop:
         self.store.add_measurements(self.run_id, rows)
         self.store.add_samples(self.run_id, step, samples)
 
+    @property
+    def checkpoint_tokens(self) -> int:
+        return self.cfg.train.checkpoint_every * self.tokens_per_step
+
+    def _estimate_and_guard(self, step: int) -> None:
+        """Latent capability of every skill at this checkpoint, then the
+        Goodhart guard on each steer skill against its held-out variant."""
+        from backend import guard
+        from backend.capability import estimate
+
+        est = estimate(self.store.measurements(self.run_id), self.checkpoint_tokens)
+        self._estimates = est
+        self.store.set_capability(self.run_id, [{**e, "skill": s} for s, es in est.items()
+                                                for e in es if e["step"] == step])
+        for s in self.store.skills(self.run_id):
+            held = f"{s['name']}_holdout"
+            if s["kind"] != "steer" or held not in est:
+                continue
+            since = self.store.last_ack_step(self.run_id, s["name"]) or 0
+            alert = guard.check(est[s["name"]], est[held], since)
+            if alert:
+                self.store.raise_alert(
+                    self.run_id, step=step, skill=s["name"], data=alert,
+                    message=(f"Goodhart guard: {s['name']} rose {alert['steer_rise']:+.2f} since step "
+                             f"{alert['from_step']} but {held} only {alert['holdout_rise']:+.2f} "
+                             f"(gap {alert['gap']:.2f} > 2 x {alert['gap_sd']:.2f}); the controller "
+                             f"stops pushing {s['name']} until a person acknowledges"))
+
     def history(self) -> History:
         skills = [s for s in self.store.skills(self.run_id) if s["kind"] == "steer"]
         scores = {s["name"]: [] for s in skills}
@@ -282,11 +313,18 @@ class ClosedLoop:
                 scores[m["skill"]].append(m)
             elif m["kind"] == "domain_loss":
                 losses.setdefault(m["domain"], []).append(m)
+        est = getattr(self, "_estimates", None)
+        if est is None:
+            from backend.capability import estimate
+
+            est = estimate(self.store.measurements(self.run_id), self.checkpoint_tokens)
         return History(
             domains=self.cfg.domain_names,
             skill_domains={s["name"]: s["domains"] for s in skills},
             scores=scores, domain_loss=losses,
-            checkpoint_tokens=self.cfg.train.checkpoint_every * self.tokens_per_step,
+            checkpoint_tokens=self.checkpoint_tokens,
+            estimates={s["name"]: est.get(s["name"], []) for s in skills},
+            blocked={k: e["message"] for k, e in self.store.open_alerts(self.run_id).items()},
         )
 
     def _propose(self, step: int, tokens: int) -> None:

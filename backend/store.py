@@ -98,6 +98,21 @@ CREATE TABLE IF NOT EXISTS measurements (
     created_at REAL NOT NULL,
     PRIMARY KEY (run_id, step, task, metric, prompt_variant, decoding, scorer)
 );
+CREATE TABLE IF NOT EXISTS capability (
+    run_id INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    skill TEXT NOT NULL,
+    tokens_seen INTEGER NOT NULL,
+    score REAL NOT NULL,            -- latent capability (backend/capability.py)
+    lo REAL NOT NULL,               -- 95% interval
+    hi REAL NOT NULL,
+    slope REAL,                     -- score change per checkpoint
+    slope_lo REAL,
+    slope_hi REAL,
+    slope_per_token REAL,
+    raw_mean REAL,                  -- mean exact match over templates at this step
+    PRIMARY KEY (run_id, step, skill)
+);
 CREATE TABLE IF NOT EXISTS samples (
     run_id INTEGER NOT NULL,
     step INTEGER NOT NULL,
@@ -374,6 +389,20 @@ class Store:
             sql, params = sql + " AND skill = ?", params + [skill]
         return self._rows(sql + " ORDER BY step, task, metric", params)
 
+    def set_capability(self, run_id: int, rows: list[dict]) -> None:
+        """Insert or replace latent capability estimates (one row per step and skill)."""
+        keys = ("step", "skill", "tokens_seen", "score", "lo", "hi", "slope", "slope_lo", "slope_hi",
+                "slope_per_token", "raw_mean")
+        full = [{**{k: r.get(k) for k in keys}, "run_id": run_id} for r in rows]
+        with self._write():
+            self.db["capability"].insert_all(full, replace=True)
+
+    def capability(self, run_id: int, skill: str | None = None) -> list[dict]:
+        sql, params = "SELECT * FROM capability WHERE run_id = ?", [run_id]
+        if skill:
+            sql, params = sql + " AND skill = ?", params + [skill]
+        return self._rows(sql + " ORDER BY step, skill", params)
+
     def add_samples(self, run_id: int, step: int, rows: list[dict]) -> None:
         """Per-item results of one checkpoint (which items fail)."""
         full = [{**r, "run_id": run_id, "step": step} for r in rows]
@@ -553,6 +582,44 @@ class Store:
         if kind:
             sql, params = sql + " AND kind = ?", params + [kind]
         return self._rows(sql + " ORDER BY id", params)
+
+    # -- Goodhart alerts -------------------------------------------------------
+    def raise_alert(self, run_id: int, *, step: int, skill: str, message: str, data: dict) -> bool:
+        """Record a Goodhart alert for a steer skill unless one is open;
+        returns True when a new alert was stored."""
+        with self._write():
+            if skill in self.open_alerts(run_id):
+                return False
+            self._event(run_id, "goodhart_alert", message, actor="guard",
+                        after={**data, "skill": skill, "step": step})
+        return True
+
+    def open_alerts(self, run_id: int) -> dict[str, dict]:
+        """Skill -> its latest alert event, for alerts not yet acknowledged."""
+        open_: dict[str, dict] = {}
+        for e in self._rows("SELECT * FROM events WHERE run_id = ? AND kind IN "
+                            "('goodhart_alert', 'goodhart_ack') ORDER BY id", (run_id,)):
+            skill = (e["after"] or {}).get("skill")
+            if e["kind"] == "goodhart_alert":
+                open_[skill] = e
+            else:
+                open_.pop(skill, None)
+        return open_
+
+    def acknowledge_alert(self, run_id: int, skill: str, *, by: str, step: int, note: str | None = None) -> None:
+        """A person acknowledges a skill's alert: the controller may push the
+        skill again, and the guard compares progress from `step` on."""
+        with self._write():
+            if skill not in self.open_alerts(run_id):
+                raise StoreError(f"run {run_id} has no open Goodhart alert for skill {skill!r}")
+            self._event(run_id, "goodhart_ack", f"alert on {skill} acknowledged" + (f": {note}" if note else ""),
+                        actor=by, after={"skill": skill, "step": step})
+
+    def last_ack_step(self, run_id: int, skill: str) -> int | None:
+        for e in reversed(self.events(run_id, "goodhart_ack")):
+            if (e["after"] or {}).get("skill") == skill:
+                return e["after"].get("step")
+        return None
 
     def send_command(self, run_id: int, command: str, by: str = "cli") -> int:
         """Queue pause / resume / stop for the run's worker."""

@@ -13,8 +13,8 @@ from backend.store import Store
 
 
 def scores_by_checkpoint(store: Store, run_id: int) -> dict:
-    return {(m["step"], m["skill"]): m["value"] for m in store.measurements(run_id)
-            if m["metric"] == "exact_match"}
+    return {(m["step"], m["task"], m["metric"]): m["value"] for m in store.measurements(run_id)
+            if m["skill"] is not None}
 
 
 def test_run_measures_every_skill_at_every_checkpoint(tiny_run):
@@ -28,17 +28,28 @@ def test_run_measures_every_skill_at_every_checkpoint(tiny_run):
     assert {s["kind"] for s in skills} == {"steer", "holdout"}
     ms = store.measurements(run_id)
     for s in skills:
-        rows = [m for m in ms if m["skill"] == s["name"] and m["metric"] == "exact_match"]
-        assert [m["step"] for m in rows] == steps, s["name"]
+        rows = [m for m in ms if m["skill"] == s["name"]]
+        # facets: steer skills under 3 prompt templates, held-out under its own;
+        # greedy exact match, plus the loglikelihood scorers under one template
+        templates = {"steer": ["template0", "template2", "template3"], "holdout": ["template1"]}[s["kind"]]
+        for step in steps:
+            em = [m for m in rows if m["step"] == step and m["metric"] == "exact_match"]
+            assert sorted(m["prompt_variant"] for m in em) == templates, (s["name"], step)
+            assert all(m["decoding"] == "greedy" and m["scorer"] == "exact_match" for m in em)
+            ll = {m["metric"]: m for m in rows if m["step"] == step and m["decoding"] == "teacher_forced"}
+            assert set(ll) == {"ll_acc", "answer_nll"} and ll["answer_nll"]["value"] > 0
         assert all(m["stderr"] is not None and m["n"] == 12 for m in rows)
-        assert all(m["decoding"] == "greedy" and m["prompt_variant"].startswith("template") for m in rows)
+        # the latent capability, with an interval, at every checkpoint
+        cap = store.capability(run_id, s["name"])
+        assert [c["step"] for c in cap] == steps
+        assert all(0 <= c["lo"] <= c["score"] <= c["hi"] <= 1 for c in cap)
     losses = [m for m in ms if m["kind"] == "domain_loss"]
     assert len(losses) == len(steps) * len(store.domains(run_id))
     # the held-out loss of the most trained domain falls as the model trains
     strings = {m["step"]: m["value"] for m in losses if m["domain"] == "strings"}
     assert strings[30] < strings[0] - 0.5
-    # per-item results are kept
-    assert len(store.samples(run_id, 30)) == 12 * len(skills)
+    # per-item results are kept: 4 tasks per steer skill, 2 per held-out one
+    assert len(store.samples(run_id, 30)) == 12 * 6 * 2
 
 
 def test_auto_policy_applies_proposals_with_reasons(tiny_run):

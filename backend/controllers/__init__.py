@@ -34,6 +34,19 @@ class History:
     """Domain -> [{step, tokens_seen, value, stderr, n}] held-out loss by step."""
     checkpoint_tokens: int = 0
     """Tokens between checkpoints (for forecasts)."""
+    estimates: dict[str, list[dict]] = field(default_factory=dict)
+    """Steer skill -> latent capability estimates by step (backend.capability):
+    score, lo, hi, slope, slope_lo, slope_hi. Computed from `scores` when empty."""
+    blocked: dict[str, str] = field(default_factory=dict)
+    """Steer skills the Goodhart guard holds back (skill -> alert message)."""
+
+    def latent(self) -> dict[str, list[dict]]:
+        if self.estimates:
+            return self.estimates
+        from backend.capability import estimate
+
+        rows = [{**m, "skill": s, "metric": "exact_match"} for s, ms in self.scores.items() for m in ms]
+        return estimate(rows, self.checkpoint_tokens or 1)
 
 
 STRATEGIES: dict[str, type] = {}

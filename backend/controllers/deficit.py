@@ -1,19 +1,25 @@
-"""`deficit` (the default): an eval-driven exponentiated-gradient step.
+"""`deficit` (the default): a noise-aware, eval-driven exponentiated-gradient step.
 
-For each steer skill s at the latest checkpoint:
-    deficit_s  = target - score_s            (0 once score_s >= saturation)
-    progress_s = score_s - score_s(previous checkpoint)
-    learnable_s = 1 before there are two checkpoints (optimism), else
-                  0.25 + 0.75 * min(1, max(0, progress_s) / 0.1)
-    priority_s = deficit_s * learnable_s
-Each domain's gain is the mean priority of the steer skills it streams (0 for
-a domain that streams none), and the mixture moves by
-    w_j <- w_j * exp(step_size * (gain_j - sum_i w_i gain_i))
-before the shared constraints (smoothing, floor, cap, max change).
+It reads each steer skill's latent capability (backend.capability: score with
+a 95% interval, learning slope per checkpoint with its interval), never the
+raw numbers, and only acts on what stands out of the noise:
 
-So weight flows toward domains whose skills are far from the target and
-still moving, and away from saturated skills, stalled skills and domains
-that teach nothing measured.
+    deficit_s   = target - score_s, or 0 when the interval reaches the
+                  saturation level (saturated, or within noise of it)
+    learnable_s = 1 at the first checkpoint (optimism: no slope yet),
+                  0.25 + 0.75 * min(1, slope_s / 0.1) only when the slope's
+                  whole interval is above 0 (surely learning), else 0.25: a
+                  stalled skill and one whose slope is within noise get the
+                  same floor, so a noisy slope never moves weight
+    priority_s  = deficit_s * learnable_s; 0 while the Goodhart guard holds
+                  the skill back
+
+A domain's gain is the mean priority of the steer skills it streams; one that
+streams no steer skill has gain 0. Then
+
+    w_j <- w_j * exp(step_size * (gain_j - max_i gain_i))
+
+and the shared constraints (smoothing, floor, cap, max change) apply.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import math
 from backend.controllers import History, Proposal, register_strategy
 from backend.controllers.constraints import apply_constraints
 
-PROGRESS_SCALE = 0.1  # a rise of 0.1 per checkpoint counts as full progress
+PROGRESS_SCALE = 0.1  # a rise of 0.1 score per checkpoint counts as full progress
+STALLED = 0.25 * PROGRESS_SCALE  # a slope surely below this counts as not moving
 
 
 @register_strategy("deficit")
@@ -31,36 +38,42 @@ class Deficit:
     def __init__(self, cfg):
         self.cfg = cfg
 
-    def skill_priority(self, series: list[dict]) -> dict:
-        last = series[-1]
-        score = last["value"]
-        saturated = score >= self.cfg.saturation
-        deficit = 0.0 if saturated else max(0.0, self.cfg.target - score)
+    def skill_signal(self, series: list[dict], blocked: str | None = None) -> dict:
+        """The priority of one skill from its latent estimates, with why."""
+        e = series[-1]
+        out = {"score": e["score"], "lo": e["lo"], "hi": e["hi"], "slope": e.get("slope"),
+               "deficit": 0.0, "learnable": 0.0, "priority": 0.0, "why": ""}
+        if blocked:
+            out.update(priority=0.0, why="held back by the Goodhart guard")
+            return out
+        if e["score"] >= self.cfg.saturation:
+            out.update(priority=0.0, why="saturated")
+            return out
+        if e["hi"] >= self.cfg.saturation:
+            out.update(priority=0.0, why="deficit within noise of saturation")
+            return out
+        out["deficit"] = max(0.0, self.cfg.target - e["score"])
         if len(series) < 2:
-            progress, learnable = None, 1.0
+            out.update(learnable=1.0, slope=None, why="no slope yet")
+        elif e["slope_lo"] > 0:
+            out.update(learnable=0.25 + 0.75 * min(1.0, e["slope"] / PROGRESS_SCALE), why="learning")
+        elif e["slope_hi"] < STALLED:
+            out.update(learnable=0.25, why="stalled")
         else:
-            progress = score - series[-2]["value"]
-            learnable = 0.25 + 0.75 * min(1.0, max(0.0, progress) / PROGRESS_SCALE)
-        return {
-            "score": score,
-            "deficit": deficit,
-            "progress": progress,
-            "learnable": learnable,
-            "priority": deficit * learnable,
-            "saturated": saturated,
-        }
+            out.update(learnable=0.25, why="slope within noise, counted as stalled")
+        out["priority"] = out["deficit"] * out["learnable"]
+        return out
 
     def propose(self, history: History, current: dict[str, float]) -> Proposal:
-        skills = {s: self.skill_priority(v) for s, v in history.scores.items() if v}
+        latent = history.latent()
+        skills = {s: self.skill_signal(v, history.blocked.get(s)) for s, v in latent.items() if v}
         gain, feeds = {}, {}
         for d in history.domains:
             fed = [s for s, ds in history.skill_domains.items() if d in ds and s in skills]
             feeds[d] = fed
             gain[d] = sum(skills[s]["priority"] for s in fed) / len(fed) if fed else 0.0
         mean_gain = sum(current[d] * gain[d] for d in history.domains)
-        # subtracting the largest gain (not the mean) gives the same mixture
-        # after normalising and never overflows
-        top = max(gain.values())
+        top = max(gain.values())  # subtracting the max never overflows
         raw = {d: current[d] * math.exp(self.cfg.step_size * (gain[d] - top)) for d in history.domains}
         weights = apply_constraints(raw, current, self.cfg)
 
@@ -73,22 +86,21 @@ class Deficit:
             parts = []
             for s in feeds[d]:
                 k = skills[s]
-                prog = "n/a" if k["progress"] is None else f"{k['progress']:+.2f}"
-                state = " saturated" if k["saturated"] else ""
-                parts.append(f"{s} score {k['score']:.2f} deficit {k['deficit']:.2f} progress {prog}{state}")
+                slope = "n/a" if k["slope"] is None else f"{k['slope']:+.3f}/ckpt"
+                parts.append(f"{s} {k['score']:.2f} [{k['lo']:.2f}, {k['hi']:.2f}] slope {slope}: {k['why']}")
             rationale[d] = f"{change}: gain {gain[d]:.3f} vs mean {mean_gain:.3f}; " + "; ".join(parts)
 
         forecast = {}
         for s, k in skills.items():
-            # the last rise, scaled by how much more (or less) of the skill's
-            # domains the new mixture trains on
+            # the latent slope, scaled by how much more (or less) of the
+            # skill's domains the new mixture trains on
             ds = history.skill_domains[s]
             old_share = sum(current[d] for d in ds) or 1e-9
             ratio = sum(weights[d] for d in ds) / old_share
-            rise = max(0.0, k["progress"] or 0.0) * ratio
+            rise = (k["slope"] or 0.0) * ratio
             forecast[s] = {
                 "score": k["score"],
-                "expected": min(1.0, k["score"] + rise),
-                "basis": "last checkpoint's rise x change in the skill's data share",
+                "expected": min(1.0, max(0.0, k["score"] + rise)),
+                "basis": "latent slope x change in the skill's data share",
             }
         return Proposal(weights=weights, rationale=rationale, forecast=forecast)

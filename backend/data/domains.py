@@ -64,9 +64,22 @@ def build_domain(cfg: DomainConfig) -> Domain:
 
 @register_source("synthetic")
 class SyntheticDomain(Domain):
-    """Examples of the listed skills, one per line, skills drawn uniformly."""
+    """Examples of the listed skills, one per line, skills drawn uniformly.
+    With contamination > 0, that share of examples are steer evaluation items
+    (see `leak`)."""
+
+    def __init__(self, cfg: DomainConfig):
+        super().__init__(cfg)
+        self.contamination = cfg.contamination
+        self.leaked: list[str] = []
+
+    def leak(self, items: list[dict]) -> None:
+        """The evaluation items this domain leaks into training (prompt + answer)."""
+        self.leaked = [f"{it['prompt']} {it['answer']}" for it in items]
 
     def document(self, rng: random.Random, split: str = "train", max_chars: int | None = None) -> str:
+        if self.leaked and split == "train" and rng.random() < self.contamination:
+            return rng.choice(self.leaked)
         return get_skill(rng.choice(self.skills)).training_text(rng)
 
 
@@ -203,5 +216,14 @@ class FolderDomain(TextDomain):
             raise DataError(f"{p}: unreadable ({type(e).__name__}: {e})") from None
 
 
-def build_domains(cfgs: list[DomainConfig]) -> list[Domain]:
-    return [build_domain(c) for c in cfgs]
+def build_domains(cfgs: list[DomainConfig], *, seed: int = 0, eval_items_per_skill: int = 0) -> list[Domain]:
+    """Build every domain; a contaminated synthetic domain gets the steer
+    evaluation items (all steer templates) of its skills to leak."""
+    from backend.data.skills import STEER_TEMPLATES, eval_items
+
+    domains = [build_domain(c) for c in cfgs]
+    for d in domains:
+        if getattr(d, "contamination", 0) and eval_items_per_skill:
+            d.leak([it for s in d.skills for t in STEER_TEMPLATES
+                    for it in eval_items(s, "steer", eval_items_per_skill, seed, t)])
+    return domains

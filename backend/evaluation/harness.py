@@ -12,6 +12,10 @@ import logging
 import math
 
 
+def _num(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
 class HarnessEvaluator:
     def __init__(self, model, tokenizer, task_configs: list[dict], *, batch_size: int,
                  max_length: int, device):
@@ -20,6 +24,7 @@ class HarnessEvaluator:
 
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
         self.task_configs = task_configs
+        self.tokenizer = tokenizer
         self.task_manager = TaskManager(verbosity="ERROR", include_defaults=False)
         self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
                        max_length=max_length, device=str(device))
@@ -27,7 +32,7 @@ class HarnessEvaluator:
     def evaluate(self) -> tuple[list[dict], list[dict]]:
         """Returns (measurements, per-item samples) for every task.
 
-        A measurement: task, skill, metric, value, stderr, n and the facets
+        A measurement: task, skill, metric, value, stderr, n and its facets
         (prompt_variant, decoding, scorer)."""
         import lm_eval
 
@@ -37,26 +42,36 @@ class HarnessEvaluator:
         )
         measurements, samples = [], []
         for cfg in self.task_configs:
-            name = cfg["task"]
-            r = res["results"][name]
-            stderr = r.get("exact_match_stderr,strip")
-            n = res["n-samples"][name]["effective"]
-            measurements.append({
-                "task": name,
-                "skill": cfg["metadata"]["skill"],
-                "metric": "exact_match",
-                "value": float(r["exact_match,strip"]),
-                "stderr": float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None,
-                "n": n,
-                "prompt_variant": f"template{cfg['metadata']['template']}",
-                "decoding": "greedy",
-                "scorer": "exact_match",
-            })
-            for s in res["samples"][name]:
-                resp = s["filtered_resps"][0] if s["filtered_resps"] else ""
-                samples.append({
-                    "task": name, "doc_id": s["doc_id"], "prompt": s["doc"]["prompt"],
-                    "target": s["target"], "response": resp if isinstance(resp, str) else str(resp),
-                    "correct": int(s["exact_match"] >= 1.0),
-                })
+            name, meta = cfg["task"], cfg["metadata"]
+            r, items = res["results"][name], res["samples"][name]
+            facets = {"task": name, "skill": meta["skill"], "n": res["n-samples"][name]["effective"],
+                      "prompt_variant": f"template{meta['template']}"}
+            if meta["output"] == "gen":
+                measurements.append({**facets, "metric": "exact_match", "value": float(r["exact_match,strip"]),
+                                     "stderr": _num(r.get("exact_match_stderr,strip")),
+                                     "decoding": "greedy", "scorer": "exact_match"})
+                for s in items:
+                    resp = s["filtered_resps"][0] if s["filtered_resps"] else ""
+                    samples.append({"task": name, "doc_id": s["doc_id"], "prompt": s["doc"]["prompt"],
+                                    "target": s["target"], "response": str(resp),
+                                    "correct": int(s["exact_match"] >= 1.0)})
+                continue
+            measurements.append({**facets, "metric": "ll_acc", "value": float(r["acc,none"]),
+                                 "stderr": _num(r.get("acc_stderr,none")),
+                                 "decoding": "teacher_forced", "scorer": "loglikelihood_acc"})
+            # per-token loss of the answer (nats/token), mean over items
+            losses = []
+            for s in items:
+                ll, greedy = s["resps"][0][0]
+                n_tok = max(1, len(self.tokenizer(s["target"], add_special_tokens=False)["input_ids"]))
+                losses.append(-float(ll) / n_tok)
+                samples.append({"task": name, "doc_id": s["doc_id"], "prompt": s["doc"]["prompt"],
+                                "target": s["target"].strip(), "response": f"loglik {float(ll):.2f}",
+                                "correct": int(bool(greedy))})
+            n = len(losses)
+            mean = sum(losses) / n
+            sd = math.sqrt(sum((x - mean) ** 2 for x in losses) / (n - 1)) if n > 1 else None
+            measurements.append({**facets, "metric": "answer_nll", "value": mean,
+                                 "stderr": sd / math.sqrt(n) if sd is not None else None,
+                                 "decoding": "teacher_forced", "scorer": "answer_nll"})
         return measurements, samples

@@ -1,0 +1,151 @@
+"""Measurement fidelity: is the latent capability closer to the truth than the
+raw small evaluation?
+
+    python bench/fidelity.py [--preset demo] [--truth-items 2000] [--out docs/fidelity.json]
+    python bench/fidelity.py --db runs/closed_loop.db --run 3     # a stored run
+
+Runs the demo-sized loop (policy auto) unless --db/--run name a stored run,
+then at every checkpoint evaluates the checkpoint's weights on
+--truth-items fresh items per steer skill (never seen by the run's own
+evaluation; item i under steer template i mod 3) with the same lm-eval
+pipeline. That 2,000-item score is the truth. It compares, per checkpoint
+and skill:
+  raw     the run's small evaluation as one number: exact match under
+          template 0 on the run's fixed items (what a loop without a
+          noise model would steer by)
+  raw3    the mean over the three steer templates of that evaluation
+  latent  the Kalman estimate (backend/capability.py), causal: it uses
+          checkpoints up to this one only
+and prints their mean absolute errors against the truth, the coverage of
+the latent 95% interval, and as the last line the ratio latent/raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def truth_tasks(skills: list[str], n: int, seed: int, data_dir: Path, max_gen_toks: int) -> list[dict]:
+    """One generation task per skill: n fresh steer items, item i under
+    steer template i mod 3 (seeds disjoint from the run's evaluation)."""
+    from backend.data.skills import STEER_TEMPLATES, get_skill
+    from backend.evaluation.tasks import task_config
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    configs = []
+    for s in skills:
+        sk = get_skill(s)
+        path = data_dir / f"truth_{s}.jsonl"
+        with open(path, "w") as f:
+            for i in range(n):
+                fields, answer = sk.make(random.Random(f"truth/{s}/{seed}/{i}"), "steer")
+                t = STEER_TEMPLATES[i % len(STEER_TEMPLATES)]
+                f.write(json.dumps({"prompt": sk.templates[t].format(**fields), "answer": answer}) + "\n")
+        cfg = task_config(s, "steer", 0, "gen", path, max_gen_toks)
+        cfg["task"] = f"truth_{s}"
+        configs.append(cfg)
+    return configs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="demo")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--db", help="a stored run's database (skip training)")
+    ap.add_argument("--run", type=int, help="the stored run's id")
+    ap.add_argument("--truth-items", type=int, default=2000)
+    ap.add_argument("--out", help="write the per-checkpoint table as JSON here")
+    args = ap.parse_args()
+
+    import torch
+    from safetensors.torch import load_file
+
+    from backend import config as config_mod
+    from backend.capability import estimate
+    from backend.data.tokenizer import load_tokenizer
+    from backend.evaluation.harness import HarnessEvaluator
+    from backend.loop import run_dir_for
+    from backend.model import build_model
+    from backend.store import Store
+    from backend.worker import create_run, work
+
+    t0 = time.time()
+    if args.db:
+        store, run_id = Store(args.db), args.run
+    else:
+        store = Store(Path(tempfile.mkdtemp()) / "fidelity.db")
+        cfg = config_mod.preset(args.preset).replace(seed=args.seed, policy="auto")
+        run_id = create_run(store, cfg)
+        print(f"training run {run_id} ({args.preset}, seed {args.seed}) ...", flush=True)
+        work(store.path, run_id, progress=False)
+    cfg = config_mod.from_dict(store.run(run_id)["config"])
+    t_run = time.time() - t0
+    run_dir = run_dir_for(store, run_id)
+    tokenizer = load_tokenizer(cfg.data.tokenizer_path or run_dir / "tokenizer")
+    model = build_model(cfg.model, len(tokenizer), cfg.data.context_length,
+                        eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seed=cfg.seed)
+    skills = cfg.steer_skills
+    tasks = truth_tasks(skills, args.truth_items, 10_000 + cfg.seed, Path(tempfile.mkdtemp()),
+                        cfg.evaluation.max_gen_toks)
+    evaluator = HarnessEvaluator(model, tokenizer, tasks, batch_size=256,
+                                 max_length=cfg.data.context_length, device="cpu")
+
+    ms = store.measurements(run_id)
+    tokens_per_ckpt = cfg.train.checkpoint_every * cfg.train.batch_size * cfg.data.context_length
+    latent = estimate(ms, tokens_per_ckpt, skills)
+    rows = []
+    t1 = time.time()
+    for ck in store.checkpoints(run_id):
+        state = load_file(str(Path(ck["path"]) / "model.safetensors"))
+        model.load_state_dict(state, strict=False)
+        model.tie_weights()
+        with torch.no_grad():
+            truth = {m["skill"]: m["value"] for m in evaluator.evaluate()[0]}
+        for s in skills:
+            em = {m["prompt_variant"]: m["value"] for m in ms if m["step"] == ck["step"] and m["skill"] == s
+                  and m["metric"] == "exact_match"}
+            e = next(x for x in latent[s] if x["step"] == ck["step"])
+            rows.append({"step": ck["step"], "skill": s, "truth": truth[s], "raw": em["template0"],
+                         "raw3": sum(em.values()) / len(em), "latent": e["score"], "lo": e["lo"], "hi": e["hi"]})
+        print(f"step {ck['step']:>5}: truth " + " ".join(f"{s}={truth[s]:.2f}" for s in skills), flush=True)
+    t_truth = time.time() - t1
+
+    def mae(key):
+        return sum(abs(r[key] - r["truth"]) for r in rows) / len(rows)
+
+    cover = sum(r["lo"] <= r["truth"] <= r["hi"] for r in rows) / len(rows)
+    moving = [r for r in rows if r["truth"] > 0.02]
+    summary = {
+        "run": run_id, "preset": cfg.name, "seed": cfg.seed, "checkpoints": len(rows) // len(skills),
+        "skills": skills, "items_per_template": cfg.evaluation.items_per_skill,
+        "truth_items": args.truth_items, "mae_raw": mae("raw"), "mae_raw3": mae("raw3"),
+        "mae_latent": mae("latent"), "coverage": cover, "coverage_where_truth_above_0.02":
+            sum(r["lo"] <= r["truth"] <= r["hi"] for r in moving) / max(1, len(moving)),
+        "seconds_run": round(t_run), "seconds_truth": round(t_truth),
+    }
+    print(f"{len(rows)} (checkpoint, skill) pairs; run {t_run:.0f} s, truth evaluations {t_truth:.0f} s")
+    print(f"MAE raw (template 0, n={cfg.evaluation.items_per_skill}): {summary['mae_raw']:.4f}")
+    print(f"MAE raw mean of 3 templates:            {summary['mae_raw3']:.4f}")
+    print(f"MAE latent (Kalman, causal):            {summary['mae_latent']:.4f}")
+    print(f"interval coverage of the truth: {cover:.1%} "
+          f"({summary['coverage_where_truth_above_0.02']:.1%} where truth > 0.02, {len(moving)} pairs)")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    print(f"ratio latent/raw MAE: {summary['mae_latent'] / summary['mae_raw']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
