@@ -80,11 +80,12 @@ def kalman(points: list[dict], tokens_per_checkpoint: float) -> list[dict]:
     ordered by step. Returns one estimate per point."""
     if not points:
         return []
-    tau2 = template_spread([p["scores"] for p in points])
     out = []
     x = P = None
     prev_tokens = None
-    for pt in points:
+    for i, pt in enumerate(points):
+        # the template spread known so far (causal, like everything else)
+        tau2 = template_spread([p["scores"] for p in points[: i + 1]])
         y, r = observation(pt["scores"], tau2)
         if x is None:
             x = np.array([y, 0.0])

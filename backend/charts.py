@@ -9,8 +9,12 @@ Two halves:
   store, so they are tested without Streamlit and reused by the report.
 
 Units: `step` is optimizer steps, `tokens_seen` is training tokens; scores
-are exact match in [0, 1]; bands are 95% intervals (value +- 1.96 stderr,
-clipped to [0, 1]).
+are exact match in [0, 1]. Score frames come in two kinds with the same
+columns: the raw measurements (`skill_scores`: the mean over a checkpoint's
+prompt templates, band value +- 1.96 stderr clipped to [0, 1]) and the latent
+capability estimate (`capability_scores`, from backend/capability.py: a
+Kalman filter over checkpoints, band its 95% interval). `lo` / `hi` hold the
+band either way, so every figure takes either.
 
 Figures are built from plain trace dicts added with `add_traces`, not with
 plotly.express: with 50 skills x 1,000 checkpoints px takes seconds, this
@@ -39,7 +43,8 @@ PALETTE = [
 ]
 X_LABELS = {"tokens_seen": "tokens seen", "step": "step"}
 
-SCORE_COLUMNS = ["skill", "base", "kind", "step", "tokens_seen", "value", "stderr", "n"]
+SCORE_COLUMNS = ["skill", "base", "kind", "step", "tokens_seen", "value", "stderr", "n", "lo", "hi"]
+SLOPE_COLUMNS = ["slope", "slope_lo", "slope_hi", "slope_per_token", "raw_mean"]
 
 
 # -- frames: the store's rows as DataFrames ----------------------------------
@@ -56,24 +61,62 @@ def skill_scores(store, run_id: int) -> pd.DataFrame:
     return scores_frame(rows, skills)
 
 
+def _empty_scores(extra: list[str] = ()) -> pd.DataFrame:
+    types = ["str", "str", "str", "int64", "int64"] + ["float64"] * (len(SCORE_COLUMNS) - 5 + len(extra))
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(SCORE_COLUMNS + list(extra), types)})
+
+
+def _with_band(df: pd.DataFrame) -> pd.DataFrame:
+    """lo / hi = value -+ 1.96 stderr, clipped to [0, 1]."""
+    se = df["stderr"].fillna(0.0)
+    return df.assign(lo=(df["value"] - Z95 * se).clip(0, 1), hi=(df["value"] + Z95 * se).clip(0, 1))
+
+
+def _bases(skill: pd.Series, skills: dict[str, dict]) -> pd.Series:
+    base = {s: skills[s]["base"] if s in skills else s.removesuffix("_holdout") for s in skill.unique()}
+    return skill.map(base)
+
+
+def capability_scores(store, run_id: int) -> pd.DataFrame:
+    """The latent capability per (skill, checkpoint) that the worker
+    estimates (store.capability): value = the estimate, lo / hi its 95%
+    interval, stderr = (hi - lo) / 3.92, and the learning slope columns
+    (SLOPE_COLUMNS). Empty for runs from before the estimator."""
+    rows = store.capability(run_id)
+    if not rows:
+        return _empty_scores(SLOPE_COLUMNS)
+    skills = {s["name"]: s for s in store.skills(run_id)}
+    df = pd.DataFrame.from_records(rows, columns=["skill", "step", "tokens_seen", "score", "lo", "hi"]
+                                   + SLOPE_COLUMNS)
+    df = df.rename(columns={"score": "value"})
+    df["base"] = _bases(df["skill"], skills)
+    kinds = {s: skills[s]["kind"] if s in skills else ("holdout" if s.endswith("_holdout") else "steer")
+             for s in df["skill"].unique()}
+    df["kind"] = df["skill"].map(kinds)
+    df["stderr"] = (df["hi"] - df["lo"]) / (2 * Z95)
+    df["n"] = np.nan
+    return df[SCORE_COLUMNS + SLOPE_COLUMNS].sort_values(["skill", "step"]).reset_index(drop=True)
+
+
 def scores_frame(rows: list[dict], skills: dict[str, dict] | None = None) -> pd.DataFrame:
     """`skill_scores` from measurement rows (and skill rows by name)."""
     if not rows:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
-            SCORE_COLUMNS, ["str", "str", "str", "int64", "int64", "float64", "float64", "float64"])})
+        return _empty_scores()
     df = pd.DataFrame.from_records(rows, columns=["skill", "kind", "step", "tokens_seen", "metric",
                                                   "value", "stderr", "n"])
     df = df[df["kind"].isin(["steer", "holdout"]) & df["skill"].notna()]
     if (df["metric"] == PRIMARY_METRIC).any():
         df = df[df["metric"] == PRIMARY_METRIC]
-    df = df.assign(se2=df["stderr"].astype("float64") ** 2, n=df["n"].astype("float64"))
-    g = df.groupby(["skill", "step"], sort=True)
-    out = g.agg(kind=("kind", "first"), tokens_seen=("tokens_seen", "max"), value=("value", "mean"),
-                se2=("se2", "sum"), k=("value", "size"), n=("n", "sum")).reset_index()
-    out["stderr"] = np.sqrt(out["se2"]) / out["k"]
-    skills = skills or {}
-    out["base"] = [skills[s]["base"] if s in skills else s.removesuffix("_holdout") for s in out["skill"]]
-    return out[SCORE_COLUMNS].reset_index(drop=True)
+    df = df.assign(stderr=df["stderr"].astype("float64"), n=df["n"].astype("float64"))
+    if df.duplicated(["skill", "step"]).any():
+        g = df.assign(se2=df["stderr"] ** 2).groupby(["skill", "step"], sort=True)
+        out = g.agg(kind=("kind", "first"), tokens_seen=("tokens_seen", "max"), value=("value", "mean"),
+                    se2=("se2", "sum"), k=("value", "size"), n=("n", "sum")).reset_index()
+        out["stderr"] = np.sqrt(out["se2"]) / out["k"]
+    else:  # one task per skill (the usual case): nothing to average
+        out = df.sort_values(["skill", "step"])
+    out["base"] = _bases(out["skill"], skills or {})
+    return _with_band(out)[SCORE_COLUMNS].reset_index(drop=True)
 
 
 def domain_losses(store, run_id: int) -> pd.DataFrame:
@@ -125,20 +168,15 @@ def forecast_table(forecast: dict[str, dict]) -> pd.DataFrame:
 def decisions_table(proposals: list[dict]) -> pd.DataFrame:
     """Every decided proposal (newest first): who, when, what, and where it
     stands (waiting for the next checkpoint, or applied at step S)."""
-    rows = []
-    for p in proposals:
-        if p["decision"] is None and p["status"] != "superseded":
-            continue
-        rows.append({
-            "proposal": p["id"], "from step": p["step"], "strategy": p["strategy"],
-            "decision": p["decision"] or "-", "status": p["status"],
-            "decided by": p["decided_by"], "decided at": pd.to_datetime(p["decided_at"], unit="s")
-            if p["decided_at"] else pd.NaT,
-            "reason": p["decision_reason"] or "", "applied at step": p["applied_step"],
-        })
+    rows = [(p["id"], p["step"], p["strategy"], p["decision"] or "-", p["status"], p["decided_by"],
+             p["decided_at"], p["decision_reason"] or "", p["applied_step"])
+            for p in reversed(proposals) if p["decision"] is not None or p["status"] == "superseded"]
     cols = ["proposal", "from step", "strategy", "decision", "status", "decided by", "decided at",
             "reason", "applied at step"]
-    return pd.DataFrame(rows[::-1], columns=cols)
+    df = pd.DataFrame(rows, columns=cols)
+    df["decided at"] = pd.to_datetime(df["decided at"].astype("float64"), unit="s")
+    df["applied at step"] = df["applied at step"].astype("Int64")
+    return df
 
 
 def tokens_to_reach(scores: pd.DataFrame, threshold: float, by: str = "run") -> pd.DataFrame:
@@ -170,7 +208,7 @@ def smooth(scores: pd.DataFrame, window: int) -> pd.DataFrame:
     se2 = (df["stderr"] ** 2).groupby([df[k] for k in keys], sort=False)
     se2m = se2.rolling(window, min_periods=1).mean().reset_index(level=list(range(len(keys))), drop=True)
     cnt = g["value"].rolling(window, min_periods=1).count().reset_index(level=list(range(len(keys))), drop=True)
-    return df.assign(value=value, stderr=np.sqrt(se2m / cnt))
+    return _with_band(df.assign(value=value, stderr=np.sqrt(se2m / cnt)))
 
 
 def thin(frame: pd.DataFrame, max_points: int, column: str = "step") -> pd.DataFrame:
@@ -193,8 +231,17 @@ def _color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
+# A light template as a plain dict: a named one ("plotly_white") is deep-copied
+# into every figure, which costs more than building the traces.
+_TEMPLATE = dict(layout=dict(
+    paper_bgcolor="white", plot_bgcolor="white", colorway=PALETTE,
+    xaxis=dict(gridcolor="#ebebeb", linecolor="#bbb", zeroline=False, ticks="outside", tickcolor="#bbb"),
+    yaxis=dict(gridcolor="#ebebeb", linecolor="#bbb", zeroline=False),
+))
+
+
 def _figure(title: str | None, **layout) -> go.Figure:
-    base = dict(template="plotly_white", margin=dict(l=50, r=20, t=50 if title else 20, b=40),
+    base = dict(template=_TEMPLATE, margin=dict(l=50, r=20, t=50 if title else 20, b=40),
                 hovermode="closest")
     if title:
         base["title"] = dict(text=title, x=0, xanchor="left")
@@ -202,23 +249,22 @@ def _figure(title: str | None, **layout) -> go.Figure:
     return go.Figure(layout=base)
 
 
-def _series_traces(x, y, se, *, name: str, color: str, dash: str = "solid", group: str | None = None,
-                   band: bool = True, width: float = 2, showlegend: bool = True,
-                   hover: str = "score") -> list[dict]:
-    """A line (and its 95% band as one closed polygon) as trace dicts."""
+def _series_traces(x, y, lo, hi, *, name: str, color: str, dash: str = "solid", group: str | None = None,
+                   band: bool = True, width: float = 2, showlegend: bool = True) -> list[dict]:
+    """A line (and its 95% band lo..hi as one closed polygon) as trace dicts."""
     x, y = np.asarray(x), np.asarray(y, dtype="float64")
+    lo, hi = np.asarray(lo, dtype="float64"), np.asarray(hi, dtype="float64")
     traces = []
-    se = np.nan_to_num(np.asarray(se, dtype="float64"))
-    if band and len(x) and se.any():
-        lo = np.clip(y - Z95 * se, 0, 1)
-        hi = np.clip(y + Z95 * se, 0, 1)
+    if band and len(x) and np.nan_to_num(hi - lo).any():
         traces.append(dict(type="scatter", x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]),
-                           fill="toself", fillcolor=_rgba(color, 0.13), line=dict(width=0),
+                           mode="lines", fill="toself", fillcolor=_rgba(color, 0.13), line=dict(width=0),
                            hoverinfo="skip", showlegend=False, legendgroup=group or name, name=name))
-    traces.append(dict(type="scatter", x=x, y=y, customdata=se, mode="lines+markers" if len(x) < 40 else "lines",
+    traces.append(dict(type="scatter", x=x, y=y, customdata=np.stack([lo, hi], axis=-1),
+                       mode="lines+markers" if len(x) < 40 else "lines",
                        name=name, legendgroup=group or name, showlegend=showlegend,
                        line=dict(color=color, dash=dash, width=width), marker=dict(size=5),
-                       hovertemplate=f"{name}<br>%{{x:,}}: {hover} %{{y:.3f}} ± %{{customdata:.3f}}<extra></extra>"))
+                       hovertemplate=f"{name}<br>%{{x:,}}: %{{y:.3f}} "
+                                     f"[%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]<extra></extra>"))
     return traces
 
 
@@ -234,31 +280,49 @@ def _empty(title: str, message: str) -> go.Figure:
 # -- figures -------------------------------------------------------------------
 
 
+def _pick(frame: pd.DataFrame, bases: list[str] | None, holdout: bool) -> pd.DataFrame:
+    df = frame if bases is None else frame[frame["base"].isin(bases)]
+    return df if holdout else df[df["kind"] == "steer"]
+
+
 def trajectory_figure(scores: pd.DataFrame, *, x: str = "tokens_seen", bases: list[str] | None = None,
-                      holdout: bool = True, band: bool = True, max_points: int = MAX_POINTS,
-                      title: str | None = "Capability per skill") -> go.Figure:
-    """Per-skill exact match against `x` (tokens_seen or step), each with its
-    95% band. Colour = skill; solid = steer, dotted = held-out variant."""
-    df = scores if bases is None else scores[scores["base"].isin(bases)]
-    if not holdout:
-        df = df[df["kind"] == "steer"]
+                      holdout: bool = True, band: bool = True, raw: pd.DataFrame | None = None,
+                      max_points: int = MAX_POINTS, title: str | None = "Capability per skill") -> go.Figure:
+    """Per-skill score against `x` (tokens_seen or step), each with its 95%
+    band. Colour = skill; solid = steer, dotted = held-out variant. With
+    `raw` (skill_scores) the measured means are drawn as dots over the
+    lines (when `scores` is the latent estimate)."""
+    df = _pick(scores, bases, holdout)
     if df.empty:
         return _empty(title, "no measurements yet")
     df = thin(df, max_points)
     fig = _figure(title, xaxis_title=X_LABELS.get(x, x), yaxis=dict(title="exact match", range=[-0.02, 1.02]))
     order = list(dict.fromkeys(bases or sorted(df["base"].unique())))
+    colors = {b: _color(i) for i, b in enumerate(order)}
     traces = []
-    for (skill, kind, base), s in df.sort_values("step").groupby(["skill", "kind", "base"], sort=False):
-        color = _color(order.index(base) if base in order else len(order))
+    # legend order: the chosen skills' order, each steer skill above its held-out variant
+    rank = {b: i for i, b in enumerate(order)}
+    df = df.assign(_r=df["base"].map(rank), _k=(df["kind"] != "steer").astype(int))
+    for (_, _, skill, kind, base), s in df.sort_values(["_r", "_k", "step"]).groupby(
+            ["_r", "_k", "skill", "kind", "base"], sort=False):
         label = skill if kind == "steer" else f"{skill} (held-out)"
-        traces += _series_traces(s[x], s["value"], s["stderr"], name=label, color=color,
+        traces += _series_traces(s[x], s["value"], s["lo"], s["hi"], name=label, color=colors.get(base, "#888"),
                                  dash="solid" if kind == "steer" else "dot", band=band)
+    if raw is not None and not raw.empty:
+        r = thin(_pick(raw, bases, holdout), max_points)
+        for (skill, kind, base), s in r.sort_values("step").groupby(["skill", "kind", "base"], sort=False):
+            label = skill if kind == "steer" else f"{skill} (held-out)"
+            traces.append(dict(type="scatter", x=s[x], y=s["value"], mode="markers", name=f"{label} measured",
+                               legendgroup=label, showlegend=False,
+                               marker=dict(size=4, color=colors.get(base, "#888"),
+                                           symbol="circle" if kind == "steer" else "circle-open"),
+                               hovertemplate=f"{label} measured<br>%{{x:,}}: %{{y:.3f}}<extra></extra>"))
     fig.add_traces(traces)
     return fig
 
 
 def headline_figure(scores: pd.DataFrame, *, x: str = "tokens_seen", max_points: int = MAX_POINTS,
-                    title: str | None = "Mean exact match: steer vs held-out") -> go.Figure:
+                    title: str | None = "Mean capability: steer vs held-out skills") -> go.Figure:
     """Mean score over steer skills and over held-out skills (with the
     band of the mean), over thin grey lines of each steer skill."""
     if scores.empty:
@@ -279,10 +343,12 @@ def headline_figure(scores: pd.DataFrame, *, x: str = "tokens_seen", max_points:
         k = df[df["kind"] == kind]
         if k.empty:
             continue
-        m = k.assign(se2=k["stderr"] ** 2).groupby("step").agg(
-            x=(x, "max"), value=("value", "mean"), se2=("se2", "sum"), k=("value", "size"))
-        traces += _series_traces(m["x"], m["value"], np.sqrt(m["se2"]) / m["k"], name=label, color=color,
-                                 dash="solid" if kind == "steer" else "dot", width=3)
+        # the mean's sd from each skill's: sd_i = (hi - lo) / 3.92, sd = sqrt(sum sd_i^2) / k
+        m = k.assign(sd2=((k["hi"] - k["lo"]) / (2 * Z95)) ** 2).groupby("step").agg(
+            x=(x, "max"), value=("value", "mean"), sd2=("sd2", "sum"), k=("value", "size"))
+        half = Z95 * np.sqrt(m["sd2"]) / m["k"]
+        traces += _series_traces(m["x"], m["value"], (m["value"] - half).clip(0, 1), (m["value"] + half).clip(0, 1),
+                                 name=label, color=color, dash="solid" if kind == "steer" else "dot", width=3)
     fig.add_traces(traces)
     return fig
 
@@ -342,7 +408,7 @@ def mixture_figure(history: pd.DataFrame, *, end_step: int | None = None,
                   hovermode="x unified")
     traces = []
     domains = list(dict.fromkeys(history["domain"]))
-    wide = history.pivot_table(index="from_step", columns="domain", values="weight").reindex(starts)
+    wide = history.pivot(index="from_step", columns="domain", values="weight").reindex(starts)
     for i, d in enumerate(domains):
         ys = wide[d].tolist()
         ys = ys + ([ys[-1]] if last is not None else [])
@@ -357,9 +423,12 @@ def mixture_figure(history: pd.DataFrame, *, end_step: int | None = None,
             return f"step {r.from_step}: {what}{who}"
 
         text = [label(r) for r in changes.itertuples()]
+        # a rug of ticks: readable for a few changes and for one at every checkpoint
+        marker = (dict(symbol="triangle-down", size=11, color="#222") if len(changes) <= 40 else
+                  dict(symbol="line-ns", size=10, line=dict(width=1, color="rgba(34,34,34,0.5)")))
         traces.append(dict(type="scatter", x=changes["from_step"], y=[1.04] * len(changes), mode="markers",
-                           name="mixture changed", marker=dict(symbol="triangle-down", size=11, color="#222"),
-                           text=text, hovertemplate="%{text}<extra></extra>"))
+                           name="mixture changed", marker=marker, text=text,
+                           hovertemplate="%{text}<extra></extra>"))
     fig.add_traces(traces)
     return fig
 
@@ -389,7 +458,7 @@ def compare_figure(scores: pd.DataFrame, skill: str, *, x: str = "tokens_seen",
     traces = []
     for i, (run, s) in enumerate(df.groupby("run", sort=False)):
         s = thin(s, max_points).sort_values("step")
-        traces += _series_traces(s[x], s["value"], s["stderr"], name=str(run), color=_color(i))
+        traces += _series_traces(s[x], s["value"], s["lo"], s["hi"], name=str(run), color=_color(i))
     fig.add_traces(traces)
     return fig
 

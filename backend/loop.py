@@ -49,9 +49,11 @@ class Components:
 
 
 def run_dir_for(store: Store, run_id: int) -> Path:
-    """Run files (tokenizer, checkpoints, eval data) live beside the database."""
-    base = Path(store.path).resolve().parent
-    return base / f"run-{run_id}"
+    """Run files (tokenizer, checkpoints, eval data) live beside the database,
+    named after it, so two databases in one folder never share a run folder:
+    runs/closed_loop.db -> runs/closed_loop-run-1/."""
+    db = Path(store.path).resolve()
+    return db.parent / f"{db.stem}-run-{run_id}"
 
 
 def build_components(cfg: RunConfig, run_dir: Path) -> Components:

@@ -25,10 +25,16 @@ th { background: #f5f5f5; } .muted { color: #777; } pre { background: #f7f7f7; p
 """
 
 
+def _cell(v):
+    if v is None or (not isinstance(v, (list, dict, str)) and pd.isna(v)):
+        return ""
+    return f"{v:.3f}" if isinstance(v, float) else v
+
+
 def _table(df: pd.DataFrame) -> str:
     if df.empty:
         return '<p class="muted">none</p>'
-    return df.to_html(index=False, escape=True, na_rep="", float_format=lambda v: f"{v:.3f}", border=0)
+    return df.astype(object).map(_cell).to_html(index=False, escape=True, border=0)
 
 
 def _figure(fig, first: bool) -> str:
@@ -40,7 +46,9 @@ def render_report(store, run_id: int) -> str:
     """The report of one run as an HTML string."""
     run = store.run(run_id)
     cfg = run["config"]
-    scores = charts.skill_scores(store, run_id)
+    raw = charts.skill_scores(store, run_id)
+    latent = charts.capability_scores(store, run_id)
+    scores = latent if not latent.empty else raw
     losses = charts.domain_losses(store, run_id)
     schedule = store.schedule(run_id)
     history = charts.mixture_history(schedule, end_step=run["step"])
@@ -59,7 +67,16 @@ def render_report(store, run_id: int) -> str:
         ("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["created_at"]))),
     ], columns=["", "value"])
     latest = (scores.sort_values("step").groupby("skill").tail(1)
-              [["skill", "kind", "step", "value", "stderr", "n"]].sort_values(["kind", "skill"], ascending=[False, True]))
+              [["skill", "kind", "step", "value", "lo", "hi"]]
+              .sort_values(["kind", "skill"], ascending=[False, True])
+              .rename(columns={"value": "score", "lo": "95% lo", "hi": "95% hi"}))
+    if scores is latent:
+        latest = latest.merge(latent[["skill", "step", "slope", "raw_mean"]], on=["skill", "step"])
+    alerts = pd.DataFrame([{"skill": e["after"].get("skill"), "step": e["after"].get("step"),
+                            "at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["ts"])),
+                            "event": e["kind"].removeprefix("goodhart_"), "by": e["actor"] or "",
+                            "message": e["message"]}
+                           for e in store.events(run_id) if e["kind"] in ("goodhart_alert", "goodhart_ack")])
     segments = pd.DataFrame([{
         "from step": s["from_step"], "tokens at": s["tokens_at"], "source": s["source"],
         "proposal": s["proposal_id"], "decided by": s["decided_by"] or "",
@@ -69,7 +86,7 @@ def render_report(store, run_id: int) -> str:
 
     figures = [
         ("Capability", charts.headline_figure(scores)),
-        ("", charts.trajectory_figure(scores)),
+        ("", charts.trajectory_figure(scores, raw=raw if scores is latent else None)),
         ("", charts.heatmap_figure(scores)),
         ("Held-out loss per domain", charts.domain_loss_figure(losses)),
         ("Mixture history", charts.mixture_figure(history, end_step=run["step"])),
@@ -80,9 +97,11 @@ def render_report(store, run_id: int) -> str:
         f"<style>{CSS}</style></head><body>",
         f"<h1>Run #{run_id} · {html.escape(run['name'])}</h1>",
         f"<p class='muted'>Closed Loop report generated {time.strftime('%Y-%m-%d %H:%M:%S')}. "
-        "Scores are exact match; bands are 95% intervals (±1.96 stderr).</p>",
+        "Scores are exact match: the latent capability estimate (a Kalman filter over the checkpoints' "
+        "measurements) where the run has one, else the raw means; bands are 95% intervals.</p>",
         _table(summary),
         "<h2>Latest score per skill</h2>", _table(latest),
+        "<h2>Goodhart alerts</h2>", _table(alerts),
     ]
     for i, (heading, fig) in enumerate(figures):
         if heading:

@@ -1,7 +1,7 @@
 """Process entry for one run: heartbeat, commands, resume, failure record.
 
 `spawn` starts a worker as a detached background process (its own session,
-output to run-N/worker.log) and returns the run id at once; `work` is what
+output to worker.log in the run folder) and returns the run id at once; `work` is what
 that process (or a foreground `run`) executes.
 """
 

@@ -79,6 +79,7 @@ def main() -> None:
     from backend.loop import run_dir_for
     from backend.model import build_model
     from backend.store import Store
+    from backend.trainer import pick_device
     from backend.worker import create_run, work
 
     t0 = time.time()
@@ -99,8 +100,10 @@ def main() -> None:
     skills = cfg.steer_skills
     tasks = truth_tasks(skills, args.truth_items, 10_000 + cfg.seed, Path(tempfile.mkdtemp()),
                         cfg.evaluation.max_gen_toks)
+    device = pick_device(cfg.train.device)
+    model.to(device)
     evaluator = HarnessEvaluator(model, tokenizer, tasks, batch_size=256,
-                                 max_length=cfg.data.context_length, device="cpu")
+                                 max_length=cfg.data.context_length, device=device)
 
     ms = store.measurements(run_id)
     tokens_per_ckpt = cfg.train.checkpoint_every * cfg.train.batch_size * cfg.data.context_length
@@ -108,7 +111,7 @@ def main() -> None:
     rows = []
     t1 = time.time()
     for ck in store.checkpoints(run_id):
-        state = load_file(str(Path(ck["path"]) / "model.safetensors"))
+        state = load_file(str(Path(ck["path"]) / "model.safetensors"), device=str(device))
         model.load_state_dict(state, strict=False)
         model.tie_weights()
         with torch.no_grad():
@@ -143,7 +146,11 @@ def main() -> None:
           f"({summary['coverage_where_truth_above_0.02']:.1%} where truth > 0.02, {len(moving)} pairs)")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+        # the run's own measurements too, so the estimator can be re-run offline
+        raw_ms = [{k: m[k] for k in ("step", "tokens_seen", "skill", "metric", "value", "n", "prompt_variant")}
+                  for m in ms if m["metric"] == "exact_match" and m["skill"] in skills]
+        Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows, "tokens_per_checkpoint":
+                                              tokens_per_ckpt, "measurements": raw_ms}, indent=1))
     print(f"ratio latent/raw MAE: {summary['mae_latent'] / summary['mae_raw']:.3f}")
 
 

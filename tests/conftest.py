@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from backend.loop import run_dir_for
+from backend.store import Store
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -52,6 +55,7 @@ def tiny_run_copy(tiny_run, tmp_path):
     for suffix in ("", "-wal", "-shm"):
         if Path(str(db) + suffix).exists():
             shutil.copy(str(db) + suffix, str(dst) + suffix)
-    if (db.parent / f"run-{run_id}").exists():
-        shutil.copytree(db.parent / f"run-{run_id}", tmp_path / f"run-{run_id}")
+    src = run_dir_for(Store(db), run_id)
+    if src.exists():
+        shutil.copytree(src, run_dir_for(Store(dst), run_id))
     return dst, run_id

@@ -1,9 +1,13 @@
 """Runs the skill tasks with lm-eval on the model already in memory.
 
-lm-eval is set up once per worker: one TaskManager and one HFLM wrapping the
-live model, whose weights the trainer updates in place between checkpoints.
-Our tasks are inline configs, so the TaskManager skips indexing lm-eval's
-bundled tasks (include_defaults=False saves ~10 s per worker).
+lm-eval is set up once per worker: one TaskManager, the task objects (their
+local datasets loaded once), and one HFLM wrapping the live model, whose
+weights the trainer updates in place between checkpoints. Our tasks are
+inline configs, so the TaskManager skips indexing lm-eval's bundled tasks
+(include_defaults=False saves ~10 s per worker). Each checkpoint calls
+lm-eval's `evaluate` (what `simple_evaluate` calls after its set-up), which
+skips simple_evaluate's environment report: that shells out to `pip list`
+and costs seconds per checkpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ class HarnessEvaluator:
         self.task_configs = task_configs
         self.tokenizer = tokenizer
         self.task_manager = TaskManager(verbosity="ERROR", include_defaults=False)
+        self.loaded = self.task_manager.load(list(task_configs))
+        for task in self.loaded["tasks"].values():  # as simple_evaluate sets them
+            if task.get_config("num_fewshot") is None:
+                task.set_config(key="num_fewshot", value=0)
+            task.set_fewshot_seed(seed=1234)
         self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
                        max_length=max_length, device=str(device))
 
@@ -34,12 +43,10 @@ class HarnessEvaluator:
 
         A measurement: task, skill, metric, value, stderr, n and its facets
         (prompt_variant, decoding, scorer)."""
-        import lm_eval
+        from lm_eval.evaluator import evaluate
 
-        res = lm_eval.simple_evaluate(
-            model=self.lm, tasks=list(self.task_configs), task_manager=self.task_manager,
-            log_samples=True, bootstrap_iters=1000, verbosity="ERROR",
-        )
+        res = evaluate(lm=self.lm, task_dict=self.loaded, log_samples=True, bootstrap_iters=1000,
+                       verbosity="ERROR")
         measurements, samples = [], []
         for cfg in self.task_configs:
             name, meta = cfg["task"], cfg["metadata"]
