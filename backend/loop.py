@@ -327,6 +327,8 @@ class ClosedLoop:
             checkpoint_tokens=self.checkpoint_tokens,
             estimates={s["name"]: est.get(s["name"], []) for s in skills},
             blocked={k: e["message"] for k, e in self.store.open_alerts(self.run_id).items()},
+            mixtures=[{"step": c["step"], "tokens_seen": c["tokens_seen"], "weights": c["weights"]}
+                      for c in self.store.checkpoints(self.run_id)],
         )
 
     def _propose(self, step: int, tokens: int) -> None:

@@ -39,6 +39,9 @@ class History:
     score, lo, hi, slope, slope_lo, slope_hi. Computed from `scores` when empty."""
     blocked: dict[str, str] = field(default_factory=dict)
     """Steer skills the Goodhart guard holds back (skill -> alert message)."""
+    mixtures: list[dict] = field(default_factory=list)
+    """[{step, tokens_seen, weights}] by checkpoint: the mixture trained in
+    the stretch that ended at that checkpoint (step 0: the initial one)."""
 
     def latent(self) -> dict[str, list[dict]]:
         if self.estimates:
