@@ -212,8 +212,7 @@ def cmd_export(args) -> int:
 
 def cmd_replay(args) -> int:
     from backend.schedule import ScheduleError, parse_schedule
-    from backend.store import Store
-    from backend.worker import create_run, spawn, work
+    from backend.worker import start_replay, work
 
     path = Path(args.file)
     if not path.is_file():
@@ -222,18 +221,21 @@ def cmd_replay(args) -> int:
         sched = parse_schedule(path.read_bytes())
     except ScheduleError as e:
         raise SystemExit(f"replay: {args.file}: {e}")
-    source = sched.get("run") if isinstance(sched.get("run"), dict) else {}
-    cfg = sched.pop("run_config")
-    cfg = cfg.replace(name=f"replay-{source.get('name', cfg.name)}")
-    store = Store(args.db)
-    run_id = create_run(store, cfg, replay_schedule=sched, parent_run=None)
-    store.log_event(run_id, "replay", f"replays schedule of run {source.get('id', '?')} from {args.file}")
+    run_id = start_replay(args.db, sched, source=args.file, detach=args.detach)
     if args.detach:
-        spawn(args.db, run_id)
         _print({"run": run_id}, args.json, str(run_id))
         return 0
     status = work(args.db, run_id, progress=not args.json)
     _print({"run": run_id, "status": status}, args.json, f"replay run {run_id}: {status}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from backend.report import write_report
+    from backend.store import Store
+
+    write_report(Store(args.db), args.run, args.output)
+    _print({"file": args.output}, args.json, f"wrote {args.output}")
     return 0
 
 
@@ -313,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("replay", cmd_replay, "start a run that follows an exported schedule")
     p.add_argument("file")
     p.add_argument("--detach", action="store_true")
+
+    p = add("report", cmd_report, "write a standalone HTML report of a run (charts, mixture, decisions)")
+    p.add_argument("run", type=int)
+    p.add_argument("-o", "--output", required=True)
 
     p = add("validate-config", cmd_validate, "check a config file")
     p.add_argument("config")

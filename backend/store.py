@@ -173,6 +173,22 @@ CREATE TABLE IF NOT EXISTS commands (
     created_at REAL NOT NULL,
     done_at REAL
 );
+CREATE TABLE IF NOT EXISTS forecast_errors (
+    run_id INTEGER NOT NULL,
+    proposal_id INTEGER NOT NULL,
+    skill TEXT NOT NULL,
+    step INTEGER NOT NULL,          -- checkpoint the forecast is scored at
+    proposal_step INTEGER NOT NULL, -- checkpoint that made the forecast
+    applied_step INTEGER NOT NULL,  -- checkpoint its mixture started training from
+    score REAL,                     -- latent score at applied_step
+    forecast REAL NOT NULL,         -- expected score at `step` (see record_forecast_errors)
+    actual REAL NOT NULL,           -- latent score at `step`
+    error REAL NOT NULL,            -- actual - forecast
+    forecast_change REAL,           -- expected - score, as proposed
+    actual_change REAL,             -- actual - score at applied_step
+    basis TEXT,                     -- how the strategy forecast it
+    PRIMARY KEY (run_id, proposal_id, skill)
+);
 CREATE INDEX IF NOT EXISTS measurements_by_skill ON measurements (run_id, skill, step);
 CREATE INDEX IF NOT EXISTS proposals_by_run ON proposals (run_id, status);
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, ts);
@@ -381,8 +397,13 @@ class Store:
         with self._write():
             self.db["measurements"].insert_all(full, replace=True)
 
-    def measurements(self, run_id: int, *, kind: str | None = None, skill: str | None = None) -> list[dict]:
+    def measurements(self, run_id: int, *, kind: str | None = None, skill: str | None = None,
+                     since_step: int | None = None) -> list[dict]:
+        """Measurements of a run, by step; optionally one kind, one skill, or
+        only steps >= since_step (to read just what is new)."""
         sql, params = "SELECT * FROM measurements WHERE run_id = ?", [run_id]
+        if since_step is not None:
+            sql, params = sql + " AND step >= ?", params + [since_step]
         if kind:
             sql, params = sql + " AND kind = ?", params + [kind]
         if skill:
@@ -397,8 +418,67 @@ class Store:
         with self._write():
             self.db["capability"].insert_all(full, replace=True)
 
-    def capability(self, run_id: int, skill: str | None = None) -> list[dict]:
+    def capability(self, run_id: int, skill: str | None = None, since_step: int | None = None) -> list[dict]:
+        """Latent estimates of a run, by step; optionally one skill, or only
+        steps >= since_step."""
         sql, params = "SELECT * FROM capability WHERE run_id = ?", [run_id]
+        if since_step is not None:
+            sql, params = sql + " AND step >= ?", params + [since_step]
+        if skill:
+            sql, params = sql + " AND skill = ?", params + [skill]
+        return self._rows(sql + " ORDER BY step, skill", params)
+
+    def record_forecast_errors(self, run_id: int, step: int) -> list[dict]:
+        """At checkpoint `step`: score the forecasts of the proposal whose
+        mixture trained the stretch that ended here against the latent
+        scores at `step` (capability rows); returns the rows recorded.
+
+        Only the first checkpoint after a proposal was applied is scored (a
+        forecast looks one checkpoint ahead); replayed and manual segments
+        carry no forecast. A proposal applied later than it was made (a
+        person approved it after the next checkpoint) is scored from where
+        its mixture started: forecast = latent score at applied_step +
+        (expected - score), the change it predicted; when it was applied at
+        once this is `expected` itself. Insert-or-replace, so a resumed
+        worker may call it again."""
+        prev = self._one("SELECT MAX(step) AS step FROM capability WHERE run_id = ? AND step < ?",
+                         (run_id, step))
+        if prev is None or prev["step"] is None:
+            return []
+        seg = self._one("SELECT * FROM schedule WHERE run_id = ? AND from_step <= ? "
+                        "ORDER BY from_step DESC LIMIT 1", (run_id, prev["step"]))
+        if seg is None or seg["proposal_id"] is None or seg["from_step"] != prev["step"]:
+            return []
+        p = self.proposal(seg["proposal_id"])
+        now = {r["skill"]: r["score"] for r in self.capability(run_id) if r["step"] == step}
+        then = {r["skill"]: r["score"] for r in self.capability(run_id) if r["step"] == prev["step"]}
+        rows = []
+        for skill, f in (p["forecast"] or {}).items():
+            if skill not in now or f.get("expected") is None:
+                continue
+            proposed_from = f.get("score")
+            base = then.get(skill, proposed_from)
+            change = f["expected"] - proposed_from if proposed_from is not None else None
+            if base is None or change is None or base == proposed_from:
+                forecast = f["expected"]  # applied where it was made: the forecast as it stands
+            else:
+                forecast = base + change
+            rows.append({
+                "run_id": run_id, "proposal_id": p["id"], "skill": skill, "step": step,
+                "proposal_step": p["step"], "applied_step": seg["from_step"], "score": base,
+                "forecast": forecast, "actual": now[skill], "error": now[skill] - forecast,
+                "forecast_change": change,
+                "actual_change": now[skill] - base if base is not None else None,
+                "basis": f.get("basis"),
+            })
+        if rows:
+            with self._write():
+                self.db["forecast_errors"].insert_all(rows, replace=True)
+        return rows
+
+    def forecast_errors(self, run_id: int, skill: str | None = None) -> list[dict]:
+        """Every scored forecast of the run (record_forecast_errors), by step and skill."""
+        sql, params = "SELECT * FROM forecast_errors WHERE run_id = ?", [run_id]
         if skill:
             sql, params = sql + " AND skill = ?", params + [skill]
         return self._rows(sql + " ORDER BY step, skill", params)

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 
@@ -40,6 +41,20 @@ def worker_alive(run: dict) -> bool:
     return run["heartbeat"] is not None and time.time() - run["heartbeat"] < STALE_SECONDS
 
 
+def start_replay(db_path: str, schedule: dict, *, source: str, detach: bool = True) -> int:
+    """Create a run that follows a parsed schedule (backend.schedule.parse_schedule)
+    and start it (detached, or in this process); returns the run id."""
+    store = Store(db_path)
+    origin = schedule.get("run") if isinstance(schedule.get("run"), dict) else {}
+    sched = {k: v for k, v in schedule.items() if k != "run_config"}
+    cfg = schedule["run_config"].replace(name=f"replay-{origin.get('name') or schedule['run_config'].name}")
+    run_id = create_run(store, cfg, replay_schedule=sched)
+    store.log_event(run_id, "replay", f"replays schedule of run {origin.get('id', '?')} from {source}")
+    if detach:
+        spawn(db_path, run_id)
+    return run_id
+
+
 def spawn(db_path: str, run_id: int) -> int:
     """Start `python -m backend worker RUN` detached; returns its pid."""
     from backend.loop import run_dir_for
@@ -55,6 +70,9 @@ def spawn(db_path: str, run_id: int) -> int:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=os.getcwd(),
         )
+    # reap the child when it exits, so a long-lived caller (the dashboard)
+    # collects no zombies
+    threading.Thread(target=proc.wait, daemon=True).start()
     store.update_run(run_id, pid=proc.pid, heartbeat=time.time(), status="running")
     return proc.pid
 
@@ -75,7 +93,13 @@ def work(db_path: str, run_id: int, *, progress: bool = False) -> str:
         raise WorkerError(f"run {run_id} is finished")
     store.update_run(run_id, status="running", pid=os.getpid(), heartbeat=time.time(), error=None)
 
+    worker_pid = os.getpid()
+
     def on_term(signum, frame):  # SIGTERM: stop like the stop command
+        if os.getpid() != worker_pid:
+            # a forked helper process (lm-eval, datasets) inherited this
+            # handler: it must simply exit, not unwind the worker's loop
+            os._exit(128 + signum)
         raise Stopped()
 
     signal.signal(signal.SIGTERM, on_term)

@@ -18,6 +18,9 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# the dashboard's fixtures (a real human-policy run, AppTest helpers)
+pytest_plugins = ["conftest_dashboard"]
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs of the real loop (run once in the default suite)")

@@ -1,0 +1,151 @@
+"""Closed Loop dashboard: `CLOSED_LOOP_DB=runs/closed_loop.db streamlit run app.py`.
+
+The entry script: navigation, the sidebar (run picker, who decides, live
+refresh) and the home view (status, controls, headline charts). Each other
+page is one file in pages/. The dashboard only reads the store and writes
+decisions and commands into it; the worker process trains.
+"""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from backend import charts
+from backend.config import preset
+from backend.store import CommandError, StoreError
+from pages._common import (
+    PAGES,
+    capability,
+    db_path,
+    flash,
+    get_store,
+    heartbeat_age,
+    human,
+    refresh_every,
+    require_run,
+    run_label,
+    select_run_later,
+    show_flash,
+    start_run,
+    status_text,
+    stop_refresh_when_done,
+    user,
+)
+
+st.set_page_config(page_title="Closed Loop", page_icon=":material/autorenew:", layout="wide")
+
+
+def home() -> None:
+    store = get_store()
+    show_flash()
+    if not store.runs():
+        st.title("Closed Loop")
+        st.info(f"No runs in `{db_path()}` yet. The demo run trains a small model on the synthetic "
+                "skill suite and asks you to approve each new mixture.")
+        if st.button("Start the demo run", key="start_demo", type="primary", icon=":material/play_arrow:"):
+            cfg = preset("demo").replace(policy="human")
+            run_id = start_run(store, cfg)
+            select_run_later(run_id)
+            flash(f"Demo run #{run_id} started; its first checkpoint is evaluated within a minute or two.")
+            st.rerun()
+        st.stop()
+
+    run = require_run(store)
+    run_id = run["id"]
+    st.title(f"Run #{run_id} · {run['name']}")
+
+    @st.fragment(run_every=refresh_every(run))
+    def live() -> None:
+        now = store.run(run_id)
+        stop_refresh_when_done(run, now)
+        status, pending = status_text(now), len(store.proposals(run_id, status="pending"))
+        cols = st.columns(5)
+        cols[0].metric("Status", status)
+        cols[1].metric("Step", f"{human(now['step'])} / {human(now['total_steps'])}",
+                       help=f"{now['step']:,} of {now['total_steps']:,} optimizer steps")
+        cols[2].metric("Tokens seen", human(now["tokens_seen"]), help=f"{now['tokens_seen']:,} training tokens")
+        cols[3].metric("Heartbeat", heartbeat_age(now), help="the worker's last sign of life")
+        cols[4].metric("Throughput", f"{human(now['tokens_per_s'])} tok/s" if now["tokens_per_s"] else "-")
+        if now["error"]:
+            st.error(f"The worker failed: {now['error']}")
+
+        left, right = st.columns([3, 2], vertical_alignment="center")
+        with left:
+            alerts = len(store.open_alerts(run_id))
+            if alerts:
+                st.badge(f"{alerts} Goodhart alert{'s' if alerts > 1 else ''}: a steer skill outruns its held-out "
+                         "variant", icon=":material/warning:", color="red")
+            if pending:
+                st.badge(f"{pending} proposal{'s' if pending > 1 else ''} waiting for you",
+                         icon=":material/inbox:", color="orange")
+            else:
+                st.badge(f"no pending proposal · policy {now['policy']}", color="gray")
+            if pending or alerts:
+                st.page_link(PAGES["mixture"], label="Decide on the Mixture & proposals page",
+                             icon=":material/arrow_forward:")
+        with right:
+            controls(now)
+
+        chart, mix = st.columns([3, 2])
+        chart.plotly_chart(charts.headline_figure(capability(store, run_id)), key="home_headline")
+        try:
+            table = charts.weights_table(store.current_weights(run_id))
+            mix.plotly_chart(charts.weights_figure(table, title="Current mixture"), key="home_mixture")
+        except StoreError:
+            mix.info("No mixture yet: the worker is starting.")
+
+    live()
+
+
+def controls(run: dict) -> None:
+    """Pause / resume / stop, enabled as the run's state allows."""
+    store, status = get_store(), run["status"]
+    cols = st.columns(3)
+    wanted = None
+    if cols[0].button("Pause", key="cmd_pause", icon=":material/pause:", disabled=status != "running",
+                      width="stretch"):
+        wanted = "pause"
+    if cols[1].button("Resume", key="cmd_resume", icon=":material/play_arrow:", disabled=status != "paused",
+                      width="stretch"):
+        wanted = "resume"
+    if cols[2].button("Stop", key="cmd_stop", icon=":material/stop:",
+                      disabled=status not in ("created", "running", "paused"), width="stretch"):
+        wanted = "stop"
+    if wanted:
+        try:
+            store.send_command(run["id"], wanted, by=user())
+            st.toast(f"{wanted} sent to run #{run['id']}; the worker obeys within seconds")
+        except CommandError as e:
+            st.error(str(e))
+
+
+pages = [
+    st.Page(home, title="Home", icon=":material/home:", default=True),
+    st.Page(PAGES["capabilities"], title="Capabilities", icon=":material/monitoring:"),
+    st.Page(PAGES["mixture"], title="Mixture & proposals", icon=":material/tune:"),
+    st.Page(PAGES["compare"], title="Compare runs", icon=":material/compare_arrows:"),
+    st.Page(PAGES["schedules"], title="Schedules", icon=":material/schedule:"),
+    st.Page(PAGES["new_run"], title="New run", icon=":material/add_circle:"),
+]
+page = st.navigation(pages)
+
+# -- sidebar: run picker, who decides, live refresh ------------------------------
+ss = st.session_state
+runs = get_store().runs()
+if "pending_run_id" in ss:
+    ss["run_id"] = ss.pop("pending_run_id")
+with st.sidebar:
+    if runs:
+        labels = {r["id"]: run_label(r) for r in runs}
+        if ss.get("run_id") not in labels:
+            ss["run_id"] = runs[0]["id"]  # the newest
+        st.selectbox("Run", list(labels), format_func=labels.get, key="run_id")
+    ss.setdefault("user_name", os.environ.get("USER") or "dashboard")
+    st.text_input("Your name (kept with each decision)", key="user_name")
+    ss.setdefault("live", True)
+    st.toggle("Live refresh", key="live", help="Redraw running data every few seconds")
+    st.caption(f"Database: `{db_path()}`")
+
+page.run()

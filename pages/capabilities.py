@@ -1,0 +1,127 @@
+"""Capabilities: per-skill trajectories with their intervals (the latent
+estimate over the measured points, or the raw measurements), steer vs
+held-out, Goodhart alerts, a skill x checkpoint heatmap, learning slopes,
+one skill's raw measurements."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from backend import charts
+from pages._common import (
+    alert_lines,
+    get_store,
+    latent,
+    losses,
+    refresh_every,
+    require_run,
+    rerun_when,
+    scores,
+    stop_refresh_when_done,
+)
+
+DEFAULT_SKILLS = 8  # more lines than this are unreadable in one chart
+
+ss = st.session_state
+store = get_store()
+run = require_run(store)
+run_id = run["id"]
+
+st.title("Capabilities")
+skills = store.skills(run_id)
+if not skills:
+    st.info("This run has not registered its skills yet: its worker is starting.")
+    rerun_when(lambda: bool(store.skills(run_id)), run)
+    st.stop()
+
+# -- choices ---------------------------------------------------------------------
+bases = list(dict.fromkeys(s["base"] for s in skills))
+chosen_key = f"cap_skills_{run_id}"
+if chosen_key not in ss:
+    ss[chosen_key] = bases[:DEFAULT_SKILLS]
+c1, c2, c3 = st.columns([4, 1.6, 1.6], vertical_alignment="bottom")
+chosen = c1.multiselect("Skills", bases, key=chosen_key, placeholder="all skills")
+x = c2.radio("x axis", ["tokens_seen", "step"], key="cap_x", horizontal=True, format_func=charts.X_LABELS.get)
+view = c3.radio("Show", ["latent", "raw"], key="cap_view", horizontal=True,
+                format_func={"latent": "latent estimate", "raw": "raw measurements"}.get,
+                help="latent: the capability estimated from all checkpoints so far (a Kalman filter over the "
+                     "templates' pooled counts), with the measured means as dots. raw: each checkpoint's mean "
+                     "over prompt templates, ± 1.96 stderr")
+c4, c5, c6 = st.columns([4, 1.6, 1.6], vertical_alignment="bottom")
+window = c4.slider("Smoothing of raw measurements (checkpoints)", 1, 10, 1, key="cap_smooth",
+                   disabled=view != "raw", help="Rolling mean over this many checkpoints; the band narrows accordingly")
+holdout = c5.toggle("held-out variants", value=True, key="cap_holdout")
+band = c6.toggle("95% bands", value=True, key="cap_band")
+
+for skill, alert in alert_lines(store, run_id):
+    st.warning(f"**Goodhart alert on {skill}**: {alert['message']} "
+               "Acknowledge it on the Mixture & proposals page.", icon=":material/warning:")
+
+
+# -- live charts --------------------------------------------------------------------
+@st.fragment(run_every=refresh_every(run))
+def live() -> None:
+    stop_refresh_when_done(run, store.run(run_id))
+    est = latent(store, run_id)
+    if view == "latent" and not est.empty:
+        # the estimate carries each checkpoint's measured mean: the dots
+        fig = charts.trajectory_figure(est, x=x, bases=chosen or None, holdout=holdout, band=band,
+                                       raw=est.assign(value=est["raw_mean"]))
+        shown = est
+    else:
+        raw = scores(store, run_id)  # read only when asked for: the largest frame of a run
+        if raw.empty:
+            st.info("No checkpoint has been evaluated yet.")
+            return
+        if view == "latent":
+            st.caption("This run has no latent estimate: showing the raw measurements.")
+        fig = charts.trajectory_figure(charts.smooth(raw, window), x=x, bases=chosen or None, holdout=holdout,
+                                       band=band)
+        shown = raw
+    st.plotly_chart(fig, key="cap_trajectories")
+    st.caption("Solid: steer skills (the controller sees them). Dotted: held-out variants (another template "
+               "and value range, never steered): a steer line rising alone means teaching to the test.")
+    st.plotly_chart(charts.heatmap_figure(shown, x=x), key="cap_heatmap")
+    if not est.empty:
+        st.subheader("Learning slope at the latest checkpoint")
+        last = est[est["step"] == est["step"].max()]
+        st.dataframe(last[["skill", "kind", "value", "lo", "hi", "slope", "slope_lo", "slope_hi",
+                           "slope_per_token"]].rename(columns={"value": "score"}),
+                     hide_index=True, key="cap_slopes",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                    for c in ("score", "lo", "hi", "slope", "slope_lo", "slope_hi")}
+                     | {"slope_per_token": st.column_config.NumberColumn("slope per token", format="%.2e")})
+    st.plotly_chart(charts.domain_loss_figure(losses(store, run_id), x=x), key="cap_domain_loss")
+
+
+live()
+
+# -- drill down: one skill's measurements ------------------------------------------
+st.header("Measurements of one skill")
+names = [s["name"] for s in skills]
+skill = st.selectbox("Skill", names, key=f"cap_drill_{run_id}")
+meta = next(s for s in skills if s["name"] == skill)
+st.caption(f"{meta['kind']} skill · base `{meta['base']}` · fed by domains: {', '.join(meta['domains']) or '-'}"
+           f" · tasks: {', '.join(meta['tasks'])}")
+rows = store.measurements(run_id, skill=skill)
+if not rows:
+    st.info(f"No measurement of {skill} yet.")
+    st.stop()
+cols = ["step", "tokens_seen", "task", "metric", "value", "stderr", "n", "prompt_variant", "decoding", "scorer"]
+table = pd.DataFrame.from_records(rows, columns=cols).sort_values("step", ascending=False)
+st.dataframe(table, hide_index=True, key="cap_measurements",
+             column_config={"value": st.column_config.NumberColumn(format="%.3f"),
+                            "stderr": st.column_config.NumberColumn(format="%.3f")})
+
+steps = table["step"].drop_duplicates().tolist()
+step = st.selectbox("Items at checkpoint (step)", steps, key=f"cap_items_step_{run_id}")
+items = [r for task in meta["tasks"] for r in store.samples(run_id, step, task)]
+if items:
+    right = sum(bool(r["correct"]) for r in items)
+    st.caption(f"{right} of {len(items)} items right at step {step}")
+    st.dataframe(pd.DataFrame.from_records(items, columns=["task", "doc_id", "prompt", "target", "response",
+                                                           "correct"]),
+                 hide_index=True, key="cap_items")
+else:
+    st.caption("No per-item results stored for this checkpoint.")

@@ -1,0 +1,231 @@
+"""Mixture & proposals: current weights, the mixture history, the inbox of
+proposals (approve / reject / edit), a manual mixture, the policy switch."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from backend import charts
+from backend.controllers.constraints import WeightsError, validate_weights
+from backend.store import DecisionError, StoreError
+from pages._common import (
+    alert_lines,
+    apply_note,
+    flash,
+    get_store,
+    refresh_every,
+    require_run,
+    rerun_when,
+    show_flash,
+    stop_refresh_when_done,
+    user,
+)
+
+ss = st.session_state
+store = get_store()
+run = require_run(store)
+run_id = run["id"]
+
+st.title("Mixture & proposals")
+show_flash()
+try:
+    domains = list(store.current_weights(run_id))
+except StoreError:
+    st.info("This run has no mixture yet: its worker is starting.")
+    rerun_when(lambda: bool(store.schedule(run_id)), run)
+    st.stop()
+
+# -- policy switch ------------------------------------------------------------
+# The widget follows the store: a change made elsewhere (CLI, another tab)
+# resets it, and only a person's change here writes.
+policy_key, seen_key = f"policy_{run_id}", f"policy_seen_{run_id}"
+if policy_key not in ss or ss.get(seen_key) != run["policy"]:
+    ss[policy_key] = ss[seen_key] = run["policy"]
+
+
+def _switch_policy() -> None:
+    new = ss[policy_key]
+    store.set_policy(run_id, new, by=user())
+    ss[seen_key] = new
+    flash(f"Policy is now **{new}**" + (": proposals are approved as they arrive." if new == "auto"
+                                        else ": proposals wait for your decision."))
+
+
+st.radio("Approval policy", ["human", "auto"], key=policy_key, horizontal=True, on_change=_switch_policy,
+         format_func={"human": "human: a person decides", "auto": "auto: approve every proposal"}.get)
+
+
+# -- inbox -----------------------------------------------------------------------
+def _renormalised(values: dict[str, float]) -> dict[str, float] | None:
+    """Show the weights as they would be saved; None (with a message) when
+    they cannot be a mixture."""
+    try:
+        final = validate_weights(values, domains)
+    except WeightsError as e:
+        st.error(f"Not a mixture: {e}. Nothing will be saved.")
+        return None
+    st.caption("Saved as (renormalised to sum to 1): " +
+               ", ".join(f"{d} **{w:.3f}**" for d, w in final.items()))
+    return final
+
+
+def _weight_inputs(prefix: str, start: dict[str, float]) -> dict[str, float]:
+    cols = st.columns(min(4, len(domains)))
+    return {d: cols[i % len(cols)].number_input(d, value=round(float(start[d]), 4), step=0.01, format="%.4f",
+                                                key=f"{prefix}_{d}")
+            for i, d in enumerate(domains)}
+
+
+def _decide(pid: int, action: str, reason_key: str) -> None:
+    """Button callback: it runs before the next script run, whether or not
+    the card is drawn again, so a proposal decided elsewhere meanwhile meets
+    the store's refusal and its message."""
+    kw: dict = {}
+    if action == "reject":
+        kw["reason"] = (ss.get(reason_key) or "").strip() or None
+    elif action == "edit":
+        kw["weights"] = {d: ss.get(f"edit_{pid}_{d}") for d in domains}
+    try:
+        store.decide(pid, action, by=user(), **kw)
+    except DecisionError as e:
+        flash(str(e), "error")
+        return
+    if action == "reject":
+        ss[reason_key] = ""
+        flash(f"Proposal #{pid} rejected; the mixture stays as it is.", "info")
+    else:
+        verb = "approved" if action == "approve" else "edited and approved"
+        flash(f"Proposal #{pid} {verb}; {apply_note(store, store.run(run_id))}.")
+        ss.setdefault("awaiting_apply", set()).add(pid)
+
+
+def proposal_card(p: dict, reason_key: str) -> None:
+    pid = p["id"]
+    with st.container(border=True):
+        st.subheader(f"Proposal #{pid} · {p['strategy']} · from the checkpoint at step {p['step']}")
+        table = charts.weights_table(p["current_weights"], p["weights"])
+        left, right = st.columns([2, 3])
+        left.dataframe(table, hide_index=True, key=f"table_{pid}", column_config={
+            "current": st.column_config.NumberColumn(format="%.3f"),
+            "proposed": st.column_config.NumberColumn(format="%.3f"),
+            "change": st.column_config.NumberColumn(format="%+.3f")})
+        right.plotly_chart(charts.weights_figure(table), key=f"bars_{pid}")
+        st.markdown("**Why, per domain**\n\n" + "\n".join(
+            f"- **{d}**: {p['rationale'].get(d, '')}" for d in p["current_weights"]))
+        if p["forecast"]:
+            st.caption("Forecast per steer skill")
+            st.dataframe(charts.forecast_table(p["forecast"]), hide_index=True, key=f"forecast_{pid}",
+                         column_config={"score now": st.column_config.NumberColumn(format="%.3f"),
+                                        "expected next": st.column_config.NumberColumn(format="%.3f")})
+
+        approve, reject = st.columns([1, 3], vertical_alignment="bottom")
+        approve.button("Approve", key=f"approve_{pid}", type="primary", icon=":material/check:",
+                       on_click=_decide, args=(pid, "approve", reason_key))
+        reject.text_input("Reason for rejecting", key=reason_key, placeholder="e.g. the noise domain should stay")
+        reject.button("Reject", key=f"reject_{pid}", icon=":material/close:",
+                      on_click=_decide, args=(pid, "reject", reason_key))
+
+        with st.expander("Edit the weights, then approve them", icon=":material/edit:"):
+            values = _weight_inputs(f"edit_{pid}", p["weights"])
+            final = _renormalised(values)
+            st.button("Save edited weights", key=f"save_edit_{pid}", disabled=final is None,
+                      on_click=_decide, args=(pid, "edit", reason_key))
+
+
+def inbox() -> None:
+    pending = store.proposals(run_id, status="pending")
+    ss[f"inbox_{run_id}"] = [p["id"] for p in pending]
+    st.header("Inbox")
+    if not pending:
+        st.info("No proposal is waiting." + (" The policy is auto: proposals are approved as they arrive."
+                                             if store.run(run_id)["policy"] == "auto" else ""))
+    for i, p in enumerate(pending):
+        # The store keeps one pending proposal per run (a new one supersedes
+        # the old), so the reason box is keyed by run: what a person is
+        # typing survives a newer proposal arriving.
+        proposal_card(p, f"reject_reason_{run_id}" if i == 0 else f"reject_reason_{p['id']}")
+
+
+def _acknowledge(skill: str, note_key: str) -> None:
+    try:
+        store.acknowledge_alert(run_id, skill, by=user(), step=store.run(run_id)["step"],
+                                note=(ss.get(note_key) or "").strip() or None)
+    except StoreError as e:
+        flash(str(e), "error")
+        return
+    flash(f"Alert on {skill} acknowledged: the controller may push {skill} again, and the guard now "
+          "compares its progress from this step on.", "info")
+
+
+def alerts() -> None:
+    lines = alert_lines(store, run_id)
+    if not lines:
+        return
+    st.header("Goodhart alerts")
+    st.caption("A steer skill rose beyond its noise while its held-out variant did not keep up: the loop may be "
+               "teaching to the test. Until you acknowledge an alert, the controller stops pushing that skill.")
+    for skill, alert in lines:
+        with st.container(border=True):
+            st.warning(alert["message"], icon=":material/warning:")
+            note_key = f"ack_note_{run_id}_{skill}"
+            left, right = st.columns([3, 1], vertical_alignment="bottom")
+            left.text_input("Note (kept with the acknowledgement)", key=note_key)
+            right.button(f"Acknowledge {skill}", key=f"ack_{run_id}_{skill}", on_click=_acknowledge,
+                         args=(skill, note_key))
+
+
+alerts()
+inbox()
+
+
+# -- live: current weights, history, decisions ------------------------------------
+@st.fragment(run_every=refresh_every(run))
+def live() -> None:
+    now = store.run(run_id)
+    stop_refresh_when_done(run, now)
+    if [p["id"] for p in store.proposals(run_id, status="pending")] != ss.get(f"inbox_{run_id}"):
+        st.rerun()  # a proposal arrived or was decided elsewhere: redraw the inbox
+    props = store.proposals(run_id)
+    by_id = {p["id"]: p for p in props}
+    for pid in sorted(ss.get("awaiting_apply", set())):
+        p = by_id.get(pid)
+        if p and p["status"] == "applied":
+            st.success(f"Proposal #{pid} was applied at step {p['applied_step']}.")
+        elif p and p["status"] in ("approved", "edited"):
+            st.info(f"Proposal #{pid} is {p['status']}; {apply_note(store, now)}.")
+
+    st.header("Mixture")
+    left, right = st.columns([2, 3])
+    left.plotly_chart(charts.weights_figure(charts.weights_table(store.current_weights(run_id)),
+                                            title="Current mixture"), key="current_mixture")
+    history = charts.mixture_history(store.schedule(run_id), end_step=max(now["step"], 1))
+    right.plotly_chart(charts.mixture_figure(history, end_step=now["step"]), key="mixture_history")
+
+    st.subheader("Decisions")
+    table = charts.decisions_table(props)
+    if table.empty:
+        st.caption("No decision yet.")
+    else:
+        st.dataframe(table.head(50), hide_index=True, key="decisions",
+                     column_config={"decided at": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
+
+
+live()
+
+
+# -- manual mixture ---------------------------------------------------------------
+with st.expander("Set a mixture by hand", icon=":material/tune:"):
+    st.caption("Stored as an approved `manual` proposal; it applies at the next checkpoint like any other.")
+    values = _weight_inputs(f"manual_{run_id}", store.current_weights(run_id))
+    final = _renormalised(values)
+    why = st.text_input("Reason", key=f"manual_reason_{run_id}")
+    if st.button("Save this mixture", key=f"manual_save_{run_id}", disabled=final is None):
+        try:
+            pid = store.set_mixture(run_id, values, step=store.run(run_id)["step"], by=user(),
+                                    reason=why.strip() or None)
+        except DecisionError as e:
+            st.error(str(e))
+        else:
+            flash(f"Manual mixture saved as proposal #{pid}; {apply_note(store, store.run(run_id))}.")
+            ss.setdefault("awaiting_apply", set()).add(pid)
+            st.rerun()

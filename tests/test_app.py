@@ -1,0 +1,393 @@
+"""The dashboard under streamlit.testing (AppTest), against the database of
+a real tiny run (policy human, so its last proposal is pending). Every test
+that acts checks the store changed, or did not."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest_dashboard import APP
+from streamlit.testing.v1 import AppTest
+
+from backend.schedule import export_schedule
+from backend.store import Store
+
+PAGES = ["pages/capabilities.py", "pages/mixture.py", "pages/compare.py", "pages/schedules.py",
+         "pages/new_run.py"]
+
+
+def open_app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception, at.exception
+    if page:
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def frame_with(at: AppTest, column: str):
+    """The first st.dataframe on the page that has `column`."""
+    return next(df.value for df in at.dataframe if column in df.value.columns)
+
+
+def pending(store: Store, run_id: int) -> dict:
+    (p,) = store.proposals(run_id, status="pending")
+    return p
+
+
+@pytest.fixture
+def db(dashboard_db, navigation_only):
+    path, run_id = dashboard_db
+    return Store(path), run_id
+
+
+# -- rendering -------------------------------------------------------------------
+
+
+def test_home_shows_status_controls_and_pending_badge(db):
+    store, run_id = db
+    at = open_app()
+    assert at.sidebar.selectbox(key="run_id").value == run_id
+    assert at.title[0].value.startswith(f"Run #{run_id}")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Status"] == "finished" and metrics["Step"] == "30 / 30"
+    assert metrics["Tokens seen"] == "11.5k"
+    # a finished run cannot be paused, resumed or stopped
+    assert all(at.button(key=k).disabled for k in ("cmd_pause", "cmd_resume", "cmd_stop"))
+    assert "1 proposal waiting for you" in texts(at.markdown)
+
+
+def test_a_page_run_before_any_navigation_goes_through_app_py(dashboard_db):
+    """What a server's first visit straight to /mixture meets (no fixture
+    here): the page reruns through app.py, so the sidebar and run are there."""
+    run_id = dashboard_db[1]
+    at = open_app("pages/mixture.py")
+    assert at.title[0].value == "Mixture & proposals"
+    assert at.sidebar.selectbox(key="run_id").value == run_id
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders(db, page):
+    at = open_app(page)
+    assert not at.error, texts(at.error)
+    assert at.title, "page has a title"
+
+
+def test_capabilities_choices_and_drill_down(db):
+    store, run_id = db
+    at = open_app("pages/capabilities.py")
+    assert at.multiselect(key=f"cap_skills_{run_id}").value == ["copy", "add2"]
+    assert at.radio(key="cap_view").value == "latent" and at.slider(key="cap_smooth").disabled
+    slopes = frame_with(at, "slope_per_token")
+    assert set(slopes["skill"]) == {"copy", "add2", "copy_holdout", "add2_holdout"}
+    assert (slopes["lo"] <= slopes["score"]).all() and (slopes["score"] <= slopes["hi"]).all()
+
+    at.radio(key="cap_view").set_value("raw")
+    at.radio(key="cap_x").set_value("step")
+    at.run()
+    at.slider(key="cap_smooth").set_value(3)
+    at.toggle(key="cap_holdout").set_value(False)
+    at.selectbox(key=f"cap_drill_{run_id}").set_value("add2_holdout")
+    at.run()
+    assert not at.exception, at.exception
+    table = frame_with(at, "prompt_variant")
+    assert sorted(set(table["step"]), reverse=True) == [30, 20, 10, 0] and set(table["n"]) == {12}
+    assert "exact_match" in set(table["metric"])
+    items = frame_with(at, "response")
+    tasks = next(s["tasks"] for s in store.skills(run_id) if s["name"] == "add2_holdout")
+    assert set(items["task"]) == set(tasks) and len(items) == 12 * len(tasks)
+
+
+# -- deciding proposals ----------------------------------------------------------------
+
+
+def test_approve_says_where_it_applies(db):
+    store, run_id = db
+    p = pending(store, run_id)
+    at = open_app("pages/mixture.py")
+    at.sidebar.text_input(key="user_name").set_value("ada").run()
+    at.button(key=f"approve_{p['id']}").click().run()
+    assert not at.exception, at.exception
+    now = store.proposal(p["id"])
+    assert now["status"] == "approved" and now["decided_by"] == "ada"
+    assert now["final_weights"] == p["weights"]
+    # the tiny run has finished, so the page says no checkpoint will apply it
+    assert f"Proposal #{p['id']} approved" in texts(at.success)
+    assert "no checkpoint is left to apply it" in texts(at.success)
+    assert [e["actor"] for e in store.events(run_id, kind="approved")] == ["ada"]
+
+
+def test_approve_on_a_live_run_names_the_next_checkpoint_then_shows_it_applied(db):
+    store, run_id = db
+    store.update_run(run_id, status="running", step=14)
+    p = pending(store, run_id)
+    at = open_app("pages/mixture.py")
+    at.button(key=f"approve_{p['id']}").click().run()
+    assert "applies at the next checkpoint (step 20)" in texts(at.success)
+    assert f"Proposal #{p['id']} is approved" in texts(at.info)
+    # the worker reaches the checkpoint and applies it
+    store.apply_approved(run_id, step=20, tokens_at=7680)
+    at.run()
+    assert f"Proposal #{p['id']} was applied at step 20." in texts(at.success)
+
+
+def test_next_checkpoint_counts_one_reached_but_not_through_its_boundary(db):
+    from pages._common import next_checkpoint
+
+    store, run_id = db
+    run = {**store.run(run_id), "step": 20}
+    assert next_checkpoint(store, run) == 30  # checkpoint 20 has applied what was approved before it
+    store.mark_checkpoint(run_id, 20, boundary_done=False)  # evaluating: it applies at this one
+    assert next_checkpoint(store, run) == 20
+    assert next_checkpoint(store, {**run, "step": 25}) == 30
+
+
+def test_reject_keeps_the_reason_and_the_mixture(db):
+    store, run_id = db
+    p = pending(store, run_id)
+    before = store.current_weights(run_id)
+    at = open_app("pages/mixture.py")
+    at.text_input(key=f"reject_reason_{run_id}").set_value("noise should stay")
+    at.button(key=f"reject_{p['id']}").click().run()
+    now = store.proposal(p["id"])
+    assert now["status"] == "rejected" and now["decision_reason"] == "noise should stay"
+    assert store.current_weights(run_id) == before
+    assert "rejected" in texts(at.info)
+
+
+def test_edit_shows_renormalised_weights_then_saves_them(db):
+    store, run_id = db
+    p = pending(store, run_id)
+    domains = list(p["current_weights"])
+    at = open_app("pages/mixture.py")
+    for i, d in enumerate(domains):
+        at.number_input(key=f"edit_{p['id']}_{d}").set_value(2.0 if i == 0 else 1.0)
+    at.run()
+    share = 2 / (len(domains) + 1)
+    assert f"{domains[0]} **{share:.3f}**" in texts(at.caption)
+    assert not at.button(key=f"save_edit_{p['id']}").disabled
+    at.button(key=f"save_edit_{p['id']}").click().run()
+    now = store.proposal(p["id"])
+    assert now["status"] == "edited"
+    assert math.isclose(now["final_weights"][domains[0]], share)
+    assert math.isclose(sum(now["final_weights"].values()), 1.0)
+
+
+@pytest.mark.parametrize("bad, message", [("negative", "is negative"), ("zeros", "all weights are zero")])
+def test_edit_refuses_weights_that_are_no_mixture(db, bad, message):
+    store, run_id = db
+    p = pending(store, run_id)
+    domains = list(p["current_weights"])
+    values = {"negative": [-0.5] + [1.0] * (len(domains) - 1), "zeros": [0.0] * len(domains)}[bad]
+    at = open_app("pages/mixture.py")
+    for d, v in zip(domains, values):
+        at.number_input(key=f"edit_{p['id']}_{d}").set_value(v)
+    at.run()
+    assert not at.exception, at.exception
+    assert "Not a mixture" in texts(at.error) and message in texts(at.error)
+    assert at.button(key=f"save_edit_{p['id']}").disabled
+    assert store.proposal(p["id"])["status"] == "pending"
+    assert store.proposal(p["id"])["version"] == p["version"]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_edit_inputs_cannot_hold_non_finite_weights(db, value):
+    """st.number_input refuses NaN and infinities itself (it keeps the last
+    finite value), so nothing non-finite reaches the store."""
+    store, run_id = db
+    p = pending(store, run_id)
+    first = list(p["current_weights"])[0]
+    at = open_app("pages/mixture.py")
+    at.number_input(key=f"edit_{p['id']}_{first}").set_value(value).run()
+    assert not at.exception, at.exception
+    assert math.isfinite(at.number_input(key=f"edit_{p['id']}_{first}").value)
+    at.button(key=f"save_edit_{p['id']}").click().run()
+    assert all(math.isfinite(w) for w in store.proposal(p["id"])["final_weights"].values())
+
+
+def test_a_decision_made_elsewhere_meanwhile_is_refused_with_its_message(db):
+    store, run_id = db
+    p = pending(store, run_id)
+    at = open_app("pages/mixture.py")
+    store.decide(p["id"], "reject", by="grace", reason="other tab")  # another person, first
+    at.button(key=f"approve_{p['id']}").click().run()
+    assert not at.exception, at.exception
+    assert f"proposal {p['id']} is rejected by grace, not pending" in texts(at.error)
+    assert not [b for b in at.button if b.key == f"approve_{p['id']}"]  # the card is gone
+    now = store.proposal(p["id"])
+    assert now["status"] == "rejected" and now["decided_by"] == "grace"
+
+
+def test_manual_mixture_is_validated_then_stored(db):
+    store, run_id = db
+    domains = list(store.current_weights(run_id))
+    n_before = len(store.proposals(run_id))
+    at = open_app("pages/mixture.py")
+    for d in domains:
+        at.number_input(key=f"manual_{run_id}_{d}").set_value(0.0)
+    at.run()
+    assert "Not a mixture: all weights are zero" in texts(at.error)
+    assert at.button(key=f"manual_save_{run_id}").disabled
+    assert len(store.proposals(run_id)) == n_before
+
+    at.number_input(key=f"manual_{run_id}_{domains[0]}").set_value(3.0)
+    at.number_input(key=f"manual_{run_id}_{domains[1]}").set_value(1.0)
+    at.text_input(key=f"manual_reason_{run_id}").set_value("more strings")
+    at.run()
+    at.button(key=f"manual_save_{run_id}").click().run()
+    manual = store.proposals(run_id)[-1]
+    assert manual["strategy"] == "manual" and manual["status"] == "approved"
+    assert manual["final_weights"][domains[0]] == 0.75 and manual["decision_reason"] == "more strings"
+    assert "Manual mixture saved" in texts(at.success)
+
+
+def test_policy_switch_writes_once_and_follows_the_store(db):
+    store, run_id = db
+    at = open_app("pages/mixture.py")
+    radio = at.radio(key=f"policy_{run_id}")
+    assert radio.value == "human"
+    radio.set_value("auto").run()
+    assert store.run(run_id)["policy"] == "auto"
+    assert [e["actor"] for e in store.events(run_id, kind="policy")] == ["dashboard"]
+    # a change from elsewhere (the CLI) is shown, and not written back
+    store.set_policy(run_id, "human", by="cli")
+    at.run()
+    assert at.radio(key=f"policy_{run_id}").value == "human"
+    assert len(store.events(run_id, kind="policy")) == 2
+
+
+def test_goodhart_alert_is_shown_and_acknowledged(db):
+    store, run_id = db
+    store.raise_alert(run_id, step=20, skill="copy", message="Goodhart guard: copy rose +0.40, held-out +0.05.",
+                      data={"steer_rise": 0.4, "holdout_rise": 0.05})
+    at = open_app()
+    assert "1 Goodhart alert" in texts(at.markdown)
+    at.switch_page("pages/capabilities.py").run()
+    assert "Goodhart alert on copy" in texts(at.warning)
+    at.switch_page("pages/mixture.py").run()
+    assert "copy rose +0.40" in texts(at.warning)
+    at.text_input(key=f"ack_note_{run_id}_copy").set_value("the template is fine")
+    at.button(key=f"ack_{run_id}_copy").click().run()
+    assert not at.exception, at.exception
+    assert store.open_alerts(run_id) == {}
+    (ack,) = store.events(run_id, kind="goodhart_ack")
+    assert ack["actor"] == "dashboard" and "the template is fine" in ack["message"]
+    assert "acknowledged" in texts(at.info)
+
+
+def test_pause_sends_a_command_to_a_running_worker(db):
+    store, run_id = db
+    store.update_run(run_id, status="running")
+    at = open_app()
+    assert not at.button(key="cmd_pause").disabled and at.button(key="cmd_resume").disabled
+    at.button(key="cmd_pause").click().run()
+    assert not at.exception, at.exception
+    assert [e["message"] for e in store.events(run_id, kind="command")] == ["pause requested"]
+
+
+# -- schedules: export, replay upload --------------------------------------------------
+
+
+def test_schedule_upload_starts_a_replay_run(db, spawned):
+    store, run_id = db
+    data = json.dumps(export_schedule(store, run_id)).encode()
+    at = open_app("pages/schedules.py")
+    at.file_uploader(key="schedule_upload").set_value(("schedule.json", data, "application/json")).run()
+    assert not at.error, texts(at.error)
+    at.button(key="start_replay").click().run()
+    assert not at.exception, at.exception
+    runs = store.runs()
+    assert len(runs) == 2
+    new = runs[0]
+    assert new["name"] == "replay-tiny" and new["replay_schedule"]["segments"]
+    assert spawned == [(store.path, new["id"])]
+    assert at.sidebar.selectbox(key="run_id").value == new["id"]  # the new run is selected
+
+
+@pytest.mark.parametrize("broken, field", [
+    (lambda d: d["segments"][0]["weights"].update(strings=-1.0), "segments[0].weights.strings"),
+    (lambda d: d.update(version=99), "version"),
+    (lambda d: d["config"]["train"].update(lr="fast"), "config.train.lr"),
+    (None, "not valid JSON"),
+])
+def test_broken_schedule_is_refused_naming_the_field(db, spawned, broken, field):
+    store, run_id = db
+    data = export_schedule(store, run_id)
+    if broken is None:
+        raw = b"{ not json"
+    else:
+        broken(data)
+        raw = json.dumps(data).encode()
+    at = open_app("pages/schedules.py")
+    at.file_uploader(key="schedule_upload").set_value(("bad.json", raw, "application/json")).run()
+    assert not at.exception, at.exception
+    assert field in texts(at.error) and "No run was started" in texts(at.error)
+    assert not [b for b in at.button if b.key == "start_replay"]
+    assert len(store.runs()) == 1 and spawned == []
+
+
+# -- new runs ----------------------------------------------------------------------------
+
+
+def test_new_run_from_a_preset_starts_a_worker(db, spawned):
+    store, run_id = db
+    at = open_app("pages/new_run.py")
+    at.selectbox(key="new_preset").set_value("tiny")
+    at.radio(key="new_policy").set_value("auto")
+    at.number_input(key="new_seed").set_value(7)
+    at.text_input(key="new_name").set_value("baseline")
+    at.selectbox(key="new_strategy").set_value("static")
+    at.run()
+    at.button(key="new_start").click().run()
+    assert not at.exception, at.exception
+    new = store.runs()[0]
+    assert new["id"] != run_id and new["name"] == "baseline" and new["policy"] == "auto"
+    assert new["config"]["seed"] == 7 and new["config"]["controller"]["strategy"] == "static"
+    assert spawned == [(store.path, new["id"])]
+
+
+def test_new_run_refuses_a_bad_data_folder_and_a_bad_config(db, spawned, tmp_path):
+    store, run_id = db
+    at = open_app("pages/new_run.py")
+    at.text_area(key="new_folders").set_value(str(tmp_path / "missing")).run()
+    at.button(key="new_start").click().run()
+    assert "Data folders" in texts(at.error) and "does not exist" in texts(at.error)
+    assert len(store.runs()) == 1 and spawned == []
+
+    at.radio(key="new_source").set_value("file").run()
+    bad = json.dumps({"preset": "tiny", "train": {"steps": -5}}).encode()
+    at.file_uploader(key="new_config_file").set_value(("cfg.json", bad, "application/json")).run()
+    assert "train.steps" in texts(at.error)
+    assert len(store.runs()) == 1 and spawned == []
+
+
+def test_new_run_from_a_toml_config(db, spawned):
+    store, run_id = db
+    at = open_app("pages/new_run.py")
+    at.radio(key="new_source").set_value("file").run()
+    toml = b'preset = "tiny"\nname = "from-toml"\nseed = 3\n'
+    at.file_uploader(key="new_config_file").set_value(("cfg.toml", toml, "application/toml")).run()
+    at.button(key="new_start").click().run()
+    assert not at.exception, at.exception
+    new = store.runs()[0]
+    assert new["name"] == "from-toml" and new["config"]["seed"] == 3 and new["policy"] == "human"
+
+
+def test_empty_database_offers_the_demo_run(tmp_path, monkeypatch, navigation_only, spawned):
+    db = tmp_path / "empty.db"
+    monkeypatch.setenv("CLOSED_LOOP_DB", str(db))
+    at = open_app()
+    at.button(key="start_demo").click().run()
+    assert not at.exception, at.exception
+    (run,) = Store(db).runs()
+    assert run["name"] == "demo" and run["policy"] == "human"
+    assert spawned == [(str(db), run["id"])]
+    for page in PAGES:  # every page copes with a run that has no data yet
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)

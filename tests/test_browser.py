@@ -1,0 +1,143 @@
+"""The served dashboard in a real browser: Debian's headless Chromium driven
+by Playwright. Opens every page (a screenshot of each under the test's tmp
+dir), approves a proposal through the UI, and opens the HTML report with
+the network cut off."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest_dashboard import copy_db
+
+from backend.report import write_report
+from backend.store import Store
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ROOT = Path(__file__).resolve().parent.parent
+# capabilities first: a first visit straight to a page (not /) must still go
+# through app.py (sidebar, selected run); see pages/_common._ensure_navigation
+PAGES = {"capabilities": "capabilities", "home": "", "mixture": "mixture", "compare": "compare",
+         "schedules": "schedules", "new_run": "new_run"}
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(human_run, tmp_path):
+    """`streamlit run app.py` on a free port over a copy of the run's DB."""
+    db, run_id = human_run
+    db = copy_db(db, tmp_path / "cl.db")
+    port = free_port()
+    env = {**os.environ, "CLOSED_LOOP_DB": str(db), "CLOSED_LOOP_REFRESH_S": "2"}
+    log = open(tmp_path / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise AssertionError("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text())
+            time.sleep(0.3)
+        yield url, Store(db), run_id
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def settle(page, heading: str) -> None:
+    """Wait until the page shows `heading` and its script run is over."""
+    page.get_by_role("heading", name=heading).first.wait_for(timeout=30_000)
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=30_000)
+    page.wait_for_timeout(300)  # let plotly draw
+
+
+def test_pages_render_and_a_proposal_is_approved_in_the_browser(served, browser, tmp_path):
+    url, store, run_id = served
+    (p,) = store.proposals(run_id, status="pending")
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    headings = {"home": f"Run #{run_id}", "capabilities": "Capabilities", "mixture": "Mixture & proposals",
+                "compare": "Compare runs", "schedules": "Schedules", "new_run": "New run"}
+    for name, path in PAGES.items():
+        page.goto(f"{url}/{path}")
+        settle(page, headings[name])
+        assert not page.locator("[data-testid='stException']").count(), name
+        if name in ("home", "capabilities", "mixture"):
+            page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=15_000)
+        if name != "new_run":
+            page.get_by_text("Your name (kept with each decision)").first.wait_for(timeout=10_000)  # sidebar
+        page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+    assert all((tmp_path / f"{n}.png").stat().st_size > 10_000 for n in PAGES)
+
+    # approve through the UI, under a name typed into the sidebar
+    page.goto(f"{url}/mixture")
+    settle(page, "Mixture & proposals")
+    name = page.get_by_label("Your name (kept with each decision)")
+    name.fill("browser-test")
+    name.press("Enter")
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
+    page.get_by_role("button", name="Approve").click()
+    page.get_by_text(f"Proposal #{p['id']} approved").wait_for(timeout=30_000)
+    page.screenshot(path=str(tmp_path / "approved.png"), full_page=True)
+    now = store.proposal(p["id"])
+    assert now["status"] == "approved" and now["decided_by"] == "browser-test"
+    assert not errors, errors
+
+
+def test_html_report_opens_without_network(human_run, browser, tmp_path):
+    db, run_id = human_run
+    path = write_report(Store(db), run_id, tmp_path / "report.html")
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    requests: list[str] = []
+    page.route("http*://**", lambda route: (requests.append(route.request.url), route.abort()))
+    page.goto(path.as_uri())
+    page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=15_000)
+    assert page.locator(".js-plotly-plot").count() == 5
+    assert page.get_by_role("heading", name="Decisions").count() == 1
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    assert requests == []
