@@ -197,6 +197,10 @@ class ControllerConfig:
     """Largest change of one domain's weight in one proposal."""
     smoothing: float = 0.1
     """Share of the uniform mixture blended into every proposal."""
+    reference_step: int | None = None
+    """doremi: the checkpoint step whose held-out domain losses are the
+    reference (a frozen earlier checkpoint of this run); None: the first
+    checkpoint after step 0."""
 
     def validate(self, path: str) -> None:
         from backend.controllers import STRATEGIES
@@ -212,6 +216,8 @@ class ControllerConfig:
                 raise ConfigError(f"{path}.{name}: must be within [0, 1], got {v}")
         if self.floor > self.cap:
             raise ConfigError(f"{path}.floor: {self.floor} is above cap {self.cap}")
+        if self.reference_step is not None and self.reference_step < 0:
+            raise ConfigError(f"{path}.reference_step: must be >= 0 (a checkpoint step), got {self.reference_step}")
 
 
 @dataclass(kw_only=True)
@@ -306,6 +312,13 @@ class RunConfig:
                 validate_weights(init, names)
             except WeightsError as e:
                 raise ConfigError(f"mixture.initial: {e}") from None
+        ref = self.controller.reference_step
+        if ref is not None and (ref % self.train.checkpoint_every or ref >= self.train.steps):
+            raise ConfigError(
+                f"controller.reference_step: {ref} is not a checkpoint the run can still steer from "
+                f"(a multiple of train.checkpoint_every {self.train.checkpoint_every} below train.steps "
+                f"{self.train.steps})"
+            )
         streamed = {s for d in self.data.domains for s in d.skills}
         for s in self.evaluation.skills:
             if s not in streamed:

@@ -2,6 +2,7 @@
 
     sampler(weights) -> trainer -> checkpoint k
         -> evaluate (lm-eval per skill, per-domain held-out loss) -> store
+        -> score the forecast of the proposal that trained the last stretch
         -> apply the newest approved proposal (it trains from step k on)
         -> strategy proposes -> store (pending; `auto` approves and applies it)
 
@@ -157,6 +158,7 @@ class ClosedLoop:
             self._evaluate(step, tokens)
             self.store.mark_checkpoint(self.run_id, step, evaluated=True)
         self._estimate_and_guard(step)
+        self.store.record_forecast_errors(self.run_id, step)  # how far the last forecast was off
         if step < self.cfg.train.steps:  # nothing to steer after the last checkpoint
             if self.replay is not None:
                 self._follow_replay(step, tokens)

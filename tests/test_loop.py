@@ -71,6 +71,21 @@ def test_auto_policy_applies_proposals_with_reasons(tiny_run):
     assert schedule[-1]["weights"]["noise"] < 1 / len(domains) - 0.05
 
 
+def test_forecast_errors_are_recorded_after_each_checkpoint(tiny_run):
+    db, run_id = tiny_run
+    store = Store(db)
+    rows = store.forecast_errors(run_id)
+    # each proposal (0, 10, 20) is scored at the next checkpoint, per steer skill
+    assert [(r["step"], r["skill"]) for r in rows] == [(s, k) for s in (10, 20, 30) for k in ("add2", "copy")]
+    latent = {(c["step"], c["skill"]): c["score"] for c in store.capability(run_id)}
+    for r in rows:
+        p = store.proposal(r["proposal_id"])
+        assert p["step"] == r["applied_step"] == r["step"] - 10
+        assert r["forecast"] == p["forecast"][r["skill"]]["expected"]
+        assert r["actual"] == latent[(r["step"], r["skill"])]
+        assert r["error"] == pytest.approx(r["actual"] - r["forecast"])
+
+
 def test_show_reports_the_run(tiny_run):
     db, run_id = tiny_run
     out = cli_json("show", run_id, db=db)

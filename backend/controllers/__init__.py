@@ -76,4 +76,4 @@ def get_strategy(name: str, cfg):
 
 
 # built-in strategies register on import, like a user's would
-from backend.controllers import deficit, static  # noqa: E402,F401
+from backend.controllers import deficit, doremi, mixing_law, odm, static  # noqa: E402,F401

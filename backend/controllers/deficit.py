@@ -28,6 +28,7 @@ import math
 
 from backend.controllers import History, Proposal, register_strategy
 from backend.controllers.constraints import apply_constraints
+from backend.controllers.forecast import slope_forecast
 
 PROGRESS_SCALE = 0.1  # a rise of 0.1 score per checkpoint counts as full progress
 STALLED = 0.25 * PROGRESS_SCALE  # a slope surely below this counts as not moving
@@ -90,17 +91,8 @@ class Deficit:
                 parts.append(f"{s} {k['score']:.2f} [{k['lo']:.2f}, {k['hi']:.2f}] slope {slope}: {k['why']}")
             rationale[d] = f"{change}: gain {gain[d]:.3f} vs mean {mean_gain:.3f}; " + "; ".join(parts)
 
-        forecast = {}
-        for s, k in skills.items():
-            # the latent slope, scaled by how much more (or less) of the
-            # skill's domains the new mixture trains on
-            ds = history.skill_domains[s]
-            old_share = sum(current[d] for d in ds) or 1e-9
-            ratio = sum(weights[d] for d in ds) / old_share
-            rise = (k["slope"] or 0.0) * ratio
-            forecast[s] = {
-                "score": k["score"],
-                "expected": min(1.0, max(0.0, k["score"] + rise)),
-                "basis": "latent slope x change in the skill's data share",
-            }
+        # the latent slope, scaled by how much more (or less) of the skill's
+        # domains the new mixture trains on (backend.controllers.forecast)
+        forecast = {s: slope_forecast(k["score"], k["slope"], history.skill_domains[s], current, weights)
+                    for s, k in skills.items()}
         return Proposal(weights=weights, rationale=rationale, forecast=forecast)

@@ -1,0 +1,146 @@
+"""`doremi`: DoReMi's domain reweighting, run online on the run's own model.
+
+Xie et al. 2023, "DoReMi: Optimizing Data Mixtures Speeds Up Language Model
+Pretraining", arXiv:2305.10429, Algorithm 1. The paper trains a small proxy
+model with Group DRO against a reference model and, at every training step t,
+takes an exponentiated-gradient (EG) step on the domain weights alpha:
+
+    lambda_t[j] = mean over domain j's tokens of max(loss_proxy - loss_ref, 0)
+    alpha'_t    = alpha_{t-1} * exp(eta * lambda_t), normalised to sum 1
+    alpha_t     = (1 - c) * alpha'_t + c * u                   (u: uniform)
+
+and returns the time average  (1/T) sum_{t=1..T} alpha_t. Paper defaults:
+eta = 1, c = 1e-3 (module constants ETA and SMOOTHING_C; the run's
+controller.step_size belongs to `deficit` and is not used here).
+
+What is used here, and how it differs from the paper:
+
+- The proxy is the run's own model; one EG step per checkpoint (the paper
+  steps every training step), on the held-out next-token loss of each
+  domain at that checkpoint (History.domain_loss; the paper uses the
+  per-token training loss of the batch).
+- The reference is a frozen earlier checkpoint of this same run: its
+  held-out domain losses at step controller.reference_step, by default the
+  first checkpoint after step 0 (the model trained one stretch on the initial
+  mixture). The paper's reference is a separately trained model of the same
+  size on the baseline mixture, run to the full budget, so its loss
+  estimates the loss each domain can reach; we have no such model in the
+  loop, and training one would cost a second run. The consequence: the
+  run's model soon beats an earlier checkpoint of itself on every domain, so
+  excess loss is 0 except where a domain's loss has risen since the
+  reference (forgetting, typically a domain starved by the mixture), and
+  only such a domain gains weight. We keep the paper's clip at 0 rather
+  than rewarding the domains that improved least.
+- The clip acts on each domain's mean loss (we have no per-token losses);
+  the paper clips each token's excess, then averages.
+- The EG iterates start from the run's initial mixture (History.mixtures at
+  step 0, the mixture the reference was trained on), and are recomputed from
+  History at every call: alpha_1..alpha_T are a pure function of the
+  reference losses and the domain losses at the T checkpoints after it, so
+  the running sum for the time average needs no state and a resumed worker
+  proposes exactly what an uninterrupted one would.
+- The proposal is the time average, then the shared constraints (smoothing
+  toward uniform, floor, cap, max change) like every strategy's.
+
+The forecast per steer skill is the latent slope scaled by the change in the
+skill's data share (backend.controllers.forecast): DoReMi has no model of
+skills.
+"""
+
+from __future__ import annotations
+
+import math
+
+from backend.controllers import History, Proposal, register_strategy
+from backend.controllers.constraints import apply_constraints
+from backend.controllers.forecast import slope_forecasts
+
+ETA = 1.0  # DoReMi's EG step size (paper default)
+SMOOTHING_C = 1e-3  # DoReMi's mix with uniform after every step (paper default c)
+
+
+def losses_by_step(history: History) -> dict[int, dict[str, float]]:
+    """step -> {domain: held-out loss}, for the checkpoints that measured every domain."""
+    by_step: dict[int, dict[str, float]] = {}
+    for d in history.domains:
+        for m in history.domain_loss.get(d, []):
+            by_step.setdefault(m["step"], {})[d] = float(m["value"])
+    return {s: v for s, v in sorted(by_step.items()) if len(v) == len(history.domains)}
+
+
+def initial_mixture(history: History, current: dict[str, float]) -> dict[str, float]:
+    """The mixture trained first (History.mixtures at its earliest step);
+    the current one when the history holds none."""
+    if history.mixtures:
+        w = min(history.mixtures, key=lambda m: m["step"])["weights"]
+        total = sum(w.get(d, 0.0) for d in history.domains)
+        if total > 0:
+            return {d: w.get(d, 0.0) / total for d in history.domains}
+    return dict(current)
+
+
+@register_strategy("doremi")
+class DoReMi:
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def reference_step(self, losses: dict[int, dict[str, float]]) -> int | None:
+        """The configured reference step, or the first checkpoint after step
+        0; None while that checkpoint has no losses yet."""
+        if self.cfg.reference_step is not None:
+            return self.cfg.reference_step if self.cfg.reference_step in losses else None
+        after0 = [s for s in losses if s > 0]
+        return after0[0] if after0 else None
+
+    def iterates(self, history: History, current: dict[str, float]) -> dict:
+        """The EG iterates from the reference on, recomputed from History:
+        {ref_step, ref, steps, excess (last), alphas}."""
+        losses = losses_by_step(history)
+        ref_step = self.reference_step(losses)
+        if ref_step is None:
+            return {"ref_step": None, "steps": [], "alphas": []}
+        ref = losses[ref_step]
+        names, k = history.domains, len(history.domains)
+        alpha = initial_mixture(history, current)
+        alphas, steps, excess = [], [], {}
+        for step, now in losses.items():
+            if step <= ref_step:
+                continue
+            excess = {d: now[d] - ref[d] for d in names}
+            lam = {d: max(0.0, excess[d]) for d in names}
+            top = max(lam.values())  # subtracting the max never overflows
+            raw = {d: alpha[d] * math.exp(ETA * (lam[d] - top)) for d in names}
+            total = sum(raw.values())
+            alpha = {d: (1 - SMOOTHING_C) * raw[d] / total + SMOOTHING_C / k for d in names}
+            alphas.append(alpha)
+            steps.append(step)
+        return {"ref_step": ref_step, "ref": ref, "now": losses[steps[-1]] if steps else ref,
+                "steps": steps, "excess": excess, "alphas": alphas}
+
+    def propose(self, history: History, current: dict[str, float]) -> Proposal:
+        it = self.iterates(history, current)
+        names = history.domains
+        if not it["alphas"]:
+            weights = apply_constraints(current, current, self.cfg)
+            if it["ref_step"] is None:
+                wait = (f"step {self.cfg.reference_step}" if self.cfg.reference_step is not None
+                        else "the first checkpoint after step 0")
+                why = f"waiting for the reference checkpoint ({wait}) and its held-out domain losses"
+            else:
+                why = f"reference at step {it['ref_step']}; no checkpoint after it yet, so no EG step"
+            rationale = {d: f"{current[d]:.3f} -> {weights[d]:.3f}: unchanged, {why}" for d in names}
+        else:
+            t = len(it["alphas"])
+            avg = {d: sum(a[d] for a in it["alphas"]) / t for d in names}
+            weights = apply_constraints(avg, current, self.cfg)
+            last = it["alphas"][-1]
+            rationale = {}
+            for d in names:
+                ex = it["excess"][d]
+                rationale[d] = (
+                    f"{current[d]:.3f} -> {weights[d]:.3f}: held-out loss {it['now'][d]:.3f} vs reference "
+                    f"{it['ref'][d]:.3f} (step {it['ref_step']}): excess {ex:+.3f}, clipped {max(0.0, ex):.3f}; "
+                    f"EG weight {last[d]:.3f}, time average over {t} checkpoint{'s' * (t > 1)} {avg[d]:.3f}"
+                )
+        forecast = slope_forecasts(history.latent(), history.skill_domains, current, weights)
+        return Proposal(weights=weights, rationale=rationale, forecast=forecast)
