@@ -6,8 +6,10 @@ An alert fires when, since the reference checkpoint (the run's start, or the
 checkpoint where a person last acknowledged an alert on the skill), the
 steer skill's latent score rose beyond its noise while the held-out score
 rose less than half as much and the gap between the two rises is beyond
-their combined intervals. Until a person acknowledges it, the controller
-stops pushing that skill.
+their combined intervals, at two checkpoints in a row: a held-out variant
+that lags one checkpoint and then catches up (as one learning a little later
+does) raises nothing. Until a person acknowledges it, the controller stops
+pushing that skill.
 """
 
 from __future__ import annotations
@@ -29,11 +31,17 @@ def check(steer: list[dict], holdout: list[dict], since_step: int = 0) -> dict |
     h_by = {e["step"]: e for e in holdout}
     steps = sorted(set(s_by) & set(h_by))
     base_steps = [s for s in steps if s <= since_step] or steps[:1]
-    if len(steps) < 2 or not base_steps:
+    if not base_steps:
         return None
-    b, t = base_steps[-1], steps[-1]
-    if t == b:
+    b = base_steps[-1]
+    later = [t for t in steps if t > b]
+    if len(later) < 2:
         return None
+    alerts = [_gap(s_by, h_by, b, t) for t in later[-2:]]
+    return alerts[-1] if all(alerts) else None
+
+
+def _gap(s_by: dict, h_by: dict, b: int, t: int) -> dict | None:
     rise_s = s_by[t]["score"] - s_by[b]["score"]
     rise_h = h_by[t]["score"] - h_by[b]["score"]
     sd_s = math.hypot(_sd(s_by[t]), _sd(s_by[b]))

@@ -15,10 +15,16 @@ def series(*scores, half=0.05):
 
 
 def test_fires_when_steer_rises_and_holdout_stalls():
-    alert = guard.check(series(0.0, 0.2, 0.6), series(0.0, 0.0, 0.05))
+    alert = guard.check(series(0.0, 0.4, 0.6), series(0.0, 0.0, 0.05))
     assert alert and alert["from_step"] == 0 and alert["to_step"] == 200
     assert alert["steer_rise"] == pytest.approx(0.6) and alert["holdout_rise"] == pytest.approx(0.05)
     assert alert["gap"] > 2 * alert["gap_sd"]
+
+
+def test_one_checkpoint_of_lag_raises_nothing():
+    # the held-out variant learns one checkpoint later, then keeps up
+    assert guard.check(series(0.0, 0.35), series(0.0, 0.15)) is None
+    assert guard.check(series(0.0, 0.35, 0.55), series(0.0, 0.15, 0.55)) is None
 
 
 def test_quiet_when_both_rise_together():
@@ -35,7 +41,7 @@ def test_quiet_when_steer_does_not_rise_beyond_noise():
 
 
 def test_reference_moves_to_the_acknowledged_checkpoint():
-    steer, held = series(0.0, 0.6, 0.65), series(0.0, 0.05, 0.1)
+    steer, held = series(0.0, 0.6, 0.65, 0.7), series(0.0, 0.05, 0.1, 0.15)
     assert guard.check(steer, held, since_step=0)
     # acknowledged at step 100: from there both moved alike
     assert guard.check(steer, held, since_step=100) is None
