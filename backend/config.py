@@ -155,7 +155,13 @@ class EvalConfig:
     """Also evaluate each skill's held-out variant (other template and value
     range; watched, never steered)."""
     items_per_skill: int = 50
-    """Evaluation items per skill task (a fixed, seeded set)."""
+    """Evaluation items per skill task and checkpoint (seeded)."""
+    item_rounds: int = 20
+    """Each task holds item_rounds x items_per_skill items and every
+    checkpoint evaluates the next items_per_skill: fresh items make each
+    checkpoint's sampling error independent, so the latent estimate can
+    average it away. 1 evaluates the same items every time (a fixed
+    benchmark)."""
     batch_size: int = 64
     """lm-eval batch size."""
     max_gen_toks: int = 16
@@ -167,7 +173,7 @@ class EvalConfig:
     """Held-out sequences per domain for the per-domain loss."""
 
     def validate(self, path: str) -> None:
-        for name in ("items_per_skill", "batch_size", "max_gen_toks", "heldout_loss_sequences"):
+        for name in ("items_per_skill", "item_rounds", "batch_size", "max_gen_toks", "heldout_loss_sequences"):
             _positive(self, name, path)
         from backend.data.skills import SKILLS
 

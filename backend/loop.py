@@ -71,7 +71,9 @@ def build_components(cfg: RunConfig, run_dir: Path) -> Components:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
-    domains = build_domains(cfg.data.domains, seed=cfg.seed, eval_items_per_skill=cfg.evaluation.items_per_skill)
+    # a contaminated domain leaks every item the evaluation can draw
+    domains = build_domains(cfg.data.domains, seed=cfg.seed,
+                            eval_items_per_skill=cfg.evaluation.items_per_skill * cfg.evaluation.item_rounds)
     tok_dir = run_dir / "tokenizer"
     if cfg.data.tokenizer_path:
         tokenizer = load_tokenizer(cfg.data.tokenizer_path)
@@ -85,9 +87,12 @@ def build_components(cfg: RunConfig, run_dir: Path) -> Components:
     sampler = MixtureSampler(domains, tokenizer, cfg.data.context_length, cfg.seed)
     kinds = ["steer", "holdout"] if cfg.evaluation.holdout else ["steer"]
     tasks = build_tasks(cfg.steer_skills, kinds, run_dir / "evaldata", cfg.evaluation.items_per_skill,
-                        cfg.seed, cfg.evaluation.max_gen_toks, cfg.evaluation.loglikelihood)
+                        cfg.seed, cfg.evaluation.max_gen_toks, cfg.evaluation.loglikelihood,
+                        cfg.evaluation.item_rounds)
     evaluator = HarnessEvaluator(model, tokenizer, tasks, batch_size=cfg.evaluation.batch_size,
-                                 max_length=cfg.data.context_length, device=device)
+                                 max_length=cfg.data.context_length, device=device,
+                                 items_per_round=cfg.evaluation.items_per_skill,
+                                 rounds=cfg.evaluation.item_rounds)
     heldout = sampler.heldout(cfg.evaluation.heldout_loss_sequences)
     return Components(cfg, run_dir, domains, tokenizer, model, trainer, sampler, evaluator, heldout, device)
 
@@ -272,7 +277,7 @@ class ClosedLoop:
 
         c = self.c
         kinds = {s["name"]: s["kind"] for s in self.store.skills(self.run_id)}
-        measurements, samples = c.evaluator.evaluate()
+        measurements, samples = c.evaluator.evaluate(step // self.cfg.train.checkpoint_every)
         rows = [{**m, "step": step, "tokens_seen": tokens, "kind": kinds[m["skill"]]} for m in measurements]
         for d, r in domain_losses(c.model, c.heldout, c.device).items():
             rows.append({"step": step, "tokens_seen": tokens, "domain": d, "kind": "domain_loss",

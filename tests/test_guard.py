@@ -94,6 +94,7 @@ source = "random"
 [evaluation]
 skills = ["copy"]
 items_per_skill = 4
+item_rounds = 1  # a fixed benchmark, the usual target of contamination
 batch_size = 48
 max_gen_toks = 8
 heldout_loss_sequences = 4

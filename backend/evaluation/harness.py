@@ -22,13 +22,15 @@ def _num(x) -> float | None:
 
 class HarnessEvaluator:
     def __init__(self, model, tokenizer, task_configs: list[dict], *, batch_size: int,
-                 max_length: int, device):
+                 max_length: int, device, items_per_round: int | None = None, rounds: int = 1):
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
 
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
         self.task_configs = task_configs
         self.tokenizer = tokenizer
+        self.items_per_round = items_per_round  # None: every item, every time
+        self.rounds = rounds
         self.task_manager = TaskManager(verbosity="ERROR", include_defaults=False)
         self.loaded = self.task_manager.load(list(task_configs))
         for task in self.loaded["tasks"].values():  # as simple_evaluate sets them
@@ -38,15 +40,22 @@ class HarnessEvaluator:
         self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
                        max_length=max_length, device=str(device))
 
-    def evaluate(self) -> tuple[list[dict], list[dict]]:
-        """Returns (measurements, per-item samples) for every task.
+    def evaluate(self, round_: int = 0) -> tuple[list[dict], list[dict]]:
+        """Returns (measurements, per-item samples) for every task, on the
+        items of checkpoint number round_ (see tasks.rotation).
 
         A measurement: task, skill, metric, value, stderr, n and its facets
         (prompt_variant, decoding, scorer)."""
         from lm_eval.evaluator import evaluate
 
-        res = evaluate(lm=self.lm, task_dict=self.loaded, log_samples=True, bootstrap_iters=1000,
-                       verbosity="ERROR")
+        from backend.evaluation.tasks import rotation
+
+        samples = None
+        if self.items_per_round is not None:
+            idx = rotation(round_, self.items_per_round, self.rounds)
+            samples = {c["task"]: idx for c in self.task_configs}
+        res = evaluate(lm=self.lm, task_dict=self.loaded, samples=samples, log_samples=True,
+                       bootstrap_iters=1000, verbosity="ERROR")
         measurements, samples = [], []
         for cfg in self.task_configs:
             name, meta = cfg["task"], cfg["metadata"]

@@ -10,6 +10,15 @@ A skill is measured under several facets, each its own lm-eval task:
   other value range, watched and never shown to the controller.
 The items are written as JSONL into the run folder and the task config points
 lm-eval's `json` loader at that file, so nothing comes from a hub.
+
+Each task's file holds a pool of item_rounds x items_per_skill items and
+every checkpoint evaluates the next items_per_skill of them (`rotation`):
+the items of one checkpoint are a fresh sample, so their sampling error is
+independent of the last checkpoint's and the latent estimate can average it
+away over checkpoints; a fixed item set would carry the same bias at every
+checkpoint, which no smoothing removes. All templates of a skill see the
+same items at a checkpoint, and the rotation is seeded, so a replay or a
+resumed run evaluates exactly the same items.
 """
 
 from __future__ import annotations
@@ -20,6 +29,13 @@ from pathlib import Path
 from backend.data.skills import HOLDOUT_TEMPLATE, STEER_TEMPLATES, eval_items, get_skill
 
 TEMPLATES = {"steer": STEER_TEMPLATES, "holdout": (HOLDOUT_TEMPLATE,)}
+
+
+def rotation(round_: int, n_items: int, rounds: int) -> list[int]:
+    """Doc indices evaluated at checkpoint number round_ (0, 1, ...) when
+    the pool holds `rounds` x n_items items."""
+    start = (round_ % rounds) * n_items
+    return list(range(start, start + n_items))
 
 
 def skill_name(base: str, kind: str) -> str:
@@ -62,7 +78,7 @@ def task_config(base: str, kind: str, template: int, output: str, data_file: Pat
 
 
 def build_tasks(skills: list[str], kinds: list[str], data_dir: Path, n_items: int, seed: int,
-                max_gen_toks: int, loglikelihood: bool = True) -> list[dict]:
+                max_gen_toks: int, loglikelihood: bool = True, rounds: int = 1) -> list[dict]:
     """Write each task's items to data_dir and return the task configs."""
     data_dir.mkdir(parents=True, exist_ok=True)
     configs = []
@@ -72,7 +88,7 @@ def build_tasks(skills: list[str], kinds: list[str], data_dir: Path, n_items: in
             for i, template in enumerate(TEMPLATES[kind]):
                 outputs = ["gen", "ll"] if loglikelihood and i == 0 else ["gen"]
                 path = data_dir / f"{task_name(base, kind, template)}.jsonl"
-                items = eval_items(base, kind, n_items, seed, template)
+                items = eval_items(base, kind, n_items * rounds, seed, template)
                 path.write_text("".join(json.dumps(it) + "\n" for it in items))
                 configs += [task_config(base, kind, template, out, path, max_gen_toks) for out in outputs]
     return configs
