@@ -12,9 +12,10 @@ estimate it with a Kalman filter in logit space:
     observe    y_t = level_t + v_t
 
 y_t is logit(p) of the templates' pooled counts, p = (k + 0.5)/(N + 1) (k
-correct of N items over all J templates, so 0 and 1 stay finite), and Var(v_t)
-is the delta-method variance 1/((N + 1) p (1 - p)) plus the spread across
-templates (between-template variance tau^2, pooled over checkpoints) over J. The filter is causal: the estimate at checkpoint t uses checkpoints
+correct of N answers over all J templates, so 0 and 1 stay finite), and
+Var(v_t) is the delta-method variance 1/((n + 1) p (1 - p)) of the n items
+the templates share, plus the spread across templates (between-template
+variance tau^2, pooled over the checkpoints so far) over J. The filter is causal: the estimate at checkpoint t uses checkpoints
 <= t only, exactly what the controller could know then.
 
 Reported per checkpoint: score = sigmoid(level), a 95% interval
@@ -48,14 +49,16 @@ def _sigmoid(x: float) -> float:
 
 def observation(scores: list[tuple[float, int]], tau2: float) -> tuple[float, float]:
     """(y, variance) in logit space from [(exact-match value, n)] of one
-    checkpoint's templates: the templates' counts are pooled (k correct of
-    N items in all), p = (k + 0.5)/(N + 1) keeps 0 and 1 finite, the
-    delta-method variance is 1/((N + 1) p (1 - p)), plus tau^2/J for the
-    spread across the J templates."""
+    checkpoint's templates. The templates ask the same n items, so pooling
+    their counts (k correct of N answers) sharpens the point, p = (k + 0.5) /
+    (N + 1), but not the item-sampling error: its delta-method variance is
+    1/((n + 1) p (1 - p)) with n the items, not the answers. The spread
+    across the J templates adds tau^2/J."""
     k = sum(round(value * n) for value, n in scores)
     n_all = sum(n for _, n in scores)
+    n_items = max(n for _, n in scores)
     p = (k + 0.5) / (n_all + 1)
-    return _logit(p), 1 / ((n_all + 1) * p * (1 - p)) + tau2 / len(scores)
+    return _logit(p), 1 / ((n_items + 1) * p * (1 - p)) + tau2 / len(scores)
 
 
 def template_spread(per_checkpoint: list[list[tuple[float, int]]]) -> float:
