@@ -224,7 +224,8 @@ class ClosedLoop:
 
     def _train_stretch(self, weights: dict[str, float], end: int) -> None:
         c = self.c
-        batches = prefetch_batches(c.sampler, weights, self.cfg.train.batch_size, end - c.trainer.step)
+        batches = prefetch_batches(c.sampler, weights, self.cfg.train.batch_size, end - c.trainer.step,
+                                   background=c.device.type == "cuda")
         state = {"last_poll": time.time(), "steps": 0}
 
         def on_step(loss: float) -> None:
@@ -378,12 +379,21 @@ def train_stretch(trainer, batches, n: int, on_step=None) -> list[float]:
     return losses
 
 
-def prefetch_batches(sampler, weights: dict[str, float], batch_size: int, n: int):
-    """n (B, T+1) batches from the sampler, each drawn in a background thread
-    while the trainer works on the one before (torch releases the GIL)."""
+def prefetch_batches(sampler, weights: dict[str, float], batch_size: int, n: int, *, background: bool):
+    """n (B, T+1) batches from the sampler. With background=True (a GPU
+    computes: the CPU is free) each is drawn in a thread while the trainer
+    works on the one before; on the CPU the cores are busy with the training
+    step itself, and a drawing thread only fights torch's threads for them
+    (measured: 0.91 of bare-loop throughput with the thread on 2 cores), so
+    batches are drawn in line."""
     import torch
 
-    return _prefetch(lambda: torch.from_numpy(sampler.batch(weights, batch_size)[0]), n)
+    def make():
+        return torch.from_numpy(sampler.batch(weights, batch_size)[0])
+
+    if background:
+        return _prefetch(make, n)
+    return (make() for _ in range(n))
 
 
 def _prefetch(make, n: int):
