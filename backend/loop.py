@@ -26,7 +26,9 @@ from backend.controllers import History, get_strategy
 from backend.controllers.constraints import validate_weights
 from backend.store import Store
 
-POLL_SECONDS = 1.0  # heartbeat and command polling interval (wall clock)
+# heartbeat and command polling interval, seconds of wall clock (tests that
+# must catch a worker mid-stretch shorten it through the environment)
+POLL_SECONDS = float(os.environ.get("CLOSED_LOOP_POLL_S", "1.0"))
 
 
 class Stopped(Exception):
@@ -137,6 +139,7 @@ class ClosedLoop:
             while self.c.trainer.step < total:
                 end = min(total, (self.c.trainer.step // self.cfg.train.checkpoint_every + 1)
                           * self.cfg.train.checkpoint_every)
+                self._poll()  # commands are obeyed at every checkpoint, however short the stretch
                 weights = self.store.current_weights(self.run_id)
                 self._train_stretch(weights, end)
                 self._checkpoint(weights)

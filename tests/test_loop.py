@@ -126,12 +126,14 @@ def wait_for(predicate, timeout=300, every=0.2):
 def test_sigkill_mid_stretch_then_resume_matches_uninterrupted(tiny_run, tmp_path):
     db, run_id = tiny_run
     kdb = tmp_path / "killed.db"
-    res = cli_json("run", "--preset", "tiny", "--policy", "auto", "--detach", db=kdb)
+    # a heartbeat (with the step) every 20 ms, so the test sees the worker mid-stretch
+    env = {**os.environ, "CLOSED_LOOP_POLL_S": "0.02"}
+    res = cli_json("run", "--preset", "tiny", "--policy", "auto", "--detach", db=kdb, env=env)
     store = Store(kdb)
     rid = res["run"]
     # past the checkpoint at step 10, inside the next stretch
     wait_for(lambda: store.checkpoint(rid, 10) and store.checkpoint(rid, 10)["boundary_done"]
-             and store.run(rid)["step"] > 10)
+             and 10 < store.run(rid)["step"] < 20, every=0.005)
     os.kill(store.run(rid)["pid"], signal.SIGKILL)
     wait_for(lambda: _dead(res["pid"]))
     assert store.run(rid)["status"] == "running"  # a crash leaves no tidy status
@@ -159,34 +161,39 @@ def _dead(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_human_approval_applies_at_next_checkpoint_and_no_earlier(tmp_path):
+    from backend.config import preset
+    from backend.worker import create_run, spawn
+
     db = tmp_path / "human.db"
-    res = cli_json("run", "--preset", "tiny", "--policy", "human", "--steps", "40", "--detach", db=db)
-    rid = res["run"]
     store = Store(db)
-    # wait for the proposal of checkpoint 10, then hold the worker mid-stretch
-    wait_for(lambda: [p for p in store.proposals(rid) if p["step"] == 10])
-    cli("pause", rid, db=db)
+    rid = create_run(store, preset("tiny").replace(policy="human", train={**preset("tiny").to_dict()["train"],
+                                                                          "steps": 40}))
+    # queued before the worker starts: it holds at its first checkpoint, so the
+    # test knows exactly where training stands when the person decides
+    store.send_command(rid, "pause", by="test")
+    spawn(str(db), rid)
     wait_for(lambda: store.run(rid)["status"] == "paused")
-    p10 = [p for p in store.proposals(rid) if p["step"] == 10][0]
-    assert p10["status"] == "pending"
-    # the proposal of checkpoint 0 was never decided: superseded, not applied
-    assert store.proposals(rid)[0]["status"] == "superseded"
     paused_at = store.run(rid)["step"]
-    assert 10 <= paused_at < 20
-    out = cli_json("decide", p10["id"], "approve", "--by", "alice", db=db)
+    assert paused_at == 0
+    p0 = store.proposals(rid)[0]
+    assert p0["step"] == 0 and p0["status"] == "pending"
+    out = cli_json("decide", p0["id"], "approve", "--by", "alice", db=db)
     assert out["status"] == "approved"
     # a second decision on it is refused and changes nothing
-    again = cli("decide", p10["id"], "reject", db=db, check=False)
+    again = cli("decide", p0["id"], "reject", db=db, check=False)
     assert again.returncode == 2 and "not pending" in again.stderr
-    assert store.proposal(p10["id"])["status"] == "approved"
+    assert store.proposal(p0["id"])["status"] == "approved"
     cli("resume", rid, db=db)
     wait_for(lambda: store.run(rid)["status"] == "finished")
-    p10 = store.proposal(p10["id"])
-    assert p10["status"] == "applied" and p10["applied_step"] == 20
+    p0 = store.proposal(p0["id"])
+    # approved while the model stood at step 0: applied at the next checkpoint, 10
+    assert p0["status"] == "applied" and p0["applied_step"] == 10
     segs = store.schedule(rid)
     assert [(s["from_step"], s["source"], s["proposal_id"]) for s in segs] == \
-           [(0, "initial", None), (20, "proposal", p10["id"])]
+           [(0, "initial", None), (10, "proposal", p0["id"])]
     assert segs[1]["decided_by"] == "alice"
-    # trained on the old mixture until step 20 (checkpoint rows record it)
-    assert store.checkpoint(rid, 20)["weights"] == segs[0]["weights"]
-    assert store.checkpoint(rid, 30)["weights"] == p10["final_weights"]
+    # trained on the old mixture until step 10 (checkpoint rows record it)
+    assert store.checkpoint(rid, 10)["weights"] == segs[0]["weights"]
+    assert store.checkpoint(rid, 20)["weights"] == p0["final_weights"]
+    # the proposals nobody decided were superseded by newer ones, never applied
+    assert [p["status"] for p in store.proposals(rid)[1:]] == ["superseded", "superseded", "pending"]
