@@ -376,8 +376,6 @@ def from_dict(data: dict, cls: type = RunConfig, path: str = "") -> typing.Any:
     if missing:
         where = f"{path}.{missing[0]}" if path else missing[0]
         raise ConfigError(f"{where}: required")
-    if cls is RunConfig:
-        return cls(**kwargs)
     return cls(**kwargs)
 
 

@@ -62,3 +62,26 @@ def tiny_run_copy(tiny_run, tmp_path):
     if src.exists():
         shutil.copytree(src, run_dir_for(Store(dst), run_id))
     return dst, run_id
+
+
+def check_constraints(w: dict, current: dict, cfg) -> None:
+    """A proposal's weights obey a ControllerConfig's shared constraints."""
+    assert set(w) == set(current)
+    assert abs(sum(w.values()) - 1) < 1e-12
+    for d, v in w.items():
+        assert cfg.floor - 1e-9 <= v <= cfg.cap + 1e-9
+        assert abs(v - current[d]) <= cfg.max_change + 1e-9
+
+
+@pytest.fixture
+def db(tmp_path):
+    """A fresh on-disk database path."""
+    return tmp_path / "cl.db"
+
+
+@pytest.fixture
+def store(db):
+    """A Store on that database, closed after the test."""
+    s = Store(db)
+    yield s
+    s.close()

@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import check_constraints
 
 from backend.config import ConfigError, ControllerConfig, preset
 from backend.controllers import STRATEGIES, History, get_strategy
@@ -61,14 +62,6 @@ def rich_history() -> History:
 def strategy(name, **kw):
     cfg = ControllerConfig(**{"strategy": name, **kw})
     return get_strategy(name, cfg), cfg
-
-
-def check_constraints(w: dict, current: dict, cfg: ControllerConfig) -> None:
-    assert set(w) == set(current)
-    assert abs(sum(w.values()) - 1) < 1e-12
-    for d, v in w.items():
-        assert cfg.floor - 1e-9 <= v <= cfg.cap + 1e-9
-        assert abs(v - current[d]) <= cfg.max_change + 1e-9
 
 
 # -- every anchor -------------------------------------------------------------------

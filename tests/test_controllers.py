@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from conftest import check_constraints
 
 from backend.config import ControllerConfig
 from backend.controllers import (
@@ -26,14 +27,6 @@ def series(*values, every=1000, n=50):
 
 def history(scores: dict) -> History:
     return History(domains=DOMAINS, skill_domains=SKILL_DOMAINS, scores=scores, checkpoint_tokens=1000)
-
-
-def check_constraints(w: dict, current: dict, cfg: ControllerConfig) -> None:
-    assert set(w) == set(current)
-    assert abs(sum(w.values()) - 1) < 1e-12
-    for d, v in w.items():
-        assert cfg.floor - 1e-9 <= v <= cfg.cap + 1e-9
-        assert abs(v - current[d]) <= cfg.max_change + 1e-9
 
 
 # -- registry -------------------------------------------------------------------

@@ -7,23 +7,8 @@ import sqlite3
 import pytest
 
 from backend.config import preset
-from backend.store import Store
 
-DOMAINS = ["strings", "arithmetic", "logic", "recall", "noise", "code"]
-UNIFORM = {d: 1 / 6 for d in DOMAINS}
-PROPOSED = {"strings": 0.3, "arithmetic": 0.3, "logic": 0.1, "recall": 0.1, "noise": 0.05, "code": 0.15}
-
-
-@pytest.fixture
-def db(tmp_path):
-    return tmp_path / "cl.db"
-
-
-@pytest.fixture
-def store(db):
-    s = Store(db)
-    yield s
-    s.close()
+from test_store import DOMAINS, PROPOSED, UNIFORM
 
 
 @pytest.fixture

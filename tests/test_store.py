@@ -18,18 +18,6 @@ PROPOSED = {"strings": 0.3, "arithmetic": 0.3, "logic": 0.1, "recall": 0.1, "noi
 
 
 @pytest.fixture
-def db(tmp_path):
-    return tmp_path / "cl.db"
-
-
-@pytest.fixture
-def store(db):
-    s = Store(db)
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def run_id(store):
     """A run with its initial mixture."""
     rid = store.create_run(preset("tiny").to_dict())
