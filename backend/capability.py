@@ -6,17 +6,36 @@ capability seen through sampled items, one prompt and one scoring rule. We
 estimate it with a Kalman filter in logit space:
 
     state      x_t = [level_t, slope_t]           (logit units; slope per checkpoint)
-    transition level_t = level_{t-1} + d * slope_{t-1} + w_level
-               slope_t = slope_{t-1} + w_slope     (d: tokens between the
+    transition level_t = level_{t-1} + phi d slope_{t-1} + w_level
+               slope_t = phi slope_{t-1} + w_slope  (d: tokens between the
                                                      checkpoints / tokens per checkpoint)
     observe    y_t = level_t + v_t
 
+How a learning curve moves is itself uncertain: some rise smoothly (a trend
+carries on, phi = 1), some jump and then plateau (extrapolating the jump
+overshoots; phi = 0 is a level with no momentum). So three filters run side
+by side, phi in DAMPINGS = (1, 0.5, 0): a local linear trend, a damped trend
+(Gardner and McKenzie 1985) and a local level. Each is weighted by how well it
+predicted this skill's observations so far (its predictive log-likelihood,
+older terms discounted by FORGET per checkpoint), and the estimate is their
+weighted mixture (mean, and variance including the spread between them):
+Bayesian model averaging, causal like everything else here.
+
+Learning curves also jump beyond what any process noise allows: a skill can
+go from 0 to half its items in one stretch. So every prediction is gated:
+when the innovation nu = y_t - level exceeds GATE standard deviations of its
+predicted spread S, the level's and slope's variances grow by nu^2 - S
+before the update (innovation-matched process noise), so a filter re-bases on
+the new level instead of creeping toward it over several checkpoints.
+
 y_t is logit(p) of the templates' pooled counts, p = (k + 0.5)/(N + 1) (k
 correct of N answers over all J templates, so 0 and 1 stay finite), and
-Var(v_t) is the delta-method variance 1/((n + 1) p (1 - p)) of the n items
-the templates share, plus the spread across templates (between-template
-variance tau^2, pooled over the checkpoints so far) over J. The filter is causal: the estimate at checkpoint t uses checkpoints
-<= t only, exactly what the controller could know then.
+Var(v_t) is the delta-method variance of the N answers (each template asks
+its own items, so the templates are independent looks; see `observation`),
+plus the spread across templates (between-template variance tau^2, pooled
+over the checkpoints so far) over J. The filter is causal: the estimate at
+checkpoint t uses checkpoints <= t only, exactly what the controller could
+know then.
 
 Reported per checkpoint: score = sigmoid(level), a 95% interval
 sigmoid(level +- 1.96 sd), and the learning slope in score per checkpoint and
@@ -31,12 +50,14 @@ from collections import defaultdict
 import numpy as np
 
 Z95 = 1.96
-# Process noise per checkpoint, logit units^2. Learning curves of the
-# synthetic skills move up to ~2 logits per checkpoint and change pace over a
-# few checkpoints; these let the filter follow that without chasing noise.
+# Process noise per checkpoint, logit units^2: the drift the filter follows
+# without chasing noise. Larger moves pass the gate instead.
 LEVEL_NOISE = 0.02
 SLOPE_NOISE = 0.02
 PRIOR_SLOPE_VAR = 1.0
+DAMPINGS = (1.0, 0.5, 0.0)  # phi of the three dynamics: trend, damped trend, level
+FORGET = 0.8  # discount per checkpoint of a dynamics' past predictive log-likelihood
+GATE = 2.0  # innovations beyond this many predicted sds re-base the level (a jump)
 
 
 def _logit(p: float) -> float:
@@ -47,18 +68,24 @@ def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x)) if x > -700 else 0.0
 
 
-def observation(scores: list[tuple[float, int]], tau2: float) -> tuple[float, float]:
+def observation(scores: list[tuple[float, int]], tau2: float, p_hat: float | None = None) -> tuple[float, float]:
     """(y, variance) in logit space from [(exact-match value, n)] of one
-    checkpoint's templates. The templates ask the same n items, so pooling
-    their counts (k correct of N answers) sharpens the point, p = (k + 0.5) /
-    (N + 1), but not the item-sampling error: its delta-method variance is
-    1/((n + 1) p (1 - p)) with n the items, not the answers. The spread
-    across the J templates adds tau^2/J."""
+    checkpoint's templates. Each template asks its own items, so their counts
+    pool: k correct of N answers, p = (k + 0.5) / (N + 1), with the
+    delta-method variance 1/((N + 1) q (1 - q)) at q = p. Given the filter's
+    predicted score p_hat, the variance is the mean of that one and the one
+    at q = p_hat: at q = p alone a count of 0 says almost nothing (the
+    pseudo-count puts p at 1/(2N), where the logit is flat), so a skill that
+    blipped above 0 would linger there; at q = p_hat alone the filter would
+    trust its own prediction. The spread across the J templates adds tau^2/J."""
     k = sum(round(value * n) for value, n in scores)
     n_all = sum(n for _, n in scores)
-    n_items = max(n for _, n in scores)
     p = (k + 0.5) / (n_all + 1)
-    return _logit(p), 1 / ((n_items + 1) * p * (1 - p)) + tau2 / len(scores)
+    r = 1 / ((n_all + 1) * p * (1 - p))
+    if p_hat is not None:
+        q = min(max(p_hat, 1e-9), 1 - 1e-9)
+        r = (r + 1 / ((n_all + 1) * q * (1 - q))) / 2
+    return _logit(p), r + tau2 / len(scores)
 
 
 def template_spread(per_checkpoint: list[list[tuple[float, int]]]) -> float:
@@ -78,40 +105,65 @@ def template_spread(per_checkpoint: list[list[tuple[float, int]]]) -> float:
     return sum(vals) / len(vals) if vals else 0.0
 
 
-def kalman(points: list[dict], tokens_per_checkpoint: float) -> list[dict]:
-    """Filter one skill. points: [{step, tokens_seen, scores: [(value, n)]}]
-    ordered by step. Returns one estimate per point."""
-    if not points:
-        return []
-    out = []
+def _filter(points: list[dict], tokens_per_checkpoint: float, phi: float):
+    """One gated Kalman filter with damping phi: yields (x, P, log-likelihood
+    of the observation under the prediction; 0 for the first) per point."""
     x = P = None
     prev_tokens = None
     for i, pt in enumerate(points):
         # the template spread known so far (causal, like everything else)
         tau2 = template_spread([p["scores"] for p in points[: i + 1]])
-        y, r = observation(pt["scores"], tau2)
+        loglik = 0.0
         if x is None:
+            y, r = observation(pt["scores"], tau2)
             x = np.array([y, 0.0])
             P = np.diag([r + 1.0, PRIOR_SLOPE_VAR])
         else:
             d = max(1e-9, (pt["tokens_seen"] - prev_tokens) / tokens_per_checkpoint)
-            F = np.array([[1.0, d], [0.0, 1.0]])
+            F = np.array([[1.0, phi * d], [0.0, phi]])
             Q = np.diag([LEVEL_NOISE * d, SLOPE_NOISE * d])
             x = F @ x
             P = F @ P @ F.T + Q
+            y, r = observation(pt["scores"], tau2, _sigmoid(x[0]))
+            nu2, S = (y - x[0]) ** 2, P[0, 0] + r
+            loglik = -0.5 * (math.log(2 * math.pi * S) + nu2 / S)
+            if nu2 > GATE * GATE * S:  # a jump: re-base instead of creeping toward it
+                P[0, 0] += nu2 - S
+                P[1, 1] += nu2 - S
         # update with the observation of the level
         S = P[0, 0] + r
         K = P[:, 0] / S
         x = x + K * (y - x[0])
         P = P - np.outer(K, P[0, :])
         prev_tokens = pt["tokens_seen"]
-        out.append(_summarise(pt, x, P, tokens_per_checkpoint))
+        yield x, P, loglik
+
+
+def kalman(points: list[dict], tokens_per_checkpoint: float) -> list[dict]:
+    """Estimate one skill. points: [{step, tokens_seen, scores: [(value, n)]}]
+    ordered by step. Returns one estimate per point: the score and its
+    interval from the mixture of the DAMPINGS filters, weighted by their
+    discounted predictive likelihood; the learning slope from the local linear
+    trend (phi = 1), the one whose slope is the pace of learning rather than
+    momentum expected to fade."""
+    runs = [list(_filter(points, tokens_per_checkpoint, phi)) for phi in DAMPINGS]
+    trend = runs[DAMPINGS.index(1.0)]
+    out, score = [], np.zeros(len(runs))
+    for t, pt in enumerate(points):
+        score = FORGET * score + np.array([r[t][2] for r in runs])
+        w = np.exp(score - score.max())
+        w /= w.sum()
+        levels = [float(r[t][0][0]) for r in runs]
+        level = float(np.dot(w, levels))
+        var = sum(wm * (r[t][1][0, 0] + (lm - level) ** 2) for wm, lm, r in zip(w, levels, runs))
+        x, P = trend[t][0], trend[t][1]
+        out.append(_summarise(pt, level, var, float(x[1]), float(P[1, 1]), tokens_per_checkpoint))
     return out
 
 
-def _summarise(pt: dict, x: np.ndarray, P: np.ndarray, tokens_per_checkpoint: float) -> dict:
-    level, slope = float(x[0]), float(x[1])
-    sd_level, sd_slope = math.sqrt(max(P[0, 0], 0)), math.sqrt(max(P[1, 1], 0))
+def _summarise(pt: dict, level: float, var_level: float, slope: float, var_slope: float,
+               tokens_per_checkpoint: float) -> dict:
+    sd_level, sd_slope = math.sqrt(max(var_level, 0)), math.sqrt(max(var_slope, 0))
     p = _sigmoid(level)
     # score change per checkpoint: d sigmoid = p (1 - p) d logit
     g = p * (1 - p)

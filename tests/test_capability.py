@@ -82,8 +82,12 @@ def test_template_spread_widens_the_interval():
 def test_observation_pools_template_counts():
     y, r = observation([(0.5, 50), (0.5, 50)], tau2=0.0)
     assert y == pytest.approx(0.0)
-    # the templates share their 50 items: no more item-sampling precision than one
-    assert r == pytest.approx(1 / (51 * 0.25))
+    # each template asks its own 50 items: the 100 answers pool
+    assert r == pytest.approx(1 / (101 * 0.25))
+    y1, r1 = observation([(0.5, 50)], tau2=0.0)
+    assert r1 == pytest.approx(1 / (51 * 0.25))
+    # the spread across templates is added once per template pooled
+    assert observation([(0.5, 50), (0.5, 50)], tau2=0.4)[1] == pytest.approx(r + 0.2)
 
 
 def test_estimate_is_causal():

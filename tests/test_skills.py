@@ -334,30 +334,37 @@ def test_eval_items_are_fixed_and_seeded(skill):
 
 @pytest.mark.parametrize("skill", ALL_SKILLS)
 @pytest.mark.parametrize("split", ("steer", "holdout"))
-def test_eval_items_have_the_same_values_under_every_template(skill, split):
+def test_each_template_draws_its_own_items(skill, split):
+    # independent looks: the steer templates' item-sampling errors must not repeat
     default = eval_items(skill, split, 25, seed=3)
-    base = [parse(skill, i["prompt"])[1] for i in default]
+    per_template = {}
     for template in range(4):
         items = eval_items(skill, split, 25, seed=3, template=template)
-        assert [i["answer"] for i in items] == [i["answer"] for i in default]
         parsed = [parse(skill, i["prompt"]) for i in items]
         assert {t for t, _ in parsed} == {template}
-        assert [f for _, f in parsed] == base
-    # the steer evaluation's three templates phrase the same items differently
-    prompts = [[i["prompt"] for i in eval_items(skill, split, 25, seed=3, template=t)] for t in STEER_TEMPLATES]
-    assert all(len(set(p)) == len(STEER_TEMPLATES) for p in zip(*prompts))
+        for item, (_, fields) in zip(items, parsed):
+            assert item["answer"] == solve(skill, fields)
+            check_split(skill, split, fields)
+        per_template[template] = [f for _, f in parsed]
+    default_template = STEER_TEMPLATES[0] if split == "steer" else HOLDOUT_TEMPLATE
+    assert [parse(skill, i["prompt"])[1] for i in default] == per_template[default_template]
+    for a in STEER_TEMPLATES:
+        for b in STEER_TEMPLATES:
+            if a < b:
+                same = sum(x == y for x, y in zip(per_template[a], per_template[b]))
+                assert same < 25, (a, b)  # small value spaces may repeat a few items, never all
 
 
 @pytest.mark.parametrize("skill", ALL_SKILLS)
-def test_eval_item_i_is_seeded_by_skill_split_seed_and_i(skill):
-    # each item has its own generator, keyed by (skill, split, seed, i), so an
-    # item never depends on the items before it, nor on n or the template
+def test_eval_item_i_is_seeded_by_skill_split_seed_template_and_i(skill):
+    # each item has its own generator, keyed by (skill, split, seed, template, i),
+    # so an item never depends on the items before it, nor on n
     sk = get_skill(skill)
     for split in ("steer", "holdout"):
         for template in range(4):
             items = eval_items(skill, split, 10, seed=5, template=template)
             for i, item in enumerate(items):
-                fields, answer = sk.make(random.Random(f"eval/{skill}/{split}/5/{i}"), split)
+                fields, answer = sk.make(random.Random(f"eval/{skill}/{split}/5/{template}/{i}"), split)
                 assert item == {"prompt": sk.templates[template].format(**fields), "answer": answer}
 
 

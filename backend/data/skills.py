@@ -183,13 +183,15 @@ def _kv_recall(rng, split):
 
 
 def eval_items(skill: str, split: str, n: int, seed: int, template: int | None = None) -> list[dict]:
-    """A fixed, seeded evaluation set: n dicts with prompt and answer. The
-    same items (same values) for every template of a split."""
+    """A fixed, seeded evaluation set: n dicts with prompt and answer. Each
+    template draws its own items, keyed by (skill, split, seed, template, i),
+    so the templates of a checkpoint are independent looks at the skill: their
+    item-sampling errors do not repeat across templates."""
     sk = get_skill(skill)
     if template is None:
         template = STEER_TEMPLATES[0] if split == "steer" else HOLDOUT_TEMPLATE
     out = []
     for i in range(n):
-        fields, answer = sk.make(random.Random(f"eval/{skill}/{split}/{seed}/{i}"), split)
+        fields, answer = sk.make(random.Random(f"eval/{skill}/{split}/{seed}/{template}/{i}"), split)
         out.append({"prompt": sk.templates[template].format(**fields), "answer": answer})
     return out
