@@ -119,6 +119,50 @@ def scores_frame(rows: list[dict], skills: dict[str, dict] | None = None) -> pd.
     return _with_band(out)[SCORE_COLUMNS].reset_index(drop=True)
 
 
+FACET_COLUMNS = ["facet", "task", "metric", "prompt_variant", "decoding", "scorer", "value", "stderr", "n",
+                 "lo", "hi"]
+
+
+def facet_frame(rows: list[dict], step: int) -> pd.DataFrame:
+    """One skill's measurements at one checkpoint, one row per facet (prompt
+    variant, decoding, scorer) with its 95% band: the spread a single score
+    hides. Only scores in [0, 1] (exact match, loglikelihood accuracy); the
+    answer loss stays in the table."""
+    df = pd.DataFrame.from_records([r for r in rows if r["step"] == step and r["metric"] in ("exact_match", "acc")],
+                                   columns=FACET_COLUMNS[1:9])
+    if df.empty:
+        return pd.DataFrame({c: pd.Series(dtype="float64" if c in FACET_COLUMNS[6:] else "str")
+                             for c in FACET_COLUMNS})
+    df = df.assign(stderr=df["stderr"].astype("float64"), n=df["n"].astype("float64"))
+    df["facet"] = (df["prompt_variant"].fillna("") + " · " + df["decoding"].fillna("") + " · "
+                   + df["metric"].str.replace("exact_match", "exact match").str.replace("acc", "ll accuracy"))
+    return _with_band(df)[FACET_COLUMNS].sort_values(["metric", "facet"], ascending=[False, True]) \
+        .reset_index(drop=True)
+
+
+def facet_figure(facets: pd.DataFrame, latent: dict | None = None, title: str | None = None) -> go.Figure:
+    """The facets of one skill at one checkpoint as points with 95% error
+    bars, beside the latent estimate and its interval (a shaded band) when
+    given ({score, lo, hi})."""
+    title = title if title is not None else "Spread across facets"
+    if facets.empty:
+        return _empty(title, "no exact-match or accuracy measurement at this checkpoint")
+    fig = _figure(title, yaxis=dict(title="score", range=[-0.02, 1.02]), xaxis_title="facet",
+                  height=340, showlegend=False)
+    if latent is not None:
+        fig.add_hrect(y0=latent["lo"], y1=latent["hi"], fillcolor=_rgba(PALETTE[0], 0.15), line_width=0)
+        fig.add_hline(y=latent["score"], line_color=PALETTE[0], line_dash="dash",
+                      annotation_text=f"latent {latent['score']:.2f} [{latent['lo']:.2f}, {latent['hi']:.2f}]")
+    colors = [PALETTE[1] if m == "exact_match" else PALETTE[6] for m in facets["metric"]]
+    fig.add_traces([dict(
+        type="scatter", mode="markers", x=facets["facet"], y=facets["value"], marker=dict(size=10, color=colors),
+        error_y=dict(type="data", symmetric=False, array=facets["hi"] - facets["value"],
+                     arrayminus=facets["value"] - facets["lo"]),
+        customdata=np.stack([facets["n"].fillna(0), facets["task"]], axis=-1),
+        hovertemplate="%{x}<br>%{y:.3f} (n=%{customdata[0]:.0f}, %{customdata[1]})<extra></extra>")])
+    return fig
+
+
 def domain_losses(store, run_id: int) -> pd.DataFrame:
     """Held-out loss per domain and checkpoint (nats per token).
     Columns: domain, step, tokens_seen, value, stderr."""

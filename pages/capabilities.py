@@ -115,7 +115,11 @@ st.dataframe(table, hide_index=True, key="cap_measurements",
                             "stderr": st.column_config.NumberColumn(format="%.3f")})
 
 steps = table["step"].drop_duplicates().tolist()
-step = st.selectbox("Items at checkpoint (step)", steps, key=f"cap_items_step_{run_id}")
+step = st.selectbox("Checkpoint (step)", steps, key=f"cap_items_step_{run_id}")
+est = next((e for e in store.capability(run_id, skill=skill) if e["step"] == step), None)
+st.plotly_chart(charts.facet_figure(charts.facet_frame(rows, step), est,
+                                    title=f"{skill} at step {step}: each facet, and the latent estimate"),
+                key="cap_facets")
 items = [r for task in meta["tasks"] for r in store.samples(run_id, step, task)]
 if items:
     right = sum(bool(r["correct"]) for r in items)

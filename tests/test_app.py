@@ -102,6 +102,13 @@ def test_capabilities_choices_and_drill_down(db):
     items = frame_with(at, "response")
     tasks = next(s["tasks"] for s in store.skills(run_id) if s["name"] == "add2_holdout")
     assert set(items["task"]) == set(tasks) and len(items) == 12 * len(tasks)
+    # the spread across facets at the chosen checkpoint, beside the latent estimate
+    spec = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "each facet" in c.proto.spec)
+    assert "add2_holdout at step 30" in spec["layout"]["title"]["text"]
+    (points,) = [t for t in spec["data"] if t.get("error_y")]
+    latest = table[(table["step"] == 30) & table["metric"].isin(["exact_match", "acc"])]
+    assert sorted(points["y"]) == pytest.approx(sorted(latest["value"]))
+    assert any("latent" in a["text"] for a in spec["layout"]["annotations"])
 
 
 # -- deciding proposals ----------------------------------------------------------------

@@ -262,3 +262,43 @@ def test_figures_serialise(store):
     for fig in (charts.trajectory_figure(df), charts.heatmap_figure(df), charts.headline_figure(df),
                 charts.domain_loss_figure(charts.domain_losses(s, run_id))):
         assert fig.to_json()
+
+
+# -- facets of one skill at one checkpoint ------------------------------------------
+
+
+def facet_rows(step=10):
+    rows = []
+    for variant, metric, value, se in [("template0", "exact_match", 0.4, 0.07), ("template2", "exact_match", 0.6, 0.07),
+                                       ("template3", "exact_match", 0.5, 0.07), ("template0", "acc", 0.9, 0.04),
+                                       ("template0", "answer_loss", 1.7, 0.1)]:
+        for s in (0, step):
+            rows.append({"step": s, "task": f"copy_{variant}_{metric}", "metric": metric, "value": value if s else 0.0,
+                         "stderr": se, "n": 50, "prompt_variant": variant, "decoding": "greedy",
+                         "scorer": "exact" if metric == "exact_match" else "loglikelihood"})
+    return rows
+
+
+def test_facet_frame_is_one_row_per_score_facet_at_the_step():
+    f = charts.facet_frame(facet_rows(), 10)
+    assert list(f.columns) == charts.FACET_COLUMNS
+    assert len(f) == 4  # the answer loss is not a score in [0, 1]
+    assert sorted(f["value"]) == [0.4, 0.5, 0.6, 0.9]
+    assert f["lo"].tolist() == pytest.approx((f["value"] - 1.96 * f["stderr"]).tolist())
+    assert "template2 · greedy · exact match" in set(f["facet"])
+    assert "template0 · greedy · ll accuracy" in set(f["facet"])
+    assert charts.facet_frame(facet_rows(), 20).empty
+
+
+def test_facet_figure_shows_error_bars_and_the_latent_band():
+    f = charts.facet_frame(facet_rows(), 10)
+    fig = charts.facet_figure(f, {"score": 0.52, "lo": 0.44, "hi": 0.6})
+    (points,) = fig.data
+    assert list(points.y) == f["value"].tolist()
+    assert list(points.error_y.array) == pytest.approx((f["hi"] - f["value"]).tolist())
+    assert [s.y0 for s in fig.layout.shapes if s.type == "rect"] == [0.44]
+    assert "latent 0.52 [0.44, 0.60]" in [a.text for a in fig.layout.annotations]
+    no_latent = charts.facet_figure(f)
+    assert not [s for s in no_latent.layout.shapes if s.type == "rect"]
+    empty = charts.facet_figure(charts.facet_frame(facet_rows(), 20))
+    assert "no exact-match" in empty.layout.annotations[0].text
