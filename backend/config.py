@@ -207,6 +207,11 @@ class ControllerConfig:
     """doremi: the checkpoint step whose held-out domain losses are the
     reference (a frozen earlier checkpoint of this run); None: the first
     checkpoint after step 0."""
+    reference_losses: dict[str, float] | None = None
+    """doremi: held-out loss per domain of a separately trained reference
+    model (DoReMi's reference: a run of the same model on the baseline
+    mixture, e.g. its last checkpoint's `domain_loss` rows). Set, it replaces
+    reference_step."""
 
     def validate(self, path: str) -> None:
         from backend.controllers import STRATEGIES
@@ -224,6 +229,9 @@ class ControllerConfig:
             raise ConfigError(f"{path}.floor: {self.floor} is above cap {self.cap}")
         if self.reference_step is not None and self.reference_step < 0:
             raise ConfigError(f"{path}.reference_step: must be >= 0 (a checkpoint step), got {self.reference_step}")
+        for d, v in (self.reference_losses or {}).items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ConfigError(f"{path}.reference_losses.{d}: must be a finite loss > 0, got {v!r}")
 
 
 @dataclass(kw_only=True)
@@ -325,6 +333,11 @@ class RunConfig:
                 f"(a multiple of train.checkpoint_every {self.train.checkpoint_every} below train.steps "
                 f"{self.train.steps})"
             )
+        if self.controller.reference_losses is not None and set(self.controller.reference_losses) != set(names):
+            missing = sorted(set(names) - set(self.controller.reference_losses))
+            extra = sorted(set(self.controller.reference_losses) - set(names))
+            raise ConfigError(f"controller.reference_losses: needs exactly the domains {names} "
+                              f"(missing {missing}, unknown {extra})")
         streamed = {s for d in self.data.domains for s in d.skills}
         for s in self.evaluation.skills:
             if s not in streamed:

@@ -229,6 +229,41 @@ def test_doremi_configured_reference_step():
         strategy("doremi", reference_step=40)[0].propose(h, UNIFORM).rationale["strings"]
 
 
+def test_doremi_with_a_separately_trained_reference_steps_at_every_checkpoint():
+    ref = {"strings": 2.0, "arithmetic": 2.9, "noise": 3.9}
+    strat, _ = strategy("doremi", reference_losses=ref, **FREE)
+    h = history(domain_loss=losses(strings=[4, 3], arithmetic=[4, 3], noise=[4, 3.9]),
+                mix=mixtures(UNIFORM.values()))
+    # excess over the reference model: strings 1.0 and 2.0 before that, arithmetic 0.1 then 1.1, noise 0.1 then 0
+    alpha, alphas = np.full(3, 1 / 3), []
+    for lam in ([2.0, 1.1, 0.1], [1.0, 0.1, 0.0]):
+        alpha = alpha * np.exp(np.array(lam))
+        alpha = (1 - 1e-3) * alpha / alpha.sum() + 1e-3 / 3
+        alphas.append(alpha)
+    p = strat.propose(h, UNIFORM)
+    assert [p.weights[d] for d in DOMAINS] == pytest.approx(list(np.mean(alphas, axis=0)), abs=1e-12)
+    assert "vs reference 2.000 (reference model): excess +1.000" in p.rationale["strings"]
+    waiting = strat.propose(history(mix=mixtures(UNIFORM.values())), UNIFORM)
+    assert "no held-out domain losses of this run yet" in waiting.rationale["noise"]
+
+
+@pytest.mark.parametrize("losses_, message", [
+    ({"strings": 2.0, "add2": 1.0}, r"controller.reference_losses: needs exactly the domains .*unknown \['add2'\]"),
+    ({"strings": 2.0, "arithmetic": 2.0, "noise": 2.0, "recall": 2.0, "logic": -1.0, "code": 1.0},
+     "controller.reference_losses.logic: must be a finite loss > 0"),
+    ({"strings": 2.0, "arithmetic": 2.0, "noise": float("nan"), "recall": 2.0, "logic": 1.0, "code": 1.0},
+     "controller.reference_losses.noise: expected a finite number"),
+])
+def test_reference_losses_are_checked(losses_, message):
+    d = preset("tiny").to_dict()
+    d["controller"].update(strategy="doremi", reference_losses=losses_)
+    with pytest.raises(ConfigError, match=message):
+        preset("tiny").replace(controller=d["controller"])
+    names = [x["name"] for x in d["data"]["domains"]]
+    d["controller"]["reference_losses"] = dict.fromkeys(names, 2.5)
+    assert preset("tiny").replace(controller=d["controller"]).controller.reference_losses["noise"] == 2.5
+
+
 # -- odm ---------------------------------------------------------------------------------
 
 

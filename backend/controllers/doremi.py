@@ -19,7 +19,11 @@ What is used here, and how it differs from the paper:
   steps every training step), on the held-out next-token loss of each
   domain at that checkpoint (History.domain_loss; the paper uses the
   per-token training loss of the batch).
-- The reference is a frozen earlier checkpoint of this same run: its
+- The reference: with controller.reference_losses set, the held-out domain
+  losses of a separately trained reference model, as in the paper (the
+  data-efficiency benchmark gives it the last checkpoint of the `uniform`
+  run of the same seed and counts that run's tokens as DoReMi's overhead).
+  Without it, a frozen earlier checkpoint of this same run: its
   held-out domain losses at step controller.reference_step, by default the
   first checkpoint after step 0 (the model trained one stretch on the initial
   mixture). The paper's reference is a separately trained model of the same
@@ -94,12 +98,16 @@ class DoReMi:
 
     def iterates(self, history: History, current: dict[str, float]) -> dict:
         """The EG iterates from the reference on, recomputed from History:
-        {ref_step, ref, steps, excess (last), alphas}."""
+        {ref_step, ref, steps, excess (last), alphas}. ref_step is -1 for
+        an external reference (every checkpoint of the run takes a step)."""
         losses = losses_by_step(history)
-        ref_step = self.reference_step(losses)
-        if ref_step is None:
-            return {"ref_step": None, "steps": [], "alphas": []}
-        ref = losses[ref_step]
+        if self.cfg.reference_losses is not None:
+            ref_step, ref = -1, dict(self.cfg.reference_losses)
+        else:
+            ref_step = self.reference_step(losses)
+            if ref_step is None:
+                return {"ref_step": None, "steps": [], "alphas": []}
+            ref = losses[ref_step]
         names, k = history.domains, len(history.domains)
         alpha = initial_mixture(history, current)
         alphas, steps, excess = [], [], {}
@@ -126,6 +134,8 @@ class DoReMi:
                 wait = (f"step {self.cfg.reference_step}" if self.cfg.reference_step is not None
                         else "the first checkpoint after step 0")
                 why = f"waiting for the reference checkpoint ({wait}) and its held-out domain losses"
+            elif it["ref_step"] < 0:
+                why = "no held-out domain losses of this run yet, so no EG step"
             else:
                 why = f"reference at step {it['ref_step']}; no checkpoint after it yet, so no EG step"
             rationale = {d: f"{current[d]:.3f} -> {weights[d]:.3f}: unchanged, {why}" for d in names}
@@ -134,12 +144,13 @@ class DoReMi:
             avg = {d: sum(a[d] for a in it["alphas"]) / t for d in names}
             weights = apply_constraints(avg, current, self.cfg)
             last = it["alphas"][-1]
+            ref_name = "reference model" if it["ref_step"] < 0 else f"step {it['ref_step']}"
             rationale = {}
             for d in names:
                 ex = it["excess"][d]
                 rationale[d] = (
                     f"{current[d]:.3f} -> {weights[d]:.3f}: held-out loss {it['now'][d]:.3f} vs reference "
-                    f"{it['ref'][d]:.3f} (step {it['ref_step']}): excess {ex:+.3f}, clipped {max(0.0, ex):.3f}; "
+                    f"{it['ref'][d]:.3f} ({ref_name}): excess {ex:+.3f}, clipped {max(0.0, ex):.3f}; "
                     f"EG weight {last[d]:.3f}, time average over {t} checkpoint{'s' * (t > 1)} {avg[d]:.3f}"
                 )
         forecast = slope_forecasts(history.latent(), history.skill_domains, current, weights)
