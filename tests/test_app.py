@@ -4,9 +4,11 @@ that acts checks the store changed, or did not."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 
+import numpy as np
 import pytest
 from conftest_dashboard import APP
 from streamlit.testing.v1 import AppTest
@@ -16,6 +18,13 @@ from backend.store import Store
 
 PAGES = ["pages/capabilities.py", "pages/mixture.py", "pages/compare.py", "pages/schedules.py",
          "pages/new_run.py"]
+
+
+def plotly_values(v) -> list:
+    """A plotly figure spec's array: plain, or typed (base64 `bdata` with a dtype)."""
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)
 
 
 def open_app(page: str | None = None) -> AppTest:
@@ -107,7 +116,7 @@ def test_capabilities_choices_and_drill_down(db):
     assert "add2_holdout at step 30" in spec["layout"]["title"]["text"]
     (points,) = [t for t in spec["data"] if t.get("error_y")]
     latest = table[(table["step"] == 30) & table["metric"].isin(["exact_match", "acc"])]
-    assert sorted(points["y"]) == pytest.approx(sorted(latest["value"]))
+    assert sorted(plotly_values(points["y"])) == pytest.approx(sorted(latest["value"]))
     assert any("latent" in a["text"] for a in spec["layout"]["annotations"])
 
 
