@@ -1,5 +1,6 @@
 """backend/controllers: the registry, `static` and `deficit` on hand-built histories."""
 
+import math
 import re
 
 import pytest
@@ -114,6 +115,32 @@ def test_stalled_skill_gets_less_than_a_rising_one_with_the_same_deficit():
     h = history({"copy": series(*[0.4] * 5, n=500), "add2": series(0.05, 0.1, 0.2, 0.3, 0.4, n=500)})
     p = strat.propose(h, UNIFORM)
     assert p.weights["arithmetic"] > p.weights["strings"]
+
+
+def test_a_stalled_skill_data_has_moved_keeps_more_than_one_it_never_moved():
+    strat, cfg = deficit(smoothing=0.0)
+    # both sit flat at 0.5 now; copy got there from 0 (data moves it), add2 was there from the start
+    h = history({"copy": series(0.0, 0.3, 0.5, 0.5, 0.5, 0.5, 0.5, n=500), "add2": series(*[0.5] * 7, n=500)})
+    p = strat.propose(h, UNIFORM)
+    check_constraints(p.weights, UNIFORM, cfg)
+    assert p.weights["strings"] > p.weights["arithmetic"] > p.weights["noise"]
+    assert "it has risen since its first checkpoint" in p.rationale["strings"]
+    assert "it has never risen since its first checkpoint" in p.rationale["arithmetic"]
+    # gains: deficit 0.5 x learnability 0.5 vs 0.5 x 0.1
+    assert "gain 0.250" in p.rationale["strings"] and "gain 0.050" in p.rationale["arithmetic"]
+
+
+def test_small_priorities_still_move_weight_off_a_domain_that_feeds_nothing():
+    strat, cfg = deficit(smoothing=0.0)
+    # nothing has risen yet: every priority is 1 x 0.1, and noise feeds no skill at all
+    h = history({"copy": series(0.0, 0.0, n=50), "add2": series(0.0, 0.0, n=50)})
+    p = strat.propose(h, UNIFORM)
+    check_constraints(p.weights, UNIFORM, cfg)
+    assert p.weights["strings"] == pytest.approx(p.weights["arithmetic"])
+    assert "never risen" in p.rationale["strings"] and "gain 0.099" in p.rationale["strings"]  # deficit 0.99 x 0.1
+    # gains 0.099 vs 0, scaled by the floor 0.25: noise's weight times exp(-2 x 0.099 / 0.25), then renormalised
+    kept = math.exp(-2 * 0.099 / 0.25)
+    assert p.weights["noise"] == pytest.approx(kept / (2 + kept), rel=0.05)
 
 
 def test_slopes_within_noise_move_nothing():

@@ -7,17 +7,25 @@ raw numbers, and only acts on what stands out of the noise:
     deficit_s   = target - score_s, or 0 when the interval reaches the
                   saturation level (saturated, or within noise of it)
     learnable_s = 1 at the first checkpoint (optimism: no slope yet),
-                  0.25 + 0.75 * min(1, slope_s / 0.1) only when the slope's
-                  whole interval is above 0 (surely learning), else 0.25: a
-                  stalled skill and one whose slope is within noise get the
-                  same floor, so a noisy slope never moves weight
+                  0.5 + 0.5 * min(1, slope_s / 0.1) when the slope's whole
+                  interval is above 0 (surely learning); otherwise (stalled,
+                  or a slope within noise: the same, so a noisy slope never
+                  moves weight) 0.5 if the skill has risen since its first
+                  checkpoint (some estimate's interval above the first one's:
+                  data has moved it, more may move it further), else 0.1 (no
+                  sign yet that data moves it; the 0.1 keeps exploring it)
     priority_s  = deficit_s * learnable_s; 0 while the Goodhart guard holds
                   the skill back
 
 A domain's gain is the mean priority of the steer skills it streams; one that
-streams no steer skill has gain 0. Then
+streams no steer skill has gain 0. Gains are divided by
+scale = max(max_i gain_i, GAIN_FLOOR): when every priority is small (early on,
+all skills at 0 and none risen yet), the contrast between domains that feed
+steer skills and domains that feed none still moves weight at a useful pace,
+while GAIN_FLOOR = 0.25 caps how much a small difference between two noisy
+deficits is amplified (4x at most). Then
 
-    w_j <- w_j * exp(step_size * (gain_j - max_i gain_i))
+    w_j <- w_j * exp(step_size * (gain_j - max_i gain_i) / scale)
 
 and the shared constraints (smoothing, floor, cap, max change) apply.
 """
@@ -32,6 +40,9 @@ from backend.controllers.forecast import slope_forecast
 
 PROGRESS_SCALE = 0.1  # a rise of 0.1 score per checkpoint counts as full progress
 STALLED = 0.25 * PROGRESS_SCALE  # a slope surely below this counts as not moving
+MOVED = 0.5  # learnability of a skill that data has moved before, now flat
+UNMOVED = 0.1  # learnability of a skill that has never risen: exploration only
+GAIN_FLOOR = 0.25  # gains are scaled by max(best gain, this)
 
 
 @register_strategy("deficit")
@@ -57,11 +68,13 @@ class Deficit:
         if len(series) < 2:
             out.update(learnable=1.0, slope=None, why="no slope yet")
         elif e["slope_lo"] > 0:
-            out.update(learnable=0.25 + 0.75 * min(1.0, e["slope"] / PROGRESS_SCALE), why="learning")
-        elif e["slope_hi"] < STALLED:
-            out.update(learnable=0.25, why="stalled")
+            out.update(learnable=0.5 + 0.5 * min(1.0, e["slope"] / PROGRESS_SCALE), why="learning")
         else:
-            out.update(learnable=0.25, why="slope within noise, counted as stalled")
+            flat = "stalled" if e["slope_hi"] < STALLED else "slope within noise, counted as stalled"
+            if any(x["lo"] > series[0]["hi"] for x in series[1:]):
+                out.update(learnable=MOVED, why=f"{flat}; it has risen since its first checkpoint")
+            else:
+                out.update(learnable=UNMOVED, why=f"{flat}; it has never risen since its first checkpoint")
         out["priority"] = out["deficit"] * out["learnable"]
         return out
 
@@ -75,7 +88,8 @@ class Deficit:
             gain[d] = sum(skills[s]["priority"] for s in fed) / len(fed) if fed else 0.0
         mean_gain = sum(current[d] * gain[d] for d in history.domains)
         top = max(gain.values())  # subtracting the max never overflows
-        raw = {d: current[d] * math.exp(self.cfg.step_size * (gain[d] - top)) for d in history.domains}
+        scale = max(top, GAIN_FLOOR)
+        raw = {d: current[d] * math.exp(self.cfg.step_size * (gain[d] - top) / scale) for d in history.domains}
         weights = apply_constraints(raw, current, self.cfg)
 
         rationale = {}
