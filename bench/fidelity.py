@@ -11,9 +11,10 @@ evaluation; item i under steer template i mod 3) with the same lm-eval
 pipeline. That 2,000-item score is the truth. It compares, per checkpoint
 and skill:
   raw     the run's small evaluation as one number: exact match under
-          template 0 on the run's fixed items (what a loop without a
+          template 0 on that checkpoint's items (what a loop without a
           noise model would steer by)
   raw3    the mean over the three steer templates of that evaluation
+          (each template asks its own items)
   latent  the Kalman estimate (backend/capability.py), causal: it uses
           checkpoints up to this one only
 and prints their mean absolute errors against the truth, the coverage of
