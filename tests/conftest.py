@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,18 @@ def check_constraints(w: dict, current: dict, cfg) -> None:
     for d, v in w.items():
         assert cfg.floor - 1e-9 <= v <= cfg.cap + 1e-9
         assert abs(v - current[d]) <= cfg.max_change + 1e-9
+
+
+def check_rationale_lines(proposal, current: dict) -> None:
+    """One line per domain, starting with the change as "old -> new" (3
+    decimals) that matches the current and the proposed weight."""
+    assert set(proposal.rationale) == set(current)
+    for d, line in proposal.rationale.items():
+        assert "\n" not in line
+        m = re.match(r"(\d\.\d{3}) -> (\d\.\d{3})", line)
+        assert m, line
+        assert float(m.group(1)) == pytest.approx(current[d], abs=5e-4)
+        assert float(m.group(2)) == pytest.approx(proposal.weights[d], abs=5e-4)
 
 
 @pytest.fixture
