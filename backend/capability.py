@@ -105,14 +105,13 @@ def template_spread(per_checkpoint: list[list[tuple[float, int]]]) -> float:
     return sum(vals) / len(vals) if vals else 0.0
 
 
-def _filter(points: list[dict], tokens_per_checkpoint: float, phi: float):
+def _filter(points: list[dict], tau2s: list[float], tokens_per_checkpoint: float, phi: float):
     """One gated Kalman filter with damping phi: yields (x, P, log-likelihood
-    of the observation under the prediction; 0 for the first) per point."""
+    of the observation under the prediction; 0 for the first) per point.
+    tau2s: the template spread known at each point."""
     x = P = None
     prev_tokens = None
-    for i, pt in enumerate(points):
-        # the template spread known so far (causal, like everything else)
-        tau2 = template_spread([p["scores"] for p in points[: i + 1]])
+    for pt, tau2 in zip(points, tau2s):
         loglik = 0.0
         if x is None:
             y, r = observation(pt["scores"], tau2)
@@ -146,7 +145,9 @@ def kalman(points: list[dict], tokens_per_checkpoint: float) -> list[dict]:
     discounted predictive likelihood; the learning slope from the local linear
     trend (phi = 1), the one whose slope is the pace of learning rather than
     momentum expected to fade."""
-    runs = [list(_filter(points, tokens_per_checkpoint, phi)) for phi in DAMPINGS]
+    # the template spread known at each point (causal, like everything else)
+    tau2s = [template_spread([p["scores"] for p in points[: i + 1]]) for i in range(len(points))]
+    runs = [list(_filter(points, tau2s, tokens_per_checkpoint, phi)) for phi in DAMPINGS]
     trend = runs[DAMPINGS.index(1.0)]
     out, score = [], np.zeros(len(runs))
     for t, pt in enumerate(points):
