@@ -320,7 +320,7 @@ class RunConfig:
                             f"{d.source} domain {d.name!r}"
                         )
         else:
-            from backend.controllers.constraints import validate_weights, WeightsError
+            from backend.mixture import WeightsError, validate_weights
 
             try:
                 validate_weights(init, names)

@@ -23,7 +23,7 @@ from pathlib import Path
 from backend import config as config_mod
 from backend.config import RunConfig
 from backend.controllers import History, get_strategy
-from backend.controllers.constraints import validate_weights
+from backend.mixture import validate_weights
 from backend.store import Store
 
 # heartbeat and command polling interval, seconds of wall clock (tests that

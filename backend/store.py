@@ -20,7 +20,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from backend.controllers.constraints import WeightsError, validate_weights
+from backend.mixture import WeightsError, validate_weights
 
 DEFAULT_DB = "runs/closed_loop.db"
 BUSY_TIMEOUT_MS = 10_000

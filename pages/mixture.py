@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from backend import charts
-from backend.controllers.constraints import WeightsError, validate_weights
+from backend.mixture import WeightsError, validate_weights
 from backend.store import DecisionError, StoreError
 from pages._common import (
     alert_lines,
