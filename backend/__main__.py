@@ -1,7 +1,9 @@
 """Command line: python -m backend <command> ...
 
 Every command takes --db PATH (default runs/closed_loop.db); those that
-report take --json. Errors name the flag or field and exit with status 2.
+report take --json. The store is opened once, on first use, and closed when
+the command ends, however it ends. Errors name the flag or field and exit
+with status 2; a traceback means a bug.
 """
 
 from __future__ import annotations
@@ -12,6 +14,32 @@ import sys
 from pathlib import Path
 
 from backend.store import DEFAULT_DB
+
+
+class UsageError(Exception):
+    """Flags that do not go together, or a file named by a flag that cannot
+    be read; the message names the flag."""
+
+
+class Session:
+    """What one command works with: its arguments and the store, opened on
+    first use (validate-config never opens one) and closed by main()."""
+
+    def __init__(self, args):
+        self.args = args
+        self._store = None
+
+    @property
+    def store(self):
+        if self._store is None:
+            from backend.store import Store
+
+            self._store = Store(self.args.db)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
 
 def _print(obj, as_json: bool, text: str) -> None:
@@ -34,14 +62,14 @@ def _load_config(args):
     return cfg.replace(**changes) if changes else cfg
 
 
-def cmd_run(args) -> int:
-    from backend.store import Store
+def cmd_run(s: Session) -> int:
     from backend.worker import create_run, spawn, work
 
-    store = Store(args.db)
+    args = s.args
+    store = s.store
     if args.resume is not None:
         if args.preset or args.config:
-            raise SystemExit("run: --resume continues an existing run; do not pass --preset/--config")
+            raise UsageError("run --resume: continues an existing run; do not pass --preset/--config")
         run_id = args.resume
         store.run(run_id)
         if args.policy:
@@ -57,17 +85,17 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_worker(args) -> int:
+def cmd_worker(s: Session) -> int:
     from backend.worker import work
 
+    args = s.args
     work(args.db, args.run, progress=False)
     return 0
 
 
-def cmd_runs(args) -> int:
-    from backend.store import Store
-
-    rows = Store(args.db).runs()
+def cmd_runs(s: Session) -> int:
+    args = s.args
+    rows = s.store.runs()
     out = [{k: r[k] for k in ("id", "name", "status", "policy", "step", "total_steps", "tokens_seen",
                                "pending", "heartbeat")} for r in rows]
     lines = [f"{'id':>4}  {'name':<12} {'status':<9} {'policy':<6} {'step':>11}  pending"]
@@ -98,111 +126,109 @@ def summarize(store, run_id: int) -> dict:
     }
 
 
-def cmd_show(args) -> int:
-    from backend.store import Store
-
-    s = summarize(Store(args.db), args.run)
-    r = s["run"]
+def cmd_show(s: Session) -> int:
+    args = s.args
+    summary = summarize(s.store, args.run)
+    r = summary["run"]
     lines = [f"run {r['id']} {r['name']}: {r['status']}, policy {r['policy']}, "
              f"step {r['step']}/{r['total_steps']}, {r['tokens_seen']:,} tokens"]
     if r["error"]:
         lines.append(f"error: {r['error']}")
-    lines.append(f"checkpoints: {len(s['checkpoints'])}" + (
-        f" (last at step {s['checkpoints'][-1]['step']}, train loss {s['checkpoints'][-1]['train_loss']})"
-        if s["checkpoints"] else ""))
+    lines.append(f"checkpoints: {len(summary['checkpoints'])}" + (
+        f" (last at step {summary['checkpoints'][-1]['step']}, train loss {summary['checkpoints'][-1]['train_loss']})"
+        if summary["checkpoints"] else ""))
     lines.append("skills (latest exact match ± stderr, n):")
-    for name, m in s["skills"].items():
+    for name, m in summary["skills"].items():
         se = f"{m['stderr']:.3f}" if m["stderr"] is not None else "n/a"
         lines.append(f"  {name:<20} {m['kind']:<8} {m['value']:.3f} ± {se}  n={m['n']}  (step {m['step']})")
     lines.append("proposals:")
-    for p in s["proposals"]:
+    for p in summary["proposals"]:
         applied = f", applied at step {p['applied_step']}" if p["applied_step"] is not None else ""
         by = f" by {p['decided_by']}" if p["decided_by"] else ""
         lines.append(f"  #{p['id']} step {p['step']} {p['strategy']}: {p['status']}{by}{applied}")
     lines.append("schedule:")
-    for seg in s["schedule"]:
+    for seg in summary["schedule"]:
         w = " ".join(f"{d}={v:.3f}" for d, v in seg["weights"].items())
         lines.append(f"  from step {seg['from_step']:>6} [{seg['source']}] {w}")
-    _print(s, args.json, "\n".join(lines))
+    _print(summary, args.json, "\n".join(lines))
     return 0
 
 
 def _weights_arg(text: str | None):
     if text is None:
         return None
-    src = Path(text[1:]).read_text() if text.startswith("@") else text
+    if text.startswith("@"):
+        try:
+            src = Path(text[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--weights: cannot read {text[1:]!r}: {e.strerror if isinstance(e, OSError) else 'not UTF-8 text'}") from None
+    else:
+        src = text
     try:
         return json.loads(src)
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"--weights: not valid JSON ({e})")
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise UsageError(f"--weights: not valid JSON ({e})") from None
 
 
-def cmd_decide(args) -> int:
-    from backend.store import Store
-
+def cmd_decide(s: Session) -> int:
+    args = s.args
     weights = _weights_arg(args.weights)
     if args.action == "edit" and weights is None:
-        raise SystemExit("decide: edit needs --weights '{\"domain\": weight, ...}'")
+        raise UsageError("decide edit: needs --weights '{\"domain\": weight, ...}'")
     if args.action != "edit" and weights is not None:
-        raise SystemExit("decide: --weights only goes with edit")
-    p = Store(args.db).decide(args.proposal, args.action, weights=weights, by=args.by, reason=args.reason)
+        raise UsageError("decide --weights: only goes with edit")
+    p = s.store.decide(args.proposal, args.action, weights=weights, by=args.by, reason=args.reason)
     _print(p, args.json, f"proposal {p['id']}: {p['status']}; it applies at the next checkpoint"
            if p["status"] != "rejected" else f"proposal {p['id']}: rejected")
     return 0
 
 
-def cmd_command(args) -> int:
-    from backend.store import Store
-
-    Store(args.db).send_command(args.run, args.command, by=args.by)
+def cmd_command(s: Session) -> int:
+    args = s.args
+    s.store.send_command(args.run, args.command, by=args.by)
     _print({"run": args.run, "command": args.command}, args.json,
            f"{args.command} sent to run {args.run}")
     return 0
 
 
-def cmd_set_mixture(args) -> int:
-    from backend.store import Store
-
-    store = Store(args.db)
+def cmd_set_mixture(s: Session) -> int:
+    args = s.args
+    store = s.store
     pid = store.set_mixture(args.run, _weights_arg(args.weights), step=store.run(args.run)["step"],
                             by=args.by, reason=args.reason)
     _print({"proposal": pid}, args.json, f"manual mixture stored as proposal {pid}; applies at the next checkpoint")
     return 0
 
 
-def cmd_set_policy(args) -> int:
-    from backend.store import Store
-
-    Store(args.db).set_policy(args.run, args.policy, by=args.by)
+def cmd_set_policy(s: Session) -> int:
+    args = s.args
+    s.store.set_policy(args.run, args.policy, by=args.by)
     _print({"run": args.run, "policy": args.policy}, args.json, f"run {args.run}: policy {args.policy}")
     return 0
 
 
-def cmd_alerts(args) -> int:
-    from backend.store import Store
-
-    alerts = Store(args.db).open_alerts(args.run)
+def cmd_alerts(s: Session) -> int:
+    args = s.args
+    alerts = s.store.open_alerts(args.run)
     out = [{"skill": k, "step": e["after"].get("step"), "message": e["message"]} for k, e in alerts.items()]
     _print(out, args.json, "\n".join(f"{a['skill']} (step {a['step']}): {a['message']}" for a in out)
            or f"run {args.run}: no open Goodhart alerts")
     return 0
 
 
-def cmd_ack(args) -> int:
-    from backend.store import Store
-
-    store = Store(args.db)
+def cmd_ack(s: Session) -> int:
+    args = s.args
+    store = s.store
     store.acknowledge_alert(args.run, args.skill, by=args.by, step=store.run(args.run)["step"], note=args.note)
     _print({"run": args.run, "skill": args.skill}, args.json,
            f"alert on {args.skill} acknowledged; the controller may push it again")
     return 0
 
 
-def cmd_export(args) -> int:
+def cmd_export(s: Session) -> int:
+    args = s.args
     from backend.schedule import export_schedule
-    from backend.store import Store
-
-    data = export_schedule(Store(args.db), args.run)
+    data = export_schedule(s.store, args.run)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(data, indent=2))
     _print({"file": args.output, "segments": len(data["segments"])}, args.json,
@@ -210,17 +236,18 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_replay(args) -> int:
+def cmd_replay(s: Session) -> int:
     from backend.schedule import ScheduleError, parse_schedule
     from backend.worker import start_replay, work
 
+    args = s.args
     path = Path(args.file)
     if not path.is_file():
-        raise SystemExit(f"replay: no such file {args.file!r}")
+        raise UsageError(f"replay FILE: no such file {args.file!r}")
     try:
         sched = parse_schedule(path.read_bytes())
     except ScheduleError as e:
-        raise SystemExit(f"replay: {args.file}: {e}")
+        raise ScheduleError(f"{args.file}: {e}") from None
     run_id = start_replay(args.db, sched, source=args.file, detach=args.detach)
     if args.detach:
         _print({"run": run_id}, args.json, str(run_id))
@@ -230,18 +257,18 @@ def cmd_replay(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
+def cmd_report(s: Session) -> int:
+    args = s.args
     from backend.report import write_report
-    from backend.store import Store
-
-    write_report(Store(args.db), args.run, args.output)
+    write_report(s.store, args.run, args.output)
     _print({"file": args.output}, args.json, f"wrote {args.output}")
     return 0
 
 
-def cmd_validate(args) -> int:
+def cmd_validate(s: Session) -> int:
     from backend import config as config_mod
 
+    args = s.args
     cfg = config_mod.load(args.config)
     _print(cfg.to_dict(), args.json, f"{args.config}: valid ({cfg.name}, {len(cfg.domain_names)} domains, "
            f"{len(cfg.steer_skills)} steer skills)")
@@ -330,15 +357,21 @@ def main(argv=None) -> int:
     from backend.data.domains import DataError
     from backend.schedule import ScheduleError
     from backend.store import StoreError
+    from backend.mixture import WeightsError
+    from backend.registry import RegistryError
     from backend.worker import WorkerError
 
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # bad flags: argparse exits 2 naming them
+    session = Session(args)
     # `pause`/`resume`/`stop` carry their own name in args.command
     try:
-        return args.func(args)
-    except (ConfigError, DataError, ScheduleError, StoreError, WorkerError) as e:
+        return args.func(session)
+    except (UsageError, ConfigError, DataError, ScheduleError, StoreError, WorkerError, WeightsError,
+            RegistryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        session.close()
 
 
 if __name__ == "__main__":

@@ -50,3 +50,22 @@ def test_replay_refuses_a_broken_schedule(tmp_path):
     bad.write_text('{"format": "closed-loop-schedule", "version": 2}')
     p = cli("replay", bad, db=tmp_path / "x.db", check=False)
     assert p.returncode != 0 and "version: expected 1" in p.stderr
+
+
+def test_refusals_exit_2_naming_the_flag(tmp_path):
+    """Every refusal exits 2 (the docstring's promise) with the flag named
+    and no traceback: conflicting flags, unreadable @files, bad JSON."""
+    db = tmp_path / "x.db"
+    cases = [
+        (("run", "--resume", 1, "--preset", "tiny"), "--resume"),
+        (("decide", 1, "edit"), "--weights"),
+        (("decide", 1, "approve", "--weights", "{}"), "--weights"),
+        (("decide", 1, "edit", "--weights", "@" + str(tmp_path / "missing.json")), "missing.json"),
+        (("set-mixture", 1, "--weights", "{not json"), "--weights"),
+        (("set-mixture", 1, "--weights", "[" * 100_000), "--weights"),
+        (("replay", tmp_path / "nope.json"), "no such file"),
+    ]
+    for args, words in cases:
+        p = cli(*args, db=db, check=False)
+        assert p.returncode == 2, (args, p.returncode, p.stderr[-500:])
+        assert words in p.stderr and "Traceback" not in p.stderr, (args, p.stderr[-500:])
