@@ -1,0 +1,372 @@
+"""Any lm-eval task as a skill: a registry task, a YAML file or folder of the
+user's own tasks, or a group (each subtask its own facet).
+
+`resolve_tasks(specs, seed)` loads what a run's `evaluation.tasks` name once
+per worker and checks it before any training starts: an unknown task (with
+the closest names), a metric the task does not have, a held-out task equal to
+its steer task, a YAML folder that does not parse, or a registry task whose
+data is not on this machine (HF offline) is a `TaskError` naming the field.
+
+What it learns about each leaf task: its output type, its metrics with their
+direction (`higher_is_better`, from the task itself), its document count, and
+its chance level:
+- multiple choice: the expected accuracy of a uniform guess, mean of
+  1/len(choices) over the documents;
+- generated answers: the rate of the best constant answer, the share of the
+  most frequent target (a model that always answers "even" scores it);
+- a task may declare its own in `metadata: {chance: 0.25}`;
+- perplexity-like metrics have none (None).
+
+Documents rotate across checkpoints: each task's documents are shuffled once
+by a seeded permutation and checkpoint k evaluates the k-th slice of
+`items_per_checkpoint` (wrapping), so a resumed or replayed run evaluates
+exactly the same items and every checkpoint is a fresh sample. Data files
+named relative to a task's YAML folder are resolved against that folder (a
+shipped task folder works from any working directory).
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import difflib
+import functools
+import logging
+import math
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# lm-eval output types -> how the answer is produced (the `decoding` facet)
+DECODING = {
+    "generate_until": "greedy",
+    "multiple_choice": "teacher_forced",
+    "loglikelihood": "teacher_forced",
+    "loglikelihood_rolling": "teacher_forced",
+}
+
+
+class TaskError(ValueError):
+    """A task spec that cannot be evaluated here; the message names the field."""
+
+
+@dataclass
+class LeafTask:
+    """One lm-eval task that is a facet of a skill."""
+
+    name: str
+    skill: str
+    kind: str
+    """steer | holdout"""
+    task: object = field(repr=False)
+    """The lm-eval Task object."""
+    output_type: str
+    metric: str
+    """The metric that scores the skill (without lm-eval's filter suffix)."""
+    higher_is_better: bool
+    n_docs: int
+    chance: float | None
+    metrics: dict[str, bool] = field(default_factory=dict)
+    """Every metric of the task -> higher_is_better."""
+
+
+def _num(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def _resolve_data_files(cfg: dict, base: Path) -> dict:
+    """Data files given relative to the task's YAML folder become absolute
+    (when the file exists there); others stay as given (working directory)."""
+    cfg = copy.deepcopy(cfg)
+    files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+    if files is None:
+        return cfg
+
+    def fix(p):
+        if isinstance(p, str) and not Path(p).is_absolute():
+            for cand in (base / p, base / Path(p).name, base / "data" / Path(p).name):
+                if cand.is_file():
+                    return str(cand.resolve())
+        return p
+
+    if isinstance(files, dict):
+        cfg["dataset_kwargs"]["data_files"] = {k: ([fix(x) for x in v] if isinstance(v, list) else fix(v))
+                                               for k, v in files.items()}
+    elif isinstance(files, list):
+        cfg["dataset_kwargs"]["data_files"] = [fix(x) for x in files]
+    else:
+        cfg["dataset_kwargs"]["data_files"] = fix(files)
+    return cfg
+
+
+def _check_yaml(include_paths: list[str], where: str) -> None:
+    """lm-eval's index skips a YAML file it cannot parse with only a log
+    line; a user's task folder is checked here so that the broken file is
+    named instead of its task being reported unknown."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    for p in include_paths:
+        root = Path(p)
+        if not root.exists():
+            raise TaskError(f"{where}.include_path: no such file or folder {p!r}")
+        files = [root] if root.is_file() else sorted(root.rglob("*.yaml")) + sorted(root.rglob("*.yml"))
+        for f in files:
+            try:
+                load_yaml(f, resolve_func=False)
+            except Exception as e:  # noqa: BLE001 - yaml, include and shape errors alike
+                raise TaskError(f"{where}.include_path: {str(f)!r} is not a valid lm-eval task YAML: "
+                                f"{type(e).__name__}: {str(e)[:300]}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _manager(include_paths: tuple[str, ...], need_registry: bool):
+    """One TaskManager per process and include paths: indexing lm-eval's
+    bundled tasks takes ~10 s, so it happens once, and only when needed."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(include_paths) or None, include_defaults=need_registry)
+
+
+class TaskSet:
+    """The lm-eval tasks of a run, loaded once: the TaskManager (bundled
+    tasks indexed only when a spec needs one), every leaf task with its
+    facts, and the `loaded` dict lm-eval's `evaluate` takes."""
+
+    def __init__(self, include_paths: list[str], need_registry: bool):
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+        self.manager = _manager(tuple(include_paths), need_registry)
+        self.leaves: list[LeafTask] = []
+
+    def names(self) -> list[str]:
+        return self.manager.all_tasks
+
+    def load(self, name: str, where: str) -> list:
+        """lm-eval Task objects of a task or group name (groups: every leaf)."""
+        from lm_eval.tasks._yaml_loader import load_yaml
+
+        entry = self.manager.task_index.get(name)
+        if entry is None:
+            close = difflib.get_close_matches(name, self.names(), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise TaskError(f"{where}: unknown lm-eval task or group {name!r}{hint}")
+        try:
+            if entry.kind.name == "GROUP":
+                children = entry.cfg.get("task") or []
+                tasks = []
+                for child in children if isinstance(children, list) else [children]:
+                    if isinstance(child, str):
+                        tasks += self.load(child, where)
+                    elif isinstance(child, dict):
+                        base = Path(entry.yaml_path).parent if entry.yaml_path else Path.cwd()
+                        tasks += list(self.manager.load([_resolve_data_files(child, base)])["tasks"].values())
+                return tasks
+            if entry.yaml_path is not None:
+                cfg = _resolve_data_files(load_yaml(entry.yaml_path, resolve_func=True), Path(entry.yaml_path).parent)
+                for k in ("tag", "group"):
+                    cfg.pop(k, None)
+                return list(self.manager.load([cfg])["tasks"].values())
+            return list(self.manager.load([name])["tasks"].values())
+        except TaskError:
+            raise
+        except Exception as e:
+            text = f"{type(e).__name__}: {e}"
+            if any(w in text for w in ("offline", "Offline", "ConnectionError", "couldn't be found",
+                                       "Couldn't find", "not found on the Hugging Face Hub", "LocalEntryNotFound")):
+                raise TaskError(
+                    f"{where}: the data of task {name!r} is not available on this machine (no network, "
+                    f"HF_DATASETS_OFFLINE=1): download it once where there is a network "
+                    f"(`python -c \"import datasets; datasets.load_dataset(...)\"` or run lm_eval once), "
+                    f"or point the task's YAML at local files ({text[:200]})") from None
+            raise TaskError(f"{where}: task {name!r} cannot be loaded: {text[:400]}") from None
+
+
+def _task_metrics(task) -> dict[str, bool]:
+    hib = task.higher_is_better() or {}
+    return {str(k): bool(v) for k, v in hib.items()}
+
+
+def _chance(task, output_type: str, metric: str) -> float | None:
+    declared = (task.config.metadata or {}).get("chance") if isinstance(task.config.metadata, dict) else None
+    if _num(declared) is not None:
+        return float(declared)
+    docs = task.eval_docs
+    if not len(docs):
+        return None
+    if output_type == "multiple_choice" and metric in ("acc", "acc_norm", "acc_mutual_info"):
+        return sum(1 / max(1, len(task.doc_to_choice(d))) for d in docs) / len(docs)
+    if output_type == "generate_until" and metric in ("exact_match",):
+        targets = collections.Counter(str(task.doc_to_target(d)).strip() for d in docs)
+        return targets.most_common(1)[0][1] / len(docs)
+    return None
+
+
+def resolve_tasks(specs: list, *, where: str = "evaluation.tasks") -> TaskSet:
+    """Load and check every spec (objects with skill, task, include_path,
+    metric, holdout, num_fewshot); returns the TaskSet with one LeafTask per
+    facet (steer and held-out)."""
+    include = sorted({str(Path(s.include_path).resolve()) for s in specs if s.include_path})
+    for i, s in enumerate(specs):
+        if s.include_path:
+            _check_yaml([s.include_path], f"{where}[{i}]")
+    # index the bundled tasks only when a name is not among the user's own
+    probe = TaskSet(include, need_registry=False) if include else None
+    wanted = {n for s in specs for n in (s.task, s.holdout) if n}
+    need_registry = probe is None or not wanted <= set(probe.names())
+    ts = probe if probe is not None and not need_registry else TaskSet(include, need_registry=True)
+    seen: dict[str, str] = {}
+    for i, spec in enumerate(specs):
+        at = f"{where}[{i}]"
+        if spec.holdout is not None and spec.holdout == spec.task:
+            raise TaskError(f"{at}.holdout: equals its steer task {spec.task!r}; a held-out task must be another task")
+        for kind, name in (("steer", spec.task), ("holdout", spec.holdout)):
+            if name is None:
+                continue
+            field_ = "task" if kind == "steer" else "holdout"
+            skill = spec.skill if kind == "steer" else f"{spec.skill}_holdout"
+            for task in ts.load(name, f"{at}.{field_}"):
+                tname = task.config.task
+                if tname in seen:
+                    raise TaskError(f"{at}.{field_}: task {tname!r} is already measured by skill {seen[tname]!r}")
+                seen[tname] = skill
+                metrics = _task_metrics(task)
+                metric = spec.metric or (next(iter(metrics)) if metrics else None)
+                if metric is None or metric not in metrics:
+                    raise TaskError(f"{at}.metric: task {tname!r} has no metric {metric!r} "
+                                    f"(its metrics: {', '.join(metrics) or 'none'})")
+                if spec.num_fewshot is not None:
+                    task.set_config(key="num_fewshot", value=spec.num_fewshot)
+                elif task.get_config("num_fewshot") is None:
+                    task.set_config(key="num_fewshot", value=0)
+                task.set_fewshot_seed(seed=1234)
+                try:
+                    n_docs = len(task.eval_docs)
+                except Exception as e:  # noqa: BLE001 - a broken data file
+                    raise TaskError(f"{at}.{field_}: task {tname!r} has no readable documents: {e}") from None
+                if n_docs == 0:
+                    raise TaskError(f"{at}.{field_}: task {tname!r} has no documents")
+                out = task.OUTPUT_TYPE
+                ts.leaves.append(LeafTask(name=tname, skill=skill, kind=kind, task=task, output_type=out,
+                                          metric=metric, higher_is_better=metrics[metric], n_docs=n_docs,
+                                          chance=_chance(task, out, metric), metrics=metrics))
+    return ts
+
+
+def rotation_indices(task_name: str, n_docs: int, per_checkpoint: int | None, round_: int, seed: int) -> list[int]:
+    """The documents checkpoint number `round_` evaluates: the round_-th slice
+    of a seeded permutation of the task's documents (wrapping); every
+    document when per_checkpoint is None or covers them all."""
+    import numpy as np
+
+    if per_checkpoint is None or per_checkpoint >= n_docs:
+        return list(range(n_docs))
+    perm = np.random.default_rng([seed, zlib.crc32(task_name.encode())]).permutation(n_docs)
+    start = (round_ * per_checkpoint) % n_docs
+    idx = [int(perm[(start + j) % n_docs]) for j in range(per_checkpoint)]
+    return sorted(idx)
+
+
+def _metric_keys(result: dict, metric: str) -> list[tuple[str, str]]:
+    """(key, filter) of `metric` in one task's lm-eval results ("acc,none")."""
+    out = []
+    for k in result:
+        if "," in k:
+            m, flt = k.split(",", 1)
+            if m == metric:
+                out.append((k, flt))
+    return out
+
+
+def _ratio_stderr(pairs: list, metric: str) -> float | None:
+    """Stderr of a corpus-level perplexity metric from its per-item
+    (loglikelihood, length) pairs: the ratio estimator r = -sum(ll)/sum(len)
+    with the delta method, then mapped like the metric (bits per byte: r /
+    ln 2; perplexities: exp(r), so se = exp(r) * se(r))."""
+    pairs = [p for p in pairs if isinstance(p, (list, tuple)) and len(p) == 2]
+    n = len(pairs)
+    if n < 2:
+        return None
+    x = [-float(ll) for ll, _ in pairs]  # nats per item
+    w = [float(length) for _, length in pairs]
+    sw = sum(w)
+    if sw <= 0:
+        return None
+    r = sum(x) / sw
+    var = n / (n - 1) * sum((xi - r * wi) ** 2 for xi, wi in zip(x, w)) / sw**2
+    se = math.sqrt(var)
+    if metric == "bits_per_byte":
+        return se / math.log(2)
+    if metric.endswith("perplexity"):
+        return math.exp(r) * se
+    return None
+
+
+def _sample_row(leaf: LeafTask, s: dict, metric: str) -> dict:
+    """One item's result for the samples table: prompt, target, response, score."""
+    args = s.get("arguments") or []
+    prompt = ""
+    if args:
+        first = args[0]
+        prompt = first[0] if isinstance(first, (list, tuple)) and first else str(first)
+    target = s.get("target")
+    resp = s.get("filtered_resps")
+    if leaf.output_type == "multiple_choice" and isinstance(resp, list):
+        lls = [r[0] if isinstance(r, (list, tuple)) else r for r in resp]
+        best = max(range(len(lls)), key=lambda j: lls[j]) if lls else None
+        choices = leaf.task.doc_to_choice(s["doc"]) if best is not None else []
+        response = choices[best] if best is not None and best < len(choices) else str(best)
+        if isinstance(target, int) and target < len(choices):
+            target = choices[target]
+    elif leaf.output_type.startswith("loglikelihood") and isinstance(resp, list) and resp:
+        first = resp[0]
+        ll = first[0] if isinstance(first, (list, tuple)) else first
+        response = f"loglik {float(ll):.2f}" if _num(ll) is not None else str(first)
+    elif isinstance(resp, list):
+        response = str(resp[0]) if resp else ""
+    else:
+        response = str(resp)
+    value = _num(s.get(metric))
+    return {"task": leaf.name, "doc_id": int(s["doc_id"]), "prompt": str(prompt)[-2000:],
+            "target": str(target)[:2000], "response": response[:2000],
+            "correct": None if value is None or not leaf.higher_is_better or value not in (0.0, 1.0)
+            else int(value)}
+
+
+def evaluate_tasks(ts: TaskSet, lm, *, round_: int, per_checkpoint: int | None, seed: int,
+                   bootstrap_iters: int = 1000) -> tuple[list[dict], list[dict]]:
+    """Evaluate every leaf task on checkpoint `round_`'s documents with the
+    model wrapped in `lm` (an lm-eval LM, e.g. HFLM over the live model).
+
+    Returns (measurements, samples). A measurement: task, skill, metric, value,
+    stderr, n, higher_is_better, chance and the facets prompt_variant (the
+    task name: each task of a group is one facet), decoding and scorer (the
+    metric and its lm-eval filter). Every metric of the task is measured; the
+    skill's own metric is the one named in its spec."""
+    from lm_eval.evaluator import evaluate
+
+    loaded = {"tasks": {leaf.name: leaf.task for leaf in ts.leaves}, "groups": {}, "group_map": {}}
+    samples = {leaf.name: rotation_indices(leaf.name, leaf.n_docs, per_checkpoint, round_, seed)
+               for leaf in ts.leaves}
+    res = evaluate(lm=lm, task_dict=loaded, samples=samples, log_samples=True,
+                   bootstrap_iters=bootstrap_iters, verbosity="ERROR")
+    measurements, items = [], []
+    for leaf in ts.leaves:
+        r = res["results"][leaf.name]
+        n = res["n-samples"][leaf.name]["effective"]
+        for metric, hib in leaf.metrics.items():
+            for j, (key, flt) in enumerate(_metric_keys(r, metric)):
+                value = _num(r[key])
+                if value is None:
+                    continue
+                stderr = _num(r.get(f"{metric}_stderr,{flt}"))
+                if stderr is None:  # corpus-level perplexities carry none: from the items
+                    stderr = _ratio_stderr([s.get(metric) for s in res["samples"][leaf.name]], metric)
+                measurements.append({
+                    "task": leaf.name, "skill": leaf.skill, "metric": metric, "value": value,
+                    "stderr": stderr, "n": n,
+                    "higher_is_better": hib, "chance": leaf.chance if metric == leaf.metric else None,
+                    "primary": metric == leaf.metric and j == 0,  # the first filter scores the skill
+                    "prompt_variant": leaf.name, "decoding": DECODING.get(leaf.output_type, leaf.output_type),
+                    "scorer": metric if flt == "none" else f"{metric}/{flt}",
+                })
+        items += [_sample_row(leaf, s, leaf.metric) for s in res["samples"][leaf.name]]
+    return measurements, items

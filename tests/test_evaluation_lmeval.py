@@ -1,0 +1,143 @@
+"""backend/evaluation/lmeval_tasks.py: any lm-eval task as a skill, on the
+shipped YAML tasks in examples/tasks (real lm-eval, local JSONL files)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from backend.evaluation.lmeval_tasks import TaskError, evaluate_tasks, resolve_tasks, rotation_indices
+
+TASKS = str(ROOT / "examples" / "tasks")
+
+
+@dataclass
+class Spec:
+    skill: str
+    task: str
+    include_path: str | None = TASKS
+    metric: str | None = None
+    holdout: str | None = None
+    num_fewshot: int | None = None
+
+
+@pytest.fixture(scope="module")
+def taskset(tmp_path_factory):
+    # another working directory: data files resolve against the YAML folder
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("elsewhere"))
+    try:
+        return resolve_tasks([
+            Spec("add", "ex_addition_templates", metric="acc_norm", holdout="ex_addition_holdout"),
+            Spec("copy", "ex_copy", holdout="ex_copy_holdout"),
+            Spec("verse", "ex_verse", metric="bits_per_byte"),
+        ])
+    finally:
+        os.chdir(cwd)
+
+
+def test_leaves_carry_type_metric_direction_and_chance(taskset):
+    by = {leaf.name: leaf for leaf in taskset.leaves}
+    # the group expands to one facet per subtask; include: gives the held-out twin
+    assert {n: (b.skill, b.kind) for n, b in by.items()} == {
+        "ex_addition": ("add", "steer"), "ex_addition_alt": ("add", "steer"),
+        "ex_addition_holdout": ("add_holdout", "holdout"),
+        "ex_copy": ("copy", "steer"), "ex_copy_holdout": ("copy_holdout", "holdout"),
+        "ex_verse": ("verse", "steer"),
+    }
+    add = by["ex_addition"]
+    assert add.output_type == "multiple_choice" and add.metric == "acc_norm" and add.higher_is_better
+    assert add.chance == pytest.approx(0.25)  # 4 choices: a uniform guess
+    assert add.n_docs == 300
+    copy = by["ex_copy"]
+    assert copy.output_type == "generate_until" and copy.metric == "exact_match"
+    assert 0 < copy.chance < 0.1  # the most frequent answer's share
+    verse = by["ex_verse"]
+    assert verse.metric == "bits_per_byte" and verse.higher_is_better is False and verse.chance is None
+    # the holdout uses another phrasing through include:
+    doc = by["ex_addition_holdout"].task.eval_docs[0]
+    assert by["ex_addition_holdout"].task.doc_to_text(doc).startswith("add ")
+
+
+def test_rotation_is_seeded_fresh_each_checkpoint_and_wraps():
+    a = [rotation_indices("t", 100, 30, r, seed=0) for r in range(4)]
+    assert a == [rotation_indices("t", 100, 30, r, seed=0) for r in range(4)]  # resume/replay: same items
+    assert not set(a[0]) & set(a[1]) and not set(a[1]) & set(a[2])  # fresh items each checkpoint
+    assert set().union(*a[:3]) | set(a[3]) == set(range(100))  # the 4th round wraps to cover all
+    assert rotation_indices("t", 100, 30, 0, seed=1) != a[0]
+    assert rotation_indices("t", 10, 30, 5, seed=0) == list(range(10))  # fewer docs than asked: all
+
+
+@pytest.mark.parametrize("spec, words", [
+    (Spec("x", "ex_adition"), ["evaluation.tasks[0].task", "unknown", "ex_addition"]),
+    (Spec("x", "ex_addition", metric="f1"), ["evaluation.tasks[0].metric", "'f1'", "acc_norm"]),
+    (Spec("x", "ex_addition", holdout="ex_addition"), ["evaluation.tasks[0].holdout", "equals"]),
+])
+def test_bad_specs_are_refused_naming_the_field(spec, words):
+    with pytest.raises(TaskError) as e:
+        resolve_tasks([spec])
+    for w in words:
+        assert w in str(e.value), str(e.value)
+
+
+def test_a_yaml_folder_that_does_not_parse_is_refused(tmp_path):
+    (tmp_path / "bad.yaml").write_text("task: [unclosed\n")
+    with pytest.raises(TaskError, match=r"evaluation.tasks\[0\].include_path: .*bad.yaml.* not a valid"):
+        resolve_tasks([Spec("x", "whatever", include_path=str(tmp_path))])
+    with pytest.raises(TaskError, match="include_path: no such file or folder"):
+        resolve_tasks([Spec("x", "whatever", include_path=str(tmp_path / "missing"))])
+
+
+def test_a_task_named_twice_is_refused():
+    with pytest.raises(TaskError, match="already measured by skill 'a'"):
+        resolve_tasks([Spec("a", "ex_addition"), Spec("b", "ex_addition_templates")])
+
+
+def test_a_registry_task_without_local_data_names_the_task(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TaskError) as e:
+        resolve_tasks([Spec("arc", "arc_easy")])
+    assert "evaluation.tasks[0].task" in str(e.value) and "arc_easy" in str(e.value), str(e.value)
+    assert "not available on this machine" in str(e.value), str(e.value)
+
+
+def test_evaluate_measures_every_facet_with_stderr_and_items(taskset, tmp_path):
+    from lm_eval.models.huggingface import HFLM
+
+    from backend.config import ModelConfig
+    from backend.data.tokenizer import train_tokenizer
+    from backend.model import build_model
+
+    class Text:
+        def sample_text(self, n, seed):
+            return (ROOT / "examples" / "prose" / "sample.txt").read_text()[:n]
+
+    tok = train_tokenizer([Text()], 400, 0, tmp_path)
+    model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
+                        len(tok), 128, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, seed=0)
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=16, max_length=128, device="cpu")
+    rows, items = evaluate_tasks(taskset, lm, round_=1, per_checkpoint=10, seed=0)
+    primary = {r["task"]: r for r in rows if r["primary"]}
+    assert set(primary) == {leaf.name for leaf in taskset.leaves}
+    for r in primary.values():
+        assert r["n"] == 10 and r["stderr"] is not None and r["stderr"] >= 0
+    assert primary["ex_verse"]["higher_is_better"] is False and primary["ex_verse"]["value"] > 0
+    assert primary["ex_addition"]["chance"] == pytest.approx(0.25)
+    assert 0 <= primary["ex_addition"]["value"] <= 1
+    # every metric of a task is kept as its own scorer facet
+    assert {r["metric"] for r in rows if r["task"] == "ex_addition"} == {"acc", "acc_norm"}
+    assert {r["scorer"] for r in rows if r["task"] == "ex_copy"} == {"exact_match/letters"}
+    # per-item results: the items of round 1, with the model's answer
+    by_task = {}
+    for it in items:
+        by_task.setdefault(it["task"], []).append(it["doc_id"])
+    leaf = next(lf for lf in taskset.leaves if lf.name == "ex_copy")
+    assert sorted(by_task["ex_copy"]) == rotation_indices("ex_copy", leaf.n_docs, 10, 1, seed=0)
+    mc = next(it for it in items if it["task"] == "ex_addition")
+    assert mc["prompt"].endswith("=") and mc["response"] and mc["correct"] in (0, 1)
+    assert Path(TASKS, "data", "addition.jsonl").is_file()
