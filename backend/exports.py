@@ -338,9 +338,14 @@ def _yaml_dump(data) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=120)
 
 
+def _python_segments(text: str, fmt: str, read) -> tuple[list[dict[str, float]], dict]:
+    """A Python export -> (read(value, names, where) for each `segment_<i> =
+    ...` in order, its literal module-level names)."""
+    names, segments = _python_load(text, fmt)
+    return [read(node, names, f"{fmt}: segment_{i}") for i, node in enumerate(segments)], names
+
+
 def _python_load(text: str, fmt: str) -> tuple[dict, list[ast.expr]]:
-    """A Python export -> (its literal module-level names, the value of
-    each `segment_<i> = ...` in order)."""
     try:
         tree = ast.parse(text)
     except SyntaxError as e:
@@ -364,10 +369,13 @@ def _python_load(text: str, fmt: str) -> tuple[dict, list[ast.expr]]:
     return names, segments
 
 
-def _calls(node: ast.AST, func: str) -> list[ast.Call]:
-    """Calls of `func` (a bare or dotted name) inside node, in source order."""
+def _calls(node: ast.AST, func: str, where: str) -> list[ast.Call]:
+    """Calls of `func` (a bare or dotted name) inside node, in source order;
+    none is an error."""
     out = [n for n in ast.walk(node) if isinstance(n, ast.Call)
            and (getattr(n.func, "id", None) == func or getattr(n.func, "attr", None) == func)]
+    if not out:
+        raise ExportError(f"{where}: no {func}(...) call")
     return sorted(out, key=lambda n: (n.lineno, n.col_offset))
 
 
@@ -478,7 +486,8 @@ def _render_nemo(job: _Job) -> str:
              f"domains = {_py(job.domains)}", f"prefixes = {_py(job.prefixes)}", ""]
     for i, seg in enumerate(job.segments):
         train = _blend(job.shares(i, "tokens"), job.prefixes)
-        extra = f"    seq_length={seq},\n    global_batch_size={job.schedule['tokens_per_step'] // seq},\n" if seq else ""
+        extra = (f"    seq_length={seq},\n"
+                 f"    global_batch_size={job.schedule['tokens_per_step'] // seq},  # sequences\n") if seq else ""
         lines += [f"# segment {i}: {_span(seg)}; trainer max_steps={seg['to_step']}",
                   f"segment_{i} = llm.PreTrainingDataModule(\n"
                   f"    paths={{\n        'train': {_py(train)},\n        'validation': {_py(held)},\n"
@@ -487,20 +496,15 @@ def _render_nemo(job: _Job) -> str:
 
 
 def _parse_nemo(text: str):
-    names, segments = _python_load(text, "nemo")
-    if not isinstance(names.get("prefixes"), dict):
-        raise ExportError("nemo: missing the `prefixes = {...}` mapping")
-    by_prefix = {p: d for d, p in names["prefixes"].items()}
-    out = []
-    for i, node in enumerate(segments):
-        where = f"nemo: segment_{i}"
-        calls = _calls(node, "PreTrainingDataModule")
-        if not calls:
-            raise ExportError(f"{where}: no PreTrainingDataModule(...) call")
-        paths = _kwarg(calls[0], "paths", where)
+    def read(node, names, where):
+        if not isinstance(names.get("prefixes"), dict):
+            raise ExportError(f"{where}: missing the `prefixes = {{...}}` mapping")
+        paths = _kwarg(_calls(node, "PreTrainingDataModule", where)[0], "paths", where)
         train = paths.get("train") if isinstance(paths, dict) else paths
-        out.append(_unblend(train, by_prefix, names["domains"], f"{where}: paths"))
-    return out, None
+        by_prefix = {p: d for d, p in names["prefixes"].items()}
+        return _unblend(train, by_prefix, names["domains"], f"{where}: paths")
+
+    return _python_segments(text, "nemo", read)[0], None
 
 
 FORMATS.add("nemo", Format("tokens", _render_nemo, _parse_nemo))
@@ -536,16 +540,12 @@ def _render_olmo(job: _Job) -> str:
 
 
 def _parse_olmo(text: str):
-    names, segments = _python_load(text, "olmo-core")
-    out = []
-    for i, node in enumerate(segments):
-        where = f"olmo-core: segment_{i}"
-        sources = _calls(node, "SourceMixtureConfig")
-        if not sources:
-            raise ExportError(f"{where}: no SourceMixtureConfig(...) sources")
-        shares = {_kwarg(c, "source_name", where): _kwarg(c, "target_ratio", where) for c in sources}
-        out.append(_full(shares, names["domains"], where))
-    return out, None
+    def read(node, names, where):
+        shares = {_kwarg(c, "source_name", where): _kwarg(c, "target_ratio", where)
+                  for c in _calls(node, "SourceMixtureConfig", where)}
+        return _full(shares, names["domains"], where)
+
+    return _python_segments(text, "olmo-core", read)[0], None
 
 
 FORMATS.add("olmo-core", Format("tokens", _render_olmo, _parse_olmo))
@@ -626,21 +626,20 @@ def _render_hf(job: _Job) -> str:
 
 
 def _parse_hf(text: str):
-    names, segments = _python_load(text, "hf")
-    out = []
-    for i, node in enumerate(segments):
-        where = f"hf: segment_{i}"
-        calls = _calls(node, "interleave_datasets")
-        if not calls or not calls[0].args or not isinstance(calls[0].args[0], ast.List):
+    def read(node, names, where):
+        call = _calls(node, "interleave_datasets", where)[0]
+        if not call.args or not isinstance(call.args[0], ast.List):
             raise ExportError(f"{where}: expected interleave_datasets([datasets[...], ...], probabilities=[...])")
         try:
-            order = [ast.literal_eval(el.slice) for el in calls[0].args[0].elts]
+            order = [ast.literal_eval(el.slice) for el in call.args[0].elts]
         except (AttributeError, ValueError):
             raise ExportError(f"{where}: datasets must be written datasets['<domain>']") from None
-        probs = _kwarg(calls[0], "probabilities", where)
+        probs = _kwarg(call, "probabilities", where)
         if not isinstance(probs, list) or len(probs) != len(order):
             raise ExportError(f"{where}: probabilities must give one number per dataset ({len(order)})")
-        out.append(_full(dict(zip(order, probs)), names["domains"], where))
+        return _full(dict(zip(order, probs)), names["domains"], where)
+
+    out, names = _python_segments(text, "hf", read)
     return out, _tpd(names.get("tokens_per_doc"), names["domains"], "hf")
 
 
