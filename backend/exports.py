@@ -76,18 +76,21 @@ class _Job:
         return self.schedule["segments"]
 
     def shares(self, i: int, unit: str) -> dict[str, float]:
-        """Segment i's mixture in `unit`, without its zero-weight domains."""
+        """Segment i's mixture in `unit`, without its zero-weight domains,
+        to 12 significant digits (0.2, not 0.19999999999999998; reading
+        back is off by < 1e-12)."""
         w = self.weights[i]
         if unit == "documents":
             w = document_shares(w, self.tokens_per_doc)
-        return {d: v for d, v in w.items() if v > 0}
+        return {d: float(f"{v:.12g}") for d, v in w.items() if v > 0}
 
     def documents(self, i: int) -> int:
         """Documents drawn in segment i: its tokens split by weight, each
         domain's tokens divided by its tokens per document (rounded up)."""
         seg = self.segments[i]
         tokens = seg["to_tokens"] - seg["from_tokens"]
-        return math.ceil(sum(tokens * w / self.tokens_per_doc[d] for d, w in self.weights[i].items()))
+        docs = sum(tokens * w / self.tokens_per_doc[d] for d, w in self.weights[i].items())
+        return math.ceil(round(docs, 6))  # 204800.00000001 is 204800 documents
 
 
 # -- units --------------------------------------------------------------------
@@ -277,8 +280,7 @@ def _header(job: _Job, title: str, unit: str, relaunch: str) -> str:
 
 
 def _blend(shares: dict[str, float], prefixes: dict[str, str]) -> list[str]:
-    """Megatron's flattened blend: ["w1", "prefix1", "w2", "prefix2", ...];
-    repr(float) is the shortest text that reads back as the same float."""
+    """Megatron's flattened blend: ["w1", "prefix1", "w2", "prefix2", ...]."""
     out = []
     for d, w in shares.items():
         out += [repr(w), prefixes[d]]
@@ -396,7 +398,8 @@ def _tpd(value, domains: list[str], fmt: str) -> dict[str, float]:
 
 
 def _py(value) -> str:
-    """A Python literal (repr keeps floats exact)."""
+    """A Python literal (repr writes a float as the shortest text that
+    reads back as the same float)."""
     return repr(value)
 
 
