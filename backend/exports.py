@@ -16,9 +16,9 @@ Every output says which unit its numbers are in and carries what it needs
 to be read back (domains, prefixes, tokens per document).
 
 A domain whose weight is 0 in a segment is left out of that segment's
-mixture (Megatron builds no dataset of 0 samples, `interleave_datasets` with
-`all_exhausted` would wait forever for a stream it never draws); each output
-lists all domains, so parsing gives it back as 0.
+mixture (Megatron builds no dataset of 0 samples, OLMo-core and Streaming
+would still open its files); each output lists all domains, so parsing
+gives it back as 0.
 
 Formats come from a registry whose errors list what exists.
 """
@@ -416,7 +416,8 @@ def _parse_native(text: str):
     except json.JSONDecodeError as e:
         raise ExportError(f"native: not valid JSON: {e}") from None
     validate_native(data)
-    return [_full(s["weights"], data["domains"], f"segments[{i}].weights") for i, s in enumerate(data["segments"])], None
+    segments = data["segments"]
+    return [_full(s["weights"], data["domains"], f"segments[{i}].weights") for i, s in enumerate(segments)], None
 
 
 FORMATS.add("native", Format("tokens", _render_native, _parse_native))
@@ -531,7 +532,8 @@ def _render_olmo(job: _Job) -> str:
              f"domains = {_py(job.domains)}", ""]
     for i, seg in enumerate(job.segments):
         sources = "".join(
-            f"        SourceMixtureConfig(source_name={_py(d)}, target_ratio={_py(w)}, paths=[{_py(job.prefixes[d])}]),\n"
+            f"        SourceMixtureConfig(source_name={_py(d)}, target_ratio={_py(w)}, "
+            f"paths=[{_py(job.prefixes[d])}]),\n"
             for d, w in job.shares(i, "tokens").items())
         lines += [f"# segment {i}: {_span(seg)}",
                   f"segment_{i} = SourceMixtureDatasetConfig(\n"
@@ -617,14 +619,16 @@ def _render_hf(job: _Job) -> str:
              f"domains = {_py(job.domains)}",
              f"tokens_per_doc = {_py(job.tokens_per_doc)}",
              f"paths = {_py(job.prefixes)}",
-             "datasets = {d: load_dataset(p, split='train', streaming=True) for d, p in paths.items()}", ""]
+             "# repeat(None): a domain smaller than its share is recycled, so each segment yields all its documents",
+             "datasets = {d: load_dataset(p, split='train', streaming=True).repeat(None) for d, p in paths.items()}",
+             ""]
     for i, seg in enumerate(job.segments):
         probs = job.shares(i, "documents")
         parts = ", ".join(f"datasets[{_py(d)}]" for d in probs)
-        # all_exhausted recycles a small domain instead of ending the segment early
         lines += [f"# segment {i}: {_span(seg)}; {job.documents(i)} documents",
-                  f"segment_{i} = interleave_datasets(\n    [{parts}],\n    probabilities={_py(list(probs.values()))},\n"
-                  f"    seed={seed},\n    stopping_strategy='all_exhausted',\n).take({job.documents(i)})", ""]
+                  f"segment_{i} = interleave_datasets(\n    [{parts}],\n"
+                  f"    probabilities={_py(list(probs.values()))},\n"
+                  f"    seed={seed},\n    stopping_strategy='first_exhausted',  # never: the streams repeat\n).take({job.documents(i)})", ""]
     return "\n".join(lines)
 
 

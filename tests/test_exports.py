@@ -4,6 +4,7 @@ and bad requests are clear errors."""
 
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -272,3 +273,28 @@ def test_what_the_store_exports_passes_the_schema(tmp_path):
     validate_native(native)
     assert parse(export(native, "megatron"), "megatron")[0] == pytest.approx(native["segments"][0]["weights"])
     assert copy.deepcopy(native) == json.loads(export(native, "native"))
+
+
+def test_the_hf_export_runs_as_pasted_with_real_datasets(tmp_path):
+    """Execute the exported Python with the real `datasets` library on local
+    JSONL folders: each segment yields its documents, in its proportions,
+    and never a domain whose weight is 0."""
+    prefixes = {}
+    for d in DOMAINS:
+        (tmp_path / d).mkdir()
+        rows = "".join(json.dumps({"domain": d, "text": "x"}) + "\n" for _ in range(200))
+        (tmp_path / d / "train.jsonl").write_text(rows)
+        prefixes[d] = str(tmp_path / d)
+    s = schedule()
+    s["tokens_per_step"] = 12_000  # about 400 documents per segment
+    for seg in s["segments"]:
+        seg["from_tokens"], seg["to_tokens"] = seg["from_step"] * 12_000, seg["to_step"] * 12_000
+    text = export(s, "hf", prefixes=prefixes, tokens_per_doc=TPD)
+    namespace = {}
+    exec(compile(text, "hf_export", "exec"), namespace)
+    for i, probs in enumerate(parse(text, "hf", as_written=True)):
+        drawn = [row["domain"] for row in namespace[f"segment_{i}"]]
+        assert len(drawn) == math.ceil(sum(120_000 * w / TPD[d] for d, w in s["segments"][i]["weights"].items()))
+        for d in DOMAINS:
+            assert abs(drawn.count(d) / len(drawn) - probs[d]) < 0.06, (i, d)
+        assert ("math" in drawn) == (probs["math"] > 0)
