@@ -20,7 +20,9 @@ mixture (Megatron builds no dataset of 0 samples, OLMo-core and Streaming
 would still open its files); each output lists all domains, so parsing
 gives it back as 0.
 
-Formats come from a registry whose errors list what exists.
+Formats come from a registry whose errors list what exists; a new one
+registers as the built-in ones do: `FORMATS.add(name, Format(unit, render,
+parse))`, `render` taking an `ExportJob`.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class Format:
     unit: str
     """`tokens` (weights are token shares as trained) or `documents`
     (probabilities per document, converted with tokens per document)."""
-    render: Callable[["_Job"], str]
+    render: Callable[["ExportJob"], str]
     """The text for a checked schedule."""
     parse: Callable[[str], tuple[list[dict[str, float]], dict[str, float] | None]]
     """Text -> (per-segment numbers as written over all domains, the
@@ -62,8 +64,9 @@ FORMATS: Registry[Format] = Registry("export format")
 
 
 @dataclass(frozen=True)
-class _Job:
-    """One export: the checked schedule and what the caller supplied."""
+class ExportJob:
+    """One export: the checked schedule and what the caller supplied,
+    what a format's `render` reads."""
 
     schedule: dict
     domains: list[str]
@@ -73,6 +76,7 @@ class _Job:
 
     @property
     def segments(self) -> list[dict]:
+        """The native segments (steps, tokens, provenance)."""
         return self.schedule["segments"]
 
     def shares(self, i: int, unit: str) -> dict[str, float]:
@@ -174,7 +178,7 @@ def _format(fmt: str) -> Format:
         raise ExportError(str(e)) from None
 
 
-def _job(schedule, fmt, unit, prefixes, tokens_per_doc) -> _Job:
+def _job(schedule, fmt, unit, prefixes, tokens_per_doc) -> ExportJob:
     if isinstance(schedule, dict) and schedule.get("segments") == []:
         run = schedule.get("run") or {}
         raise ExportError(f"run {run.get('id', '?')} ({run.get('name', 'unnamed')}) has no segments: nothing to export")
@@ -193,7 +197,7 @@ def _job(schedule, fmt, unit, prefixes, tokens_per_doc) -> _Job:
             weights.append(validate_weights(seg["weights"], domains))
         except WeightsError as e:
             raise ExportError(f"segments[{i}].weights: {e}") from None
-    return _Job(schedule, domains, weights, _prefixes(prefixes, domains),
+    return ExportJob(schedule, domains, weights, _prefixes(prefixes, domains),
                 _tokens_per_doc(tokens_per_doc, domains, fmt) if unit == "documents" else None)
 
 
@@ -252,7 +256,7 @@ def _span(seg: dict) -> str:
             f"{src}")
 
 
-def _sequence_length(job: _Job) -> int | None:
+def _sequence_length(job: ExportJob) -> int | None:
     """Tokens per sequence, when the run's config says (Megatron samples)."""
     n = (job.schedule["config"].get("data") or {}).get("context_length")
     if isinstance(n, int) and n > 0 and job.schedule["tokens_per_step"] % n == 0:
@@ -260,7 +264,7 @@ def _sequence_length(job: _Job) -> int | None:
     return None
 
 
-def _header_lines(job: _Job, title: str, unit: str, relaunch: str) -> list[str]:
+def _header_lines(job: ExportJob, title: str, unit: str, relaunch: str) -> list[str]:
     """What every export states first: the run, the unit, the relaunch."""
     run = job.schedule["run"]
     if unit == "tokens":
@@ -274,7 +278,7 @@ def _header_lines(job: _Job, title: str, unit: str, relaunch: str) -> list[str]:
             unit_line, f"At each segment boundary: {relaunch}"]
 
 
-def _header(job: _Job, title: str, unit: str, relaunch: str) -> str:
+def _header(job: ExportJob, title: str, unit: str, relaunch: str) -> str:
     """The header as comment lines (Python and YAML)."""
     return "".join(f"# {line}\n" for line in _header_lines(job, title, unit, relaunch))
 
@@ -406,7 +410,7 @@ def _py(value) -> str:
 # -- native -------------------------------------------------------------------------
 
 
-def _render_native(job: _Job) -> str:
+def _render_native(job: ExportJob) -> str:
     return json.dumps(job.schedule, indent=2) + "\n"
 
 
@@ -433,7 +437,7 @@ MEGATRON_RELAUNCH = ("stop at the segment's to_step, relaunch with --load <check
                      "skip the start of the new blend, so steps from from_step on follow the new weights.")
 
 
-def _render_megatron(job: _Job) -> str:
+def _render_megatron(job: ExportJob) -> str:
     seq = _sequence_length(job)
     segments = []
     for i, seg in enumerate(job.segments):
@@ -482,7 +486,7 @@ NEMO_RELAUNCH = ("stop at the segment's to_step, resume the checkpoint with this
                  "and trainer max_steps=<to_step>; the restored consumed samples skip the start of the new blend.")
 
 
-def _render_nemo(job: _Job) -> str:
+def _render_nemo(job: ExportJob) -> str:
     seq = _sequence_length(job)
     held = [job.prefixes[d] for d in job.domains]
     lines = [_header(job, "NeMo 2 (llm.PreTrainingDataModule)", "tokens", NEMO_RELAUNCH),
@@ -524,7 +528,7 @@ OLMO_RELAUNCH = ("stop at the segment's to_step, resume the checkpoint with this
                  "requested_tokens runs to the segment's end because the loader resumes at batch from_step.")
 
 
-def _render_olmo(job: _Job) -> str:
+def _render_olmo(job: ExportJob) -> str:
     seed = job.schedule["run"].get("seed", 0)
     lines = [_header(job, "OLMo-core (SourceMixtureDatasetConfig)", "tokens", OLMO_RELAUNCH),
              "from olmo_core.data.source_mixture import SourceMixtureConfig, SourceMixtureDatasetConfig, "
@@ -565,7 +569,7 @@ STREAMING_RELAUNCH = ("stop at the segment's to_step, resume model and optimizer
                       "the old mixture); epoch_size is the segment's documents.")
 
 
-def _render_streaming(job: _Job) -> str:
+def _render_streaming(job: ExportJob) -> str:
     segments = []
     for i, seg in enumerate(job.segments):
         streams = {}
@@ -612,7 +616,7 @@ HF_RELAUNCH = ("stop at the segment's to_step, resume the checkpoint (Trainer: r
                "segment's dataset as train_dataset; it stops after the segment's documents.")
 
 
-def _render_hf(job: _Job) -> str:
+def _render_hf(job: ExportJob) -> str:
     seed = job.schedule["run"].get("seed", 0)
     lines = [_header(job, "Hugging Face datasets.interleave_datasets", "documents", HF_RELAUNCH),
              "from datasets import interleave_datasets, load_dataset", "",
@@ -661,7 +665,7 @@ DJ_RELAUNCH = ("run dj-process with this segment's dataset block (it writes expo
                "segment's to_step and resume the checkpoint on the exported file.")
 
 
-def _render_dj(job: _Job) -> str:
+def _render_dj(job: ExportJob) -> str:
     segments = []
     for i, seg in enumerate(job.segments):
         configs = [{"type": "local", "path": job.prefixes[d], "weight": p}
