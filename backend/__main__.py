@@ -45,7 +45,9 @@ def cmd_run(args) -> int:
         run_id = args.resume
         store.run(run_id)
         if args.policy:
-            store.set_policy(run_id, args.policy, by="cli")
+            from backend.decisions import set_policy
+
+            set_policy(store, run_id, args.policy, by="cli")
     else:
         run_id = create_run(store, _load_config(args))
     if args.detach:
@@ -60,7 +62,7 @@ def cmd_run(args) -> int:
 def cmd_worker(args) -> int:
     from backend.worker import work
 
-    work(args.db, args.run, progress=False)
+    work(args.db, args.run, progress=False, lock_fd=args.lock_fd)
     return 0
 
 
@@ -138,6 +140,7 @@ def _weights_arg(text: str | None):
 
 
 def cmd_decide(args) -> int:
+    from backend.decisions import decide
     from backend.store import Store
 
     weights = _weights_arg(args.weights)
@@ -145,43 +148,45 @@ def cmd_decide(args) -> int:
         raise SystemExit("decide: edit needs --weights '{\"domain\": weight, ...}'")
     if args.action != "edit" and weights is not None:
         raise SystemExit("decide: --weights only goes with edit")
-    p = Store(args.db).decide(args.proposal, args.action, weights=weights, by=args.by, reason=args.reason)
+    p = decide(Store(args.db), args.proposal, args.action, weights=weights, by=args.by, reason=args.reason)
     _print(p, args.json, f"proposal {p['id']}: {p['status']}; it applies at the next checkpoint"
            if p["status"] != "rejected" else f"proposal {p['id']}: rejected")
     return 0
 
 
 def cmd_command(args) -> int:
+    from backend.decisions import send_command
     from backend.store import Store
 
-    Store(args.db).send_command(args.run, args.command, by=args.by)
+    send_command(Store(args.db), args.run, args.command, by=args.by)
     _print({"run": args.run, "command": args.command}, args.json,
            f"{args.command} sent to run {args.run}")
     return 0
 
 
 def cmd_set_mixture(args) -> int:
+    from backend.decisions import set_mixture
     from backend.store import Store
 
-    store = Store(args.db)
-    pid = store.set_mixture(args.run, _weights_arg(args.weights), step=store.run(args.run)["step"],
-                            by=args.by, reason=args.reason)
+    pid = set_mixture(Store(args.db), args.run, _weights_arg(args.weights), by=args.by, reason=args.reason)
     _print({"proposal": pid}, args.json, f"manual mixture stored as proposal {pid}; applies at the next checkpoint")
     return 0
 
 
 def cmd_set_policy(args) -> int:
+    from backend.decisions import set_policy
     from backend.store import Store
 
-    Store(args.db).set_policy(args.run, args.policy, by=args.by)
+    set_policy(Store(args.db), args.run, args.policy, by=args.by)
     _print({"run": args.run, "policy": args.policy}, args.json, f"run {args.run}: policy {args.policy}")
     return 0
 
 
 def cmd_alerts(args) -> int:
+    from backend.guard import open_alerts
     from backend.store import Store
 
-    alerts = Store(args.db).open_alerts(args.run)
+    alerts = open_alerts(Store(args.db), args.run)
     out = [{"skill": k, "step": e["after"].get("step"), "message": e["message"]} for k, e in alerts.items()]
     _print(out, args.json, "\n".join(f"{a['skill']} (step {a['step']}): {a['message']}" for a in out)
            or f"run {args.run}: no open Goodhart alerts")
@@ -189,10 +194,11 @@ def cmd_alerts(args) -> int:
 
 
 def cmd_ack(args) -> int:
+    from backend.guard import acknowledge
     from backend.store import Store
 
     store = Store(args.db)
-    store.acknowledge_alert(args.run, args.skill, by=args.by, step=store.run(args.run)["step"], note=args.note)
+    acknowledge(store, args.run, args.skill, by=args.by, step=store.run(args.run)["step"], note=args.note)
     _print({"run": args.run, "skill": args.skill}, args.json,
            f"alert on {args.skill} acknowledged; the controller may push it again")
     return 0
@@ -270,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("worker", cmd_worker, "process entry of a background worker (used by --detach)")
     p.add_argument("run", type=int)
+    p.add_argument("--lock-fd", type=int, help="the run's lock, taken by the process that spawned this one")
 
     add("runs", cmd_runs, "list runs")
     p = add("show", cmd_show, "summarise one run")
