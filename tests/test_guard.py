@@ -1,4 +1,4 @@
-"""backend/guard.py and the store's alert lifecycle."""
+"""backend/guard.py: the alarm rule and the alert lifecycle (rebuilt from events)."""
 
 import pytest
 
@@ -53,19 +53,19 @@ def test_alert_lifecycle(tmp_path):
 
     run = store.create_run(preset("tiny").to_dict())
     data = {"steer_rise": 0.5, "holdout_rise": 0.0, "gap": 0.5, "gap_sd": 0.1, "from_step": 0, "to_step": 20}
-    assert store.raise_alert(run, step=20, skill="copy", message="copy rose alone", data=data)
+    assert guard.raise_alert(store, run, step=20, skill="copy", message="copy rose alone", data=data)
     # one open alert per skill: a second is not stored
-    assert not store.raise_alert(run, step=30, skill="copy", message="again", data=data)
-    assert set(store.open_alerts(run)) == {"copy"}
+    assert not guard.raise_alert(store, run, step=30, skill="copy", message="again", data=data)
+    assert set(guard.open_alerts(store, run)) == {"copy"}
     with pytest.raises(StoreError, match="no open Goodhart alert for skill 'add2'"):
-        store.acknowledge_alert(run, "add2", by="alice", step=30)
-    store.acknowledge_alert(run, "copy", by="alice", step=30, note="checked the items")
-    assert store.open_alerts(run) == {}
-    assert store.last_ack_step(run, "copy") == 30
+        guard.acknowledge(store, run, "add2", by="alice", step=30)
+    guard.acknowledge(store, run, "copy", by="alice", step=30, note="checked the items")
+    assert guard.open_alerts(store, run) == {}
+    assert guard.last_ack_step(store, run, "copy") == 30
     ack = store.events(run, "goodhart_ack")[-1]
     assert ack["actor"] == "alice" and "checked the items" in ack["message"]
     # after the acknowledgement a new alert can be raised again
-    assert store.raise_alert(run, step=50, skill="copy", message="again", data=data)
+    assert guard.raise_alert(store, run, step=50, skill="copy", message="again", data=data)
 
 
 LEAK_CONFIG = """
@@ -139,7 +139,7 @@ def test_planted_leak_fires_the_alarm_within_two_checkpoints_and_a_clean_run_nev
     db = tmp_path / "leak.db"
     assert [a["skill"] for a in cli_json("alerts", run, db=db)] == ["copy"]
     cli("ack-alert", run, "copy", "--by", "alice", db=db)
-    assert store.open_alerts(run) == {}
+    assert guard.open_alerts(store, run) == {}
 
     store, run = stores["clean"]
     assert store.events(run, "goodhart_alert") == []
