@@ -256,3 +256,124 @@ def test_commands_belong_to_their_run(store, run_id):
     send_command(store, other, "pause", by="cli")
     assert store.take_commands(run_id) == []
     assert store.take_commands(other) == ["pause"]
+
+
+# -- what trains at a checkpoint boundary ------------------------------------------
+
+
+def boundary(store, run_id, step, weights=PROPOSED):
+    """What the loop does, policy auto, at a checkpoint that can still steer:
+    apply what was approved, propose, approve it as the policy, apply again."""
+    store.apply_approved(run_id, step=step, tokens_at=step * 100)
+    pid = propose(store, run_id, step, weights)
+    auto_approve(store, pid)
+    store.apply_approved(run_id, step=step, tokens_at=step * 100)
+    return pid
+
+
+def assert_audit_matches_schedule(store, run_id):
+    """Every proposal reported applied is the one segment that trains from its
+    applied_step, with its weights, and no segment names another."""
+    applied = {p["id"]: (p["applied_step"], p["final_weights"]) for p in store.proposals(run_id, "applied")}
+    trained = {s["proposal_id"]: (s["from_step"], s["weights"]) for s in store.schedule(run_id) if s["proposal_id"]}
+    assert applied == trained
+    for pid in applied:  # the audit log's last word on it
+        assert [e["kind"] for e in store.events(run_id) if e["proposal_id"] == pid][-1] == "applied"
+
+
+def test_a_manual_mixture_set_during_an_auto_run_is_what_trains(store):
+    cfg = preset("tiny").to_dict()
+    cfg["train"]["steps"] = 40
+    rid = _started(store, cfg)
+    first = boundary(store, rid, 0)
+    manual, auto = [], []
+    for step in (10, 20, 30):
+        manual.append(set_mixture(store, rid, MORE_CODE | {"logic": step}, by="ana", step=step - 5))
+        auto.append(boundary(store, rid, step))
+    segments = export_schedule(store, rid)["segments"]
+    assert [(s["from_step"], s["source"], s["proposal_id"], s["approved_by"]) for s in segments] == \
+        [(0, "proposal", first, "auto")] + [(s, "manual", m, "ana") for s, m in zip((10, 20, 30), manual)]
+    assert [s["weights"]["logic"] for s in segments[1:]] == pytest.approx([10 / 19, 20 / 29, 30 / 39])
+    # the auto proposals of those checkpoints lost, and the log says why
+    for pid, m in zip(auto, manual):
+        assert store.proposal(pid)["status"] == "superseded" and store.proposal(pid)["applied_step"] is None
+        (why,) = [e for e in store.events(rid, "superseded") if e["proposal_id"] == pid]
+        assert f"a person's decision (proposal {m})" in why["message"]
+    assert [store.proposal(m)["status"] for m in manual] == ["applied"] * 3
+    assert_audit_matches_schedule(store, rid)
+
+
+def test_an_edit_made_before_the_boundary_beats_the_auto_approval(store, run_id):
+    waiting = propose(store, run_id, 0)  # policy human then: it waits
+    decide(store, waiting, "edit", weights=MORE_CODE, by="bob")  # the policy is auto again by checkpoint 10
+    auto = boundary(store, run_id, 10)
+    (seg,) = store.schedule(run_id)[1:]
+    assert (seg["from_step"], seg["proposal_id"], seg["decided_by"]) == (10, waiting, "bob")
+    assert seg["weights"]["code"] == pytest.approx(0.5)
+    assert store.proposal(auto)["status"] == "superseded"
+    assert_audit_matches_schedule(store, run_id)
+
+
+def test_a_boundary_redone_after_a_crash_moves_applied_back_to_superseded(store, run_id):
+    auto = boundary(store, run_id, 10)
+    assert store.proposal(auto)["status"] == "applied"
+    # the worker died before the boundary was done, and a person set a mixture meanwhile
+    manual = set_mixture(store, run_id, MORE_CODE, by="ana")
+    assert boundary(store, run_id, 10) == auto  # the resumed worker redoes checkpoint 10
+    assert [(s["from_step"], s["proposal_id"]) for s in store.schedule(run_id)] == [(0, None), (10, manual)]
+    p = store.proposal(auto)
+    assert p["status"] == "superseded" and p["applied_step"] is None
+    assert "trained nothing" in store.events(run_id, "superseded")[-1]["message"]
+    assert_audit_matches_schedule(store, run_id)
+
+
+def test_a_later_boundary_keeps_what_trained_before(store, run_id):
+    auto_10 = boundary(store, run_id, 10)
+    manual = set_mixture(store, run_id, MORE_CODE, by="ana")
+    auto_20 = boundary(store, run_id, 20)
+    auto_30 = boundary(store, run_id, 30)  # nothing waits from a person: the policy's proposal applies
+    assert [s["proposal_id"] for s in store.schedule(run_id)] == [None, auto_10, manual, auto_30]
+    assert [store.proposal(p)["status"] for p in (auto_10, auto_20, auto_30)] == ["applied", "superseded", "applied"]
+    assert_audit_matches_schedule(store, run_id)
+
+
+# -- the auto policy and a person at the same moment -------------------------------
+
+
+@pytest.mark.parametrize("action, status", [("approve", "approved"), ("reject", "rejected"), ("edit", "edited")])
+def test_a_person_who_decides_first_keeps_the_decision(store, run_id, action, status):
+    pid = propose(store, run_id, 10)
+    decide(store, pid, action, weights=MORE_CODE if action == "edit" else None, by="ana")
+    p = auto_approve(store, pid)
+    assert (p["status"], p["decided_by"]) == (status, "ana")
+    assert [e["actor"] for e in store.events(run_id) if e["kind"] == status] == ["ana"]
+
+
+def test_a_person_deciding_inside_the_auto_approval_wins_and_nothing_fails(db, store, run_id):
+    pid = propose(store, run_id, 10)
+    person = Store(db)
+    threads: list = []
+
+    def trace(sql):  # the person decides right as the policy's write begins
+        if sql.startswith("BEGIN IMMEDIATE") and not threads:
+            t = threading.Thread(target=decide, args=(person, pid, "reject"), kwargs={"by": "ana"})
+            threads.append(t)
+            t.start()
+            t.join(10)
+
+    store.db.conn.set_trace_callback(trace)
+    try:
+        p = auto_approve(store, pid)
+    finally:
+        store.db.conn.set_trace_callback(None)
+        person.close()
+    assert threads and (p["status"], p["decided_by"]) == ("rejected", "ana")
+    assert store.apply_approved(run_id, step=10, tokens_at=1000) is None
+
+
+def test_auto_approval_of_a_pending_proposal(store, run_id):
+    pid = propose(store, run_id, 10)
+    p = auto_approve(store, pid)
+    assert (p["status"], p["decided_by"], p["final_weights"]) == ("approved", "auto", PROPOSED)
+    with pytest.raises(NotFound):
+        auto_approve(store, pid + 1)

@@ -47,6 +47,17 @@ def test_reference_moves_to_the_acknowledged_checkpoint():
     assert guard.check(steer, held, since_step=100) is None
 
 
+def test_alert_state_is_rebuilt_from_events():
+    def ev(i, kind, skill):
+        return {"id": i, "kind": kind, "after": {"skill": skill, "step": 10 * i}}
+
+    events = [ev(1, "goodhart_alert", "copy"), ev(2, "goodhart_alert", "add2"), ev(3, "proposed", "copy"),
+              ev(4, "goodhart_ack", "copy"), ev(5, "goodhart_alert", "add2")]
+    assert {k: e["id"] for k, e in guard.alerts_from_events(events).items()} == {"add2": 5}
+    assert guard.alerts_from_events(events[:3]).keys() == {"copy", "add2"}
+    assert guard.alerts_from_events([]) == {}
+
+
 def test_alert_lifecycle(tmp_path):
     store = Store(tmp_path / "a.db")
     from backend.config import preset

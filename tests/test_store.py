@@ -4,7 +4,10 @@ obey before it writes are tested in test_decisions.py, test_guard.py and
 test_forecast.py."""
 
 import json
+import re
 import sqlite3
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -173,6 +176,38 @@ def test_apply_approved_picks_the_newest_and_supersedes_older(store, run_id):
     assert [s["proposal_id"] for s in store.schedule(run_id)] == [None, new]
 
 
+# -- the schedule --------------------------------------------------------------------
+
+
+def test_add_segment_is_idempotent_and_never_replaces_a_segment(store, run_id):
+    store.add_segment(run_id, from_step=0, tokens_at=0, weights=UNIFORM, source="initial")  # a resume
+    with pytest.raises(StoreError, match="already has a initial segment at step 0"):
+        store.add_segment(run_id, from_step=0, tokens_at=0, weights=PROPOSED, source="replay")
+    with pytest.raises(StoreError, match="unknown segment source 'magic'"):
+        store.add_segment(run_id, from_step=10, tokens_at=0, weights=PROPOSED, source="magic")
+    assert [(s["from_step"], s["weights"]) for s in store.schedule(run_id)] == [(0, UNIFORM)]
+
+
+def test_unknown_fields_are_refused_naming_them(store, run_id):
+    with pytest.raises(StoreError, match="unknown run field 'colour'"):
+        store.update_run(run_id, status="running", colour="red")
+    assert store.run(run_id)["status"] == "created"
+    store.add_checkpoint(run_id, step=0, tokens_seen=0, train_loss=None, wall_time=0.0, tokens_per_s=None,
+                         path="/x", weights=UNIFORM)
+    with pytest.raises(StoreError, match="unknown checkpoint field 'done'"):
+        store.mark_checkpoint(run_id, 0, done=True)
+    with pytest.raises(StoreError, match="unknown proposal field 'weights'"):
+        store.update_proposal(propose(store, run_id, 0), weights=UNIFORM)
+    assert store.checkpoint(run_id, 0)["evaluated"] == 0
+
+
+def test_the_store_imports_no_policy():
+    code = ("import json, sys, backend.store; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('backend'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == ["backend", "backend.store", "backend.vocab"]
+
+
 def test_each_thread_gets_its_own_connection(store):
     mine = store.db
     theirs = []
@@ -215,6 +250,38 @@ def test_file_is_plain_sqlite_in_wal_mode_with_json_text(db, store, run_id):
         assert json.loads(config_text) == preset("tiny").to_dict()
     finally:
         con.close()
+
+
+CHILD_TABLES = {
+    "domains": {"runs"}, "skills": {"runs"}, "checkpoints": {"runs"}, "measurements": {"runs"},
+    "capability": {"runs"}, "samples": {"runs"}, "proposals": {"runs"}, "schedule": {"runs", "proposals"},
+    "events": {"runs", "proposals"}, "commands": {"runs"}, "forecast_errors": {"runs", "proposals"},
+}
+
+
+def test_child_tables_name_their_parents_and_the_links_hold(store, run_id):
+    for table, parents in CHILD_TABLES.items():
+        assert {fk.other_table for fk in store.db[table].foreign_keys} == parents, table
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        store.add_checkpoint(run_id + 1, step=0, tokens_seen=0, train_loss=None, wall_time=0.0,
+                             tokens_per_s=None, path="/x", weights=UNIFORM)
+    assert store.checkpoints(run_id + 1) == []
+
+
+def test_a_database_of_the_schema_without_foreign_keys_still_opens(db):
+    from backend.store import SCHEMA
+
+    old = re.sub(r" REFERENCES \w+ \(id\)", "", SCHEMA)
+    con = sqlite3.connect(db)
+    con.executescript(old)
+    con.close()
+    store = Store(db)
+    try:
+        rid = store.create_run(preset("tiny").to_dict())
+        store.add_segment(rid, from_step=0, tokens_at=0, weights=UNIFORM, source="initial")
+        assert store.current_weights(rid) == UNIFORM and store.db["schedule"].foreign_keys == []
+    finally:
+        store.close()
 
 
 def test_a_second_store_on_the_same_file_sees_the_writes(db, store, run_id):
