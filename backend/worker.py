@@ -186,10 +186,10 @@ def _run_dir(store: Store, run_id: int) -> Path:
 
 @contextlib.contextmanager
 def beating(store: Store, run_id: int, *, every: float, on_stop=None):
-    """While inside: a daemon thread writes the run's heartbeat every `every`
-    seconds, whatever the main thread does, and calls `on_stop()` once (by
-    default: SIGTERM to this process) when a stop command has waited
-    untaken for STOP_GRACE_SECONDS."""
+    """While inside: the run's heartbeat is written on entry, then by a
+    daemon thread every `every` seconds, whatever the main thread does; the
+    thread calls `on_stop()` once (by default: SIGTERM to this process) when
+    a stop command has waited untaken for STOP_GRACE_SECONDS."""
     done = threading.Event()
     on_stop = on_stop or (lambda: os.kill(os.getpid(), signal.SIGTERM))
 
@@ -201,12 +201,13 @@ def beating(store: Store, run_id: int, *, every: float, on_stop=None):
                 stale = [c for c in store.pending_commands(run_id)
                          if c["command"] == "stop" and time.time() - c["created_at"] >= STOP_GRACE_SECONDS]
             except (StoreError, sqlite3.Error):
-                continue  # a busy or closing database: the next beat tries again
+                stale = []  # a busy or closing database: the next beat tries again
             if stale and not signalled:
                 signalled = True
                 on_stop()
         store.close()
 
+    store.heartbeat(run_id)  # on entry, so the run shows alive before the first interval
     t = threading.Thread(target=beat, name=f"heartbeat-run-{run_id}", daemon=True)
     t.start()
     try:
