@@ -241,7 +241,8 @@ def spawn(db_path: str, run_id: int) -> int:
     descriptor), so the run is owned from this moment on and two spawns can
     never both start a worker. WorkerError names the owner if there is one."""
     store = Store(db_path)
-    store.run(run_id)
+    if store.run(run_id)["status"] == "finished":
+        raise WorkerError(f"run {run_id} is finished")
     run_dir = _run_dir(store, run_id)
     lock = RunLock(run_dir / LOCK_NAME)
     try:
@@ -249,6 +250,8 @@ def spawn(db_path: str, run_id: int) -> int:
     except WorkerError as e:
         raise WorkerError(f"run {run_id} is {e}") from None
     try:
+        # before the child exists: a child that fails at once records `failed` after this
+        store.update_run(run_id, status="running", heartbeat=time.time(), run_dir=str(run_dir))
         with open(run_dir / "worker.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "backend", "worker", str(run_id), "--db", str(db_path),
@@ -264,7 +267,7 @@ def spawn(db_path: str, run_id: int) -> int:
     # reap the child when it exits, so a long-lived caller (the dashboard)
     # collects no zombies
     threading.Thread(target=proc.wait, daemon=True).start()
-    store.update_run(run_id, pid=proc.pid, heartbeat=time.time(), status="running", run_dir=str(run_dir))
+    store.update_run(run_id, pid=proc.pid)
     return proc.pid
 
 
