@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend import config as config_mod
-from backend.config import RunConfig
 from backend import decisions, guard
+from backend.config import RunConfig
 from backend.controllers import History, get_strategy
 from backend.forecast_errors import record_forecast_errors
 from backend.mixture import validate_weights
