@@ -14,7 +14,9 @@ import streamlit as st
 
 from backend import charts
 from backend.config import preset
-from backend.store import CommandError, StoreError
+from backend.decisions import CommandError, send_command
+from backend.guard import open_alerts
+from backend.store import StoreError
 from pages._common import (
     PAGES,
     capability,
@@ -73,7 +75,7 @@ def home() -> None:
 
         left, right = st.columns([3, 2], vertical_alignment="center")
         with left:
-            alerts = len(store.open_alerts(run_id))
+            alerts = len(open_alerts(store, run_id))
             if alerts:
                 st.badge(f"{alerts} Goodhart alert{'s' if alerts > 1 else ''}: a steer skill outruns its held-out "
                          "variant", icon=":material/warning:", color="red")
@@ -115,7 +117,7 @@ def controls(run: dict) -> None:
         wanted = "stop"
     if wanted:
         try:
-            store.send_command(run["id"], wanted, by=user())
+            send_command(store, run["id"], wanted, by=user())
             st.toast(f"{wanted} sent to run #{run['id']}; the worker obeys within seconds")
         except CommandError as e:
             st.error(str(e))

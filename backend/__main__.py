@@ -73,7 +73,9 @@ def cmd_run(s: Session) -> int:
         run_id = args.resume
         store.run(run_id)
         if args.policy:
-            store.set_policy(run_id, args.policy, by="cli")
+            from backend.decisions import set_policy
+
+            set_policy(store, run_id, args.policy, by="cli")
     else:
         run_id = create_run(store, _load_config(args))
     if args.detach:
@@ -89,7 +91,7 @@ def cmd_worker(s: Session) -> int:
     from backend.worker import work
 
     args = s.args
-    work(args.db, args.run, progress=False)
+    work(args.db, args.run, progress=False, lock_fd=args.lock_fd)
     return 0
 
 
@@ -171,45 +173,53 @@ def _weights_arg(text: str | None):
 
 
 def cmd_decide(s: Session) -> int:
+    from backend.decisions import decide
+
     args = s.args
     weights = _weights_arg(args.weights)
     if args.action == "edit" and weights is None:
         raise UsageError("decide edit: needs --weights '{\"domain\": weight, ...}'")
     if args.action != "edit" and weights is not None:
         raise UsageError("decide --weights: only goes with edit")
-    p = s.store.decide(args.proposal, args.action, weights=weights, by=args.by, reason=args.reason)
+    p = decide(s.store, args.proposal, args.action, weights=weights, by=args.by, reason=args.reason)
     _print(p, args.json, f"proposal {p['id']}: {p['status']}; it applies at the next checkpoint"
            if p["status"] != "rejected" else f"proposal {p['id']}: rejected")
     return 0
 
 
 def cmd_command(s: Session) -> int:
+    from backend.decisions import send_command
+
     args = s.args
-    s.store.send_command(args.run, args.command, by=args.by)
+    send_command(s.store, args.run, args.command, by=args.by)
     _print({"run": args.run, "command": args.command}, args.json,
            f"{args.command} sent to run {args.run}")
     return 0
 
 
 def cmd_set_mixture(s: Session) -> int:
+    from backend.decisions import set_mixture
+
     args = s.args
-    store = s.store
-    pid = store.set_mixture(args.run, _weights_arg(args.weights), step=store.run(args.run)["step"],
-                            by=args.by, reason=args.reason)
+    pid = set_mixture(s.store, args.run, _weights_arg(args.weights), by=args.by, reason=args.reason)
     _print({"proposal": pid}, args.json, f"manual mixture stored as proposal {pid}; applies at the next checkpoint")
     return 0
 
 
 def cmd_set_policy(s: Session) -> int:
+    from backend.decisions import set_policy
+
     args = s.args
-    s.store.set_policy(args.run, args.policy, by=args.by)
+    set_policy(s.store, args.run, args.policy, by=args.by)
     _print({"run": args.run, "policy": args.policy}, args.json, f"run {args.run}: policy {args.policy}")
     return 0
 
 
 def cmd_alerts(s: Session) -> int:
+    from backend.guard import open_alerts
+
     args = s.args
-    alerts = s.store.open_alerts(args.run)
+    alerts = open_alerts(s.store, args.run)
     out = [{"skill": k, "step": e["after"].get("step"), "message": e["message"]} for k, e in alerts.items()]
     _print(out, args.json, "\n".join(f"{a['skill']} (step {a['step']}): {a['message']}" for a in out)
            or f"run {args.run}: no open Goodhart alerts")
@@ -217,9 +227,11 @@ def cmd_alerts(s: Session) -> int:
 
 
 def cmd_ack(s: Session) -> int:
+    from backend.guard import acknowledge
+
     args = s.args
     store = s.store
-    store.acknowledge_alert(args.run, args.skill, by=args.by, step=store.run(args.run)["step"], note=args.note)
+    acknowledge(store, args.run, args.skill, by=args.by, step=store.run(args.run)["step"], note=args.note)
     _print({"run": args.run, "skill": args.skill}, args.json,
            f"alert on {args.skill} acknowledged; the controller may push it again")
     return 0
@@ -297,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("worker", cmd_worker, "process entry of a background worker (used by --detach)")
     p.add_argument("run", type=int)
+    p.add_argument("--lock-fd", type=int, help="the run's lock, taken by the process that spawned this one")
 
     add("runs", cmd_runs, "list runs")
     p = add("show", cmd_show, "summarise one run")

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend import config as config_mod
+from backend import decisions, guard
 from backend.config import RunConfig
 from backend.controllers import History, get_strategy
+from backend.forecast_errors import record_forecast_errors
 from backend.mixture import validate_weights
 from backend.store import Store
 
@@ -166,7 +168,7 @@ class ClosedLoop:
             self._evaluate(step, tokens)
             self.store.mark_checkpoint(self.run_id, step, evaluated=True)
         self._estimate_and_guard(step)
-        self.store.record_forecast_errors(self.run_id, step)  # how far the last forecast was off
+        record_forecast_errors(self.store, self.run_id, step)  # how far the last forecast was off
         if step < self.cfg.train.steps:  # nothing to steer after the last checkpoint
             if self.replay is not None:
                 self._follow_replay(step, tokens)
@@ -296,7 +298,6 @@ class ClosedLoop:
     def _estimate_and_guard(self, step: int) -> None:
         """Latent capability of every skill at this checkpoint, then the
         Goodhart guard on each steer skill against its held-out variant."""
-        from backend import guard
         from backend.capability import estimate
 
         est = estimate(self.store.measurements(self.run_id), self.checkpoint_tokens)
@@ -307,11 +308,11 @@ class ClosedLoop:
             held = f"{s['name']}_holdout"
             if s["kind"] != "steer" or held not in est:
                 continue
-            since = self.store.last_ack_step(self.run_id, s["name"]) or 0
+            since = guard.last_ack_step(self.store, self.run_id, s["name"]) or 0
             alert = guard.check(est[s["name"]], est[held], since)
             if alert:
-                self.store.raise_alert(
-                    self.run_id, step=step, skill=s["name"], data=alert,
+                guard.raise_alert(
+                    self.store, self.run_id, step=step, skill=s["name"], data=alert,
                     message=(f"Goodhart guard: {s['name']} rose {alert['steer_rise']:+.2f} since step "
                              f"{alert['from_step']} but {held} only {alert['holdout_rise']:+.2f} "
                              f"(gap {alert['gap']:.2f} > 2 x {alert['gap_sd']:.2f}); the controller "
@@ -337,7 +338,7 @@ class ClosedLoop:
             scores=scores, domain_loss=losses,
             checkpoint_tokens=self.checkpoint_tokens,
             estimates={s["name"]: est.get(s["name"], []) for s in skills},
-            blocked={k: e["message"] for k, e in self.store.open_alerts(self.run_id).items()},
+            blocked={k: e["message"] for k, e in guard.open_alerts(self.store, self.run_id).items()},
             mixtures=[{"step": c["step"], "tokens_seen": c["tokens_seen"], "weights": c["weights"]}
                       for c in self.store.checkpoints(self.run_id)],
         )
@@ -350,8 +351,8 @@ class ClosedLoop:
                                       current_weights=current, weights=p.weights,
                                       rationale=p.rationale, forecast=p.forecast)
         policy = self.store.run(self.run_id)["policy"]  # a person may switch it while running
-        if policy == "auto" and self.store.proposal(pid)["status"] == "pending":
-            self.store.decide(pid, "approve", by="auto")
+        if policy == "auto":
+            decisions.auto_approve(self.store, pid)  # a person who decided it first keeps their decision
             self.store.apply_approved(self.run_id, step=step, tokens_at=tokens)
 
     def _follow_replay(self, step: int, tokens: int) -> None:

@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backend.config import preset  # noqa: E402
+from backend.decisions import decide  # noqa: E402
+from backend.guard import raise_alert  # noqa: E402
 from backend.store import Store  # noqa: E402
 
 PAGES = [None, "pages/capabilities.py", "pages/mixture.py", "pages/compare.py", "pages/schedules.py",
@@ -90,14 +92,14 @@ def fill(store: Store, *, checkpoints: int, skills: int, domains: int, seed: int
                                  rationale={n: f"{weights[n]:.3f} -> {new[n]:.3f}" for n in names},
                                  forecast={b: {"score": 0.5, "expected": 0.55} for b in bases})
         if k < checkpoints - 1:
-            store.decide(pid, "approve", by="auto")
+            decide(store, pid, "approve", by="auto")
             store.apply_approved(run_id, step=step, tokens_at=tokens)
             weights = new
         store.mark_checkpoint(run_id, step, evaluated=True, boundary_done=True)
     store.add_measurements(run_id, rows)
     store.set_capability(run_id, latent)
-    store.raise_alert(run_id, step=(checkpoints - 1) * every, skill=bases[0],
-                      message=f"Goodhart guard: {bases[0]} rose beyond its held-out variant.", data={})
+    raise_alert(store, run_id, step=(checkpoints - 1) * every, skill=bases[0],
+                message=f"Goodhart guard: {bases[0]} rose beyond its held-out variant.", data={})
     store.update_run(run_id, status="finished", step=checkpoints * every - every,
                      tokens_seen=(checkpoints - 1) * every * tokens_per_step, tokens_per_s=5e4)
     return run_id

@@ -13,7 +13,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from backend import charts, worker
+from backend import charts, guard, worker
 from backend.store import DEFAULT_DB, Store
 
 DB_ENV = "CLOSED_LOOP_DB"
@@ -227,7 +227,7 @@ def start_run(store: Store, cfg, *, replay_schedule: dict | None = None) -> int:
 
 def alert_lines(store: Store, run_id: int) -> list[tuple[str, dict]]:
     """Open Goodhart alerts as (skill, alert event), oldest first."""
-    return sorted(store.open_alerts(run_id).items(), key=lambda kv: kv[1]["id"])
+    return sorted(guard.open_alerts(store, run_id).items(), key=lambda kv: kv[1]["id"])
 
 
 def run_label(run: dict) -> str:

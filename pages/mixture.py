@@ -7,7 +7,9 @@ import streamlit as st
 
 from backend import charts
 from backend.mixture import WeightsError, validate_weights
-from backend.store import DecisionError, StoreError
+from backend import decisions, guard
+from backend.decisions import DecisionError
+from backend.store import StoreError
 from pages._common import (
     alert_lines,
     apply_note,
@@ -45,7 +47,7 @@ if policy_key not in ss or ss.get(seen_key) != run["policy"]:
 
 def _switch_policy() -> None:
     new = ss[policy_key]
-    store.set_policy(run_id, new, by=user())
+    decisions.set_policy(store, run_id, new, by=user())
     ss[seen_key] = new
     flash(f"Policy is now **{new}**" + (": proposals are approved as they arrive." if new == "auto"
                                         else ": proposals wait for your decision."))
@@ -86,7 +88,7 @@ def _decide(pid: int, action: str, reason_key: str) -> None:
     elif action == "edit":
         kw["weights"] = {d: ss.get(f"edit_{pid}_{d}") for d in domains}
     try:
-        store.decide(pid, action, by=user(), **kw)
+        decisions.decide(store, pid, action, by=user(), **kw)
     except DecisionError as e:
         flash(str(e), "error")
         return
@@ -148,7 +150,7 @@ def inbox() -> None:
 
 def _acknowledge(skill: str, note_key: str) -> None:
     try:
-        store.acknowledge_alert(run_id, skill, by=user(), step=store.run(run_id)["step"],
+        guard.acknowledge(store, run_id, skill, by=user(), step=store.run(run_id)["step"],
                                 note=(ss.get(note_key) or "").strip() or None)
     except StoreError as e:
         flash(str(e), "error")
@@ -221,8 +223,7 @@ with st.expander("Set a mixture by hand", icon=":material/tune:"):
     why = st.text_input("Reason", key=f"manual_reason_{run_id}")
     if st.button("Save this mixture", key=f"manual_save_{run_id}", disabled=final is None):
         try:
-            pid = store.set_mixture(run_id, values, step=store.run(run_id)["step"], by=user(),
-                                    reason=why.strip() or None)
+            pid = decisions.set_mixture(store, run_id, values, by=user(), reason=why.strip() or None)
         except DecisionError as e:
             st.error(str(e))
         else:

@@ -14,6 +14,8 @@ from conftest_dashboard import APP
 from streamlit.testing.v1 import AppTest
 
 from backend.schedule import export_schedule
+from backend.decisions import decide, set_policy
+from backend.guard import open_alerts, raise_alert
 from backend.store import Store
 
 PAGES = ["pages/capabilities.py", "pages/mixture.py", "pages/compare.py", "pages/schedules.py",
@@ -231,7 +233,7 @@ def test_a_decision_made_elsewhere_meanwhile_is_refused_with_its_message(db):
     store, run_id = db
     p = pending(store, run_id)
     at = open_app("pages/mixture.py")
-    store.decide(p["id"], "reject", by="grace", reason="other tab")  # another person, first
+    decide(store, p["id"], "reject", by="grace", reason="other tab")  # another person, first
     at.button(key=f"approve_{p['id']}").click().run()
     assert not at.exception, at.exception
     assert f"proposal {p['id']} is rejected by grace, not pending" in texts(at.error)
@@ -272,7 +274,7 @@ def test_policy_switch_writes_once_and_follows_the_store(db):
     assert store.run(run_id)["policy"] == "auto"
     assert [e["actor"] for e in store.events(run_id, kind="policy")] == ["dashboard"]
     # a change from elsewhere (the CLI) is shown, and not written back
-    store.set_policy(run_id, "human", by="cli")
+    set_policy(store, run_id, "human", by="cli")
     at.run()
     assert at.radio(key=f"policy_{run_id}").value == "human"
     assert len(store.events(run_id, kind="policy")) == 2
@@ -280,7 +282,7 @@ def test_policy_switch_writes_once_and_follows_the_store(db):
 
 def test_goodhart_alert_is_shown_and_acknowledged(db):
     store, run_id = db
-    store.raise_alert(run_id, step=20, skill="copy", message="Goodhart guard: copy rose +0.40, held-out +0.05.",
+    raise_alert(store, run_id, step=20, skill="copy", message="Goodhart guard: copy rose +0.40, held-out +0.05.",
                       data={"steer_rise": 0.4, "holdout_rise": 0.05})
     at = open_app()
     assert "1 Goodhart alert" in texts(at.markdown)
@@ -291,7 +293,7 @@ def test_goodhart_alert_is_shown_and_acknowledged(db):
     at.text_input(key=f"ack_note_{run_id}_copy").set_value("the template is fine")
     at.button(key=f"ack_{run_id}_copy").click().run()
     assert not at.exception, at.exception
-    assert store.open_alerts(run_id) == {}
+    assert open_alerts(store, run_id) == {}
     (ack,) = store.events(run_id, kind="goodhart_ack")
     assert ack["actor"] == "dashboard" and "the template is fine" in ack["message"]
     assert "acknowledged" in texts(at.info)

@@ -1,12 +1,14 @@
 """Forecast errors: after each checkpoint the store scores the forecast of
 the proposal whose mixture trained the stretch that ended there
-(Store.record_forecast_errors), on a fresh on-disk database per test."""
+(backend/forecast_errors.py), on a fresh on-disk database per test."""
 
 import sqlite3
 
 import pytest
 
 from backend.config import preset
+from backend.decisions import decide, set_mixture
+from backend.forecast_errors import record_forecast_errors
 
 from test_store import DOMAINS, PROPOSED, UNIFORM
 
@@ -37,7 +39,7 @@ def forecast(**skills):
 def applied_at_once(store, run_id, step, fc):
     """A proposal made and applied at the same checkpoint (policy auto)."""
     pid = propose(store, run_id, step, fc)
-    store.decide(pid, "approve", by="auto")
+    decide(store, pid, "approve", by="auto")
     store.apply_approved(run_id, step=step, tokens_at=step * 100)
     return pid
 
@@ -45,7 +47,7 @@ def applied_at_once(store, run_id, step, fc):
 def test_a_forecast_is_scored_at_the_next_checkpoint(store, run_id):
     pid = applied_at_once(store, run_id, 0, forecast(copy=(0.2, 0.3), add2=(0.1, 0.15)))
     latent(store, run_id, 10, copy=0.35, add2=0.1)
-    rows = store.record_forecast_errors(run_id, 10)
+    rows = record_forecast_errors(store, run_id, 10)
     assert len(rows) == 2
     stored = store.forecast_errors(run_id)
     assert [(r["step"], r["skill"]) for r in stored] == [(10, "add2"), (10, "copy")]
@@ -61,11 +63,11 @@ def test_a_forecast_is_scored_at_the_next_checkpoint(store, run_id):
 def test_recording_again_replaces_instead_of_adding(store, run_id):
     applied_at_once(store, run_id, 0, forecast(copy=(0.2, 0.3), add2=(0.1, 0.15)))
     latent(store, run_id, 10, copy=0.35, add2=0.1)
-    store.record_forecast_errors(run_id, 10)
-    store.record_forecast_errors(run_id, 10)  # a resumed worker redoes the boundary
+    record_forecast_errors(store, run_id, 10)
+    record_forecast_errors(store, run_id, 10)  # a resumed worker redoes the boundary
     assert len(store.forecast_errors(run_id)) == 2
     latent(store, run_id, 10, copy=0.4, add2=0.1)  # re-estimated
-    store.record_forecast_errors(run_id, 10)
+    record_forecast_errors(store, run_id, 10)
     rows = store.forecast_errors(run_id, skill="copy")
     assert len(rows) == 1 and rows[0]["error"] == pytest.approx(0.1)
 
@@ -73,22 +75,22 @@ def test_recording_again_replaces_instead_of_adding(store, run_id):
 def test_only_the_checkpoint_right_after_the_application_is_scored(store, run_id):
     applied_at_once(store, run_id, 0, forecast(copy=(0.2, 0.3)))
     latent(store, run_id, 10, copy=0.35)
-    store.record_forecast_errors(run_id, 10)
+    record_forecast_errors(store, run_id, 10)
     latent(store, run_id, 20, copy=0.5)  # the same mixture trains on; no new proposal
-    assert store.record_forecast_errors(run_id, 20) == []
+    assert record_forecast_errors(store, run_id, 20) == []
     assert [r["step"] for r in store.forecast_errors(run_id)] == [10]
-    assert store.record_forecast_errors(run_id, 0) == []  # nothing before the first checkpoint
+    assert record_forecast_errors(store, run_id, 0) == []  # nothing before the first checkpoint
 
 
 def test_a_proposal_applied_late_is_scored_from_where_it_started(store, run_id):
     latent(store, run_id, 10, copy=0.35)
     pid = propose(store, run_id, 10, forecast(copy=(0.35, 0.45)))
     latent(store, run_id, 20, copy=0.4)
-    assert store.record_forecast_errors(run_id, 20) == []  # the initial mixture trained 10 -> 20
-    store.decide(pid, "approve", by="ana")  # a person approved it after the checkpoint at 20 ...
+    assert record_forecast_errors(store, run_id, 20) == []  # the initial mixture trained 10 -> 20
+    decide(store, pid, "approve", by="ana")  # a person approved it after the checkpoint at 20 ...
     store.apply_approved(run_id, step=20, tokens_at=2000)  # ... so it trains from step 20
     latent(store, run_id, 30, copy=0.55)
-    (row,) = store.record_forecast_errors(run_id, 30)
+    (row,) = record_forecast_errors(store, run_id, 30)
     assert (row["proposal_step"], row["applied_step"], row["step"]) == (10, 20, 30)
     # the change it predicted (+0.10), from the score where its mixture started (0.40)
     assert row["score"] == pytest.approx(0.4) and row["forecast"] == pytest.approx(0.5)
@@ -97,29 +99,29 @@ def test_a_proposal_applied_late_is_scored_from_where_it_started(store, run_id):
 
 def test_segments_without_a_forecast_record_nothing(store, run_id):
     # a person's manual mixture
-    store.set_mixture(run_id, PROPOSED, step=0, by="ana")
+    set_mixture(store, run_id, PROPOSED, step=0, by="ana")
     store.apply_approved(run_id, step=0, tokens_at=0)
     latent(store, run_id, 10, copy=0.3)
-    assert store.record_forecast_errors(run_id, 10) == []
+    assert record_forecast_errors(store, run_id, 10) == []
     # a strategy that forecasts nothing (static)
     applied = applied_at_once(store, run_id, 10, {})
     latent(store, run_id, 20, copy=0.4)
-    assert store.record_forecast_errors(run_id, 20) == [] and store.proposal(applied)["status"] == "applied"
+    assert record_forecast_errors(store, run_id, 20) == [] and store.proposal(applied)["status"] == "applied"
     # a replayed segment
     store.add_segment(run_id, from_step=20, tokens_at=2000, weights=UNIFORM, source="replay")
     latent(store, run_id, 30, copy=0.5)
-    assert store.record_forecast_errors(run_id, 30) == []
+    assert record_forecast_errors(store, run_id, 30) == []
     # a forecast skill with no latent score at the checkpoint is skipped
     applied_at_once(store, run_id, 30, forecast(copy=(0.5, 0.6), gone=(0.1, 0.2)))
     latent(store, run_id, 40, copy=0.55)
-    assert [r["skill"] for r in store.record_forecast_errors(run_id, 40)] == ["copy"]
+    assert [r["skill"] for r in record_forecast_errors(store, run_id, 40)] == ["copy"]
     assert store.forecast_errors(run_id + 1) == []
 
 
 def test_forecast_errors_are_plain_sqlite(db, store, run_id):
     applied_at_once(store, run_id, 0, forecast(copy=(0.2, 0.3)))
     latent(store, run_id, 10, copy=0.35)
-    store.record_forecast_errors(run_id, 10)
+    record_forecast_errors(store, run_id, 10)
     con = sqlite3.connect(db)
     try:
         row = con.execute("SELECT typeof(run_id), typeof(step), typeof(forecast), typeof(error), typeof(basis) "

@@ -1,4 +1,4 @@
-"""backend/guard.py and the store's alert lifecycle."""
+"""backend/guard.py: the alarm rule and the alert lifecycle (rebuilt from events)."""
 
 import pytest
 
@@ -47,25 +47,36 @@ def test_reference_moves_to_the_acknowledged_checkpoint():
     assert guard.check(steer, held, since_step=100) is None
 
 
+def test_alert_state_is_rebuilt_from_events():
+    def ev(i, kind, skill):
+        return {"id": i, "kind": kind, "after": {"skill": skill, "step": 10 * i}}
+
+    events = [ev(1, "goodhart_alert", "copy"), ev(2, "goodhart_alert", "add2"), ev(3, "proposed", "copy"),
+              ev(4, "goodhart_ack", "copy"), ev(5, "goodhart_alert", "add2")]
+    assert {k: e["id"] for k, e in guard.alerts_from_events(events).items()} == {"add2": 5}
+    assert guard.alerts_from_events(events[:3]).keys() == {"copy", "add2"}
+    assert guard.alerts_from_events([]) == {}
+
+
 def test_alert_lifecycle(tmp_path):
     store = Store(tmp_path / "a.db")
     from backend.config import preset
 
     run = store.create_run(preset("tiny").to_dict())
     data = {"steer_rise": 0.5, "holdout_rise": 0.0, "gap": 0.5, "gap_sd": 0.1, "from_step": 0, "to_step": 20}
-    assert store.raise_alert(run, step=20, skill="copy", message="copy rose alone", data=data)
+    assert guard.raise_alert(store, run, step=20, skill="copy", message="copy rose alone", data=data)
     # one open alert per skill: a second is not stored
-    assert not store.raise_alert(run, step=30, skill="copy", message="again", data=data)
-    assert set(store.open_alerts(run)) == {"copy"}
+    assert not guard.raise_alert(store, run, step=30, skill="copy", message="again", data=data)
+    assert set(guard.open_alerts(store, run)) == {"copy"}
     with pytest.raises(StoreError, match="no open Goodhart alert for skill 'add2'"):
-        store.acknowledge_alert(run, "add2", by="alice", step=30)
-    store.acknowledge_alert(run, "copy", by="alice", step=30, note="checked the items")
-    assert store.open_alerts(run) == {}
-    assert store.last_ack_step(run, "copy") == 30
+        guard.acknowledge(store, run, "add2", by="alice", step=30)
+    guard.acknowledge(store, run, "copy", by="alice", step=30, note="checked the items")
+    assert guard.open_alerts(store, run) == {}
+    assert guard.last_ack_step(store, run, "copy") == 30
     ack = store.events(run, "goodhart_ack")[-1]
     assert ack["actor"] == "alice" and "checked the items" in ack["message"]
     # after the acknowledgement a new alert can be raised again
-    assert store.raise_alert(run, step=50, skill="copy", message="again", data=data)
+    assert guard.raise_alert(store, run, step=50, skill="copy", message="again", data=data)
 
 
 LEAK_CONFIG = """
@@ -139,7 +150,7 @@ def test_planted_leak_fires_the_alarm_within_two_checkpoints_and_a_clean_run_nev
     db = tmp_path / "leak.db"
     assert [a["skill"] for a in cli_json("alerts", run, db=db)] == ["copy"]
     cli("ack-alert", run, "copy", "--by", "alice", db=db)
-    assert store.open_alerts(run) == {}
+    assert guard.open_alerts(store, run) == {}
 
     store, run = stores["clean"]
     assert store.events(run, "goodhart_alert") == []

@@ -9,6 +9,7 @@ import time
 import pytest
 from conftest import cli, cli_json
 
+from backend.decisions import send_command
 from backend.store import Store
 
 
@@ -170,7 +171,7 @@ def test_human_approval_applies_at_next_checkpoint_and_no_earlier(tmp_path):
                                                                           "steps": 40}))
     # queued before the worker starts: it holds at its first checkpoint, so the
     # test knows exactly where training stands when the person decides
-    store.send_command(rid, "pause", by="test")
+    send_command(store, rid, "pause", by="test")
     spawn(str(db), rid)
     wait_for(lambda: store.run(rid)["status"] == "paused")
     paused_at = store.run(rid)["step"]

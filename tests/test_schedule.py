@@ -17,6 +17,7 @@ from backend.schedule import (
     parse_schedule,
     to_megatron_blend,
 )
+from backend.decisions import decide, set_mixture
 from backend.store import Store
 
 CFG = preset("tiny").to_dict()  # 30 steps, a checkpoint every 10, 8 x 48 tokens per step
@@ -157,9 +158,9 @@ def filled(tmp_path):
     store.add_segment(rid, from_step=0, tokens_at=0, weights=UNIFORM, source="initial")
     pid = store.add_proposal(rid, step=10, strategy="deficit", current_weights=UNIFORM, weights=SKEWED,
                              rationale={}, forecast={})
-    store.decide(pid, "approve", by="alice")
+    decide(store, pid, "approve", by="alice")
     store.apply_approved(rid, step=10, tokens_at=10 * tokens_per_step)
-    manual = store.set_mixture(rid, dict.fromkeys(DOMAINS, 1) | {"code": 4}, step=15, by="bob")
+    manual = set_mixture(store, rid, dict.fromkeys(DOMAINS, 1) | {"code": 4}, step=15, by="bob")
     store.apply_approved(rid, step=20, tokens_at=20 * tokens_per_step)
     store.add_proposal(rid, step=20, strategy="deficit", current_weights=UNIFORM, weights=UNIFORM,
                        rationale={}, forecast={})

@@ -1,0 +1,132 @@
+"""Decisions: the rules a person's (or the policy's) choice must obey before
+the store records it. The CLI, the dashboard pages and the loop all call
+these functions; the store only keeps what they decide.
+
+- `decide`: approve, reject or edit a pending proposal. A decision on a
+  proposal that is no longer pending is refused (exactly one of two people
+  deciding at once wins), and edited weights obey the one weights rule
+  (backend/mixture.py).
+- `set_mixture`: a person's manual mixture, stored as an approved `manual`
+  proposal that applies at the next checkpoint like any other (see
+  Store.apply_approved for what wins a checkpoint boundary).
+- `set_policy`: auto | human, audited.
+- `send_command`: pause / resume / stop, as the run's state allows.
+
+Every refusal raises a named error (DecisionError, CommandError, or the
+store's NotFound) and changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+from backend.mixture import WeightsError, validate_weights
+from backend.store import AUTO, Store, StoreError
+from backend.vocab import COMMANDS, POLICIES, TERMINAL_STATES
+
+ACTIONS = {"approve": "approved", "reject": "rejected", "edit": "edited"}
+
+
+class DecisionError(StoreError):
+    """A decision was refused: the proposal is no longer pending, or the
+    weights are invalid. Nothing was changed."""
+
+
+class CommandError(StoreError):
+    """An unknown command, or one that does not fit the run's state."""
+
+
+def decide(store: Store, proposal_id: int, action: str, *, weights: dict | None = None,
+           by: str, reason: str | None = None) -> dict:
+    """approve | reject | edit a pending proposal; returns it updated.
+
+    Refused with DecisionError (and nothing changed) when the action is
+    unknown, the proposal is not pending any more, or edited weights are
+    invalid; NotFound when there is no such proposal."""
+    if action not in ACTIONS:
+        raise DecisionError(f"unknown action {action!r} ({', '.join(ACTIONS)})")
+    p = store.proposal(proposal_id)
+    final = None
+    if action == "edit":
+        if weights is None:
+            raise DecisionError("edit needs weights")
+        try:
+            final = validate_weights(weights, list(p["current_weights"]))
+        except WeightsError as e:
+            raise DecisionError(f"edited weights refused: {e}") from None
+    elif action == "approve":
+        final = p["weights"]
+    status = ACTIONS[action]
+    with store.transaction():
+        # inside the write lock, so of two deciders exactly one sees it pending
+        now_p = store.proposal(proposal_id)
+        if now_p["status"] != "pending":
+            who = f" by {now_p['decided_by']}" if now_p["decided_by"] else ""
+            raise DecisionError(f"proposal {proposal_id} is {now_p['status']}{who}, not pending: decision refused")
+        store.update_proposal(proposal_id, status=status, decision=status, decided_by=by, decided_at=time.time(),
+                              decision_reason=reason, final_weights=final)
+        store.log_event(p["run_id"], status, f"proposal {proposal_id} {status}" + (f": {reason}" if reason else ""),
+                        actor=by, proposal_id=proposal_id, before=p["current_weights"], after=final)
+    return store.proposal(proposal_id)
+
+
+def auto_approve(store: Store, proposal_id: int) -> dict:
+    """The `auto` policy approves a proposal; returns it as it now stands. A
+    person who decided it first (between the worker's look at the policy and
+    this call) keeps their decision: that is not an error."""
+    try:
+        return decide(store, proposal_id, "approve", by=AUTO)
+    except DecisionError:
+        p = store.proposal(proposal_id)
+        if p["status"] == "pending":
+            raise
+        return p
+
+
+def manual_rationale(current: dict[str, float], final: dict[str, float], by: str) -> dict[str, str]:
+    """One line per domain for a manual mixture: "0.167 -> 0.300: set by NAME"."""
+    return {d: f"{current[d]:.3f} -> {final[d]:.3f}: set by {by}" for d in final}
+
+
+def set_mixture(store: Store, run_id: int, weights, *, by: str, reason: str | None = None,
+                step: int | None = None) -> int:
+    """A person's manual mixture: validated against the run's current
+    domains, stored as an approved `manual` proposal made at `step` (default:
+    the run's current step), applied at the next checkpoint. Returns its id.
+    DecisionError names the bad domain; StoreError when the run has no
+    mixture yet."""
+    current = store.current_weights(run_id)
+    try:
+        final = validate_weights(weights, list(current))
+    except WeightsError as e:
+        raise DecisionError(f"manual mixture refused: {e}") from None
+    if step is None:
+        step = store.run(run_id)["step"]
+    return store.add_manual_proposal(run_id, step=step, current_weights=current, weights=final,
+                                     rationale=manual_rationale(current, final, by), by=by, reason=reason)
+
+
+def set_policy(store: Store, run_id: int, policy: str, *, by: str) -> None:
+    """Switch a run between auto and human approval (audited)."""
+    if policy not in POLICIES:
+        raise StoreError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    store.record_policy(run_id, policy, by=by)
+
+
+def command_fits(status: str, command: str) -> bool:
+    """Whether `command` may be sent to a run in `status`: a run that is over
+    (stopped, failed, finished) takes only `stop`; it is resumed by starting
+    a worker (`run --resume`), not by a command."""
+    return command in COMMANDS and (status not in TERMINAL_STATES or command == "stop")
+
+
+def send_command(store: Store, run_id: int, command: str, *, by: str) -> int:
+    """Queue pause / resume / stop for the worker that owns the run; returns
+    the command id. CommandError for an unknown command or one that does not
+    fit the run's state; NotFound for an unknown run."""
+    if command not in COMMANDS:
+        raise CommandError(f"unknown command {command!r} (known: {', '.join(COMMANDS)})")
+    status = store.run(run_id)["status"]
+    if not command_fits(status, command):
+        raise CommandError(f"run {run_id} is {status}; use `run --resume {run_id}` to continue it")
+    return store.add_command(run_id, command, by=by)

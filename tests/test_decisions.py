@@ -1,0 +1,379 @@
+"""backend/decisions.py: decisions, manual mixtures, the policy and commands,
+as the CLI, the pages and the loop make them, on a fresh on-disk database
+per test (threads and processes decide at once)."""
+
+import math
+import multiprocessing
+import sqlite3
+import threading
+
+import pytest
+
+from backend.config import preset
+from backend.decisions import (
+    CommandError,
+    DecisionError,
+    auto_approve,
+    decide,
+    send_command,
+    set_mixture,
+    set_policy,
+)
+from backend.schedule import export_schedule
+from backend.store import NotFound, Store, StoreError
+
+DOMAINS = ["strings", "arithmetic", "logic", "recall", "noise", "code"]
+UNIFORM = dict.fromkeys(DOMAINS, 1 / 6)
+PROPOSED = {"strings": 0.3, "arithmetic": 0.3, "logic": 0.1, "recall": 0.1, "noise": 0.05, "code": 0.15}
+MORE_CODE = {d: 1 for d in DOMAINS} | {"code": 5}
+
+
+@pytest.fixture
+def run_id(store):
+    """A tiny run whose mixture starts uniform."""
+    return _started(store, preset("tiny").to_dict())
+
+
+def _started(store, config):
+    rid = store.create_run(config)
+    store.add_segment(rid, from_step=0, tokens_at=0, weights=UNIFORM, source="initial")
+    return rid
+
+
+def propose(store, run_id, step, weights=PROPOSED, strategy="deficit"):
+    """A strategy's pending proposal at checkpoint `step`."""
+    return store.add_proposal(run_id, step=step, strategy=strategy, current_weights=store.current_weights(run_id),
+                              weights=weights, rationale=dict.fromkeys(DOMAINS, "why"), forecast={})
+
+
+def raw_row(db, table, key, value):
+    """A row as plain sqlite3 sees it (no decoding)."""
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    try:
+        row = con.execute(f"SELECT * FROM {table} WHERE {key} = ?", (value,)).fetchone()
+        return dict(row) if row else None
+    finally:
+        con.close()
+
+
+def test_set_policy_is_audited(store, run_id):
+    set_policy(store, run_id, "human", by="alice")
+    assert store.run(run_id)["policy"] == "human"
+    (ev,) = store.events(run_id, "policy")
+    assert ev["actor"] == "alice" and ev["before"] == {"policy": "auto"} and ev["after"] == {"policy": "human"}
+    with pytest.raises(StoreError):
+        set_policy(store, run_id, "sometimes", by="cli")
+    assert store.run(run_id)["policy"] == "human"
+
+
+def test_manual_mixture_is_an_approved_proposal(store, run_id):
+    pid = propose(store, run_id, 10)
+    decide(store, pid, "approve", by="cli")
+    manual = set_mixture(store, run_id, {d: 1 for d in DOMAINS} | {"code": 5}, step=12, by="dana", reason="more code")
+    p = store.proposal(manual)
+    assert p["strategy"] == "manual" and p["status"] == "approved" and p["decided_by"] == "dana"
+    assert p["final_weights"]["code"] == pytest.approx(0.5)
+    applied = store.apply_approved(run_id, step=20, tokens_at=0)
+    assert applied["id"] == manual  # decided last
+    assert store.schedule(run_id)[-1]["source"] == "manual"
+    assert store.proposal(pid)["status"] == "superseded"
+
+
+@pytest.mark.parametrize("weights, words", [
+    ({d: 1 for d in DOMAINS} | {"noise": math.nan}, ["'noise'", "not finite"]),
+    ({d: 1 for d in DOMAINS} | {"logic": -1}, ["'logic'", "negative"]),
+    (dict.fromkeys(DOMAINS, 0), ["zero"]),
+    ({d: 1 for d in DOMAINS} | {"web": 1}, ["'web'", "unknown"]),
+    ({d: 1 for d in DOMAINS[:-1]}, ["'code'", "missing"]),
+    ([1] * 6, ["expected an object"]),
+])
+def test_set_mixture_refuses_invalid_weights(store, run_id, weights, words):
+    with pytest.raises(DecisionError) as e:
+        set_mixture(store, run_id, weights, step=5, by="cli")
+    for w in words:
+        assert w in str(e.value)
+    assert store.proposals(run_id) == [] and store.events(run_id, "manual") == []
+
+
+def test_set_mixture_needs_a_mixture(store):
+    rid = store.create_run(preset("tiny").to_dict())
+    with pytest.raises(StoreError, match="no mixture"):
+        set_mixture(store, rid, UNIFORM, step=0, by="cli")
+
+
+@pytest.mark.parametrize("first", ["approve", "reject", "edit"])
+@pytest.mark.parametrize("second", ["approve", "reject", "edit"])
+def test_decision_on_a_decided_proposal_is_refused_and_changes_nothing(db, store, run_id, first, second):
+    pid = propose(store, run_id, 10)
+    decide(store, pid, first, weights=UNIFORM if first == "edit" else None, by="alice")
+    row_before = raw_row(db, "proposals", "id", pid)
+    events_before = len(store.events(run_id))
+    with pytest.raises(DecisionError) as e:
+        decide(store, pid, second, weights=UNIFORM if second == "edit" else None, by="bob")
+    assert "not pending" in str(e.value) and "alice" in str(e.value)
+    assert raw_row(db, "proposals", "id", pid) == row_before
+    assert len(store.events(run_id)) == events_before
+
+
+def test_decision_on_an_applied_proposal_is_refused(db, store, run_id):
+    pid = propose(store, run_id, 10)
+    decide(store, pid, "approve", by="cli")
+    store.apply_approved(run_id, step=10, tokens_at=0)
+    before = raw_row(db, "proposals", "id", pid)
+    with pytest.raises(DecisionError, match="applied"):
+        decide(store, pid, "reject", by="cli")
+    assert raw_row(db, "proposals", "id", pid) == before
+
+
+@pytest.mark.parametrize("weights", [
+    {d: 1 for d in DOMAINS} | {"noise": math.nan},
+    {d: 1 for d in DOMAINS} | {"noise": -0.5},
+    dict.fromkeys(DOMAINS, 0.0),
+    {d: 1 for d in DOMAINS} | {"web": 1},
+    {d: 1 for d in DOMAINS} | {"code": "lots"},
+    None,
+])
+def test_edit_with_invalid_weights_leaves_it_pending(db, store, run_id, weights):
+    pid = propose(store, run_id, 10)
+    before = raw_row(db, "proposals", "id", pid)
+    with pytest.raises(DecisionError):
+        decide(store, pid, "edit", weights=weights, by="cli")
+    assert raw_row(db, "proposals", "id", pid) == before
+    assert store.proposal(pid)["status"] == "pending"
+    assert decide(store, pid, "approve", by="cli")["status"] == "approved"  # still decidable
+
+
+def test_unknown_action_is_refused(store, run_id):
+    pid = propose(store, run_id, 10)
+    with pytest.raises(DecisionError, match="unknown action"):
+        decide(store, pid, "maybe", by="cli")
+    assert store.proposal(pid)["status"] == "pending"
+
+
+# -- concurrency -------------------------------------------------------------------
+
+
+DECISION_KINDS = ("approved", "rejected", "edited")
+
+
+def test_threads_deciding_at_once_exactly_one_wins(store, run_id):
+    pid = propose(store, run_id, 10)
+    n = 8
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+
+    def decide_as(i):
+        barrier.wait()
+        action = ("approve", "reject", "edit")[i % 3]
+        try:
+            decide(store, pid, action, weights=UNIFORM if action == "edit" else None, by=f"user{i}")
+            results[i] = "ok"
+        except DecisionError as e:
+            results[i] = e
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=decide_as, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results.count("ok") == 1, results
+    assert all(isinstance(r, DecisionError) for r in results if r != "ok"), results
+    winner = f"user{results.index('ok')}"
+    p = store.proposal(pid)
+    assert p["decided_by"] == winner and p["version"] == 2
+    decisions = [e for e in store.events(run_id) if e["kind"] in DECISION_KINDS]
+    assert len(decisions) == 1 and decisions[0]["actor"] == winner
+
+
+def _decide_in_process(db, pid, i, barrier, out):
+    s = Store(db)
+    barrier.wait()
+    try:
+        decide(s, pid, "approve" if i % 2 else "reject", by=f"proc{i}")
+        out.put((i, "ok"))
+    except DecisionError as e:
+        out.put((i, f"refused: {e}"))
+    except Exception as e:  # noqa: BLE001 - anything else is a failure the parent reports
+        out.put((i, f"error: {type(e).__name__}: {e}"))
+
+
+def test_processes_deciding_at_once_exactly_one_wins(db, store, run_id):
+    pid = propose(store, run_id, 10)
+    n = 4
+    # forkserver: children start from a clean process that has imported the
+    # store once (no SQLite connection inherited, unlike fork; faster than spawn)
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["backend.decisions"])
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_decide_in_process, args=(str(db), pid, i, barrier, out)) for i in range(n)]
+    for p in procs:
+        p.start()
+    results = dict(out.get(timeout=60) for _ in range(n))
+    for p in procs:
+        p.join(30)
+    assert list(results.values()).count("ok") == 1, results
+    assert all(r == "ok" or r.startswith("refused: ") for r in results.values()), results
+    winner = next(i for i, r in results.items() if r == "ok")
+    assert store.proposal(pid)["decided_by"] == f"proc{winner}"
+    decisions = [e for e in store.events(run_id) if e["kind"] in DECISION_KINDS]
+    assert len(decisions) == 1 and decisions[0]["actor"] == f"proc{winner}"
+
+
+# -- commands -----------------------------------------------------------------------
+
+
+def test_commands_queue_oldest_first_and_are_taken_once(store, run_id):
+    send_command(store, run_id, "pause", by="alice")
+    send_command(store, run_id, "resume", by="cli")
+    send_command(store, run_id, "stop", by="cli")
+    assert store.take_commands(run_id) == ["pause", "resume", "stop"]
+    assert store.take_commands(run_id) == []
+    assert [e["actor"] for e in store.events(run_id, "command")] == ["alice", "cli", "cli"]
+
+
+def test_unknown_command_is_refused(store, run_id):
+    with pytest.raises(CommandError) as e:
+        send_command(store, run_id, "explode", by="cli")
+    assert "'explode'" in str(e.value) and "pause" in str(e.value) and "stop" in str(e.value)
+    assert store.take_commands(run_id) == []
+
+
+def test_commands_to_a_finished_run(store, run_id):
+    store.update_run(run_id, status="finished")
+    with pytest.raises(CommandError, match="finished"):
+        send_command(store, run_id, "pause", by="cli")
+    send_command(store, run_id, "stop", by="cli")
+    assert store.take_commands(run_id) == ["stop"]
+    with pytest.raises(NotFound):
+        send_command(store, run_id + 1, "pause", by="cli")
+
+
+def test_commands_belong_to_their_run(store, run_id):
+    other = store.create_run(preset("tiny").to_dict())
+    send_command(store, other, "pause", by="cli")
+    assert store.take_commands(run_id) == []
+    assert store.take_commands(other) == ["pause"]
+
+
+# -- what trains at a checkpoint boundary ------------------------------------------
+
+
+def boundary(store, run_id, step, weights=PROPOSED):
+    """What the loop does, policy auto, at a checkpoint that can still steer:
+    apply what was approved, propose, approve it as the policy, apply again."""
+    store.apply_approved(run_id, step=step, tokens_at=step * 100)
+    pid = propose(store, run_id, step, weights)
+    auto_approve(store, pid)
+    store.apply_approved(run_id, step=step, tokens_at=step * 100)
+    return pid
+
+
+def assert_audit_matches_schedule(store, run_id):
+    """Every proposal reported applied is the one segment that trains from its
+    applied_step, with its weights, and no segment names another."""
+    applied = {p["id"]: (p["applied_step"], p["final_weights"]) for p in store.proposals(run_id, "applied")}
+    trained = {s["proposal_id"]: (s["from_step"], s["weights"]) for s in store.schedule(run_id) if s["proposal_id"]}
+    assert applied == trained
+    for pid in applied:  # the audit log's last word on it
+        assert [e["kind"] for e in store.events(run_id) if e["proposal_id"] == pid][-1] == "applied"
+
+
+def test_a_manual_mixture_set_during_an_auto_run_is_what_trains(store):
+    cfg = preset("tiny").to_dict()
+    cfg["train"]["steps"] = 40
+    rid = _started(store, cfg)
+    first = boundary(store, rid, 0)
+    manual, auto = [], []
+    for step in (10, 20, 30):
+        manual.append(set_mixture(store, rid, MORE_CODE | {"logic": step}, by="ana", step=step - 5))
+        auto.append(boundary(store, rid, step))
+    segments = export_schedule(store, rid)["segments"]
+    assert [(s["from_step"], s["source"], s["proposal_id"], s["approved_by"]) for s in segments] == \
+        [(0, "proposal", first, "auto")] + [(s, "manual", m, "ana") for s, m in zip((10, 20, 30), manual)]
+    assert [s["weights"]["logic"] for s in segments[1:]] == pytest.approx([10 / 19, 20 / 29, 30 / 39])
+    # the auto proposals of those checkpoints lost, and the log says why
+    for pid, m in zip(auto, manual):
+        assert store.proposal(pid)["status"] == "superseded" and store.proposal(pid)["applied_step"] is None
+        (why,) = [e for e in store.events(rid, "superseded") if e["proposal_id"] == pid]
+        assert f"a person's decision (proposal {m})" in why["message"]
+    assert [store.proposal(m)["status"] for m in manual] == ["applied"] * 3
+    assert_audit_matches_schedule(store, rid)
+
+
+def test_an_edit_made_before_the_boundary_beats_the_auto_approval(store, run_id):
+    waiting = propose(store, run_id, 0)  # policy human then: it waits
+    decide(store, waiting, "edit", weights=MORE_CODE, by="bob")  # the policy is auto again by checkpoint 10
+    auto = boundary(store, run_id, 10)
+    (seg,) = store.schedule(run_id)[1:]
+    assert (seg["from_step"], seg["proposal_id"], seg["decided_by"]) == (10, waiting, "bob")
+    assert seg["weights"]["code"] == pytest.approx(0.5)
+    assert store.proposal(auto)["status"] == "superseded"
+    assert_audit_matches_schedule(store, run_id)
+
+
+def test_a_boundary_redone_after_a_crash_moves_applied_back_to_superseded(store, run_id):
+    auto = boundary(store, run_id, 10)
+    assert store.proposal(auto)["status"] == "applied"
+    # the worker died before the boundary was done, and a person set a mixture meanwhile
+    manual = set_mixture(store, run_id, MORE_CODE, by="ana")
+    assert boundary(store, run_id, 10) == auto  # the resumed worker redoes checkpoint 10
+    assert [(s["from_step"], s["proposal_id"]) for s in store.schedule(run_id)] == [(0, None), (10, manual)]
+    p = store.proposal(auto)
+    assert p["status"] == "superseded" and p["applied_step"] is None
+    assert "trained nothing" in store.events(run_id, "superseded")[-1]["message"]
+    assert_audit_matches_schedule(store, run_id)
+
+
+def test_a_later_boundary_keeps_what_trained_before(store, run_id):
+    auto_10 = boundary(store, run_id, 10)
+    manual = set_mixture(store, run_id, MORE_CODE, by="ana")
+    auto_20 = boundary(store, run_id, 20)
+    auto_30 = boundary(store, run_id, 30)  # nothing waits from a person: the policy's proposal applies
+    assert [s["proposal_id"] for s in store.schedule(run_id)] == [None, auto_10, manual, auto_30]
+    assert [store.proposal(p)["status"] for p in (auto_10, auto_20, auto_30)] == ["applied", "superseded", "applied"]
+    assert_audit_matches_schedule(store, run_id)
+
+
+# -- the auto policy and a person at the same moment -------------------------------
+
+
+@pytest.mark.parametrize("action, status", [("approve", "approved"), ("reject", "rejected"), ("edit", "edited")])
+def test_a_person_who_decides_first_keeps_the_decision(store, run_id, action, status):
+    pid = propose(store, run_id, 10)
+    decide(store, pid, action, weights=MORE_CODE if action == "edit" else None, by="ana")
+    p = auto_approve(store, pid)
+    assert (p["status"], p["decided_by"]) == (status, "ana")
+    assert [e["actor"] for e in store.events(run_id) if e["kind"] == status] == ["ana"]
+
+
+def test_a_person_deciding_inside_the_auto_approval_wins_and_nothing_fails(db, store, run_id):
+    pid = propose(store, run_id, 10)
+    person = Store(db)
+    threads: list = []
+
+    def trace(sql):  # the person decides right as the policy's write begins
+        if sql.startswith("BEGIN IMMEDIATE") and not threads:
+            t = threading.Thread(target=decide, args=(person, pid, "reject"), kwargs={"by": "ana"})
+            threads.append(t)
+            t.start()
+            t.join(10)
+
+    store.db.conn.set_trace_callback(trace)
+    try:
+        p = auto_approve(store, pid)
+    finally:
+        store.db.conn.set_trace_callback(None)
+        person.close()
+    assert threads and (p["status"], p["decided_by"]) == ("rejected", "ana")
+    assert store.apply_approved(run_id, step=10, tokens_at=1000) is None
+
+
+def test_auto_approval_of_a_pending_proposal(store, run_id):
+    pid = propose(store, run_id, 10)
+    p = auto_approve(store, pid)
+    assert (p["status"], p["decided_by"], p["final_weights"]) == ("approved", "auto", PROPOSED)
+    with pytest.raises(NotFound):
+        auto_approve(store, pid + 1)
