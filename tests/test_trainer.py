@@ -1,4 +1,5 @@
-"""backend/trainer.py and backend/model.py with a tiny real Llama on CPU."""
+"""backend/trainer.py with a tiny real Llama on CPU: training steps, the LR
+schedule, and checkpoints (save, verify, fall back, prune, resume exactly)."""
 
 import itertools
 import json
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from backend.config import ModelConfig, TrainConfig
-from backend.model import build_model, count_parameters
+from backend.model import build_model
 from backend.trainer import (
     CheckpointError,
     Trainer,
@@ -41,25 +42,6 @@ def params(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_build_model_is_seeded_and_sized():
-    a, b, c = tiny_model(0), tiny_model(0), tiny_model(1)
-    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
-    assert not all(torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters()))
-    assert a.config.vocab_size == VOCAB and a.config.hidden_size == 32 and a.config.num_hidden_layers == 1
-    assert a.config.tie_word_embeddings
-    assert a.get_output_embeddings().weight.data_ptr() == a.get_input_embeddings().weight.data_ptr()
-    assert count_parameters(a) == sum(p.numel() for p in a.parameters()) > 0
-
-
-def test_pretrained_model_loads_from_a_local_folder(tmp_path):
-    tiny_model(3).save_pretrained(tmp_path)
-    cfg = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, pretrained=str(tmp_path))
-    loaded = build_model(cfg, VOCAB, CONTEXT, eos_id=0, pad_id=1, seed=0)
-    assert all(torch.equal(x, y) for x, y in zip(loaded.parameters(), tiny_model(3).parameters()))
-    with pytest.raises(ValueError, match="vocab"):
-        build_model(cfg, VOCAB + 1, CONTEXT, eos_id=0, pad_id=1, seed=0)
-
-
 def test_pick_device():
     assert pick_device("cpu") == CPU
     if not torch.cuda.is_available():
@@ -86,7 +68,8 @@ def test_save_then_load_resumes_exactly(tmp_path):
         trainer.train_step(batch(i))
     path = save_checkpoint(tmp_path, model, trainer, {"sampler": {"sequences_drawn": 12, "seed": 0}})
     assert path == checkpoint_dir(tmp_path, 3) and path.name == "step-0000003"
-    assert sorted(f.name for f in path.iterdir()) == ["meta.json", "model.safetensors", "trainer.pt"]
+    assert sorted(f.name for f in path.iterdir()) == [
+        "manifest.json", "meta.json", "model.safetensors", "trainer.json", "trainer.safetensors"]
     assert not list(tmp_path.glob("*.tmp"))
 
     fresh = tiny_model(seed=123)  # different init: everything must come from the checkpoint
@@ -139,7 +122,8 @@ def test_leftover_tmp_folder_is_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(half, tiny_model(), Trainer(tiny_model(), train_cfg(), CPU))
     msg = str(e.value)
-    assert "step-0000010.tmp" in msg and "trainer.pt" in msg and "meta.json" in msg
+    assert "step-0000010.tmp" in msg and "trainer.safetensors" in msg and "meta.json" in msg
+    assert "manifest.json" in msg
     assert "model.safetensors" not in msg.split("missing", 1)[1]
 
 
@@ -148,10 +132,10 @@ def test_checkpoint_missing_trainer_state_names_it(tmp_path):
     trainer = Trainer(model, train_cfg(), CPU)
     trainer.train_step(batch())
     path = save_checkpoint(tmp_path, model, trainer, {})
-    (path / "trainer.pt").unlink()
+    (path / "trainer.safetensors").unlink()
     fresh = tiny_model(5)
     untouched = params(fresh)
-    with pytest.raises(CheckpointError, match=r"missing trainer\.pt"):
+    with pytest.raises(CheckpointError, match=r"missing trainer\.safetensors"):
         load_checkpoint(path, fresh, Trainer(fresh, train_cfg(), CPU))
     # refused before anything was loaded
     assert all(torch.equal(untouched[k], v) for k, v in fresh.state_dict().items())
