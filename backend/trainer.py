@@ -121,10 +121,15 @@ class Trainer:
 
 # -- checkpoints ----------------------------------------------------------------
 
-MODEL_FILE, TRAINER_TENSORS, TRAINER_JSON, META_FILE = "model.safetensors", "trainer.safetensors", "trainer.json", "meta.json"
+MODEL_FILE = "model.safetensors"
+TRAINER_TENSORS = "trainer.safetensors"
+TRAINER_JSON = "trainer.json"
+META_FILE = "meta.json"
 CHECKPOINT_FILES = (MODEL_FILE, TRAINER_TENSORS, TRAINER_JSON, META_FILE)
+"""What a checkpoint folder holds besides its manifest; anything else there is refused."""
 MANIFEST = "manifest.json"
 FORMAT = 1
+"""Version of trainer.json and manifest.json."""
 _STEP_DIR = re.compile(r"step-(\d+)")
 _TMP, _OLD = ".tmp", ".old"
 
