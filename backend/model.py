@@ -7,12 +7,17 @@ from backend.config import ModelConfig
 
 def build_model(cfg: ModelConfig, vocab_size: int, context_length: int, *, eos_id: int, pad_id: int, seed: int):
     """A Llama-style causal LM sized by cfg, initialised from `seed`, or the
-    model saved in cfg.pretrained (a local folder; nothing is downloaded)."""
+    model saved in cfg.pretrained (a local folder; nothing is downloaded).
+    A folder that holds no loadable model raises ValueError naming
+    model.pretrained."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     if cfg.pretrained:
-        model = AutoModelForCausalLM.from_pretrained(cfg.pretrained, local_files_only=True)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(cfg.pretrained, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"model.pretrained: no causal LM loads from {cfg.pretrained!r} ({e})") from None
         if model.config.vocab_size < vocab_size:
             raise ValueError(
                 f"model.pretrained: vocab {model.config.vocab_size} is smaller than the tokenizer's {vocab_size}"
@@ -39,4 +44,5 @@ def build_model(cfg: ModelConfig, vocab_size: int, context_length: int, *, eos_i
 
 
 def count_parameters(model) -> int:
+    """Parameters of the model, a tied embedding counted once."""
     return sum(p.numel() for p in model.parameters())

@@ -1,21 +1,32 @@
-"""backend/trainer.py and backend/model.py with a tiny real Llama on CPU."""
+"""backend/trainer.py with a tiny real Llama on CPU: training steps, the LR
+schedule, and checkpoints (save, verify, fall back, prune, resume exactly)."""
 
+import errno
+import hashlib
 import itertools
 import json
 import math
+import os
+import pickle
+import resource
+import signal
 
 import pytest
 import torch
 
 from backend.config import ModelConfig, TrainConfig
-from backend.model import build_model, count_parameters
+from backend.model import build_model
 from backend.trainer import (
     CheckpointError,
     Trainer,
     checkpoint_dir,
+    checkpoint_step,
+    latest_valid_checkpoint,
     load_checkpoint,
     pick_device,
+    prune_checkpoints,
     save_checkpoint,
+    verify_checkpoint,
 )
 
 VOCAB, CONTEXT = 300, 16
@@ -39,25 +50,6 @@ def batch(seed=0, b=4):
 
 def params(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def test_build_model_is_seeded_and_sized():
-    a, b, c = tiny_model(0), tiny_model(0), tiny_model(1)
-    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
-    assert not all(torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters()))
-    assert a.config.vocab_size == VOCAB and a.config.hidden_size == 32 and a.config.num_hidden_layers == 1
-    assert a.config.tie_word_embeddings
-    assert a.get_output_embeddings().weight.data_ptr() == a.get_input_embeddings().weight.data_ptr()
-    assert count_parameters(a) == sum(p.numel() for p in a.parameters()) > 0
-
-
-def test_pretrained_model_loads_from_a_local_folder(tmp_path):
-    tiny_model(3).save_pretrained(tmp_path)
-    cfg = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, pretrained=str(tmp_path))
-    loaded = build_model(cfg, VOCAB, CONTEXT, eos_id=0, pad_id=1, seed=0)
-    assert all(torch.equal(x, y) for x, y in zip(loaded.parameters(), tiny_model(3).parameters()))
-    with pytest.raises(ValueError, match="vocab"):
-        build_model(cfg, VOCAB + 1, CONTEXT, eos_id=0, pad_id=1, seed=0)
 
 
 def test_pick_device():
@@ -86,7 +78,8 @@ def test_save_then_load_resumes_exactly(tmp_path):
         trainer.train_step(batch(i))
     path = save_checkpoint(tmp_path, model, trainer, {"sampler": {"sequences_drawn": 12, "seed": 0}})
     assert path == checkpoint_dir(tmp_path, 3) and path.name == "step-0000003"
-    assert sorted(f.name for f in path.iterdir()) == ["meta.json", "model.safetensors", "trainer.pt"]
+    assert sorted(f.name for f in path.iterdir()) == [
+        "manifest.json", "meta.json", "model.safetensors", "trainer.json", "trainer.safetensors"]
     assert not list(tmp_path.glob("*.tmp"))
 
     fresh = tiny_model(seed=123)  # different init: everything must come from the checkpoint
@@ -101,6 +94,13 @@ def test_save_then_load_resumes_exactly(tmp_path):
     # still tied after loading
     assert fresh.get_output_embeddings().weight.data_ptr() == fresh.get_input_embeddings().weight.data_ptr()
     assert fresh_trainer.scheduler.get_last_lr() == trainer.scheduler.get_last_lr()
+    # param groups come back with their types (betas a tuple), state keyed by index
+    saved, restored = trainer.optimizer.state_dict(), fresh_trainer.optimizer.state_dict()
+    assert restored["param_groups"] == saved["param_groups"]
+    assert type(restored["param_groups"][0]["betas"]) is tuple
+    assert restored["state"].keys() == saved["state"].keys()
+    assert all(torch.equal(restored["state"][i][k], v) and restored["state"][i][k].dtype == v.dtype
+               for i, st in saved["state"].items() for k, v in st.items())
 
     # the next steps give the identical loss and parameters as continuing
     for i in range(3, 5):
@@ -139,7 +139,8 @@ def test_leftover_tmp_folder_is_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(half, tiny_model(), Trainer(tiny_model(), train_cfg(), CPU))
     msg = str(e.value)
-    assert "step-0000010.tmp" in msg and "trainer.pt" in msg and "meta.json" in msg
+    assert "step-0000010.tmp" in msg and "trainer.safetensors" in msg and "meta.json" in msg
+    assert "manifest.json" in msg
     assert "model.safetensors" not in msg.split("missing", 1)[1]
 
 
@@ -148,10 +149,10 @@ def test_checkpoint_missing_trainer_state_names_it(tmp_path):
     trainer = Trainer(model, train_cfg(), CPU)
     trainer.train_step(batch())
     path = save_checkpoint(tmp_path, model, trainer, {})
-    (path / "trainer.pt").unlink()
+    (path / "trainer.safetensors").unlink()
     fresh = tiny_model(5)
     untouched = params(fresh)
-    with pytest.raises(CheckpointError, match=r"missing trainer\.pt"):
+    with pytest.raises(CheckpointError, match=r"missing trainer\.safetensors"):
         load_checkpoint(path, fresh, Trainer(fresh, train_cfg(), CPU))
     # refused before anything was loaded
     assert all(torch.equal(untouched[k], v) for k, v in fresh.state_dict().items())
@@ -210,3 +211,290 @@ def test_weight_decay_only_on_matrices():
     assert decay["weight_decay"] == 0.3 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+# -- no pickle ---------------------------------------------------------------
+
+
+class RunsCode:
+    """A pickle payload: unpickling it creates `marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def trained_checkpoint(root, steps=1, seed=0):
+    model = tiny_model(seed)
+    trainer = Trainer(model, train_cfg(), CPU)
+    for i in range(steps):
+        trainer.train_step(batch(i))
+    return model, trainer, save_checkpoint(root, model, trainer, {"sampler": {"sequences_drawn": 4 * steps}})
+
+
+def rewrite_manifest(path):
+    """What an attacker who can write the folder can also do."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    for name, entry in manifest["files"].items():
+        data = (path / name).read_bytes()
+        entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_pickle_planted_in_a_checkpoint_is_never_run(tmp_path):
+    _, _, path = trained_checkpoint(tmp_path / "ck")
+    marker = tmp_path / "pwned"
+    (path / "trainer.pt").write_bytes(pickle.dumps(RunsCode(marker)))
+    with pytest.raises(CheckpointError, match=r"trainer\.pt") as e:
+        load_checkpoint(path, tiny_model(), Trainer(tiny_model(), train_cfg(), CPU))
+    assert "step-0000001" in str(e.value)
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_the_pickled_format_is_refused_unread(tmp_path):
+    """The layout before this version: model.safetensors, trainer.pt, meta.json."""
+    model, trainer, path = trained_checkpoint(tmp_path / "ck")
+    for name in ("trainer.safetensors", "trainer.json", "manifest.json"):
+        (path / name).unlink()
+    marker = tmp_path / "pwned"
+    (path / "trainer.pt").write_bytes(pickle.dumps({"optimizer": RunsCode(marker)}))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path, tiny_model(), Trainer(tiny_model(), train_cfg(), CPU))
+    assert "trainer.pt" in str(e.value) and "missing trainer.safetensors" in str(e.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["trainer.safetensors", "trainer.json", "meta.json", "model.safetensors"])
+def test_a_pickle_in_place_of_a_state_file_is_unreadable_not_run(tmp_path, name):
+    _, _, path = trained_checkpoint(tmp_path / "ck")
+    marker = tmp_path / "pwned"
+    (path / name).write_bytes(pickle.dumps(RunsCode(marker)))
+    with pytest.raises(CheckpointError, match=f"unreadable: {name}") as e:
+        load_checkpoint(path, tiny_model(), Trainer(tiny_model(), train_cfg(), CPU))
+    assert "manifest.json" in str(e.value)  # caught by its checksum
+    rewrite_manifest(path)  # checksums that vouch for the payload: still only parsed, never run
+    with pytest.raises(CheckpointError, match=f"unreadable: {name}"):
+        load_checkpoint(path, tiny_model(), Trainer(tiny_model(), train_cfg(), CPU))
+    assert not marker.exists()
+
+
+def test_trainer_json_holds_the_structure_and_names_each_tensor(tmp_path):
+    from safetensors.torch import load_file
+
+    _, trainer, path = trained_checkpoint(tmp_path, steps=2)
+    saved = json.loads((path / "trainer.json").read_text())
+    tensors = load_file(str(path / "trainer.safetensors"))
+    state = saved["state"]
+    assert saved["format"] == 1 and state["step"] == 2
+    assert state["scheduler"]["last_epoch"] == 2
+    assert state["optimizer"]["param_groups"][0]["betas"] == {"$tuple": [0.9, 0.95]}
+    assert state["torch_rng"] == {"$tensor": "trainer.torch_rng"}
+    assert torch.equal(tensors["trainer.torch_rng"], trainer.state_dict()["torch_rng"])
+    assert tensors["trainer.torch_rng"].dtype == torch.uint8
+    exp_avg = state["optimizer"]["state"]["$int_keys"]["0"]["exp_avg"]["$tensor"]
+    assert torch.equal(tensors[exp_avg], trainer.optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+# -- manifest, verification, fallback ------------------------------------------
+
+
+def test_the_manifest_lists_size_and_sha256_of_every_file(tmp_path):
+    _, _, path = trained_checkpoint(tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["step"] == 1
+    assert sorted(manifest["files"]) == ["meta.json", "model.safetensors", "trainer.json", "trainer.safetensors"]
+    for name, entry in manifest["files"].items():
+        data = (path / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    verify_checkpoint(path)
+
+
+def test_a_truncated_file_fails_verification_and_resume_falls_back(tmp_path):
+    cfg = train_cfg()
+    model = tiny_model()
+    trainer = Trainer(model, cfg, CPU)
+    paths = []
+    for i in range(3):
+        trainer.train_step(batch(i))
+        paths.append(save_checkpoint(tmp_path, model, trainer, {"step_seen": i + 1}))
+    newest = paths[-1]
+    with open(newest / "model.safetensors", "r+b") as fh:
+        fh.truncate(100)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is 100 bytes") as e:
+        verify_checkpoint(newest)
+    assert "step-0000003" in str(e.value)
+
+    chosen, skipped = latest_valid_checkpoint(reversed(paths))
+    assert chosen == paths[1]
+    assert len(skipped) == 1 and "step-0000003" in skipped[0] and "model.safetensors" in skipped[0]
+    fresh = tiny_model(9)
+    fresh_trainer = Trainer(fresh, cfg, CPU)
+    assert load_checkpoint(chosen, fresh, fresh_trainer) == {"step_seen": 2, "step": 2}
+    assert fresh_trainer.step == 2
+    # retraining step 3 from the fallback replaces the corrupt folder with a good one
+    fresh_trainer.train_step(batch(2))
+    assert save_checkpoint(tmp_path, fresh, fresh_trainer, {"step_seen": 3}) == newest
+    verify_checkpoint(newest)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
+
+
+def test_a_changed_byte_fails_the_checksum(tmp_path):
+    _, _, path = trained_checkpoint(tmp_path)
+    data = bytearray((path / "trainer.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (path / "trainer.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"trainer\.safetensors does not match its sha256"):
+        verify_checkpoint(path)
+
+
+@pytest.mark.parametrize("manifest", ["", "[]", '{"files": {}}', '{"files": {"meta.json": 1}}'])
+def test_a_malformed_manifest_is_named(tmp_path, manifest):
+    _, _, path = trained_checkpoint(tmp_path)
+    (path / "manifest.json").write_text(manifest)
+    with pytest.raises(CheckpointError, match=r"unreadable: manifest\.json is malformed"):
+        verify_checkpoint(path)
+
+
+def test_no_valid_checkpoint_gives_none_with_every_reason(tmp_path):
+    _, _, path = trained_checkpoint(tmp_path)
+    (path / "meta.json").unlink()
+    chosen, skipped = latest_valid_checkpoint([tmp_path / "step-0000009", path])
+    assert chosen is None
+    assert "step-0000009" in skipped[0] and "does not exist" in skipped[0]
+    assert "missing meta.json" in skipped[1]
+    assert latest_valid_checkpoint([]) == (None, [])
+
+
+def test_checkpoint_step_reads_the_folder_name():
+    assert checkpoint_step("/x/step-0000120") == 120
+    assert checkpoint_step("step-0000120.tmp") is None and checkpoint_step("notes") is None
+
+
+# -- a write that fails midway ---------------------------------------------------
+
+
+def folder_bytes(path) -> dict:
+    return {f.name: f.read_bytes() for f in path.iterdir()}
+
+
+def assert_only_complete_checkpoints(root, steps):
+    assert sorted(p.name for p in root.iterdir()) == [f"step-{s:07d}" for s in steps]
+    for s in steps:
+        verify_checkpoint(checkpoint_dir(root, s))
+
+
+@pytest.fixture
+def file_size_limit():
+    """Cap the size of any file this process writes (RLIMIT_FSIZE): a real
+    write error (EFBIG) at the first file that outgrows it, like a full disk."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, do not kill the process
+
+    def limit(n_bytes):
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, hard))
+
+    yield limit
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_write_failing_midway_leaves_the_previous_checkpoint_resumable(tmp_path, file_size_limit):
+    model, trainer, first = trained_checkpoint(tmp_path)
+    before = folder_bytes(first)
+    trainer.train_step(batch(1))
+    # model.safetensors fits, trainer.safetensors (two AdamW moments per weight) does not
+    file_size_limit((first / "model.safetensors").stat().st_size + 1024)
+    with pytest.raises(CheckpointError, match=r"step-0000002.*not written.*File too large"):
+        save_checkpoint(tmp_path, model, trainer, {})
+    file_size_limit(resource.RLIM_INFINITY)
+    assert_only_complete_checkpoints(tmp_path, [1])  # no step-2 folder, no .tmp
+    assert folder_bytes(first) == before
+    chosen, _ = latest_valid_checkpoint([checkpoint_dir(tmp_path, 2), first])
+    assert chosen == first
+    load_checkpoint(chosen, tiny_model(), Trainer(tiny_model(), train_cfg(), CPU))
+    save_checkpoint(tmp_path, model, trainer, {})  # space again: the next save works
+    assert_only_complete_checkpoints(tmp_path, [1, 2])
+
+
+def test_meta_that_cannot_be_written_fails_after_the_tensor_files(tmp_path):
+    model, trainer, first = trained_checkpoint(tmp_path)
+    trainer.train_step(batch(1))
+    with pytest.raises(CheckpointError, match=r"step-0000002.*TypeError"):
+        save_checkpoint(tmp_path, model, trainer, {"weights": {"a", "b"}})  # a set is not JSON
+    assert_only_complete_checkpoints(tmp_path, [1])
+
+
+def test_a_failed_save_of_the_same_step_keeps_the_old_folder(tmp_path, monkeypatch):
+    """After a fallback the same step is saved again: the folder there is
+    swapped, never deleted before its replacement is complete."""
+    import safetensors.torch
+
+    model, trainer, path = trained_checkpoint(tmp_path)
+    before = folder_bytes(path)
+    real_save, calls = safetensors.torch.save_file, []
+
+    def disk_full_after_one_file(*args, **kw):
+        calls.append(args[1])
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(*args, **kw)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full_after_one_file)
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        save_checkpoint(tmp_path, model, trainer, {})
+    assert calls[0].endswith("step-0000001.tmp/model.safetensors")
+    assert_only_complete_checkpoints(tmp_path, [1])
+    assert folder_bytes(path) == before
+
+
+def test_leftovers_of_an_interrupted_save_are_cleared_or_restored(tmp_path):
+    model, trainer, path = trained_checkpoint(tmp_path)
+    for stale in ("step-0000007.tmp", "step-0000008.tmp"):
+        (tmp_path / stale).mkdir()
+        (tmp_path / stale / "model.safetensors").write_bytes(b"half")
+    # killed between moving step 1 aside and renaming its replacement in
+    path.rename(tmp_path / "step-0000001.old")
+    trainer.train_step(batch(1))
+    save_checkpoint(tmp_path, model, trainer, {})
+    assert_only_complete_checkpoints(tmp_path, [1, 2])
+
+
+# -- retention -----------------------------------------------------------------------
+
+
+def checkpoints_at(root, steps):
+    model = tiny_model()
+    trainer = Trainer(model, train_cfg(), CPU)
+    for s in steps:
+        trainer.step = s  # retention reads names and manifests only; no need to train
+        save_checkpoint(root, model, trainer, {})
+
+
+def test_prune_keeps_the_newest_and_the_needed_steps(tmp_path):
+    checkpoints_at(tmp_path, [0, 10, 20, 30, 40, 50])
+    (tmp_path / "step-0000060.tmp").mkdir()
+    removed = prune_checkpoints(tmp_path, keep_last=2, keep_steps={0, 20})
+    assert sorted(p.name for p in removed) == ["step-0000010", "step-0000030"]
+    assert_only_complete_checkpoints(tmp_path, [0, 20, 40, 50])
+    assert prune_checkpoints(tmp_path, keep_last=2, keep_steps={0, 20}) == []
+
+
+def test_prune_with_keep_last_zero_keeps_everything_but_leftovers(tmp_path):
+    checkpoints_at(tmp_path, [0, 10, 20])
+    (tmp_path / "step-0000030.tmp").mkdir()
+    assert prune_checkpoints(tmp_path, keep_last=0, keep_steps=set()) == []
+    assert_only_complete_checkpoints(tmp_path, [0, 10, 20])
+    assert prune_checkpoints(tmp_path / "absent", keep_last=1, keep_steps=set()) == []
+    with pytest.raises(ValueError, match="keep_last"):
+        prune_checkpoints(tmp_path, keep_last=-1, keep_steps=set())
+
+
+def test_prune_never_counts_a_corrupt_checkpoint_as_kept(tmp_path):
+    checkpoints_at(tmp_path, [0, 10, 20])
+    with open(tmp_path / "step-0000020" / "trainer.json", "r+b") as fh:
+        fh.truncate(5)
+    removed = prune_checkpoints(tmp_path, keep_last=1, keep_steps=set())
+    assert sorted(p.name for p in removed) == ["step-0000000", "step-0000020"]
+    assert_only_complete_checkpoints(tmp_path, [10])  # the newest that resumes

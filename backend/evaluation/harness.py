@@ -17,10 +17,16 @@ import math
 
 
 def _num(x) -> float | None:
+    """A finite number, or None (lm-eval reports "N/A" or nan for a stderr it cannot compute)."""
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
 class HarnessEvaluator:
+    """lm-eval on the live model: the task configs of tasks.build_tasks,
+    `items_per_round` items of each at a checkpoint (None: all of them)
+    rotating over a pool of `rounds` x items_per_round. batch_size and
+    max_length (tokens) are HFLM's."""
+
     def __init__(self, model, tokenizer, task_configs: list[dict], *, batch_size: int,
                  max_length: int, device, items_per_round: int | None = None, rounds: int = 1):
         from lm_eval.models.huggingface import HFLM
@@ -31,7 +37,7 @@ class HarnessEvaluator:
         self.tokenizer = tokenizer
         self.items_per_round = items_per_round  # None: every item, every time
         self.rounds = rounds
-        self.task_manager = TaskManager(verbosity="ERROR", include_defaults=False)
+        self.task_manager = TaskManager(include_defaults=False)
         self.loaded = self.task_manager.load(list(task_configs))
         for task in self.loaded["tasks"].values():  # as simple_evaluate sets them
             if task.get_config("num_fewshot") is None:

@@ -16,9 +16,12 @@ every checkpoint evaluates the next items_per_skill of them (`rotation`):
 the items of one checkpoint are a fresh sample, so their sampling error is
 independent of the last checkpoint's and the latent estimate can average it
 away over checkpoints; a fixed item set would carry the same bias at every
-checkpoint, which no smoothing removes. All templates of a skill see the
-same items at a checkpoint, and the rotation is seeded, so a replay or a
-resumed run evaluates exactly the same items.
+checkpoint, which no smoothing removes. Each template draws its own items
+(eval_items keys them by template), so the templates are independent looks
+at the skill; all of them evaluate the same positions of their pools at a
+checkpoint. The items are seeded and the rotation is a function of the
+checkpoint number, so a replay or a resumed run evaluates exactly the same
+items.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ import json
 from pathlib import Path
 
 from backend.data.skills import HOLDOUT_TEMPLATE, STEER_TEMPLATES, eval_items, get_skill
+from backend.vocab import skill_name
 
 TEMPLATES = {"steer": STEER_TEMPLATES, "holdout": (HOLDOUT_TEMPLATE,)}
+"""The prompt templates each kind of skill is evaluated under."""
 
 
 def rotation(round_: int, n_items: int, rounds: int) -> list[int]:
@@ -38,11 +43,8 @@ def rotation(round_: int, n_items: int, rounds: int) -> list[int]:
     return list(range(start, start + n_items))
 
 
-def skill_name(base: str, kind: str) -> str:
-    return base if kind == "steer" else f"{base}_{kind}"
-
-
 def task_name(base: str, kind: str, template: int, output: str = "gen") -> str:
+    """cl_<skill>[_ll]_t<template>: e.g. cl_copy_t0, cl_copy_ll_t0, cl_copy_holdout_t1."""
     mid = "_ll" if output == "ll" else ""
     return f"cl_{skill_name(base, kind)}{mid}_t{template}"
 
@@ -79,7 +81,12 @@ def task_config(base: str, kind: str, template: int, output: str, data_file: Pat
 
 def build_tasks(skills: list[str], kinds: list[str], data_dir: Path, n_items: int, seed: int,
                 max_gen_toks: int, loglikelihood: bool = True, rounds: int = 1) -> list[dict]:
-    """Write each task's items to data_dir and return the task configs."""
+    """Write each task's items to data_dir and return the task configs.
+
+    One JSONL file per (skill, kind, template) holds rounds x n_items items;
+    the generation task and, for the first template of each kind when
+    `loglikelihood`, the loglikelihood task read it. An unknown skill raises
+    KeyError listing the known ones."""
     data_dir.mkdir(parents=True, exist_ok=True)
     configs = []
     for base in skills:

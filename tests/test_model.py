@@ -1,0 +1,61 @@
+"""backend/model.py: a tiny real Llama, built from a seed or loaded from a
+local folder."""
+
+import pytest
+import torch
+
+from backend.config import ModelConfig
+from backend.model import build_model, count_parameters
+
+VOCAB, CONTEXT = 300, 16
+MODEL = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+
+
+def tiny_model(seed=0, cfg=MODEL, vocab=VOCAB):
+    return build_model(cfg, vocab, CONTEXT, eos_id=0, pad_id=1, seed=seed)
+
+
+def test_build_model_is_seeded_and_sized():
+    a, b, c = tiny_model(0), tiny_model(0), tiny_model(1)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters()))
+    assert a.config.vocab_size == VOCAB and a.config.hidden_size == 32 and a.config.num_hidden_layers == 1
+    assert a.config.tie_word_embeddings
+    assert a.get_output_embeddings().weight.data_ptr() == a.get_input_embeddings().weight.data_ptr()
+    assert count_parameters(a) == sum(p.numel() for p in a.parameters()) > 0
+
+
+def test_config_fields_reach_the_model():
+    m = tiny_model(cfg=ModelConfig(hidden_size=48, num_layers=3, num_heads=4, intermediate_size=96))
+    c = m.config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size) == (48, 3, 4, 96)
+    assert c.num_key_value_heads == 4  # full multi-head attention, no grouping
+    assert c.max_position_embeddings == CONTEXT
+    assert (c.eos_token_id, c.bos_token_id, c.pad_token_id) == (0, 0, 1)
+    assert c.use_cache  # generation during evaluation reuses the KV cache
+
+
+def test_count_parameters_counts_tied_embeddings_once():
+    m = tiny_model()
+    # embedding (V x H) once, not twice: lm_head shares it
+    untied = sum(p.numel() for p in m.state_dict().values())
+    assert count_parameters(m) == untied - VOCAB * 32
+
+
+def test_pretrained_model_loads_from_a_local_folder(tmp_path):
+    tiny_model(3).save_pretrained(tmp_path)
+    cfg = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, pretrained=str(tmp_path))
+    loaded = build_model(cfg, VOCAB, CONTEXT, eos_id=0, pad_id=1, seed=0)
+    assert all(torch.equal(x, y) for x, y in zip(loaded.parameters(), tiny_model(3).parameters()))
+    with pytest.raises(ValueError, match="vocab"):
+        build_model(cfg, VOCAB + 1, CONTEXT, eos_id=0, pad_id=1, seed=0)
+
+
+@pytest.mark.parametrize("content", [None, "{}", "not json"])
+def test_pretrained_folder_without_a_model_is_refused_naming_the_field(tmp_path, content):
+    if content is not None:
+        (tmp_path / "config.json").write_text(content)
+    cfg = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, pretrained=str(tmp_path))
+    with pytest.raises(ValueError, match="model.pretrained") as e:
+        build_model(cfg, VOCAB, CONTEXT, eos_id=0, pad_id=1, seed=0)
+    assert str(tmp_path) in str(e.value)
