@@ -22,7 +22,8 @@ from pathlib import Path
 
 from backend import config as config_mod
 from backend.config import RunConfig
-from backend.controllers import History, get_strategy
+from backend import controllers
+from backend.controllers import History
 from backend.mixture import validate_weights
 from backend.store import Store
 
@@ -343,9 +344,9 @@ class ClosedLoop:
         )
 
     def _propose(self, step: int, tokens: int) -> None:
-        strategy = get_strategy(self.cfg.controller.strategy, self.cfg.controller)
+        strategy = controllers.make_strategy(self.cfg.controller)
         current = self.store.current_weights(self.run_id)
-        p = strategy.propose(self.history(), current)
+        p = controllers.propose(strategy, self.history(), current, self.cfg.controller)
         pid = self.store.add_proposal(self.run_id, step=step, strategy=strategy.name,
                                       current_weights=current, weights=p.weights,
                                       rationale=p.rationale, forecast=p.forecast)
