@@ -13,7 +13,7 @@ from conftest import check_constraints, check_rationale_lines
 from backend.config import ConfigError, ControllerConfig, preset
 from backend.controllers import STRATEGIES, History, make_strategy, propose
 from backend.controllers.constraints import apply_constraints
-from backend.controllers.forecast import SLOPE_BASIS, slope_forecast, slope_forecasts
+from backend.controllers.forecast import SLOPE_BASIS
 from backend.controllers.mixing_law import RIDGE, MixingLaw, MixingLawSettings, predict
 from backend.controllers.odm import ALPHA, exploration
 
@@ -142,22 +142,6 @@ def test_forecast_per_steer_skill(name):
         assert f["score"] == pytest.approx(latent[s][-1]["score"])
         assert 0.0 <= f["expected"] <= 1.0
         assert isinstance(f["basis"], str) and f["basis"]
-
-
-# -- the shared slope forecast --------------------------------------------------------
-
-
-def test_slope_forecast_scales_the_slope_by_the_change_in_data_share():
-    f = slope_forecast(0.4, 0.1, ["strings"], UNIFORM, {"strings": 0.5, "arithmetic": 0.3, "noise": 0.2})
-    assert f == {"score": 0.4, "expected": pytest.approx(0.4 + 0.1 * 1.5), "basis": SLOPE_BASIS}
-    assert slope_forecast(0.4, None, ["strings"], UNIFORM, UNIFORM)["expected"] == 0.4  # no slope yet
-    assert slope_forecast(0.95, 0.2, ["strings"], UNIFORM, UNIFORM)["expected"] == 1.0  # a score stays a score
-    est = {"copy": [{"score": 0.3, "slope": 0.0}, {"score": 0.4, "slope": 0.1}], "add2": [{"score": 0.2, "slope": 0.3}],
-           "gone": []}
-    out = slope_forecasts(est, SKILL_DOMAINS, UNIFORM, UNIFORM)
-    assert set(out) == {"copy", "add2"}
-    assert out["copy"]["expected"] == pytest.approx(0.5)
-    assert out["add2"]["expected"] == 0.2  # one estimate: no slope
 
 
 # -- doremi ----------------------------------------------------------------------------

@@ -261,3 +261,77 @@ def test_large_step_size_does_not_overflow():
     p = propose(strat, history({"copy": series(0.0), "add2": series(0.0)}), current, cfg)
     assert abs(sum(p.weights.values()) - 1) < 1e-12
     assert p.weights["noise"] < current["noise"]
+
+
+# -- the guarantees controllers.propose enforces for every strategy ------------------
+
+
+LOW_STRINGS = {"strings": 0.1, "arithmetic": 0.45, "noise": 0.45}  # smoothing alone would raise strings
+
+
+@pytest.mark.parametrize("name", ["deficit", "doremi", "odm", "mixing-law", "static"])
+def test_the_goodhart_hold_applies_to_every_strategy(name):
+    cfg = ControllerConfig(strategy=name)
+    losses = {d: [{"step": 10 * i, "tokens_seen": 1000 * i, "value": v, "stderr": 0.01, "n": 16}
+                  for i, v in enumerate(vs)]
+              for d, vs in {"strings": [4.0, 3.0, 3.5], "arithmetic": [4.0, 3.0, 2.0], "noise": [4.0, 4.0, 4.0]}.items()}
+    h = History(domains=DOMAINS, skill_domains=SKILL_DOMAINS, checkpoint_tokens=1000, domain_loss=losses,
+                scores={"copy": series(0.1, 0.2, 0.3, n=500), "add2": series(0.5, 0.5, 0.5, n=500)},
+                mixtures=[{"step": 10 * i, "tokens_seen": 1000 * i, "weights": LOW_STRINGS} for i in range(3)])
+    free = propose(make_strategy(cfg), h, LOW_STRINGS, cfg)
+    h.blocked = {"copy": "Goodhart guard: copy rose, copy_holdout did not"}
+    held = propose(make_strategy(cfg), h, LOW_STRINGS, cfg)
+    assert held.weights["strings"] <= LOW_STRINGS["strings"] + 1e-12
+    if name != "static":  # without the hold the constraints (or the strategy) raise it
+        assert free.weights["strings"] > LOW_STRINGS["strings"]
+        check_constraints(held.weights, LOW_STRINGS, cfg)
+    assert "held back by the Goodhart guard: copy" in held.rationale["strings"]
+    assert "Goodhart" not in held.rationale["arithmetic"]
+    check_rationale_lines(held, LOW_STRINGS)
+    # the forecast still covers the held-back skill
+    assert set(held.forecast) == set(free.forecast)
+
+
+def test_static_is_exempt_from_the_shared_constraints():
+    cfg = ControllerConfig(strategy="static", floor=0.2)
+    current = {"strings": 0.05, "arithmetic": 0.5, "noise": 0.45}  # below the floor, kept
+    assert propose(make_strategy(cfg), history({}), current, cfg).weights == current
+
+
+def test_make_strategy_takes_the_configs_settings_where_it_has_them():
+    from types import SimpleNamespace
+
+    from backend.controllers.deficit import DeficitSettings
+
+    strat = make_strategy(SimpleNamespace(strategy="deficit", settings=DeficitSettings(step_size=3.0)))
+    assert strat.settings == DeficitSettings(step_size=3.0)
+    # today's flat ControllerConfig: the matching fields, and only those
+    assert make_strategy(ControllerConfig(step_size=4.0, target=0.9)).settings == \
+        DeficitSettings(step_size=4.0, target=0.9)
+
+
+@pytest.mark.parametrize("name, field, value, message", [
+    ("deficit", "step_size", 0.0, "controller.options.step_size: must be > 0"),
+    ("deficit", "saturation", 1.5, r"controller.options.saturation: must be within \[0, 1\]"),
+    ("mixing-law", "step_size", -1.0, "controller.options.step_size: must be > 0"),
+    ("doremi", "reference_step", -10, "controller.options.reference_step: must be >= 0"),
+    ("doremi", "reference_losses", {"strings": 0.0}, r"controller.options.reference_losses.strings: must be"),
+])
+def test_each_strategys_settings_name_the_bad_field(name, field, value, message):
+    from backend.config import ConfigError
+
+    settings = STRATEGIES.get(name).settings_class(**{field: value})
+    with pytest.raises(ConfigError, match=message):
+        settings.validate("controller.options")
+
+
+def test_doremi_settings_check_the_run_they_belong_to():
+    from backend.config import ConfigError, preset
+    from backend.controllers.doremi import DoReMiSettings
+
+    run = preset("tiny")  # checkpoints every 10 steps up to 30
+    DoReMiSettings(reference_step=20).validate("controller.options", run)
+    with pytest.raises(ConfigError, match="controller.options.reference_step: 15 is not a checkpoint"):
+        DoReMiSettings(reference_step=15).validate("controller.options", run)
+    with pytest.raises(ConfigError, match=r"controller.options.reference_losses: needs exactly the domains"):
+        DoReMiSettings(reference_losses={"strings": 2.0}).validate("controller.options", run)
