@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 from backend import config as config_mod
 from backend import controllers, vocab
@@ -47,6 +47,7 @@ class Stopped(Exception):
 # -- what the loop drives --------------------------------------------------------
 
 
+@runtime_checkable
 class Trainer(Protocol):
     """Optimizer steps on batches (backend.trainer.Trainer)."""
 
@@ -59,6 +60,7 @@ class Trainer(Protocol):
         ...
 
 
+@runtime_checkable
 class Sampler(Protocol):
     """Batches drawn by mixture weights (backend.data.sampler.MixtureSampler)."""
 
@@ -77,6 +79,7 @@ class Sampler(Protocol):
         ...
 
 
+@runtime_checkable
 class Evaluator(Protocol):
     """Per-skill evaluation and per-domain held-out loss at a checkpoint."""
 
@@ -103,6 +106,7 @@ class Evaluator(Protocol):
         ...
 
 
+@runtime_checkable
 class Checkpointer(Protocol):
     """Model and trainer state on disk, written atomically."""
 

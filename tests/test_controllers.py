@@ -11,6 +11,7 @@ from backend.controllers import (
     STRATEGIES,
     History,
     Proposal,
+    Strategy,
     make_strategy,
     propose,
     register_strategy,
@@ -37,6 +38,8 @@ def history(scores: dict) -> History:
 def test_built_in_strategies_are_registered():
     assert {"deficit", "static"} <= set(STRATEGIES)
     assert make_strategy(ControllerConfig()).name == "deficit"
+    for name in STRATEGIES:
+        assert isinstance(make_strategy(ControllerConfig(strategy=name)), Strategy)
 
 
 def test_unknown_strategy_lists_the_known_ones():

@@ -5,7 +5,7 @@ The preset tiny's cadence: 30 steps, a checkpoint every 10."""
 import pytest
 
 from backend.config import preset
-from backend.loop import PHASES, ClosedLoop
+from backend.loop import PHASES, Checkpointer, ClosedLoop, Evaluator, Sampler, Trainer
 from backend.store import Store
 from backend.testing import Crash, crash_at, fake_components
 
@@ -50,6 +50,18 @@ def uninterrupted(tmp_path_factory):
     rid = new_run(store)
     assert run_loop(store, rid) == "finished"
     return outcome(store, rid)
+
+
+def test_the_fakes_implement_the_loops_protocols(tmp_path):
+    c = fake_components()(preset("tiny"), tmp_path)
+    assert isinstance(c.trainer, Trainer) and isinstance(c.sampler, Sampler)
+    assert isinstance(c.evaluator, Evaluator) and isinstance(c.checkpointer, Checkpointer)
+    # the fake scores follow the data the trainer received
+    before = c.evaluator.score("copy")
+    c.trainer.train_step(c.sampler.batch({"strings": 1.0}, 8))
+    assert c.evaluator.score("copy") > before
+    assert c.evaluator.score("copy_holdout") == c.evaluator.score("copy")  # learnt, not taught to the test
+    assert c.evaluator.score("add2") == before  # arithmetic got nothing
 
 
 def test_auto_run_proposes_and_applies_at_every_checkpoint(store, uninterrupted):
