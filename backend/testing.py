@@ -3,7 +3,7 @@ ClosedLoop, store, capability estimator, guard and strategies run in-process
 in milliseconds, with no torch, transformers or lm-eval.
 
 - FakeTrainer: counts the tokens each domain received; a deterministic loss.
-- FakeSampler: draws each sequence's domain by the weights exactly as
+- FakeSampler: draws each sequence's domain by the weights as
   MixtureSampler does (sequence i from its own seeded generator), and hands
   the trainer {domain: sequences} instead of token ids.
 - FakeEvaluator: each skill's exact-match score is a deterministic, rising
