@@ -1,29 +1,34 @@
 """The closed loop, readable as the diagram in DESIGN.md:
 
-    sampler(weights) -> trainer -> checkpoint k
+    sampler(weights) -> trainer -> checkpoint k (save)
         -> evaluate (lm-eval per skill, per-domain held-out loss) -> store
+        -> estimate latent capability; Goodhart guard
         -> score the forecast of the proposal that trained the last stretch
         -> apply the newest approved proposal (it trains from step k on)
-        -> strategy proposes -> store (pending; `auto` approves and applies it)
+        -> strategy proposes, through controllers.propose -> store (pending;
+           `auto` approves and applies it)
 
 Every checkpoint boundary is idempotent: a worker killed anywhere resumes
 from its last complete checkpoint, redoes what that boundary had not
 finished, and ends with the same schedule as a run never killed.
+
+What the loop drives (trainer, sampler, evaluator, checkpointer) comes in
+as `Components`, behind the small protocols below: `build_components` makes
+the real ones (torch, transformers, lm-eval); backend.testing makes fakes.
 """
 
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 from backend import config as config_mod
-from backend import decisions, guard
+from backend import controllers, decisions, guard, vocab
 from backend.config import RunConfig
-from backend.controllers import History, get_strategy
+from backend.controllers import History
 from backend.forecast_errors import record_forecast_errors
 from backend.mixture import validate_weights
 from backend.store import Store
@@ -32,25 +37,106 @@ from backend.store import Store
 # must catch a worker mid-stretch shorten it through the environment)
 POLL_SECONDS = float(os.environ.get("CLOSED_LOOP_POLL_S", "1.0"))
 
+PHASES = ("save", "evaluate", "estimate", "apply", "propose")
+"""The phases of a checkpoint boundary, in order (ClosedLoop's on_phase)."""
+
 
 class Stopped(Exception):
     """A stop command arrived; the run ends at its last checkpoint."""
 
 
+# -- what the loop drives --------------------------------------------------------
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """Optimizer steps on batches (backend.trainer.Trainer)."""
+
+    step: int
+    """Optimizer steps taken so far."""
+
+    def train_step(self, batch) -> float:
+        """One optimizer step on one batch from Sampler.batches; returns the
+        training loss (nats/token); step += 1."""
+        ...
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Batches drawn by mixture weights (backend.data.sampler.MixtureSampler)."""
+
+    def batches(self, weights: dict[str, float], batch_size: int, n: int, *, background: bool) -> Iterator:
+        """n batches of batch_size sequences, each sequence's domain drawn by
+        `weights` (domain -> weight, sum 1); background=True may draw them in
+        a thread. The iterator has close()."""
+        ...
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue drawing exactly where it stands."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a state_dict."""
+        ...
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Per-skill evaluation and per-domain held-out loss at a checkpoint."""
+
+    task_configs: list[dict]
+    """One per evaluation task: {"task": task name, "metadata": {"skill":
+    stored skill name (vocab.skill_name), ...}}."""
+
+    def evaluate(self, round_index: int) -> tuple[list[dict], list[dict]]:
+        """Evaluate the model as it stands on the items of checkpoint number
+        `round_index` (step // checkpoint_every).
+
+        :return: (measurements, samples). A measurement: {"task", "skill"
+            (stored name), "metric" (exact_match | ll_acc | answer_nll),
+            "value", "stderr" (None when unknown), "n" (items), "prompt_variant"
+            ("template<j>"), "decoding" (greedy | teacher_forced), "scorer"}.
+            A sample: {"task", "doc_id", "prompt", "target", "response",
+            "correct" (0 | 1)}.
+        """
+        ...
+
+    def domain_losses(self) -> dict[str, dict]:
+        """domain -> {"value": mean next-token loss (nats/token) on its fixed
+        held-out sequences, "stderr" (None for one sequence), "n": sequences}."""
+        ...
+
+
+@runtime_checkable
+class Checkpointer(Protocol):
+    """Model and trainer state on disk, written atomically."""
+
+    def save(self, step: int, meta: dict) -> str:
+        """Write the model, the trainer state and `meta` (plain JSON) for
+        `step`; returns the checkpoint's path, complete once returned."""
+        ...
+
+    def load(self, path: str) -> dict:
+        """Restore the model and trainer from `path`; returns its meta."""
+        ...
+
+    def exists(self, path: str) -> bool:
+        """Whether a complete checkpoint lies at `path`."""
+        ...
+
+
 @dataclass
 class Components:
-    """Everything built once per worker."""
+    """Everything the loop drives, built once per worker."""
 
-    cfg: RunConfig
-    run_dir: Path
     domains: list
-    tokenizer: object
-    model: object
-    trainer: object
-    sampler: object
-    evaluator: object
-    heldout: dict
-    device: object
+    """Domains with name, source, skills, size_tokens (backend.data.domains)."""
+    trainer: Trainer
+    sampler: Sampler
+    evaluator: Evaluator
+    checkpointer: Checkpointer
+    background: bool = False
+    """Draw batches in a background thread (a GPU trains: the CPU is free)."""
 
 
 def run_dir_for(store: Store, run_id: int) -> Path:
@@ -61,7 +147,57 @@ def run_dir_for(store: Store, run_id: int) -> Path:
     return db.parent / f"{db.stem}-run-{run_id}"
 
 
+class ModelEvaluator:
+    """The real Evaluator: lm-eval per skill (HarnessEvaluator) and the
+    per-domain held-out loss, on the model in memory."""
+
+    def __init__(self, harness, model, heldout: dict, device):
+        self.harness = harness
+        self.model = model
+        self.heldout = heldout
+        self.device = device
+        self.task_configs = harness.task_configs
+
+    def evaluate(self, round_index: int) -> tuple[list[dict], list[dict]]:
+        """Evaluator.evaluate: the harness on the items of that round."""
+        return self.harness.evaluate(round_index)
+
+    def domain_losses(self) -> dict[str, dict]:
+        """Evaluator.domain_losses on the fixed held-out sequences."""
+        from backend.evaluation.heldout import domain_losses
+
+        return domain_losses(self.model, self.heldout, self.device)
+
+
+class FolderCheckpointer:
+    """The real Checkpointer: safetensors + trainer.pt + meta.json folders
+    (backend.trainer.save_checkpoint) under `root`."""
+
+    def __init__(self, root: Path, model, trainer):
+        self.root = root
+        self.model = model
+        self.trainer = trainer
+
+    def save(self, step: int, meta: dict) -> str:
+        """Checkpointer.save (the trainer's own step names the folder)."""
+        from backend.trainer import save_checkpoint
+
+        return str(save_checkpoint(self.root, self.model, self.trainer, meta))
+
+    def load(self, path: str) -> dict:
+        """Checkpointer.load."""
+        from backend.trainer import load_checkpoint
+
+        return load_checkpoint(path, self.model, self.trainer)
+
+    def exists(self, path: str) -> bool:
+        """A folder with the final name is complete (written, then renamed)."""
+        return Path(path).is_dir()
+
+
 def build_components(cfg: RunConfig, run_dir: Path) -> Components:
+    """The real components: domains, tokenizer, model, trainer, sampler,
+    lm-eval tasks; device and threads decided here, once."""
     import torch
 
     from backend.data.domains import build_domains
@@ -89,19 +225,27 @@ def build_components(cfg: RunConfig, run_dir: Path) -> Components:
                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seed=cfg.seed)
     trainer = Trainer(model, cfg.train, device)
     sampler = MixtureSampler(domains, tokenizer, cfg.data.context_length, cfg.seed)
-    kinds = ["steer", "holdout"] if cfg.evaluation.holdout else ["steer"]
-    tasks = build_tasks(cfg.steer_skills, kinds, run_dir / "evaldata", cfg.evaluation.items_per_skill,
+    tasks = build_tasks(cfg.steer_skills, skill_kinds(cfg), run_dir / "evaldata", cfg.evaluation.items_per_skill,
                         cfg.seed, cfg.evaluation.max_gen_toks, cfg.evaluation.loglikelihood,
                         cfg.evaluation.item_rounds)
-    evaluator = HarnessEvaluator(model, tokenizer, tasks, batch_size=cfg.evaluation.batch_size,
-                                 max_length=cfg.data.context_length, device=device,
-                                 items_per_round=cfg.evaluation.items_per_skill,
-                                 rounds=cfg.evaluation.item_rounds)
-    heldout = sampler.heldout(cfg.evaluation.heldout_loss_sequences)
-    return Components(cfg, run_dir, domains, tokenizer, model, trainer, sampler, evaluator, heldout, device)
+    harness = HarnessEvaluator(model, tokenizer, tasks, batch_size=cfg.evaluation.batch_size,
+                               max_length=cfg.data.context_length, device=device,
+                               items_per_round=cfg.evaluation.items_per_skill,
+                               rounds=cfg.evaluation.item_rounds)
+    evaluator = ModelEvaluator(harness, model, sampler.heldout(cfg.evaluation.heldout_loss_sequences), device)
+    return Components(domains=domains, trainer=trainer, sampler=sampler, evaluator=evaluator,
+                      checkpointer=FolderCheckpointer(run_dir / "checkpoints", model, trainer),
+                      background=device.type == "cuda")
+
+
+def skill_kinds(cfg: RunConfig) -> list[str]:
+    """The skill kinds a run evaluates: steer, and holdout unless switched off."""
+    return list(vocab.SKILL_KINDS) if cfg.evaluation.holdout else ["steer"]
 
 
 def initial_weights(cfg: RunConfig, domains) -> dict[str, float]:
+    """The first mixture: uniform, natural (by domain size in tokens) or the
+    configured weights."""
     names = [d.name for d in domains]
     init = cfg.mixture.initial
     if init == "uniform":
@@ -112,38 +256,50 @@ def initial_weights(cfg: RunConfig, domains) -> dict[str, float]:
     return validate_weights(init, names)
 
 
-class ClosedLoop:
-    """One run's loop. `run()` trains to the step budget (or a stop command)."""
+# -- the loop ----------------------------------------------------------------------
 
-    def __init__(self, store: Store, run_id: int, *, progress: bool = True):
+
+class ClosedLoop:
+    """One run's loop. `run()` trains to the step budget (or a stop command).
+
+    components: builds the Components from the run's config and folder (the
+    real ones by default). on_phase(phase, step): called after each phase of
+    a checkpoint boundary (PHASES), where a worker would renew its lease and
+    a test injects a crash."""
+
+    def __init__(self, store: Store, run_id: int, *,
+                 components: Callable[[RunConfig, Path], Components] = build_components,
+                 progress: bool = True, on_phase: Callable[[str, int], None] | None = None):
         self.store = store
         self.run_id = run_id
-        self.progress = progress
         row = store.run(run_id)
         self.cfg = config_mod.from_dict(row["config"])
         self.replay = row["replay_schedule"]
         self.run_dir = run_dir_for(store, run_id)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.c: Components | None = None
-        self.wall_offset = 0.0
-        self.last_loss: float | None = None
+        self.c = components(self.cfg, self.run_dir)
+        self.strategy = controllers.make_strategy(self.cfg.controller)
+        self.tokens_per_step = vocab.tokens_per_step(self.cfg.train.batch_size, self.cfg.data.context_length)
+        self.checkpoint_tokens = self.cfg.train.checkpoint_every * self.tokens_per_step
+        self.progress = progress
+        self.on_phase = on_phase or (lambda phase, step: None)
+        self.bar = None  # the tqdm bar while run() trains, with progress=True
+        self.started = time.time()  # wall clock of this worker's training (seconds)
+        self.wall_offset = 0.0  # wall seconds of earlier workers, from the checkpoint resumed
+        self.last_loss: float | None = None  # mean training loss of the last steps trained
 
-    # -- the loop ----------------------------------------------------------
     def run(self) -> str:
         """Returns the final status: finished or stopped."""
-        self.c = build_components(self.cfg, self.run_dir)
         self._register()
         self._resume_or_start()
-        total = self.cfg.train.steps
-        self._t0 = time.time()
-        self._bar = self._progress_bar()
+        total, every = self.cfg.train.steps, self.cfg.train.checkpoint_every
+        self.started = time.time()
+        self.bar = self._progress_bar()
         try:
             while self.c.trainer.step < total:
-                end = min(total, (self.c.trainer.step // self.cfg.train.checkpoint_every + 1)
-                          * self.cfg.train.checkpoint_every)
                 self._poll()  # commands are obeyed at every checkpoint, however short the stretch
                 weights = self.store.current_weights(self.run_id)
-                self._train_stretch(weights, end)
+                self._train_stretch(weights, vocab.next_boundary(self.c.trainer.step, every, total))
                 self._checkpoint(weights)
                 self._at_checkpoint(self.c.trainer.step)
         except Stopped:
@@ -152,14 +308,14 @@ class ClosedLoop:
                                  f"resumes from the last checkpoint")
             return "stopped"
         finally:
-            if self._bar is not None:
-                self._bar.close()
+            if self.bar is not None:
+                self.bar.close()
         self.store.update_run(self.run_id, status="finished")
         self.store.log_event(self.run_id, "finished", f"finished at step {total}")
         return "finished"
 
     def _at_checkpoint(self, step: int) -> None:
-        """Evaluate, apply what was approved, propose. Idempotent."""
+        """Evaluate, estimate, apply what was approved, propose. Idempotent."""
         ck = self.store.checkpoint(self.run_id, step)
         if ck["boundary_done"]:
             return
@@ -167,43 +323,46 @@ class ClosedLoop:
         if not ck["evaluated"]:
             self._evaluate(step, tokens)
             self.store.mark_checkpoint(self.run_id, step, evaluated=True)
-        self._estimate_and_guard(step)
+        self.on_phase("evaluate", step)
+        estimates = self._estimate_and_guard(step)
         record_forecast_errors(self.store, self.run_id, step)  # how far the last forecast was off
+        self.on_phase("estimate", step)
         if step < self.cfg.train.steps:  # nothing to steer after the last checkpoint
             if self.replay is not None:
                 self._follow_replay(step, tokens)
             else:
                 self.store.apply_approved(self.run_id, step=step, tokens_at=tokens)
-                self._propose(step, tokens)
+                self.on_phase("apply", step)
+                self._propose(step, tokens, estimates)
+                self.on_phase("propose", step)
         self.store.mark_checkpoint(self.run_id, step, boundary_done=True)
 
     # -- pieces ------------------------------------------------------------
     def _register(self) -> None:
         """Domains and skills (steer and held-out) of the run, into the store."""
         from backend.data.skills import get_skill
-        from backend.evaluation.tasks import skill_name
 
         self.store.set_domains(self.run_id, [
             {"name": d.name, "source": d.source, "skills": d.skills, "size_tokens": d.size_tokens}
             for d in self.c.domains])
         rows = []
-        kinds = ["steer", "holdout"] if self.cfg.evaluation.holdout else ["steer"]
         for base in self.cfg.steer_skills:
             feeds = [d.name for d in self.c.domains if base in d.skills]
-            for kind in kinds:
-                tasks = [t["task"] for t in self.c.evaluator.task_configs
-                         if t["metadata"]["skill"] == skill_name(base, kind)]
-                rows.append({"name": skill_name(base, kind), "base": base, "kind": kind, "domains": feeds,
+            for kind in skill_kinds(self.cfg):
+                name = vocab.skill_name(base, kind)
+                tasks = [t["task"] for t in self.c.evaluator.task_configs if t["metadata"]["skill"] == name]
+                rows.append({"name": name, "base": base, "kind": kind, "domains": feeds,
                              "tasks": tasks, "difficulty": get_skill(base).difficulty})
         self.store.set_skills(self.run_id, rows)
 
     def _resume_or_start(self) -> None:
-        from backend.trainer import load_checkpoint
-
-        done = [ck for ck in self.store.checkpoints(self.run_id) if ck["path"] and Path(ck["path"]).is_dir()]
+        """Continue from the last complete checkpoint (finishing its boundary),
+        or start: the first mixture, and the untrained model's checkpoint 0."""
+        done = [ck for ck in self.store.checkpoints(self.run_id)
+                if ck["path"] and self.c.checkpointer.exists(ck["path"])]
         if done:
             ck = done[-1]
-            meta = load_checkpoint(ck["path"], self.c.model, self.c.trainer)
+            meta = self.c.checkpointer.load(ck["path"])
             self.c.sampler.load_state_dict(meta["sampler"])
             self.wall_offset = meta.get("wall_time", 0.0)
             self.store.log_event(self.run_id, "resumed", f"resumed from checkpoint at step {ck['step']}")
@@ -213,39 +372,36 @@ class ClosedLoop:
             return
         if not self.store.schedule(self.run_id):
             if self.replay is not None:
-                first = self.replay["segments"][0]
-                weights, source, pid = first["weights"], "replay", None
+                weights, source = self.replay["segments"][0]["weights"], "replay"
             else:
-                weights, source, pid = initial_weights(self.cfg, self.c.domains), "initial", None
+                weights, source = initial_weights(self.cfg, self.c.domains), "initial"
             self.store.add_segment(self.run_id, from_step=0, tokens_at=0, weights=weights,
-                                   source=source, proposal_id=pid)
+                                   source=source, proposal_id=None)
         self.store.heartbeat(self.run_id, status="running", pid=os.getpid(), step=0, tokens_seen=0)
         self._checkpoint(self.store.current_weights(self.run_id))  # step 0: the untrained model
         self._at_checkpoint(0)
 
-    @property
-    def tokens_per_step(self) -> int:
-        return self.cfg.train.batch_size * self.cfg.data.context_length
-
     def _train_stretch(self, weights: dict[str, float], end: int) -> None:
+        """Train from the trainer's step to `end` on `weights`, beating and
+        obeying commands about every POLL_SECONDS."""
         c = self.c
-        batches = prefetch_batches(c.sampler, weights, self.cfg.train.batch_size, end - c.trainer.step,
-                                   background=c.device.type == "cuda")
+        n = end - c.trainer.step
+        batches = c.sampler.batches(weights, self.cfg.train.batch_size, n, background=c.background)
         state = {"last_poll": time.time(), "steps": 0}
 
         def on_step(loss: float) -> None:
             state["steps"] += 1
-            if self._bar is not None:
-                self._bar.update(1)
+            if self.bar is not None:
+                self.bar.update(1)
             now = time.time()
             if now - state["last_poll"] >= POLL_SECONDS:
                 tps = state["steps"] * self.tokens_per_step / (now - state["last_poll"])
                 self._poll(tokens_per_s=tps)
                 state["last_poll"], state["steps"] = now, 0
-                if self._bar is not None:
-                    self._bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+                if self.bar is not None:
+                    self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
 
-        losses = train_stretch(c.trainer, batches, end - c.trainer.step, on_step)
+        losses = train_stretch(c.trainer, batches, n, on_step)
         self.last_loss = sum(losses[-10:]) / len(losses[-10:])
 
     def _poll(self, **fields) -> None:
@@ -266,46 +422,41 @@ class ClosedLoop:
             self.store.heartbeat(self.run_id)
 
     def _checkpoint(self, weights: dict[str, float]) -> None:
-        from backend.trainer import save_checkpoint
-
-        c, step = self.c, self.c.trainer.step
-        wall = self.wall_offset + time.time() - getattr(self, "_t0", time.time())
-        path = save_checkpoint(self.run_dir / "checkpoints", c.model, c.trainer,
-                               {"sampler": c.sampler.state_dict(), "wall_time": wall, "weights": weights})
+        """Save model, trainer and sampler state; record the checkpoint with
+        the weights that trained the stretch ending here."""
+        step = self.c.trainer.step
+        wall = self.wall_offset + time.time() - self.started
+        path = self.c.checkpointer.save(step, {"sampler": self.c.sampler.state_dict(), "wall_time": wall,
+                                               "weights": weights})
         self.store.add_checkpoint(self.run_id, step=step, tokens_seen=step * self.tokens_per_step,
                                   train_loss=self.last_loss, wall_time=wall,
                                   tokens_per_s=self.store.run(self.run_id)["tokens_per_s"],
-                                  path=str(path), weights=weights)
+                                  path=path, weights=weights)
         self.store.heartbeat(self.run_id, step=step, tokens_seen=step * self.tokens_per_step)
+        self.on_phase("save", step)
 
     def _evaluate(self, step: int, tokens: int) -> None:
-        from backend.evaluation.heldout import domain_losses
-
-        c = self.c
+        """Measurements per skill and held-out loss per domain, into the store."""
         kinds = {s["name"]: s["kind"] for s in self.store.skills(self.run_id)}
-        measurements, samples = c.evaluator.evaluate(step // self.cfg.train.checkpoint_every)
+        measurements, samples = self.c.evaluator.evaluate(step // self.cfg.train.checkpoint_every)
         rows = [{**m, "step": step, "tokens_seen": tokens, "kind": kinds[m["skill"]]} for m in measurements]
-        for d, r in domain_losses(c.model, c.heldout, c.device).items():
+        for d, r in self.c.evaluator.domain_losses().items():
             rows.append({"step": step, "tokens_seen": tokens, "domain": d, "kind": "domain_loss",
                          "task": f"heldout_loss/{d}", "metric": "loss", "scorer": "nll", **r})
         self.store.add_measurements(self.run_id, rows)
         self.store.add_samples(self.run_id, step, samples)
 
-    @property
-    def checkpoint_tokens(self) -> int:
-        return self.cfg.train.checkpoint_every * self.tokens_per_step
-
-    def _estimate_and_guard(self, step: int) -> None:
+    def _estimate_and_guard(self, step: int) -> dict[str, list[dict]]:
         """Latent capability of every skill at this checkpoint, then the
-        Goodhart guard on each steer skill against its held-out variant."""
+        Goodhart guard on each steer skill against its held-out variant.
+        Returns the estimates (skill -> by step)."""
         from backend.capability import estimate
 
         est = estimate(self.store.measurements(self.run_id), self.checkpoint_tokens)
-        self._estimates = est
         self.store.set_capability(self.run_id, [{**e, "skill": s} for s, es in est.items()
                                                 for e in es if e["step"] == step])
         for s in self.store.skills(self.run_id):
-            held = f"{s['name']}_holdout"
+            held = vocab.holdout_name(s["name"])
             if s["kind"] != "steer" or held not in est:
                 continue
             since = guard.last_ack_step(self.store, self.run_id, s["name"]) or 0
@@ -317,8 +468,11 @@ class ClosedLoop:
                              f"{alert['from_step']} but {held} only {alert['holdout_rise']:+.2f} "
                              f"(gap {alert['gap']:.2f} > 2 x {alert['gap_sd']:.2f}); the controller "
                              f"stops pushing {s['name']} until a person acknowledges"))
+        return est
 
-    def history(self) -> History:
+    def history(self, estimates: dict[str, list[dict]]) -> History:
+        """What the strategy may see: steer skills only, with their latent
+        `estimates` (skill -> by step)."""
         skills = [s for s in self.store.skills(self.run_id) if s["kind"] == "steer"]
         scores = {s["name"]: [] for s in skills}
         losses: dict[str, list] = {}
@@ -327,27 +481,23 @@ class ClosedLoop:
                 scores[m["skill"]].append(m)
             elif m["kind"] == "domain_loss":
                 losses.setdefault(m["domain"], []).append(m)
-        est = getattr(self, "_estimates", None)
-        if est is None:
-            from backend.capability import estimate
-
-            est = estimate(self.store.measurements(self.run_id), self.checkpoint_tokens)
         return History(
             domains=self.cfg.domain_names,
             skill_domains={s["name"]: s["domains"] for s in skills},
             scores=scores, domain_loss=losses,
             checkpoint_tokens=self.checkpoint_tokens,
-            estimates={s["name"]: est.get(s["name"], []) for s in skills},
+            estimates={s["name"]: estimates.get(s["name"], []) for s in skills},
             blocked={k: e["message"] for k, e in guard.open_alerts(self.store, self.run_id).items()},
             mixtures=[{"step": c["step"], "tokens_seen": c["tokens_seen"], "weights": c["weights"]}
                       for c in self.store.checkpoints(self.run_id)],
         )
 
-    def _propose(self, step: int, tokens: int) -> None:
-        strategy = get_strategy(self.cfg.controller.strategy, self.cfg.controller)
+    def _propose(self, step: int, tokens: int, estimates: dict[str, list[dict]]) -> None:
+        """The strategy's proposal through the shared guarantees, stored
+        pending; policy auto approves and applies it at once."""
         current = self.store.current_weights(self.run_id)
-        p = strategy.propose(self.history(), current)
-        pid = self.store.add_proposal(self.run_id, step=step, strategy=strategy.name,
+        p = controllers.propose(self.strategy, self.history(estimates), current, self.cfg.controller)
+        pid = self.store.add_proposal(self.run_id, step=step, strategy=self.strategy.name,
                                       current_weights=current, weights=p.weights,
                                       rationale=p.rationale, forecast=p.forecast)
         policy = self.store.run(self.run_id)["policy"]  # a person may switch it while running
@@ -356,6 +506,7 @@ class ClosedLoop:
             self.store.apply_approved(self.run_id, step=step, tokens_at=tokens)
 
     def _follow_replay(self, step: int, tokens: int) -> None:
+        """A replay run switches to the schedule's next segment where it starts."""
         for seg in self.replay["segments"]:
             if seg["from_step"] == step and step > 0:
                 self.store.add_segment(self.run_id, from_step=step, tokens_at=tokens,
@@ -371,7 +522,7 @@ class ClosedLoop:
                     desc=f"run {self.run_id}", mininterval=1.0)
 
 
-def train_stretch(trainer, batches, n: int, on_step=None) -> list[float]:
+def train_stretch(trainer: Trainer, batches, n: int, on_step=None) -> list[float]:
     """n optimizer steps on batches from an iterator; the training stretch
     between two checkpoints (bench/throughput.py times this same function)."""
     losses = []
@@ -381,52 +532,3 @@ def train_stretch(trainer, batches, n: int, on_step=None) -> list[float]:
             on_step(losses[-1])
     batches.close()
     return losses
-
-
-def prefetch_batches(sampler, weights: dict[str, float], batch_size: int, n: int, *, background: bool):
-    """n (B, T+1) batches from the sampler. With background=True (a GPU
-    computes: the CPU is free) each is drawn in a thread while the trainer
-    works on the one before; on the CPU the cores are busy with the training
-    step itself, and a drawing thread only fights torch's threads for them
-    (measured: 0.91 of bare-loop throughput with the thread on 2 cores), so
-    batches are drawn in line."""
-    import torch
-
-    def make():
-        return torch.from_numpy(sampler.batch(weights, batch_size)[0])
-
-    if background:
-        return _prefetch(make, n)
-    return (make() for _ in range(n))
-
-
-def _prefetch(make, n: int):
-    """Yield make() n times, producing the next item in a background thread
-    while the caller trains on the current one (torch releases the GIL)."""
-    q: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def produce():
-        try:
-            for _ in range(n):
-                item = make()
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-        except BaseException as e:  # surfaces in the consumer
-            q.put(e)
-
-    threading.Thread(target=produce, daemon=True).start()
-    try:
-        for _ in range(n):
-            item = q.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()

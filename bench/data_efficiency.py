@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
-import math
 import multiprocessing as mp
 import os
 import sys
@@ -243,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from backend import config as config_mod
     from backend.store import Store
+    from backend.vocab import tokens_per_step
     from backend.worker import create_run
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -260,9 +260,10 @@ def main(argv: list[str] | None = None) -> dict:
         seeds = QUICK["seeds"] if args.seeds == ap.get_default("seeds") else args.seeds
     else:
         suite = config_mod.load(args.suite)
-        budget = args.budget_tokens or suite.train.steps * suite.train.batch_size * suite.data.context_length
+        budget = args.budget_tokens or suite.train.steps * tokens_per_step(suite.train.batch_size,
+                                                                           suite.data.context_length)
         checkpoints, seeds = args.checkpoints, args.seeds
-    per_step = suite.train.batch_size * suite.data.context_length
+    per_step = tokens_per_step(suite.train.batch_size, suite.data.context_length)
     checkpoint_every = max(1, budget // per_step // checkpoints)
     steps = checkpoint_every * checkpoints
     budget = steps * per_step

@@ -6,8 +6,8 @@ PyTorch loop on the same model and batch size, side by side in one run.
 Both loops train the same Llama (same init) with AdamW, the same learning
 rate schedule and gradient clipping. The bare loop trains on one fixed
 pre-built batch; the project's stretch draws every batch from the mixture
-sampler (tokenizing documents on the fly; in a background thread on a GPU) through
-backend.loop.train_stretch, with a real store heartbeat once a second. The
+sampler (MixtureSampler.batches: tokenizing documents on the fly; in a
+background thread on a GPU) through backend.loop.train_stretch, with a real store heartbeat once a second. The
 rounds alternate (project, bare, project, ...) so machine noise hits both;
 the median tokens/s of each and their ratio are printed, the ratio last.
 """
@@ -42,7 +42,7 @@ def main() -> None:
     from backend.data.domains import build_domains
     from backend.data.sampler import MixtureSampler
     from backend.data.tokenizer import train_tokenizer
-    from backend.loop import POLL_SECONDS, prefetch_batches, train_stretch
+    from backend.loop import POLL_SECONDS, train_stretch
     from backend.model import build_model, count_parameters
     from backend.store import Store
     from backend.trainer import Trainer, pick_device
@@ -74,7 +74,7 @@ def main() -> None:
 
     def project_round() -> float:
         t = time.perf_counter()
-        batches = prefetch_batches(sampler, weights, B, args.steps, background=device.type == "cuda")
+        batches = sampler.batches(weights, B, args.steps, background=device.type == "cuda")
         train_stretch(trainer, batches, args.steps, on_step)
         return args.steps * tokens_per_step / (time.perf_counter() - t)
 

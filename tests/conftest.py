@@ -19,6 +19,11 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# the six domains of the built-in suite, and two mixtures over them (store tests)
+DOMAINS = ["strings", "arithmetic", "logic", "recall", "noise", "code"]
+UNIFORM = {d: 1 / 6 for d in DOMAINS}
+PROPOSED = {"strings": 0.3, "arithmetic": 0.3, "logic": 0.1, "recall": 0.1, "noise": 0.05, "code": 0.15}
+
 # the dashboard's fixtures (a real human-policy run, AppTest helpers)
 pytest_plugins = ["conftest_dashboard"]
 

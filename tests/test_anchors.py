@@ -11,10 +11,10 @@ import pytest
 from conftest import check_constraints, check_rationale_lines
 
 from backend.config import ConfigError, ControllerConfig, preset
-from backend.controllers import STRATEGIES, History, get_strategy
+from backend.controllers import STRATEGIES, History, make_strategy, propose
 from backend.controllers.constraints import apply_constraints
-from backend.controllers.forecast import SLOPE_BASIS, slope_forecast, slope_forecasts
-from backend.controllers.mixing_law import RIDGE, MixingLaw, predict
+from backend.controllers.forecast import SLOPE_BASIS
+from backend.controllers.mixing_law import RIDGE, MixingLaw, MixingLawSettings, predict
 from backend.controllers.odm import ALPHA, exploration
 
 DOMAINS = ["strings", "arithmetic", "noise"]
@@ -61,7 +61,13 @@ def rich_history() -> History:
 
 def strategy(name, **kw):
     cfg = ControllerConfig(**{"strategy": name, **kw})
-    return get_strategy(name, cfg), cfg
+    return make_strategy(cfg), cfg
+
+
+def proposal(strategy_cfg, h, current):
+    """What the loop stores: the strategy's proposal through controllers.propose."""
+    strat, cfg = strategy_cfg
+    return propose(strat, h, current, cfg)
 
 
 # -- every anchor -------------------------------------------------------------------
@@ -70,7 +76,7 @@ def strategy(name, **kw):
 def test_anchors_are_registered_and_configurable():
     assert set(ANCHORS) <= set(STRATEGIES)
     for name in ANCHORS:
-        assert get_strategy(name, ControllerConfig(strategy=name)).name == name
+        assert make_strategy(ControllerConfig(strategy=name)).name == name
         d = preset("tiny").to_dict()
         d["controller"]["strategy"] = name
         preset("tiny").replace(controller=d["controller"])  # validates
@@ -99,7 +105,7 @@ def test_reference_step_must_be_a_checkpoint_to_steer_from(step, message):
 def test_weights_sum_to_one_and_obey_constraints(name, current):
     strat, cfg = strategy(name, floor=0.02, cap=0.7, max_change=0.25)
     for h in (rich_history(), history()):  # with history and with none
-        p = strat.propose(h, current)
+        p = propose(strat, h, current, cfg)
         assert abs(sum(p.weights.values()) - 1) < 1e-12
         assert all(cfg.floor - 1e-9 <= v <= cfg.cap + 1e-9 for v in p.weights.values())
         if max(current.values()) <= cfg.cap:  # an infeasible current mixture drops the step limit
@@ -110,18 +116,18 @@ def test_weights_sum_to_one_and_obey_constraints(name, current):
 def test_same_history_same_proposal(name):
     # stateless: a resumed worker (a fresh instance on the same History) proposes the same
     h = rich_history()
-    first = strategy(name)[0].propose(h, UNIFORM)
-    again = strategy(name)[0].propose(copy.deepcopy(h), dict(UNIFORM))
-    same_instance = strategy(name)[0]
-    same_instance.propose(h, UNIFORM)
-    third = same_instance.propose(h, UNIFORM)
+    first = proposal(strategy(name), h, UNIFORM)
+    again = proposal(strategy(name), copy.deepcopy(h), dict(UNIFORM))
+    same_instance, cfg = strategy(name)
+    propose(same_instance, h, UNIFORM, cfg)
+    third = propose(same_instance, h, UNIFORM, cfg)
     assert first.weights == again.weights == third.weights
     assert first.rationale == again.rationale and first.forecast == again.forecast
 
 
 @pytest.mark.parametrize("name", ANCHORS)
 def test_rationale_has_one_line_per_domain_with_the_change(name):
-    p = strategy(name)[0].propose(rich_history(), UNIFORM)
+    p = proposal(strategy(name), rich_history(), UNIFORM)
     check_rationale_lines(p, UNIFORM)
     assert all(re.match(r"\d\.\d{3} -> \d\.\d{3}: ", line) for line in p.rationale.values())
 
@@ -129,29 +135,13 @@ def test_rationale_has_one_line_per_domain_with_the_change(name):
 @pytest.mark.parametrize("name", ANCHORS)
 def test_forecast_per_steer_skill(name):
     h = rich_history()
-    p = strategy(name)[0].propose(h, UNIFORM)
+    p = proposal(strategy(name), h, UNIFORM)
     latent = h.latent()
     assert set(p.forecast) == {"copy", "add2"}
     for s, f in p.forecast.items():
         assert f["score"] == pytest.approx(latent[s][-1]["score"])
         assert 0.0 <= f["expected"] <= 1.0
         assert isinstance(f["basis"], str) and f["basis"]
-
-
-# -- the shared slope forecast --------------------------------------------------------
-
-
-def test_slope_forecast_scales_the_slope_by_the_change_in_data_share():
-    f = slope_forecast(0.4, 0.1, ["strings"], UNIFORM, {"strings": 0.5, "arithmetic": 0.3, "noise": 0.2})
-    assert f == {"score": 0.4, "expected": pytest.approx(0.4 + 0.1 * 1.5), "basis": SLOPE_BASIS}
-    assert slope_forecast(0.4, None, ["strings"], UNIFORM, UNIFORM)["expected"] == 0.4  # no slope yet
-    assert slope_forecast(0.95, 0.2, ["strings"], UNIFORM, UNIFORM)["expected"] == 1.0  # a score stays a score
-    est = {"copy": [{"score": 0.3, "slope": 0.0}, {"score": 0.4, "slope": 0.1}], "add2": [{"score": 0.2, "slope": 0.3}],
-           "gone": []}
-    out = slope_forecasts(est, SKILL_DOMAINS, UNIFORM, UNIFORM)
-    assert set(out) == {"copy", "add2"}
-    assert out["copy"]["expected"] == pytest.approx(0.5)
-    assert out["add2"]["expected"] == 0.2  # one estimate: no slope
 
 
 # -- doremi ----------------------------------------------------------------------------
@@ -162,7 +152,7 @@ def test_doremi_raises_the_domain_with_the_largest_excess_loss():
     # reference: step 10; by step 20 strings fell, arithmetic rose most, noise a little
     h = history(domain_loss=losses(strings=[4.0, 3.0, 2.5], arithmetic=[4.0, 3.0, 3.4], noise=[4.5, 4.0, 4.1]),
                 mix=mixtures(*[(1 / 3,) * 3] * 3))
-    p = strat.propose(h, UNIFORM)
+    p = propose(strat, h, UNIFORM, cfg)
     check_constraints(p.weights, UNIFORM, cfg)
     assert p.weights["arithmetic"] > 1 / 3
     assert p.weights["arithmetic"] > p.weights["noise"] > p.weights["strings"]
@@ -172,7 +162,7 @@ def test_doremi_raises_the_domain_with_the_largest_excess_loss():
 
 
 def test_doremi_is_the_papers_rule_time_averaged():
-    strat, _ = strategy("doremi", **FREE)
+    strat, cfg = strategy("doremi", **FREE)
     h = History(domains=["a", "b"], skill_domains={}, scores={}, checkpoint_tokens=TOKENS,
                 domain_loss={"a": [{"step": s, "value": v} for s, v in [(0, 5.0), (10, 2.0), (20, 3.0), (30, 2.5)]],
                              "b": [{"step": s, "value": v} for s, v in [(0, 5.0), (10, 2.0), (20, 1.5), (30, 2.0)]]},
@@ -184,7 +174,7 @@ def test_doremi_is_the_papers_rule_time_averaged():
         alpha = (1 - c) * alpha / alpha.sum() + c / 2
         alphas.append(alpha)
     expected = np.mean(alphas, axis=0)
-    p = strat.propose(h, {"a": 0.5, "b": 0.5})
+    p = propose(strat, h, {"a": 0.5, "b": 0.5}, cfg)
     assert [p.weights["a"], p.weights["b"]] == pytest.approx(list(expected), abs=1e-12)
     assert "time average over 2 checkpoints" in p.rationale["a"]
 
@@ -196,7 +186,7 @@ def test_doremi_reference_the_model_has_passed_everywhere_gives_no_signal():
     h = history(domain_loss=losses(strings=[4, 3, 2.5, 2.2], arithmetic=[4, 3, 2.8, 2.7], noise=[4.5, 4, 4, 4]),
                 mix=mixtures(initial, (0.4, 0.4, 0.2), (0.4, 0.4, 0.2), (0.4, 0.4, 0.2)))
     current = {"strings": 0.4, "arithmetic": 0.4, "noise": 0.2}
-    p = strat.propose(h, current)
+    p = propose(strat, h, current, cfg)
     assert p.weights == pytest.approx(apply_constraints(dict(zip(DOMAINS, initial)), current, cfg), abs=1e-3)
     assert all("clipped 0.000" in line for line in p.rationale.values())
 
@@ -204,29 +194,29 @@ def test_doremi_reference_the_model_has_passed_everywhere_gives_no_signal():
 def test_doremi_waits_for_its_reference():
     strat, cfg = strategy("doremi")
     current = {"strings": 0.5, "arithmetic": 0.3, "noise": 0.2}
-    p = strat.propose(history(domain_loss=losses(strings=[4], arithmetic=[4], noise=[4])), current)
+    p = propose(strat, history(domain_loss=losses(strings=[4], arithmetic=[4], noise=[4])), current, cfg)
     assert p.weights == pytest.approx(apply_constraints(current, current, cfg))
     assert "waiting for the reference checkpoint (the first checkpoint after step 0)" in p.rationale["noise"]
     at_ref = history(domain_loss=losses(strings=[4, 3], arithmetic=[4, 3], noise=[4, 3]))
-    assert "no checkpoint after it yet" in strat.propose(at_ref, current).rationale["strings"]
+    assert "no checkpoint after it yet" in propose(strat, at_ref, current, cfg).rationale["strings"]
 
 
 def test_doremi_configured_reference_step():
-    strat, _ = strategy("doremi", reference_step=20)
+    strat, cfg = strategy("doremi", reference_step=20)
     h = history(domain_loss=losses(strings=[4, 3, 2.5, 2.6], arithmetic=[4, 3, 2.8, 2.7], noise=[4.5, 4, 4, 4]),
                 mix=mixtures(*[(1 / 3,) * 3] * 4))
-    p = strat.propose(h, UNIFORM)
+    p = propose(strat, h, UNIFORM, cfg)
     assert "vs reference 2.500 (step 20): excess +0.100" in p.rationale["strings"]
     assert p.weights["strings"] > p.weights["arithmetic"]
-    early = strategy("doremi", reference_step=30)[0].propose(h, UNIFORM)
+    early = proposal(strategy("doremi", reference_step=30), h, UNIFORM)
     assert "no checkpoint after it yet" in early.rationale["strings"]
     assert "waiting for the reference checkpoint (step 40)" in \
-        strategy("doremi", reference_step=40)[0].propose(h, UNIFORM).rationale["strings"]
+        proposal(strategy("doremi", reference_step=40), h, UNIFORM).rationale["strings"]
 
 
 def test_doremi_with_a_separately_trained_reference_steps_at_every_checkpoint():
     ref = {"strings": 2.0, "arithmetic": 2.9, "noise": 3.9}
-    strat, _ = strategy("doremi", reference_losses=ref, **FREE)
+    strat, cfg = strategy("doremi", reference_losses=ref, **FREE)
     h = history(domain_loss=losses(strings=[4, 3], arithmetic=[4, 3], noise=[4, 3.9]),
                 mix=mixtures(UNIFORM.values()))
     # excess over the reference model: strings 1.0 and 2.0 before that, arithmetic 0.1 then 1.1, noise 0.1 then 0
@@ -235,10 +225,10 @@ def test_doremi_with_a_separately_trained_reference_steps_at_every_checkpoint():
         alpha = alpha * np.exp(np.array(lam))
         alpha = (1 - 1e-3) * alpha / alpha.sum() + 1e-3 / 3
         alphas.append(alpha)
-    p = strat.propose(h, UNIFORM)
+    p = propose(strat, h, UNIFORM, cfg)
     assert [p.weights[d] for d in DOMAINS] == pytest.approx(list(np.mean(alphas, axis=0)), abs=1e-12)
     assert "vs reference 2.000 (reference model): excess +1.000" in p.rationale["strings"]
-    waiting = strat.propose(history(mix=mixtures(UNIFORM.values())), UNIFORM)
+    waiting = propose(strat, history(mix=mixtures(UNIFORM.values())), UNIFORM, cfg)
     assert "no held-out domain losses of this run yet" in waiting.rationale["noise"]
 
 
@@ -275,7 +265,7 @@ def test_odm_exploration_decays_as_in_the_paper():
 def test_odm_at_step_zero_explores_uniformly():
     strat, cfg = strategy("odm")
     current = {"strings": 0.6, "arithmetic": 0.3, "noise": 0.1}
-    p = strat.propose(history(domain_loss=losses(strings=[5], arithmetic=[5], noise=[5])), current)
+    p = propose(strat, history(domain_loss=losses(strings=[5], arithmetic=[5], noise=[5])), current, cfg)
     assert p.weights == pytest.approx(apply_constraints(UNIFORM, current, cfg))
     assert "exploration 0.3333 at step 0" in p.rationale["strings"]
 
@@ -284,7 +274,7 @@ def test_odm_a_domain_with_higher_loss_gains_probability():
     strat, cfg = strategy("odm")
     h = history(domain_loss=losses(strings=[5, 2.0, 1.8], arithmetic=[5, 2.2, 2.0], noise=[5, 4.0, 4.0]),
                 mix=mixtures(*[(1 / 3,) * 3] * 3))
-    p = strat.propose(h, UNIFORM)
+    p = propose(strat, h, UNIFORM, cfg)
     check_constraints(p.weights, UNIFORM, cfg)
     assert p.weights["noise"] > 1 / 3 > p.weights["strings"]
     assert p.weights["noise"] > p.weights["arithmetic"] > p.weights["strings"]
@@ -293,25 +283,25 @@ def test_odm_a_domain_with_higher_loss_gains_probability():
     # exponent, so the policy sits closer to uniform (see the module docstring)
     late = history(domain_loss={d: [{**m, "step": m["step"] * 10} for m in ms] for d, ms in h.domain_loss.items()},
                    mix=[{**m, "step": m["step"] * 10} for m in h.mixtures])
-    q = strat.propose(late, UNIFORM)
+    q = propose(strat, late, UNIFORM, cfg)
     assert f"exploration {exploration(3, 20):.4f} at step 20" in p.rationale["noise"]
     assert f"exploration {exploration(3, 200):.4f} at step 200" in q.rationale["noise"]
     assert 1 / 3 < q.weights["noise"] < p.weights["noise"]
 
 
 def test_odm_importance_weights_the_reward_by_the_share_trained():
-    strat, _ = strategy("odm", **FREE)
+    strat, cfg = strategy("odm", **FREE)
     # equal losses, but strings was trained at a small share: a larger reward estimate
     h = history(domain_loss=losses(strings=[5, 3.0], arithmetic=[5, 3.0], noise=[5, 3.0]),
                 mix=mixtures((1 / 3,) * 3, (0.1, 0.45, 0.45)))
-    p = strat.propose(h, UNIFORM)
+    p = propose(strat, h, UNIFORM, cfg)
     assert p.weights["strings"] > p.weights["arithmetic"] == pytest.approx(p.weights["noise"])
     # ten steps of smoothing from 0 toward loss / share = 3.0 / 0.1
     assert f"at share 0.100, reward estimate {(1 - ALPHA ** 10) * 30:.2f}" in p.rationale["strings"]
 
 
 def test_odm_is_the_papers_rule():
-    strat, _ = strategy("odm", **FREE)
+    strat, cfg = strategy("odm", **FREE)
     h = History(domains=["a", "b"], skill_domains={}, scores={}, checkpoint_tokens=TOKENS,
                 domain_loss={"a": [{"step": s, "value": v} for s, v in [(0, 6.0), (10, 3.0), (20, 2.0)]],
                              "b": [{"step": s, "value": v} for s, v in [(0, 6.0), (10, 2.0), (20, 2.5)]]},
@@ -323,15 +313,15 @@ def test_odm_is_the_papers_rule():
     eps, eps_prev = math.sqrt(math.log(2) / 40), math.sqrt(math.log(2) / 38)
     g = np.exp(eps_prev * r)
     pi = (1 - 2 * eps) * g / g.sum() + eps
-    p = strat.propose(h, {"a": 0.6, "b": 0.4})
+    p = propose(strat, h, {"a": 0.6, "b": 0.4}, cfg)
     assert [p.weights["a"], p.weights["b"]] == pytest.approx(list(pi), abs=1e-12)
 
 
 def test_odm_a_domain_not_trained_keeps_its_estimate():
-    strat, _ = strategy("odm")
+    strat, cfg = strategy("odm")
     h = history(domain_loss=losses(strings=[5, 3.0], arithmetic=[5, 3.0], noise=[5, 9.0]),
                 mix=mixtures((1 / 3,) * 3, (0.5, 0.5, 0.0)))
-    p = strat.propose(h, {"strings": 0.5, "arithmetic": 0.5, "noise": 0.0})
+    p = propose(strat, h, {"strings": 0.5, "arithmetic": 0.5, "noise": 0.0}, cfg)
     assert "at share 0.000, reward estimate 0.00" in p.rationale["noise"]
     assert all(math.isfinite(v) for v in p.weights.values())
 
@@ -362,7 +352,7 @@ def planted_history(n_stretches=8, seed=0, noise=0.0) -> tuple[History, dict]:
 
 def test_mixing_law_recovers_a_planted_law():
     h, law = planted_history()
-    laws, _ = MixingLaw(ControllerConfig(strategy="mixing-law")).laws(h.latent(), h)
+    laws, _ = MixingLaw(MixingLawSettings()).laws(h.latent(), h)
     # the weights sum to 1, so only differences between domains are identified
     b = {s: dict(zip(DOMAINS, laws[s]["b"])) for s in laws}
     assert b["copy"]["noise"] > b["copy"]["arithmetic"] > b["copy"]["strings"]
@@ -376,21 +366,21 @@ def test_mixing_law_recovers_a_planted_law():
 def test_mixing_law_steps_toward_what_the_law_predicts_best():
     strat, cfg = strategy("mixing-law")
     h, _ = planted_history()
-    p = strat.propose(h, UNIFORM)
+    p = propose(strat, h, UNIFORM, cfg)
     check_constraints(p.weights, UNIFORM, cfg)
     # the law, not the skill-domain map, decides: strings feeds copy but hurts it
     assert p.weights["strings"] < 1 / 3 < p.weights["arithmetic"]
     assert p.weights["noise"] > p.weights["strings"]
     assert "copy b " in p.rationale["noise"] and "add2 b " in p.rationale["noise"]
     # a larger step size (a weaker pull toward the current mixture) moves further
-    big = strategy("mixing-law", step_size=8.0)[0].propose(h, UNIFORM)
+    big = proposal(strategy("mixing-law", step_size=8.0), h, UNIFORM)
     assert big.weights["strings"] < p.weights["strings"]
 
 
 def test_mixing_law_forecasts_from_the_law():
-    strat, _ = strategy("mixing-law")
+    strat, cfg = strategy("mixing-law")
     h, _ = planted_history()
-    p = strat.propose(h, UNIFORM)
+    p = propose(strat, h, UNIFORM, cfg)
     laws, last = strat.laws(h.latent(), h)
     w = np.array([p.weights[d] for d in DOMAINS])
     for s in ("copy", "add2"):
@@ -406,7 +396,7 @@ def test_mixing_law_falls_back_with_too_little_history():
     # one stretch between two checkpoints: no law yet
     h = history(scores={"copy": series(0.1, 0.3), "add2": series(0.1, 0.2)},
                 mix=mixtures((1 / 3,) * 3, (0.5, 0.3, 0.2)))
-    p = strat.propose(h, current)
+    p = propose(strat, h, current, cfg)
     assert p.weights == pytest.approx(apply_constraints(current, current, cfg))
     assert all("current mixture kept, too little history to fit a mixing law" in line
                for line in p.rationale.values())
@@ -414,16 +404,16 @@ def test_mixing_law_falls_back_with_too_little_history():
     # without the mixtures trained, the changes cannot be tied to weights either
     h.scores = {"copy": series(0.1, 0.3, 0.4, 0.5), "add2": series(0.1, 0.2, 0.3, 0.4)}
     h.mixtures = []
-    assert "too little history" in strat.propose(h, current).rationale["strings"]
-    assert "no steer skill has an estimate yet" in strat.propose(history(), current).rationale["noise"]
+    assert "too little history" in propose(strat, h, current, cfg).rationale["strings"]
+    assert "no steer skill has an estimate yet" in propose(strat, history(), current, cfg).rationale["noise"]
 
 
 def test_mixing_law_leaves_a_held_back_skill_out():
-    strat, _ = strategy("mixing-law")
+    strat, cfg = strategy("mixing-law")
     h, _ = planted_history()
-    free = strat.propose(h, UNIFORM)
+    free = propose(strat, h, UNIFORM, cfg)
     h.blocked = {"add2": "Goodhart guard: add2 rose, add2_holdout did not"}
-    held = strat.propose(h, UNIFORM)
+    held = propose(strat, h, UNIFORM, cfg)
     # without add2 pulling toward arithmetic, only copy's law (noise over strings) is left
     assert held.weights["arithmetic"] < free.weights["arithmetic"]
     assert "held back by the Goodhart guard: add2" in held.rationale["arithmetic"]

@@ -11,7 +11,9 @@ from backend.controllers import (
     STRATEGIES,
     History,
     Proposal,
-    get_strategy,
+    Strategy,
+    make_strategy,
+    propose,
     register_strategy,
 )
 from backend.controllers.constraints import apply_constraints
@@ -35,12 +37,14 @@ def history(scores: dict) -> History:
 
 def test_built_in_strategies_are_registered():
     assert {"deficit", "static"} <= set(STRATEGIES)
-    assert get_strategy("deficit", ControllerConfig()).name == "deficit"
+    assert make_strategy(ControllerConfig()).name == "deficit"
+    for name in STRATEGIES:
+        assert isinstance(make_strategy(ControllerConfig(strategy=name)), Strategy)
 
 
 def test_unknown_strategy_lists_the_known_ones():
     with pytest.raises(KeyError) as e:
-        get_strategy("greedy", ControllerConfig())
+        make_strategy(ControllerConfig(strategy="greedy"))
     msg = str(e.value)
     assert "'greedy'" in msg and "deficit" in msg and "static" in msg
 
@@ -48,7 +52,7 @@ def test_unknown_strategy_lists_the_known_ones():
 def test_registering_twice_is_refused():
     with pytest.raises(ValueError, match="already registered"):
         register_strategy("static")(type("Other", (), {}))
-    assert STRATEGIES["static"].__name__ == "Static"
+    assert STRATEGIES.get("static").__name__ == "Static"
 
 
 def test_a_users_strategy_registers_like_a_built_in():
@@ -59,15 +63,19 @@ def test_a_users_strategy_registers_like_a_built_in():
 
         def propose(self, history, current):
             raw = {d: float(i == 0) for i, d in enumerate(current)}
-            w = apply_constraints(raw, current, self.cfg)
-            return Proposal(weights=w, rationale={d: "first" for d in current})
+            return Proposal(weights=raw, rationale={d: "first" for d in current})
+
+        def forecast(self, history, current, weights):
+            return {}
 
     try:
         cfg = ControllerConfig(strategy="test-all-on-first")  # config validation sees it too
-        p = get_strategy("test-all-on-first", cfg).propose(history({}), UNIFORM)
+        p = propose(make_strategy(cfg), history({}), UNIFORM, cfg)
         assert max(p.weights, key=p.weights.get) == "strings"
+        check_constraints(p.weights, UNIFORM, cfg)  # the loop's constraints, not the strategy's
+        check_rationale_lines(p, UNIFORM)
     finally:
-        del STRATEGIES["test-all-on-first"]
+        STRATEGIES.remove("test-all-on-first")
 
 
 # -- static ---------------------------------------------------------------------
@@ -75,7 +83,8 @@ def test_a_users_strategy_registers_like_a_built_in():
 
 def test_static_keeps_the_weights():
     current = {"strings": 0.5, "arithmetic": 0.3, "noise": 0.2}
-    p = get_strategy("static", ControllerConfig()).propose(history({"copy": series(0.1, 0.5)}), current)
+    cfg = ControllerConfig(strategy="static")
+    p = propose(make_strategy(cfg), history({"copy": series(0.1, 0.5)}), current, cfg)
     assert p.weights == current and p.weights is not current
     assert set(p.rationale) == set(DOMAINS)
     assert "0.500" in p.rationale["strings"]
@@ -86,12 +95,12 @@ def test_static_keeps_the_weights():
 
 def deficit(**kw):
     cfg = ControllerConfig(**{"strategy": "deficit", **kw})
-    return get_strategy("deficit", cfg), cfg
+    return make_strategy(cfg), cfg
 
 
 def test_weight_leaves_a_domain_that_feeds_no_steer_skill():
     strat, cfg = deficit()
-    p = strat.propose(history({"copy": series(0.2), "add2": series(0.2)}), UNIFORM)
+    p = propose(strat, history({"copy": series(0.2), "add2": series(0.2)}), UNIFORM, cfg)
     check_constraints(p.weights, UNIFORM, cfg)
     assert p.weights["noise"] < 1 / 3 - 0.05
     assert p.weights["strings"] > 1 / 3 and p.weights["arithmetic"] > 1 / 3
@@ -103,7 +112,7 @@ def test_weight_moves_toward_a_big_deficit_with_progress():
     strat, cfg = deficit()
     # add2 is far from the target and surely rising; copy is nearly there and surely flat
     h = history({"copy": series(*[0.85] * 5, n=500), "add2": series(0.1, 0.2, 0.3, 0.4, 0.5, n=500)})
-    p = strat.propose(h, UNIFORM)
+    p = propose(strat, h, UNIFORM, cfg)
     check_constraints(p.weights, UNIFORM, cfg)
     assert p.weights["arithmetic"] > 1 / 3 > p.weights["strings"]
     assert p.weights["arithmetic"] > p.weights["strings"] > p.weights["noise"]
@@ -111,9 +120,9 @@ def test_weight_moves_toward_a_big_deficit_with_progress():
 
 
 def test_stalled_skill_gets_less_than_a_rising_one_with_the_same_deficit():
-    strat, _ = deficit()
+    strat, cfg = deficit()
     h = history({"copy": series(*[0.4] * 5, n=500), "add2": series(0.05, 0.1, 0.2, 0.3, 0.4, n=500)})
-    p = strat.propose(h, UNIFORM)
+    p = propose(strat, h, UNIFORM, cfg)
     assert p.weights["arithmetic"] > p.weights["strings"]
 
 
@@ -121,7 +130,7 @@ def test_a_stalled_skill_data_has_moved_keeps_more_than_one_it_never_moved():
     strat, cfg = deficit(smoothing=0.0)
     # both sit flat at 0.5 now; copy got there from 0 (data moves it), add2 was there from the start
     h = history({"copy": series(0.0, 0.3, 0.5, 0.5, 0.5, 0.5, 0.5, n=500), "add2": series(*[0.5] * 7, n=500)})
-    p = strat.propose(h, UNIFORM)
+    p = propose(strat, h, UNIFORM, cfg)
     check_constraints(p.weights, UNIFORM, cfg)
     assert p.weights["strings"] > p.weights["arithmetic"] > p.weights["noise"]
     assert "it has risen since its first checkpoint" in p.rationale["strings"]
@@ -134,7 +143,7 @@ def test_small_priorities_still_move_weight_off_a_domain_that_feeds_nothing():
     strat, cfg = deficit(smoothing=0.0)
     # nothing has risen yet: every priority is 1 x 0.1, and noise feeds no skill at all
     h = history({"copy": series(0.0, 0.0, n=50), "add2": series(0.0, 0.0, n=50)})
-    p = strat.propose(h, UNIFORM)
+    p = propose(strat, h, UNIFORM, cfg)
     check_constraints(p.weights, UNIFORM, cfg)
     assert p.weights["strings"] == pytest.approx(p.weights["arithmetic"])
     assert "never risen" in p.rationale["strings"] and "gain 0.099" in p.rationale["strings"]  # deficit 0.99 x 0.1
@@ -144,10 +153,10 @@ def test_small_priorities_still_move_weight_off_a_domain_that_feeds_nothing():
 
 
 def test_slopes_within_noise_move_nothing():
-    strat, _ = deficit(smoothing=0.0)
+    strat, cfg = deficit(smoothing=0.0)
     # a rise of 2 of 12 items is within noise: counted as stalled, like a flat skill
     h = history({"copy": series(0.17, 0.33, n=12), "add2": series(0.33, 0.33, n=12)})
-    p = strat.propose(h, {"strings": 0.4, "arithmetic": 0.4, "noise": 0.2})
+    p = propose(strat, h, {"strings": 0.4, "arithmetic": 0.4, "noise": 0.2}, cfg)
     assert "within noise" in p.rationale["strings"] and "within noise" in p.rationale["arithmetic"]
     assert p.weights["strings"] == pytest.approx(p.weights["arithmetic"], abs=0.03)
     assert p.weights["noise"] < 0.2  # it streams no steer skill: that is no noise
@@ -156,7 +165,7 @@ def test_slopes_within_noise_move_nothing():
 def test_weight_leaves_a_saturated_skills_domain():
     strat, cfg = deficit(saturation=0.9)
     h = history({"copy": series(0.8, 0.96, 0.97, n=200), "add2": series(0.1, 0.2, 0.3, 0.4, n=500)})
-    p = strat.propose(h, UNIFORM)
+    p = propose(strat, h, UNIFORM, cfg)
     check_constraints(p.weights, UNIFORM, cfg)
     # saturated: deficit 0, so `strings` is treated like the noise domain
     assert p.weights["strings"] < 1 / 3 < p.weights["arithmetic"]
@@ -165,29 +174,29 @@ def test_weight_leaves_a_saturated_skills_domain():
 
 
 def test_goodhart_guard_stops_pushing_a_skill():
-    strat, _ = deficit()
+    strat, cfg = deficit()
     scores = {"copy": series(0.1, 0.2, 0.3, 0.4, n=500), "add2": series(0.1, 0.2, 0.3, 0.4, n=500)}
-    free = strat.propose(history(scores), UNIFORM)
+    free = propose(strat, history(scores), UNIFORM, cfg)
     assert free.weights["strings"] == pytest.approx(free.weights["arithmetic"])
     h = history(scores)
     h.blocked = {"copy": "Goodhart guard: copy rose, copy_holdout did not"}
-    held = strat.propose(h, UNIFORM)
+    held = propose(strat, h, UNIFORM, cfg)
     assert held.weights["strings"] < held.weights["arithmetic"]
     assert "Goodhart guard" in held.rationale["strings"]
 
 
 def test_every_skill_saturated_keeps_the_mixture():
-    strat, _ = deficit()
+    strat, cfg = deficit()
     current = {"strings": 0.5, "arithmetic": 0.3, "noise": 0.2}
-    p = strat.propose(history({"copy": series(0.97), "add2": series(0.99)}), current)
+    p = propose(strat, history({"copy": series(0.97), "add2": series(0.99)}), current, cfg)
     # all gains are zero: only the smoothing toward uniform moves the weights
     cfg = ControllerConfig()
     assert p.weights == pytest.approx(apply_constraints(current, current, cfg))
 
 
 def test_rationale_has_one_line_per_domain_with_numbers():
-    strat, _ = deficit()
-    p = strat.propose(history({"copy": series(0.6, 0.7), "add2": series(0.1, 0.3)}), UNIFORM)
+    strat, cfg = deficit()
+    p = propose(strat, history({"copy": series(0.6, 0.7), "add2": series(0.1, 0.3)}), UNIFORM, cfg)
     # the change, as "old -> new", with the new weight the proposal carries
     check_rationale_lines(p, UNIFORM)
     assert "streams no steer skill" in p.rationale["noise"]
@@ -197,15 +206,15 @@ def test_rationale_has_one_line_per_domain_with_numbers():
 
 
 def test_first_checkpoint_slope_is_na():
-    strat, _ = deficit()
-    p = strat.propose(history({"copy": series(0.2), "add2": series(0.2)}), UNIFORM)
+    strat, cfg = deficit()
+    p = propose(strat, history({"copy": series(0.2), "add2": series(0.2)}), UNIFORM, cfg)
     assert "slope n/a: no slope yet" in p.rationale["strings"]
 
 
 def test_forecast_per_steer_skill():
-    strat, _ = deficit()
+    strat, cfg = deficit()
     h = history({"copy": series(*[0.7] * 4, n=500), "add2": series(0.1, 0.2, 0.3, 0.4, n=500)})
-    p = strat.propose(h, UNIFORM)
+    p = propose(strat, h, UNIFORM, cfg)
     assert set(p.forecast) == {"copy", "add2"}
     latent = h.latent()
     for s in ("copy", "add2"):
@@ -217,8 +226,8 @@ def test_forecast_per_steer_skill():
 
 
 def test_skills_without_measurements_are_ignored():
-    strat, _ = deficit()
-    p = strat.propose(history({"copy": series(0.2), "add2": []}), UNIFORM)
+    strat, cfg = deficit()
+    p = propose(strat, history({"copy": series(0.2), "add2": []}), UNIFORM, cfg)
     assert set(p.forecast) == {"copy"}
     assert "streams no steer skill" in p.rationale["arithmetic"]
     assert p.weights["strings"] > p.weights["arithmetic"]
@@ -232,7 +241,7 @@ def test_skills_without_measurements_are_ignored():
 ])
 def test_result_always_sums_to_one_and_respects_constraints(step_size, current):
     strat, cfg = deficit(step_size=step_size, floor=0.02, cap=0.7, max_change=0.25)
-    p = strat.propose(history({"copy": series(0.1, 0.4), "add2": series(0.5, 0.5)}), current)
+    p = propose(strat, history({"copy": series(0.1, 0.4), "add2": series(0.5, 0.5)}), current, cfg)
     assert abs(sum(p.weights.values()) - 1) < 1e-12
     assert all(cfg.floor - 1e-9 <= v <= cfg.cap + 1e-9 for v in p.weights.values())
     if current is not UNIFORM and max(current.values()) > cfg.cap:
@@ -241,17 +250,91 @@ def test_result_always_sums_to_one_and_respects_constraints(step_size, current):
 
 
 def test_domain_feeding_two_skills_uses_their_mean_priority():
-    strat, _ = deficit(smoothing=0.0, max_change=1.0, cap=1.0, floor=0.0)
+    strat, cfg = deficit(smoothing=0.0, max_change=1.0, cap=1.0, floor=0.0)
     h = History(domains=["ab", "c"], skill_domains={"copy": ["ab"], "add2": ["ab"], "sort": ["c"]},
                 scores={"copy": series(0.0), "add2": series(1.0), "sort": series(0.5)})
     # ab: mean(deficit ~1, saturated 0) ~ 0.5 ~ c's priority, so (nearly) nothing moves
-    p = strat.propose(h, {"ab": 0.5, "c": 0.5})
+    p = propose(strat, h, {"ab": 0.5, "c": 0.5}, cfg)
     assert p.weights == pytest.approx({"ab": 0.5, "c": 0.5}, abs=0.01)
 
 
 def test_large_step_size_does_not_overflow():
-    strat, _ = deficit(step_size=1000.0)
+    strat, cfg = deficit(step_size=1000.0)
     current = {"strings": 0.02, "arithmetic": 0.02, "noise": 0.96}
-    p = strat.propose(history({"copy": series(0.0), "add2": series(0.0)}), current)
+    p = propose(strat, history({"copy": series(0.0), "add2": series(0.0)}), current, cfg)
     assert abs(sum(p.weights.values()) - 1) < 1e-12
     assert p.weights["noise"] < current["noise"]
+
+
+# -- the guarantees controllers.propose enforces for every strategy ------------------
+
+
+LOW_STRINGS = {"strings": 0.1, "arithmetic": 0.45, "noise": 0.45}  # smoothing alone would raise strings
+
+
+@pytest.mark.parametrize("name", ["deficit", "doremi", "odm", "mixing-law", "static"])
+def test_the_goodhart_hold_applies_to_every_strategy(name):
+    cfg = ControllerConfig(strategy=name)
+    losses = {d: [{"step": 10 * i, "tokens_seen": 1000 * i, "value": v, "stderr": 0.01, "n": 16}
+                  for i, v in enumerate(vs)]
+              for d, vs in {"strings": [4.0, 3.0, 3.5], "arithmetic": [4.0, 3.0, 2.0], "noise": [4.0, 4.0, 4.0]}.items()}
+    h = History(domains=DOMAINS, skill_domains=SKILL_DOMAINS, checkpoint_tokens=1000, domain_loss=losses,
+                scores={"copy": series(0.1, 0.2, 0.3, n=500), "add2": series(0.5, 0.5, 0.5, n=500)},
+                mixtures=[{"step": 10 * i, "tokens_seen": 1000 * i, "weights": LOW_STRINGS} for i in range(3)])
+    free = propose(make_strategy(cfg), h, LOW_STRINGS, cfg)
+    h.blocked = {"copy": "Goodhart guard: copy rose, copy_holdout did not"}
+    held = propose(make_strategy(cfg), h, LOW_STRINGS, cfg)
+    assert held.weights["strings"] <= LOW_STRINGS["strings"] + 1e-12
+    if name != "static":  # without the hold the constraints (or the strategy) raise it
+        assert free.weights["strings"] > LOW_STRINGS["strings"]
+        check_constraints(held.weights, LOW_STRINGS, cfg)
+    assert "held back by the Goodhart guard: copy" in held.rationale["strings"]
+    assert "Goodhart" not in held.rationale["arithmetic"]
+    check_rationale_lines(held, LOW_STRINGS)
+    # the forecast still covers the held-back skill
+    assert set(held.forecast) == set(free.forecast)
+
+
+def test_static_is_exempt_from_the_shared_constraints():
+    cfg = ControllerConfig(strategy="static", floor=0.2)
+    current = {"strings": 0.05, "arithmetic": 0.5, "noise": 0.45}  # below the floor, kept
+    assert propose(make_strategy(cfg), history({}), current, cfg).weights == current
+
+
+def test_make_strategy_takes_the_configs_settings_where_it_has_them():
+    from types import SimpleNamespace
+
+    from backend.controllers.deficit import DeficitSettings
+
+    strat = make_strategy(SimpleNamespace(strategy="deficit", settings=DeficitSettings(step_size=3.0)))
+    assert strat.settings == DeficitSettings(step_size=3.0)
+    # today's flat ControllerConfig: the matching fields, and only those
+    assert make_strategy(ControllerConfig(step_size=4.0, target=0.9)).settings == \
+        DeficitSettings(step_size=4.0, target=0.9)
+
+
+@pytest.mark.parametrize("name, field, value, message", [
+    ("deficit", "step_size", 0.0, "controller.options.step_size: must be > 0"),
+    ("deficit", "saturation", 1.5, r"controller.options.saturation: must be within \[0, 1\]"),
+    ("mixing-law", "step_size", -1.0, "controller.options.step_size: must be > 0"),
+    ("doremi", "reference_step", -10, "controller.options.reference_step: must be >= 0"),
+    ("doremi", "reference_losses", {"strings": 0.0}, r"controller.options.reference_losses.strings: must be"),
+])
+def test_each_strategys_settings_name_the_bad_field(name, field, value, message):
+    from backend.config import ConfigError
+
+    settings = STRATEGIES.get(name).settings_class(**{field: value})
+    with pytest.raises(ConfigError, match=message):
+        settings.validate("controller.options")
+
+
+def test_doremi_settings_check_the_run_they_belong_to():
+    from backend.config import ConfigError, preset
+    from backend.controllers.doremi import DoReMiSettings
+
+    run = preset("tiny")  # checkpoints every 10 steps up to 30
+    DoReMiSettings(reference_step=20).validate("controller.options", run)
+    with pytest.raises(ConfigError, match="controller.options.reference_step: 15 is not a checkpoint"):
+        DoReMiSettings(reference_step=15).validate("controller.options", run)
+    with pytest.raises(ConfigError, match=r"controller.options.reference_losses: needs exactly the domains"):
+        DoReMiSettings(reference_losses={"strings": 2.0}).validate("controller.options", run)

@@ -183,3 +183,31 @@ def test_heldout_is_deterministic_and_independent_of_training_draws(domains, tok
     text = tokenizer.decode(ha["prose"][0])
     assert prose.holdout_docs[0][:20] in text
     assert not any(doc[:20] in text for doc in prose.train_docs if doc[:20] != prose.holdout_docs[0][:20])
+
+
+# -- batches for a training stretch --------------------------------------------------
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_batches_are_the_batches_drawn_one_by_one(domains, tokenizer, background):
+    one_by_one = sampler(domains, tokenizer)
+    expected = [one_by_one.batch(WEIGHTS, 3)[0] for _ in range(4)]
+    s = sampler(domains, tokenizer)
+    it = s.batches(WEIGHTS, 3, 4, background=background)
+    got = [next(it) for _ in range(4)]
+    it.close()
+    assert [tuple(g.shape) for g in got] == [(3, CONTEXT + 1)] * 4
+    assert all(np.array_equal(g.numpy(), e) for g, e in zip(got, expected))
+    assert s.sequences_drawn == 12
+
+
+def test_background_batches_raise_the_drawing_threads_error(domains, tokenizer, monkeypatch):
+    s = sampler(domains, tokenizer)
+
+    def broken(weights, batch_size):
+        raise OSError("data folder vanished")
+
+    monkeypatch.setattr(s, "batch", broken)
+    it = s.batches(WEIGHTS, 2, 3, background=True)
+    with pytest.raises(OSError, match="vanished"):  # in the consumer, not lost in the thread
+        next(it)

@@ -186,7 +186,7 @@ def sample(skill: str, split: str, n: int = 300, template=None) -> list[tuple[in
 
 def test_the_suite_is_registered():
     assert set(SKILLS) == {"copy", "reverse", "sort", "add2", "add3", "mul1", "parity", "brackets", "kv_recall"}
-    for s in SKILLS.values():
+    for s in map(SKILLS.get, SKILLS):
         assert 1 <= s.difficulty <= 5 and s.description
         assert len(s.templates) == 4 and len(set(s.templates)) == 4, s.name
 
@@ -194,7 +194,7 @@ def test_the_suite_is_registered():
 def test_steer_and_holdout_templates():
     assert STEER_TEMPLATES == (0, 2, 3) and HOLDOUT_TEMPLATE == 1
     assert HOLDOUT_TEMPLATE not in STEER_TEMPLATES
-    for s in SKILLS.values():
+    for s in map(SKILLS.get, SKILLS):
         assert set(STEER_TEMPLATES) | {HOLDOUT_TEMPLATE} == set(range(len(s.templates)))
 
 
@@ -407,14 +407,14 @@ def _make(rng, split):
 
 
 def test_register_skill_refuses_duplicates_and_fewer_than_four_templates():
-    before = dict(SKILLS)
+    before = dict(SKILLS.items())
     with pytest.raises(ValueError, match="already registered"):
         register_skill("copy", 1, "again", ("a {x}", "b {x}", "c {x}", "d {x}"))(_make)
-    assert SKILLS["copy"] is before["copy"]
+    assert SKILLS.get("copy") is before["copy"]
     for n in (1, 2, 3):
         with pytest.raises(ValueError, match="at least 4 templates"):
             register_skill(f"test-{n}-templates", 1, "x", tuple(f"t{i} {{x}}" for i in range(n)))(_make)
-    assert SKILLS == before
+    assert dict(SKILLS.items()) == before
 
 
 def test_register_skill_accepts_four_templates():
@@ -429,4 +429,5 @@ def test_register_skill_accepts_four_templates():
         with pytest.raises(ValueError, match="already registered"):
             register_skill(name, 1, "x", ("a {x}", "b {x}", "c {x}", "d {x}"))(_make)
     finally:
-        SKILLS.pop(name, None)
+        if name in SKILLS:
+            SKILLS.remove(name)

@@ -12,13 +12,12 @@ import threading
 
 import pytest
 
+from conftest import DOMAINS, PROPOSED, UNIFORM
+
 from backend.config import preset
 from backend.decisions import DecisionError, decide, send_command
 from backend.store import NotFound, Store, StoreError
 
-DOMAINS = ["strings", "arithmetic", "logic", "recall", "noise", "code"]
-UNIFORM = {d: 1 / 6 for d in DOMAINS}
-PROPOSED = {"strings": 0.3, "arithmetic": 0.3, "logic": 0.1, "recall": 0.1, "noise": 0.05, "code": 0.15}
 
 
 @pytest.fixture

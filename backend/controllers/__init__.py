@@ -1,23 +1,41 @@
 """Controller strategies behind one interface, from one registry.
 
-A strategy implements `propose(history, current_weights) -> Proposal`. The
-built-in strategies register with `@register_strategy` exactly as a user's
-would; every proposal then passes through the shared constraints.
+A strategy (the `Strategy` protocol) proposes RAW weights with a reason per
+domain, and forecasts what a mixture does to each steer skill. The loop
+never calls it directly: `propose(strategy, history, current, constraints)`
+enforces what every proposal must obey, once for every strategy:
+
+    raw = strategy.propose(history less the skills in history.blocked, current)
+    Goodhart hold: a domain feeding a skill in history.blocked gains no weight
+    shared constraints (smoothing toward uniform, floor, cap, max change)
+    rationale line per domain: "old -> new: reason"
+    forecast = strategy.forecast(history, current, final weights)
+
+Built-in strategies register with `@register_strategy(name, settings=...)`
+exactly as a user's would; `make_strategy(controller_cfg)` builds the
+configured one with its own settings dataclass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Protocol, runtime_checkable
+
+from backend.registry import Registry
 
 
 @dataclass
 class Proposal:
     weights: dict[str, float]
-    """New mixture weights (sum to 1 after constraints)."""
+    """New mixture weights. From a strategy: raw (>= 0, any scale); from
+    `propose`: final (constrained, sum 1)."""
     rationale: dict[str, str]
-    """One line per domain with the numbers behind the change."""
+    """One line per domain. From a strategy: the reason with its numbers;
+    from `propose`: "old -> new: reason"."""
     forecast: dict[str, dict] = field(default_factory=dict)
-    """Per steer skill: current score and the expected score at the next checkpoint."""
+    """Per steer skill: {score, expected, basis}, the current score and the
+    expected score at the next checkpoint (filled in by `propose`)."""
 
 
 @dataclass
@@ -44,6 +62,7 @@ class History:
     the stretch that ended at that checkpoint (step 0: the initial one)."""
 
     def latent(self) -> dict[str, list[dict]]:
+        """`estimates`, or the latent estimates computed from `scores`."""
         if self.estimates:
             return self.estimates
         from backend.capability import estimate
@@ -52,27 +71,152 @@ class History:
         return estimate(rows, self.checkpoint_tokens or 1)
 
 
-STRATEGIES: dict[str, type] = {}
+@runtime_checkable
+class Strategy(Protocol):
+    """What a controller strategy implements. Stateless between calls: a
+    resumed worker builds a fresh instance and must propose what an
+    uninterrupted one would, so everything comes from `History`.
+
+    Built with one argument, an instance of the settings dataclass given to
+    `register_strategy`, kept as `self.settings`.
+    """
+
+    name: ClassVar[str]
+    """The registered name (set by `register_strategy`)."""
+    constrained: ClassVar[bool]
+    """Whether the shared constraints apply (set by `register_strategy`)."""
+
+    def propose(self, history: History, current: dict[str, float]) -> Proposal:
+        """Raw new weights and the reason per domain.
+
+        :param history: the run so far, steer skills only, less the skills
+            the Goodhart guard holds back (still named in `history.blocked`).
+        :param current: domain -> weight trained now (sums to 1, every domain
+            of `history.domains`).
+        :return: Proposal with `weights` domain -> raw weight (>= 0, any
+            scale, every domain) and `rationale` domain -> one line giving the
+            numbers behind it (no "old -> new" prefix, no newline); `forecast`
+            left empty. No constraints, no Goodhart hold: the module function
+            `propose` applies both.
+        """
+        ...
+
+    def forecast(self, history: History, current: dict[str, float],
+                 weights: dict[str, float]) -> dict[str, dict]:
+        """What training on `weights` instead of `current` is expected to do.
+
+        :param history: the run so far, every steer skill (held back or not).
+        :param weights: the FINAL weights (after the hold and the constraints).
+        :return: steer skill -> {"score": latent score now, "expected": score
+            expected at the next checkpoint (within [0, 1]), "basis": one line
+            saying how it was forecast}; skills without estimates left out.
+        """
+        ...
 
 
-def register_strategy(name: str):
-    """Register a strategy class under `name`."""
+STRATEGIES: Registry[type] = Registry("strategy")
+"""Strategy name -> class."""
 
-    def deco(cls):
-        if name in STRATEGIES:
-            raise ValueError(f"strategy {name!r} is already registered")
+
+@dataclass(kw_only=True)
+class NoSettings:
+    """Settings of a strategy that has none."""
+
+    def validate(self, path: str, run_cfg=None) -> None:
+        """Nothing to check."""
+
+
+def register_strategy(name: str, settings: type = NoSettings, *,
+                      constrained: bool = True) -> Callable[[type], type]:
+    """Class decorator: register a strategy under `name` with its keyword-only
+    settings dataclass (`settings`, with `validate(path, run_cfg=None)`).
+    constrained=False exempts it from the shared constraints (a strategy
+    whose proposal is the current mixture by definition: `static`); the
+    Goodhart hold applies to every strategy."""
+
+    def deco(cls: type) -> type:
+        STRATEGIES.add(name, cls)
         cls.name = name
-        STRATEGIES[name] = cls
+        cls.settings_class = settings
+        cls.constrained = constrained
         return cls
 
     return deco
 
 
-def get_strategy(name: str, cfg):
-    """An instance of the named strategy; the error lists what exists."""
-    if name not in STRATEGIES:
-        raise KeyError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")
-    return STRATEGIES[name](cfg)
+def strategy_settings(controller_cfg):
+    """The settings instance of the configured strategy: the config's own
+    `settings` where it has one, else built from the matching flat fields
+    of ControllerConfig (step_size, target, reference_step, ...)."""
+    cls = STRATEGIES.get(controller_cfg.strategy)
+    if hasattr(controller_cfg, "settings"):
+        return controller_cfg.settings
+    names = [f.name for f in dataclasses.fields(cls.settings_class)]
+    return cls.settings_class(**{k: getattr(controller_cfg, k) for k in names if hasattr(controller_cfg, k)})
+
+
+def make_strategy(controller_cfg) -> Strategy:
+    """An instance of the configured strategy (controller_cfg.strategy) with
+    its settings; an unknown name raises UnknownName listing what exists."""
+    return STRATEGIES.get(controller_cfg.strategy)(strategy_settings(controller_cfg))
+
+
+def held_domains(history: History) -> dict[str, list[str]]:
+    """Domain -> the blocked skills it feeds (only domains that feed one)."""
+    held: dict[str, list[str]] = {}
+    for s in sorted(history.blocked):
+        for d in history.skill_domains.get(s, []):
+            held.setdefault(d, []).append(s)
+    return held
+
+
+def steerable(history: History) -> History:
+    """The history a strategy proposes from: without the skills the Goodhart
+    guard holds back (`blocked` still names them)."""
+    return dataclasses.replace(
+        history,
+        skill_domains={s: v for s, v in history.skill_domains.items() if s not in history.blocked},
+        scores={s: v for s, v in history.scores.items() if s not in history.blocked},
+        estimates={s: v for s, v in history.estimates.items() if s not in history.blocked})
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Shared constraints as ControllerConfig carries them, for callers
+    without a config."""
+
+    floor: float = 0.0
+    cap: float = 1.0
+    max_change: float = 1.0
+    smoothing: float = 0.0
+
+
+FREE = Bounds()
+"""Constraints that change nothing: a normalised proposal passes unchanged."""
+
+
+def propose(strategy: Strategy, history: History, current: dict[str, float], constraints_cfg) -> Proposal:
+    """The proposal the loop stores: the strategy's raw weights under the
+    Goodhart hold and the shared constraints (`constraints_cfg`: floor, cap,
+    max_change, smoothing), each rationale line as "old -> new: reason", and
+    the strategy's forecast of the final weights."""
+    from backend.controllers.constraints import apply_constraints
+
+    held = held_domains(history)
+    raw = strategy.propose(steerable(history), current)
+    if strategy.constrained:
+        weights = apply_constraints(raw.weights, current, constraints_cfg, held=set(held))
+    elif any(raw.weights[d] > current[d] for d in held):
+        weights = apply_constraints(raw.weights, current, FREE, held=set(held))
+    else:
+        weights = dict(raw.weights)  # static: the current mixture, exactly as it was
+    rationale = {}
+    for d in current:
+        line = f"{current[d]:.3f} -> {weights[d]:.3f}: {raw.rationale[d]}"
+        if d in held:
+            line += f"; held back by the Goodhart guard: {', '.join(held[d])} (its weight may not rise)"
+        rationale[d] = line
+    return Proposal(weights=weights, rationale=rationale, forecast=strategy.forecast(history, current, weights))
 
 
 # built-in strategies register on import, like a user's would

@@ -14,8 +14,7 @@ raw numbers, and only acts on what stands out of the noise:
                   checkpoint (some estimate's interval above the first one's:
                   data has moved it, more may move it further), else 0.1 (no
                   sign yet that data moves it; the 0.1 keeps exploring it)
-    priority_s  = deficit_s * learnable_s; 0 while the Goodhart guard holds
-                  the skill back
+    priority_s  = deficit_s * learnable_s
 
 A domain's gain is the mean priority of the steer skills it streams; one that
 streams no steer skill has gain 0. Gains are divided by
@@ -27,16 +26,18 @@ deficits is amplified (4x at most). Then
 
     w_j <- w_j * exp(step_size * (gain_j - max_i gain_i) / scale)
 
-and the shared constraints (smoothing, floor, cap, max change) apply.
+and the loop applies the Goodhart hold and the shared constraints
+(smoothing, floor, cap, max change), as for every strategy.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from backend.controllers import History, Proposal, register_strategy
-from backend.controllers.constraints import apply_constraints
 from backend.controllers.forecast import slope_forecast
+from backend.controllers.settings import check_positive, check_unit
 
 PROGRESS_SCALE = 0.1  # a rise of 0.1 score per checkpoint counts as full progress
 STALLED = 0.25 * PROGRESS_SCALE  # a slope surely below this counts as not moving
@@ -45,26 +46,40 @@ UNMOVED = 0.1  # learnability of a skill that has never risen: exploration only
 GAIN_FLOOR = 0.25  # gains are scaled by max(best gain, this)
 
 
-@register_strategy("deficit")
-class Deficit:
-    def __init__(self, cfg):
-        self.cfg = cfg
+@dataclass(kw_only=True)
+class DeficitSettings:
+    """`deficit`'s settings (controller.options)."""
 
-    def skill_signal(self, series: list[dict], blocked: str | None = None) -> dict:
+    step_size: float = 2.0
+    """Exponentiated-gradient step size (eta)."""
+    target: float = 1.0
+    """Score a steer skill should reach; deficit = target - score."""
+    saturation: float = 0.95
+    """A skill at or above this score counts as saturated."""
+
+    def validate(self, path: str, run_cfg=None) -> None:
+        """Raise ConfigError naming the field (`path`.field) that is out of range."""
+        check_positive(self, "step_size", path)
+        check_unit(self, ("target", "saturation"), path)
+
+
+@register_strategy("deficit", settings=DeficitSettings)
+class Deficit:
+    def __init__(self, settings: DeficitSettings):
+        self.settings = settings
+
+    def skill_signal(self, series: list[dict]) -> dict:
         """The priority of one skill from its latent estimates, with why."""
         e = series[-1]
         out = {"score": e["score"], "lo": e["lo"], "hi": e["hi"], "slope": e.get("slope"),
                "deficit": 0.0, "learnable": 0.0, "priority": 0.0, "why": ""}
-        if blocked:
-            out.update(priority=0.0, why="held back by the Goodhart guard")
-            return out
-        if e["score"] >= self.cfg.saturation:
+        if e["score"] >= self.settings.saturation:
             out.update(priority=0.0, why="saturated")
             return out
-        if e["hi"] >= self.cfg.saturation:
+        if e["hi"] >= self.settings.saturation:
             out.update(priority=0.0, why="deficit within noise of saturation")
             return out
-        out["deficit"] = max(0.0, self.cfg.target - e["score"])
+        out["deficit"] = max(0.0, self.settings.target - e["score"])
         if len(series) < 2:
             out.update(learnable=1.0, slope=None, why="no slope yet")
         elif e["slope_lo"] > 0:
@@ -78,9 +93,13 @@ class Deficit:
         out["priority"] = out["deficit"] * out["learnable"]
         return out
 
+    def signals(self, history: History) -> dict[str, dict]:
+        """skill_signal of every steer skill with estimates."""
+        return {s: self.skill_signal(v) for s, v in history.latent().items() if v}
+
     def propose(self, history: History, current: dict[str, float]) -> Proposal:
-        latent = history.latent()
-        skills = {s: self.skill_signal(v, history.blocked.get(s)) for s, v in latent.items() if v}
+        """Raw weights current * exp(step_size * (gain - best gain) / scale)."""
+        skills = self.signals(history)
         gain, feeds = {}, {}
         for d in history.domains:
             fed = [s for s, ds in history.skill_domains.items() if d in ds and s in skills]
@@ -89,24 +108,24 @@ class Deficit:
         mean_gain = sum(current[d] * gain[d] for d in history.domains)
         top = max(gain.values())  # subtracting the max never overflows
         scale = max(top, GAIN_FLOOR)
-        raw = {d: current[d] * math.exp(self.cfg.step_size * (gain[d] - top) / scale) for d in history.domains}
-        weights = apply_constraints(raw, current, self.cfg)
+        raw = {d: current[d] * math.exp(self.settings.step_size * (gain[d] - top) / scale)
+               for d in history.domains}
 
         rationale = {}
         for d in history.domains:
-            change = f"{current[d]:.3f} -> {weights[d]:.3f}"
             if not feeds[d]:
-                rationale[d] = f"{change}: streams no steer skill (gain 0 vs mean {mean_gain:.3f})"
+                rationale[d] = f"streams no steer skill (gain 0 vs mean {mean_gain:.3f})"
                 continue
             parts = []
             for s in feeds[d]:
                 k = skills[s]
                 slope = "n/a" if k["slope"] is None else f"{k['slope']:+.3f}/ckpt"
                 parts.append(f"{s} {k['score']:.2f} [{k['lo']:.2f}, {k['hi']:.2f}] slope {slope}: {k['why']}")
-            rationale[d] = f"{change}: gain {gain[d]:.3f} vs mean {mean_gain:.3f}; " + "; ".join(parts)
+            rationale[d] = f"gain {gain[d]:.3f} vs mean {mean_gain:.3f}; " + "; ".join(parts)
+        return Proposal(weights=raw, rationale=rationale)
 
-        # the latent slope, scaled by how much more (or less) of the skill's
-        # domains the new mixture trains on (backend.controllers.forecast)
-        forecast = {s: slope_forecast(k["score"], k["slope"], history.skill_domains[s], current, weights)
-                    for s, k in skills.items()}
-        return Proposal(weights=weights, rationale=rationale, forecast=forecast)
+    def forecast(self, history: History, current: dict[str, float], weights: dict[str, float]) -> dict[str, dict]:
+        """The latent slope, scaled by how much more (or less) of the skill's
+        domains `weights` trains on (backend.controllers.forecast)."""
+        return {s: slope_forecast(k["score"], k["slope"], history.skill_domains[s], current, weights)
+                for s, k in self.signals(history).items()}

@@ -41,9 +41,10 @@ linearised at the current mixture c, minus a KL proximity term to c:
           p_s = sigmoid(logit(score_s) + dlogit_s(c))   (d score / d w_j)
     w   = argmax_w  g.w - KL(w || c) / eta   =>   w_j ∝ c_j exp(eta g_j)
 
-which is Aioli's update with eta = controller.step_size (Aioli tunes eta
-per setting; it has no single published default). Skills the Goodhart guard
-holds back are left out of g. Then the shared constraints apply.
+which is Aioli's update with eta = step_size (MixingLawSettings; Aioli tunes
+eta per setting; it has no single published default). The loop shows the
+strategy no skill the Goodhart guard holds back, so those are left out of g,
+then applies the hold and the shared constraints.
 
 The forecast per steer skill comes from the law: expected =
 sigmoid(logit(score) + dlogit_s(new weights)).
@@ -58,11 +59,13 @@ from __future__ import annotations
 import math
 from itertools import pairwise
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from backend.controllers import History, Proposal, register_strategy
-from backend.controllers.constraints import apply_constraints
 from backend.controllers.forecast import slope_forecasts
+from backend.controllers.settings import check_positive
 
 RIDGE = 0.01  # weight^2 units; see the module docstring
 MIN_STRETCHES = 2  # stretches with a measured change needed to fit a law
@@ -113,10 +116,22 @@ def predict(law: dict, w: np.ndarray) -> float:
     return float(law["a"] + law["b"] @ (w - law["wbar"]))
 
 
-@register_strategy("mixing-law")
+@dataclass(kw_only=True)
+class MixingLawSettings:
+    """`mixing-law`'s settings (controller.options)."""
+
+    step_size: float = 2.0
+    """eta of the KL-proximal step w_j ∝ c_j exp(eta g_j)."""
+
+    def validate(self, path: str, run_cfg=None) -> None:
+        """Raise ConfigError naming the field (`path`.step_size) if not > 0."""
+        check_positive(self, "step_size", path)
+
+
+@register_strategy("mixing-law", settings=MixingLawSettings)
 class MixingLaw:
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, settings: MixingLawSettings):
+        self.settings = settings
 
     def laws(self, latent: dict[str, list[dict]], history: History) -> tuple[dict[str, dict], dict[str, dict]]:
         """(laws, last estimate) per steer skill; a skill with fewer than
@@ -135,42 +150,46 @@ class MixingLaw:
         return laws, last
 
     def propose(self, history: History, current: dict[str, float]) -> Proposal:
+        """Raw weights w_j ∝ c_j exp(eta g_j); the current mixture while no
+        skill has a law."""
         names = history.domains
         latent = history.latent()
         laws, last = self.laws(latent, history)
         if not laws:
-            return self._fallback(latent, history, current, last)
+            why = (f"too little history to fit a mixing law (no steer skill has {MIN_STRETCHES} stretches "
+                   f"between checkpoints with their mixture known)" if last
+                   else "no steer skill has an estimate yet")
+            return Proposal(weights=dict(current), rationale={d: f"current mixture kept, {why}" for d in names})
 
         c = np.array([current[d] for d in names])
-        active = [s for s in laws if s not in history.blocked]
         g = np.zeros(len(names))
-        for s in active:
+        for s in laws:
             p = _sigmoid(_logit(last[s]["score"]) + predict(laws[s], c))
             g += p * (1 - p) * laws[s]["b"]
-        if active:
-            g /= len(active)
+        g /= len(laws)
         # w_j ∝ c_j exp(eta g_j): the KL-proximal maximiser of g.w (max subtracted: no overflow)
-        raw = {d: current[d] * math.exp(self.cfg.step_size * (g[i] - g.max())) for i, d in enumerate(names)}
-        weights = apply_constraints(raw, current, self.cfg)
+        raw = {d: current[d] * math.exp(self.settings.step_size * (g[i] - g.max())) for i, d in enumerate(names)}
 
-        w_new = np.array([weights[d] for d in names])
         mean_g = float(c @ g)
         unfit = sorted(s for s in last if s not in laws)
         rationale = {}
         for i, d in enumerate(names):
-            parts = [f"{s} b {laws[s]['b'][i]:+.2f}" for s in active]
-            held = [s for s in laws if s in history.blocked and d in history.skill_domains.get(s, [])]
-            line = (f"{current[d]:.3f} -> {weights[d]:.3f}: predicted gain {g[i]:+.4f} mean steer score per "
-                    f"checkpoint per unit weight (mixture mean {mean_g:+.4f}); law dlogit/ckpt per unit weight: "
-                    + (", ".join(parts) if parts else "no skill steered"))
-            if held:
-                line += f"; held back by the Goodhart guard: {', '.join(held)}"
+            parts = [f"{s} b {laws[s]['b'][i]:+.2f}" for s in laws]
+            line = (f"predicted gain {g[i]:+.4f} mean steer score per checkpoint per unit weight "
+                    f"(mixture mean {mean_g:+.4f}); law dlogit/ckpt per unit weight: " + ", ".join(parts))
             if unfit:
                 line += f"; too little history for a law: {', '.join(unfit)}"
             rationale[d] = line
+        return Proposal(weights=raw, rationale=rationale)
 
-        # a skill without a law yet: its latent slope, like the strategies without one
-        forecast = slope_forecasts({s: latent[s] for s in unfit}, history.skill_domains, current, weights)
+    def forecast(self, history: History, current: dict[str, float], weights: dict[str, float]) -> dict[str, dict]:
+        """From the law where a skill has one; else its latent slope scaled
+        by the change in data share."""
+        latent = history.latent()
+        laws, last = self.laws(latent, history)
+        unfit = {s: latent[s] for s in last if s not in laws}
+        forecast = slope_forecasts(unfit, history.skill_domains, current, weights)
+        w_new = np.array([weights[d] for d in history.domains])
         for s, law in laws.items():
             forecast[s] = {
                 "score": last[s]["score"],
@@ -178,16 +197,4 @@ class MixingLaw:
                 "basis": (f"mixing law fitted on {law['n']} stretches: dlogit = {law['a']:+.2f} + "
                           f"b.(w - wbar), ridge {RIDGE} toward the skill's domain share"),
             }
-        return Proposal(weights=weights, rationale=rationale, forecast=forecast)
-
-    def _fallback(self, latent: dict[str, list[dict]], history: History, current: dict[str, float],
-                  last: dict) -> Proposal:
-        weights = apply_constraints(current, current, self.cfg)
-        if not last:
-            why = "no steer skill has an estimate yet"
-        else:
-            why = (f"too little history to fit a mixing law (no steer skill has {MIN_STRETCHES} stretches "
-                   f"between checkpoints with their mixture known)")
-        rationale = {d: f"{current[d]:.3f} -> {weights[d]:.3f}: current mixture kept, {why}" for d in history.domains}
-        forecast = slope_forecasts(latent, history.skill_domains, current, weights)
-        return Proposal(weights=weights, rationale=rationale, forecast=forecast)
+        return forecast

@@ -32,8 +32,9 @@ What is used here, and how it differs from the paper:
   with the same observation: R <- alpha^n R + (1 - alpha^n) L / pi.
 - Stateless: R is recomputed from History at every call, so a resumed
   worker proposes exactly what an uninterrupted one would.
-- The proposal is pi_{t+1} at t = the current step, then the shared
-  constraints (smoothing toward uniform, floor, cap, max change).
+- The proposal is pi_{t+1} at t = the current step; the loop then applies
+  the Goodhart hold and the shared constraints (smoothing toward uniform,
+  floor, cap, max change) as for every strategy.
 
 A property of the paper's rule worth knowing: R is a smoothed mean, not a
 running sum as in textbook EXP3, so it does not grow with t while eps_{t-1}
@@ -49,7 +50,6 @@ from __future__ import annotations
 import math
 
 from backend.controllers import History, Proposal, register_strategy
-from backend.controllers.constraints import apply_constraints
 from backend.controllers.forecast import slope_forecasts
 
 ALPHA = 0.9  # smoothing of the reward estimate (authors' implementation default)
@@ -74,8 +74,8 @@ def policy(rewards: dict[str, float], t: float) -> dict[str, float]:
 
 @register_strategy("odm")
 class ODM:
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, settings):
+        self.settings = settings
 
     def rewards(self, history: History, current: dict[str, float]) -> dict:
         """The reward estimates, replayed from History: {rewards, loss (last),
@@ -105,19 +105,22 @@ class ODM:
         return {"rewards": r, "loss": loss, "share": share, "step": max(steps, default=0)}
 
     def propose(self, history: History, current: dict[str, float]) -> Proposal:
+        """Raw weights: EXP3's policy pi_{t+1} at t = the current step."""
         est = self.rewards(history, current)
         t, k = est["step"], len(history.domains)
         pi = policy(est["rewards"], t)
-        weights = apply_constraints(pi, current, self.cfg)
         eps = exploration(k, t)
         rationale = {}
         for d in history.domains:
-            head = f"{current[d]:.3f} -> {weights[d]:.3f}: "
             tail = f"EXP3 policy {pi[d]:.3f} (exploration {eps:.4f} at step {t})"
             if d in est["loss"]:
-                rationale[d] = (head + f"held-out loss {est['loss'][d]:.3f} at share {est['share'][d]:.3f}, "
+                rationale[d] = (f"held-out loss {est['loss'][d]:.3f} at share {est['share'][d]:.3f}, "
                                 f"reward estimate {est['rewards'][d]:.2f}; " + tail)
             else:
-                rationale[d] = head + "no held-out loss after training yet, reward estimate 0; " + tail
-        forecast = slope_forecasts(history.latent(), history.skill_domains, current, weights)
-        return Proposal(weights=weights, rationale=rationale, forecast=forecast)
+                rationale[d] = "no held-out loss after training yet, reward estimate 0; " + tail
+        return Proposal(weights=pi, rationale=rationale)
+
+    def forecast(self, history: History, current: dict[str, float], weights: dict[str, float]) -> dict[str, dict]:
+        """The latent slope scaled by the change in data share (ODM has no
+        model of skills)."""
+        return slope_forecasts(history.latent(), history.skill_domains, current, weights)

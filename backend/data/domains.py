@@ -1,6 +1,9 @@
 """Domain sources: named streams of training text.
 
-Every source registers with `@register_source`, the same way a user's would.
+Every source registers in SOURCES with `@register_source`, the same way a
+user's would; a source class says what config it takes through two class
+attributes: `streams_skills` (its domain lists `skills`) and `sized` (it
+measures its own size, so the natural mixture needs no `size_tokens`).
 A domain produces documents from a seeded `random.Random`; text domains keep
 their last 5% (by document) apart as the held-out split for the per-domain
 loss, synthetic domains draw held-out text from a separate seed stream.
@@ -16,6 +19,7 @@ from typing import Callable
 
 from backend.config import DomainConfig
 from backend.data.skills import LETTERS, get_skill
+from backend.registry import Registry
 
 
 class DataError(ValueError):
@@ -24,6 +28,12 @@ class DataError(ValueError):
 
 class Domain:
     """A stream of documents. Subclasses implement `document`."""
+
+    streams_skills = False
+    """Whether a domain of this source streams the skills its config lists."""
+    sized = False
+    """Whether the source measures its size in tokens (else the config's
+    size_tokens is needed for the natural mixture)."""
 
     def __init__(self, cfg: DomainConfig):
         self.name = cfg.name
@@ -45,21 +55,22 @@ class Domain:
         return "\n".join(out)
 
 
-SOURCES: dict[str, Callable[[DomainConfig], Domain]] = {}
+SOURCES: Registry[Callable[[DomainConfig], Domain]] = Registry("domain source")
+"""Source name -> Domain class (built from a DomainConfig)."""
 
 
 def register_source(name: str):
-    def deco(cls):
-        SOURCES[name] = cls
-        return cls
-
-    return deco
+    """Class decorator: register a Domain subclass as source `name`; a
+    duplicate is refused (DuplicateName)."""
+    return SOURCES.register(name)
 
 
 def build_domain(cfg: DomainConfig) -> Domain:
+    """The domain of one config entry; an unknown source raises DataError
+    naming the domain and listing the known sources."""
     if cfg.source not in SOURCES:
         raise DataError(f"domain {cfg.name!r}: unknown source {cfg.source!r} (known: {', '.join(SOURCES)})")
-    return SOURCES[cfg.source](cfg)
+    return SOURCES.get(cfg.source)(cfg)
 
 
 @register_source("synthetic")
@@ -67,6 +78,8 @@ class SyntheticDomain(Domain):
     """Examples of the listed skills, one per line, skills drawn uniformly.
     With contamination > 0, that share of examples are steer evaluation items
     (see `leak`)."""
+
+    streams_skills = True
 
     def __init__(self, cfg: DomainConfig):
         super().__init__(cfg)
@@ -98,6 +111,7 @@ class TextDomain(Domain):
     """Documents from a fixed list; documents() is implemented by the source."""
 
     holdout_share = 0.05
+    sized = True
 
     def __init__(self, cfg: DomainConfig):
         super().__init__(cfg)

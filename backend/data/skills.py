@@ -11,7 +11,8 @@ Each skill has
 Symbols are separated by spaces so that the byte-level BPE keeps one symbol
 per token (" a", " 7"); digits are always split one per token.
 
-A skill registers itself with `@register_skill`, the same way a user's would.
+A skill registers itself in SKILLS with `@register_skill`, the same way a
+user's would.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import random
 import string
 from dataclasses import dataclass
 from typing import Callable
+
+from backend.registry import Registry
 
 LETTERS = string.ascii_lowercase[:12]  # a small alphabet keeps the demo learnable
 
@@ -54,27 +57,26 @@ class Skill:
         return f"{prompt} {answer}"
 
 
-SKILLS: dict[str, Skill] = {}
+SKILLS: Registry[Skill] = Registry("skill")
+"""Skill name -> Skill."""
 
 
 def register_skill(name: str, difficulty: int, description: str, templates: tuple[str, ...]):
-    """Register a skill maker under `name`."""
+    """Decorator: register a skill maker under `name`; a duplicate
+    (DuplicateName) or fewer than 4 templates (ValueError) is refused."""
 
     def deco(make: Maker) -> Maker:
-        if name in SKILLS:
-            raise ValueError(f"skill {name!r} is already registered")
         if len(templates) < 4:
             raise ValueError(f"skill {name!r}: needs at least 4 templates (3 steer, 1 holdout)")
-        SKILLS[name] = Skill(name, difficulty, description, templates, make)
+        SKILLS.add(name, Skill(name, difficulty, description, templates, make))
         return make
 
     return deco
 
 
 def get_skill(name: str) -> Skill:
-    if name not in SKILLS:
-        raise KeyError(f"unknown skill {name!r} (known: {', '.join(SKILLS)})")
-    return SKILLS[name]
+    """The registered skill; UnknownName (a KeyError) lists the known ones."""
+    return SKILLS.get(name)
 
 
 STEER_TEMPLATES = (0, 2, 3)

@@ -1,0 +1,158 @@
+"""backend/loop.py in-process: the real ClosedLoop, store, estimator, guard
+and strategies with the fakes of backend.testing (no torch, no lm-eval).
+The preset tiny's cadence: 30 steps, a checkpoint every 10."""
+
+import pytest
+
+from backend.config import preset
+from backend.loop import PHASES, Checkpointer, ClosedLoop, Evaluator, Sampler, Trainer
+from backend.store import Store
+from backend.testing import Crash, crash_at, fake_components
+
+EDITED = {"strings": 0.3, "arithmetic": 0.3, "logic": 0.1, "recall": 0.1, "noise": 0.1, "code": 0.1}
+
+
+def new_run(store: Store, **changes) -> int:
+    return store.create_run(preset("tiny").replace(**changes).to_dict())
+
+
+def run_loop(store: Store, run_id: int, on_phase=None, **evaluator_options) -> str:
+    return ClosedLoop(store, run_id, components=fake_components(**evaluator_options), progress=False,
+                      on_phase=on_phase).run()
+
+
+def decide_at(phase: str, step: int, act):
+    """An on_phase hook: a person acts (act(step)) after `phase` at `step`,
+    while the model trains the next stretch."""
+
+    def hook(p, s):
+        if (p, s) == (phase, step):
+            act(s)
+
+    return hook
+
+
+def outcome(store: Store, run_id: int) -> dict:
+    """What a resumed run must reproduce exactly."""
+    return {
+        "schedule": [(s["from_step"], s["weights"], s["source"]) for s in store.schedule(run_id)],
+        "proposals": [(p["step"], p["weights"], p["rationale"], p["forecast"], p["status"], p["applied_step"])
+                      for p in store.proposals(run_id)],
+        "checkpoints": [(c["step"], c["weights"], c["boundary_done"]) for c in store.checkpoints(run_id)],
+        "measurements": sorted((m["step"], m["task"] or "", m["value"]) for m in store.measurements(run_id)),
+        "capability": [(c["step"], c["skill"], c["score"]) for c in store.capability(run_id)],
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("ref") / "cl.db")
+    rid = new_run(store)
+    assert run_loop(store, rid) == "finished"
+    return outcome(store, rid)
+
+
+def test_the_fakes_implement_the_loops_protocols(tmp_path):
+    c = fake_components()(preset("tiny"), tmp_path)
+    assert isinstance(c.trainer, Trainer) and isinstance(c.sampler, Sampler)
+    assert isinstance(c.evaluator, Evaluator) and isinstance(c.checkpointer, Checkpointer)
+    # the fake scores follow the data the trainer received
+    before = c.evaluator.score("copy")
+    c.trainer.train_step(c.sampler.batch({"strings": 1.0}, 8))
+    assert c.evaluator.score("copy") > before
+    assert c.evaluator.score("copy_holdout") == c.evaluator.score("copy")  # learnt, not taught to the test
+    assert c.evaluator.score("add2") == before  # arithmetic got nothing
+
+
+def test_auto_run_proposes_and_applies_at_every_checkpoint(store, uninterrupted):
+    rid = new_run(store)
+    assert run_loop(store, rid) == "finished"
+    ps = store.proposals(rid)
+    assert [(p["step"], p["status"], p["applied_step"]) for p in ps] == [(0, "applied", 0), (10, "applied", 10),
+                                                                         (20, "applied", 20)]
+    assert [s["from_step"] for s in store.schedule(rid)] == [0, 10, 20]
+    # each stretch trained the mixture applied at its start
+    for p in ps:
+        assert store.checkpoint(rid, p["step"] + 10)["weights"] == p["final_weights"]
+    # the fake scores follow the data: the domain that feeds no steer skill loses weight
+    assert store.schedule(rid)[-1]["weights"]["noise"] < 1 / 6
+    assert outcome(store, rid) == uninterrupted  # deterministic
+
+
+def test_approval_applies_at_the_next_checkpoint_not_before(store):
+    rid = new_run(store, policy="human")
+    approve = decide_at("propose", 0, lambda s: store.decide(store.proposals(rid)[0]["id"], "approve", by="alice"))
+    run_loop(store, rid, on_phase=approve)
+    p0 = store.proposals(rid)[0]
+    assert p0["status"] == "applied" and p0["applied_step"] == 10
+    segs = store.schedule(rid)
+    assert [(s["from_step"], s["source"], s["proposal_id"], s["decided_by"]) for s in segs] == \
+           [(0, "initial", None, None), (10, "proposal", p0["id"], "alice")]
+    assert store.checkpoint(rid, 10)["weights"] == segs[0]["weights"]  # the old mixture until step 10
+    assert store.checkpoint(rid, 20)["weights"] == p0["final_weights"]
+
+
+def test_a_newer_proposal_supersedes_a_pending_one(store):
+    rid = new_run(store, policy="human")
+    run_loop(store, rid)
+    assert [(p["step"], p["status"]) for p in store.proposals(rid)] == \
+           [(0, "superseded"), (10, "superseded"), (20, "pending")]
+    assert [s["source"] for s in store.schedule(rid)] == ["initial"]  # nothing decided, nothing applied
+    superseded = store.events(rid, "superseded")
+    assert len(superseded) == 2 and all("a newer proposal arrived" in e["message"] for e in superseded)
+
+
+def test_edited_weights_are_applied_at_the_next_checkpoint(store):
+    rid = new_run(store, policy="human")
+    edit = decide_at("propose", 10, lambda s: store.decide(store.proposals(rid)[-1]["id"], "edit",
+                                                           weights=EDITED, by="bob"))
+    run_loop(store, rid, on_phase=edit)
+    p1 = store.proposals(rid)[1]
+    assert (p1["step"], p1["status"], p1["applied_step"]) == (10, "applied", 20)
+    assert p1["final_weights"] == pytest.approx(EDITED) and p1["final_weights"] != p1["weights"]
+    assert [(s["from_step"], s["decided_by"]) for s in store.schedule(rid)] == [(0, None), (20, "bob")]
+    assert store.checkpoint(rid, 30)["weights"] == pytest.approx(EDITED)
+
+
+def test_manual_mixture_is_applied_at_the_next_checkpoint(store):
+    rid = new_run(store, policy="human")
+    manual = decide_at("estimate", 10, lambda s: store.set_mixture(rid, EDITED, step=s, by="carol"))
+    run_loop(store, rid, on_phase=manual)
+    # set after the estimate at step 10, before that checkpoint applies: it trains from 10 on
+    segs = store.schedule(rid)
+    assert [(s["from_step"], s["source"], s["decided_by"]) for s in segs] == \
+           [(0, "initial", None), (10, "manual", "carol")]
+    assert segs[1]["weights"] == pytest.approx(EDITED)
+    assert store.checkpoint(rid, 20)["weights"] == pytest.approx(EDITED)
+    # the strategy's proposals around it still wait for a person
+    assert [p["status"] for p in store.proposals(rid) if p["strategy"] != "manual"] == \
+           ["superseded", "superseded", "pending"]
+
+
+@pytest.mark.parametrize("step", [0, 10])
+@pytest.mark.parametrize("phase", PHASES)
+def test_resume_after_a_crash_at_each_phase_matches_an_uninterrupted_run(store, uninterrupted, phase, step):
+    rid = new_run(store)
+    with pytest.raises(Crash):
+        run_loop(store, rid, on_phase=crash_at(phase, step))
+    assert not store.checkpoint(rid, step)["boundary_done"]  # cut short inside the boundary
+    assert run_loop(store, rid) == "finished"  # a fresh loop, as a restarted worker
+    assert outcome(store, rid) == uninterrupted
+    assert [e["message"] for e in store.events(rid, "resumed")] == [f"resumed from checkpoint at step {step}"]
+
+
+def test_goodhart_hold_keeps_a_blocked_skills_domains_from_gaining(store):
+    # copy rises on its steer tasks while its held-out twin stays flat: the guard fires
+    rid = new_run(store, train={**preset("tiny").to_dict()["train"], "steps": 60})
+    run_loop(store, rid, items=400, teach_to_test=("copy",))
+    alerts = store.events(rid, "goodhart_alert")
+    assert [e["after"]["skill"] for e in alerts] == ["copy"]
+    blocked_from = alerts[0]["after"]["step"]
+    held = [p for p in store.proposals(rid) if p["step"] >= blocked_from]
+    assert held, "the guard fired after the last proposal"
+    for p in held:
+        assert p["weights"]["strings"] <= p["current_weights"]["strings"] + 1e-12
+        assert "held back by the Goodhart guard: copy" in p["rationale"]["strings"]
+    # before it fired, the deficit strategy pushed copy's domain
+    before = [p for p in store.proposals(rid) if p["step"] < blocked_from]
+    assert any(p["weights"]["strings"] > p["current_weights"]["strings"] for p in before)
