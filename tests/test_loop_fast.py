@@ -5,6 +5,7 @@ The preset tiny's cadence: 30 steps, a checkpoint every 10."""
 import pytest
 
 from backend.config import preset
+from backend.decisions import decide, set_mixture
 from backend.loop import PHASES, Checkpointer, ClosedLoop, Evaluator, Sampler, Trainer
 from backend.store import Store
 from backend.testing import Crash, crash_at, fake_components
@@ -81,7 +82,7 @@ def test_auto_run_proposes_and_applies_at_every_checkpoint(store, uninterrupted)
 
 def test_approval_applies_at_the_next_checkpoint_not_before(store):
     rid = new_run(store, policy="human")
-    approve = decide_at("propose", 0, lambda s: store.decide(store.proposals(rid)[0]["id"], "approve", by="alice"))
+    approve = decide_at("propose", 0, lambda s: decide(store, store.proposals(rid)[0]["id"], "approve", by="alice"))
     run_loop(store, rid, on_phase=approve)
     p0 = store.proposals(rid)[0]
     assert p0["status"] == "applied" and p0["applied_step"] == 10
@@ -104,7 +105,7 @@ def test_a_newer_proposal_supersedes_a_pending_one(store):
 
 def test_edited_weights_are_applied_at_the_next_checkpoint(store):
     rid = new_run(store, policy="human")
-    edit = decide_at("propose", 10, lambda s: store.decide(store.proposals(rid)[-1]["id"], "edit",
+    edit = decide_at("propose", 10, lambda s: decide(store, store.proposals(rid)[-1]["id"], "edit",
                                                            weights=EDITED, by="bob"))
     run_loop(store, rid, on_phase=edit)
     p1 = store.proposals(rid)[1]
@@ -116,7 +117,7 @@ def test_edited_weights_are_applied_at_the_next_checkpoint(store):
 
 def test_manual_mixture_is_applied_at_the_next_checkpoint(store):
     rid = new_run(store, policy="human")
-    manual = decide_at("estimate", 10, lambda s: store.set_mixture(rid, EDITED, step=s, by="carol"))
+    manual = decide_at("estimate", 10, lambda s: set_mixture(store, rid, EDITED, step=s, by="carol"))
     run_loop(store, rid, on_phase=manual)
     # set after the estimate at step 10, before that checkpoint applies: it trains from 10 on
     segs = store.schedule(rid)
