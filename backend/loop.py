@@ -120,8 +120,14 @@ class Checkpointer(Protocol):
         """Restore the model and trainer from `path`; returns its meta."""
         ...
 
-    def exists(self, path: str) -> bool:
-        """Whether a complete checkpoint lies at `path`."""
+    def problem(self, path: str) -> str | None:
+        """None when a complete checkpoint that verifies lies at `path`;
+        else why not, in words (resume then falls back to an older one)."""
+        ...
+
+    def prune(self, keep_steps: set[int]) -> list[str]:
+        """Apply the retention policy (train.keep_checkpoints); never removes
+        `keep_steps`. Returns the paths removed."""
         ...
 
 
@@ -173,10 +179,11 @@ class FolderCheckpointer:
     """The real Checkpointer: safetensors + trainer.pt + meta.json folders
     (backend.trainer.save_checkpoint) under `root`."""
 
-    def __init__(self, root: Path, model, trainer):
+    def __init__(self, root: Path, model, trainer, keep_last: int = 0):
         self.root = root
         self.model = model
         self.trainer = trainer
+        self.keep_last = keep_last
 
     def save(self, step: int, meta: dict) -> str:
         """Checkpointer.save (the trainer's own step names the folder)."""
@@ -190,9 +197,21 @@ class FolderCheckpointer:
 
         return load_checkpoint(path, self.model, self.trainer)
 
-    def exists(self, path: str) -> bool:
-        """A folder with the final name is complete (written, then renamed)."""
-        return Path(path).is_dir()
+    def problem(self, path: str) -> str | None:
+        """Checkpointer.problem: the folder's sha256 manifest must verify."""
+        from backend.trainer import CheckpointError, verify_checkpoint
+
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as e:
+            return str(e)
+        return None
+
+    def prune(self, keep_steps: set[int]) -> list[str]:
+        """Checkpointer.prune (backend.trainer.prune_checkpoints)."""
+        from backend.trainer import prune_checkpoints
+
+        return [str(p) for p in prune_checkpoints(self.root, self.keep_last, keep_steps)]
 
 
 def build_components(cfg: RunConfig, run_dir: Path) -> Components:
@@ -298,7 +317,9 @@ class ClosedLoop:
         try:
             while self.c.trainer.step < total:
                 self._poll()  # commands are obeyed at every checkpoint, however short the stretch
-                weights = self.store.current_weights(self.run_id)
+                # the segment in force at this step (after a fallback resume a
+                # later segment may exist already: it starts at its own step)
+                weights = self.store.weights_at(self.run_id, self.c.trainer.step)
                 self._train_stretch(weights, vocab.next_boundary(self.c.trainer.step, every, total))
                 self._checkpoint(weights)
                 self._at_checkpoint(self.c.trainer.step)
@@ -358,10 +379,20 @@ class ClosedLoop:
     def _resume_or_start(self) -> None:
         """Continue from the last complete checkpoint (finishing its boundary),
         or start: the first mixture, and the untrained model's checkpoint 0."""
-        done = [ck for ck in self.store.checkpoints(self.run_id)
-                if ck["path"] and self.c.checkpointer.exists(ck["path"])]
-        if done:
-            ck = done[-1]
+        ck = None
+        for row in reversed(self.store.checkpoints(self.run_id)):
+            if not row["path"]:
+                continue
+            problem = self.c.checkpointer.problem(row["path"])
+            if problem is None:
+                ck = row
+                break
+            # a truncated or corrupt checkpoint: fall back to the one before;
+            # training is a pure function of (seed, schedule), so the stretch
+            # retrained from there reproduces what the bad one held
+            self.store.log_event(self.run_id, "checkpoint_skipped",
+                                 f"checkpoint at step {row['step']} skipped on resume: {problem}")
+        if ck is not None:
             meta = self.c.checkpointer.load(ck["path"])
             self.c.sampler.load_state_dict(meta["sampler"])
             self.wall_offset = meta.get("wall_time", 0.0)
@@ -433,6 +464,14 @@ class ClosedLoop:
                                   tokens_per_s=self.store.run(self.run_id)["tokens_per_s"],
                                   path=path, weights=weights)
         self.store.heartbeat(self.run_id, step=step, tokens_seen=step * self.tokens_per_step)
+        # retention: the last train.keep_checkpoints, plus every segment's first
+        # step (a schedule restarts there) and doremi's reference checkpoint
+        keep = {seg["from_step"] for seg in self.store.schedule(self.run_id)} | {0}
+        ref = getattr(getattr(self.strategy, "settings", None), "reference_step", None)
+        if ref is not None:
+            keep.add(ref)
+        for removed in self.c.checkpointer.prune(keep):
+            self.store.log_event(self.run_id, "checkpoint_pruned", f"removed {removed} (train.keep_checkpoints)")
         self.on_phase("save", step)
 
     def _evaluate(self, step: int, tokens: int) -> None:

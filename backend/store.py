@@ -627,6 +627,15 @@ class Store:
             raise StoreError(f"run {run_id} has no mixture yet")
         return row["weights"]
 
+    def weights_at(self, run_id: int, step: int) -> dict[str, float]:
+        """The weights of the segment in force at `step` (the latest that
+        starts at or before it); StoreError before the first."""
+        row = self._one("SELECT weights FROM schedule WHERE run_id = ? AND from_step <= ? "
+                        "ORDER BY from_step DESC LIMIT 1", (run_id, step))
+        if row is None:
+            raise StoreError(f"run {run_id} has no mixture at step {step}")
+        return row["weights"]
+
     # -- events and commands --------------------------------------------------
     def log_event(self, run_id: int | None, kind: str, message: str, *, actor: str | None = None,
                   proposal_id: int | None = None, before=None, after=None) -> int:

@@ -192,9 +192,17 @@ class FakeCheckpointer:
         self.trainer.load_state_dict(state["trainer"])
         return state["meta"]
 
-    def exists(self, path: str) -> bool:
-        """Checkpointer.exists."""
-        return (Path(path) / "state.json").is_file()
+    def problem(self, path: str) -> str | None:
+        """Checkpointer.problem: state.json must be there and parse."""
+        try:
+            json.loads((Path(path) / "state.json").read_text())
+        except (OSError, ValueError) as e:
+            return f"{path}: state.json unreadable ({type(e).__name__})"
+        return None
+
+    def prune(self, keep_steps: set[int]) -> list[str]:
+        """Checkpointer.prune: the fakes keep every checkpoint."""
+        return []
 
 
 def fake_components(**evaluator_options) -> Callable[[RunConfig, Path], Components]:

@@ -157,3 +157,20 @@ def test_goodhart_hold_keeps_a_blocked_skills_domains_from_gaining(store):
     # before it fired, the deficit strategy pushed copy's domain
     before = [p for p in store.proposals(rid) if p["step"] < blocked_from]
     assert any(p["weights"]["strings"] > p["current_weights"]["strings"] for p in before)
+
+
+def test_resume_falls_back_past_a_corrupt_last_checkpoint(store, uninterrupted, tmp_path):
+    """A truncated last checkpoint does not block the resume: the loop skips
+    it (with an event), resumes from the one before, retrains the stretch on
+    the segment in force there, and ends exactly like a run never broken."""
+    from pathlib import Path
+
+    rid = new_run(store)
+    with pytest.raises(Crash):
+        run_loop(store, rid, on_phase=crash_at("apply", 20))
+    last = Path(store.checkpoint(rid, 20)["path"]) / "state.json"
+    last.write_text(last.read_text()[:5])  # truncated mid-write by a full disk
+    assert run_loop(store, rid) == "finished"
+    assert outcome(store, rid) == uninterrupted
+    skipped = [e["message"] for e in store.events(rid, "checkpoint_skipped")]
+    assert len(skipped) == 1 and "step 20" in skipped[0]
