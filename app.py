@@ -12,8 +12,9 @@ import os
 
 import streamlit as st
 
-from backend import charts
+from backend import charts, frames
 from backend.config import preset
+from backend.status import heartbeat_age, human, is_live, status_text
 from backend.store import CommandError, StoreError
 from pages._common import (
     PAGES,
@@ -21,15 +22,12 @@ from pages._common import (
     db_path,
     flash,
     get_store,
-    heartbeat_age,
-    human,
     refresh_every,
     require_run,
     run_label,
     select_run_later,
     show_flash,
     start_run,
-    status_text,
     stop_refresh_when_done,
     user,
 )
@@ -91,7 +89,7 @@ def home() -> None:
         chart, mix = st.columns([3, 2])
         chart.plotly_chart(charts.headline_figure(capability(store, run_id)), key="home_headline")
         try:
-            table = charts.weights_table(store.current_weights(run_id))
+            table = frames.weights_table(store.current_weights(run_id))
             mix.plotly_chart(charts.weights_figure(table, title="Current mixture"), key="home_mixture")
         except StoreError:
             mix.info("No mixture yet: the worker is starting.")
@@ -111,7 +109,7 @@ def controls(run: dict) -> None:
                       width="stretch"):
         wanted = "resume"
     if cols[2].button("Stop", key="cmd_stop", icon=":material/stop:",
-                      disabled=status not in ("created", "running", "paused"), width="stretch"):
+                      disabled=not is_live(run), width="stretch"):
         wanted = "stop"
     if wanted:
         try:

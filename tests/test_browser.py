@@ -24,7 +24,7 @@ ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 ROOT = Path(__file__).resolve().parent.parent
 # capabilities first: a first visit straight to a page (not /) must still go
-# through app.py (sidebar, selected run); see pages/_common._ensure_navigation
+# through app.py (sidebar, selected run); see pages/_common.leave_pages_folder_mode
 PAGES = {"capabilities": "capabilities", "home": "", "mixture": "mixture", "compare": "compare",
          "schedules": "schedules", "new_run": "new_run"}
 
