@@ -18,11 +18,13 @@ from backend.status import heartbeat_age, human, is_live, status_text
 from backend.store import CommandError, StoreError
 from pages._common import (
     PAGES,
+    USER_HEADER_ENV,
     capability,
     db_path,
     flash,
     get_store,
     refresh_every,
+    proxy_user,
     require_run,
     run_label,
     select_run_later,
@@ -132,6 +134,9 @@ page = st.navigation(pages)
 # -- sidebar: run picker, who decides, live refresh ------------------------------
 ss = st.session_state
 runs = get_store().runs()
+identity = proxy_user()  # None: single user, who types a name; else the proxy's signed-in user
+if identity is not None:
+    ss["user_name"] = identity
 if "pending_run_id" in ss:
     ss["run_id"] = ss.pop("pending_run_id")
 with st.sidebar:
@@ -141,9 +146,14 @@ with st.sidebar:
             ss["run_id"] = runs[0]["id"]  # the newest
         st.selectbox("Run", list(labels), format_func=labels.get, key="run_id")
     ss.setdefault("user_name", os.environ.get("USER") or "dashboard")
-    st.text_input("Your name (kept with each decision)", key="user_name")
+    st.text_input("Your name (kept with each decision)", key="user_name", disabled=identity is not None,
+                  help=f"Set by the proxy's `{os.environ.get(USER_HEADER_ENV)}` header" if identity else None)
     ss.setdefault("live", True)
     st.toggle("Live refresh", key="live", help="Redraw running data every few seconds")
     st.caption(f"Database: `{db_path()}`")
+if identity == "":  # the header is configured, but this request did not come through the proxy
+    st.error(f"This dashboard takes its user from the `{os.environ.get(USER_HEADER_ENV)}` request header, "
+             "which this request lacks: open it through the authenticating proxy.")
+    st.stop()
 
 page.run()

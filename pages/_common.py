@@ -19,6 +19,10 @@ from backend.store import DEFAULT_DB, Store
 
 DB_ENV = "CLOSED_LOOP_DB"
 REFRESH_ENV = "CLOSED_LOOP_REFRESH_S"
+USER_HEADER_ENV = "CLOSED_LOOP_USER_HEADER"
+"""Names the request header that carries the signed-in user when the
+dashboard runs behind an authenticating reverse proxy (e.g. X-Forwarded-User
+from oauth2-proxy); unset, the sidebar's name field says who decides."""
 PAGES = {
     "capabilities": "pages/capabilities.py",
     "mixture": "pages/mixture.py",
@@ -66,9 +70,44 @@ def get_store() -> Store:
     return _open_store(db_path())
 
 
+def header_user(headers, header: str | None) -> str | None:
+    """The identity a trusted reverse proxy sent in request header `header`
+    (None when no header is configured; "" when the request lacks it)."""
+    if not header:
+        return None
+    return (headers.get(header) or "").strip()
+
+
+def proxy_user() -> str | None:
+    """This session's identity from the header named by
+    $CLOSED_LOOP_USER_HEADER, or None when that is unset (single user)."""
+    return header_user(st.context.headers, os.environ.get(USER_HEADER_ENV, "").strip())
+
+
 def user() -> str:
-    """Who decides, for the audit log (the sidebar's name field)."""
+    """Who decides, for the audit log: the proxy's identity when configured,
+    else the sidebar's name field."""
+    identity = proxy_user()
+    if identity is not None:
+        return identity or "unidentified"  # app.py refuses such a request before any page runs
     return (st.session_state.get("user_name") or "").strip() or "dashboard"
+
+
+def check_untrusted(cfg) -> None:
+    """Refuse a config that came from the browser (an upload, typed
+    folders or step counts, a replayed schedule) when it reaches outside
+    the data roots or past the size limits: raises ConfigError naming the
+    field. The rule is backend.config.limits.check_untrusted, imported here
+    so that the pages call it in one way."""
+    try:
+        from backend.config.limits import check_untrusted as check
+    except ModuleNotFoundError as e:
+        # backend/config/limits.py lands with the config package split (issue
+        # 10); until then there is no limit to apply.
+        if e.name != "backend.config.limits":
+            raise
+        return
+    check(cfg)
 
 
 # -- the selected run ----------------------------------------------------------

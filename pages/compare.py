@@ -33,8 +33,8 @@ if not chosen:
     st.info("Choose at least one run.")
     st.stop()
 
-frames = [capability(store, rid).assign(run=labels[rid]) for rid in chosen]
-frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+per_run = [capability(store, rid).assign(run=labels[rid]) for rid in chosen]
+frame = pd.concat(per_run, ignore_index=True) if per_run else pd.DataFrame()
 if frame.empty:
     st.info("None of these runs has an evaluated checkpoint yet.")
     st.stop()
