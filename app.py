@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import streamlit as st
+from PIL import Image
 
 from backend import charts, frames
 from backend.config import preset
@@ -34,7 +36,21 @@ from pages._common import (
     user,
 )
 
-st.set_page_config(page_title="Closed Loop", page_icon=":material/autorenew:", layout="wide")
+
+
+def favicon(size: int = 32) -> Image.Image:
+    """A blue ring on transparent ground (size x size RGBA), drawn
+    here: a :material/...: page icon is fetched from fonts.gstatic.com, and
+    the dashboard makes no request outside its own server."""
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    r = np.hypot(xx, yy) / (size / 2)  # 0 at the centre, 1 at the edge
+    img = np.zeros((size, size, 4), dtype=np.uint8)
+    img[..., :3] = (46, 145, 229)  # the charts' first colour, #2E91E5
+    img[..., 3] = np.where((r > 0.55) & (r < 0.95), 255, 0)
+    return Image.fromarray(img)  # RGBA: 4 channels of uint8
+
+
+st.set_page_config(page_title="Closed Loop", page_icon=favicon(), layout="wide")
 
 
 def home() -> None:

@@ -44,10 +44,14 @@ def _color(i: int) -> str:
 
 # A light template as a plain dict: a named one ("plotly_white") is deep-copied
 # into every figure, which costs more than building the traces.
+# Steps, tokens, weights, losses and scores are never negative, so no axis
+# reaches below 0 (plotly pads a lone point to -1..1); margins grow to fit
+# long tick labels ("copy_holdout (held-out)").
 _TEMPLATE = dict(layout=dict(
     paper_bgcolor="white", plot_bgcolor="white", colorway=PALETTE,
-    xaxis=dict(gridcolor="#ebebeb", linecolor="#bbb", zeroline=False, ticks="outside", tickcolor="#bbb"),
-    yaxis=dict(gridcolor="#ebebeb", linecolor="#bbb", zeroline=False),
+    xaxis=dict(gridcolor="#ebebeb", linecolor="#bbb", zeroline=False, ticks="outside", tickcolor="#bbb",
+               rangemode="nonnegative", automargin=True),
+    yaxis=dict(gridcolor="#ebebeb", linecolor="#bbb", zeroline=False, rangemode="nonnegative", automargin=True),
 ))
 
 

@@ -173,7 +173,8 @@ def decisions_table(proposals: list[dict]) -> pd.DataFrame:
     cols = ["proposal", "from step", "strategy", "decision", "status", "decided by", "decided at",
             "reason", "applied at step"]
     df = pd.DataFrame(rows, columns=cols)
-    df["decided at"] = pd.to_datetime(df["decided at"].astype("float64"), unit="s")
+    df["proposal"] = df["proposal"].astype("Int64")
+    df["decided at"] = pd.to_datetime(df["decided at"].astype("float64"), unit="s").dt.floor("s")
     df["applied at step"] = df["applied at step"].astype("Int64")
     return df
 

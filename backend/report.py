@@ -82,6 +82,8 @@ def render_report(store, run_id: int) -> str:
         "proposal": s["proposal_id"], "decided by": s["decided_by"] or "",
         "weights": ", ".join(f"{d} {w:.3f}" for d, w in s["weights"].items()),
     } for s in schedule])
+    if not segments.empty:
+        segments["proposal"] = segments["proposal"].astype("Int64")  # ids, not 1.000
     decisions = frames.decisions_table(proposals)
 
     figures = [

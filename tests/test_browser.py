@@ -6,6 +6,7 @@ the network cut off."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -100,6 +101,10 @@ def test_pages_render_and_a_proposal_is_approved_in_the_browser(served, browser,
     page = browser.new_page(viewport={"width": 1400, "height": 1600})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    # .streamlit/config.toml: no usage statistics, no fonts or icons from a CDN
+    external: list[str] = []
+    page.route(re.compile(r"^(?!https?://127\.0\.0\.1[:/])[a-z]+://"),
+               lambda route: (external.append(route.request.url), route.abort()))
 
     headings = {"home": f"Run #{run_id}", "capabilities": "Capabilities", "mixture": "Mixture & proposals",
                 "compare": "Compare runs", "schedules": "Schedules", "new_run": "New run"}
@@ -127,6 +132,8 @@ def test_pages_render_and_a_proposal_is_approved_in_the_browser(served, browser,
     now = store.proposal(p["id"])
     assert now["status"] == "approved" and now["decided_by"] == "browser-test"
     assert not errors, errors
+    assert not external, sorted(set(external))
+    assert not page.get_by_role("button", name="Deploy").count()  # client.toolbarMode
 
 
 def test_html_report_opens_without_network(human_run, browser, tmp_path):

@@ -144,3 +144,12 @@ def test_facet_figure_shows_error_bars_and_the_latent_band():
     assert not [s for s in no_latent.layout.shapes if s.type == "rect"]
     empty = charts.facet_figure(frames.facet_frame(facet_rows(), 20))
     assert "no exact-match" in empty.layout.annotations[0].text
+
+
+def test_no_axis_goes_below_zero_and_labels_fit():
+    """A lone first checkpoint: plotly would pad its axis to -1..1."""
+    one = scores_df(steps=[0])
+    for fig in (charts.headline_figure(one), charts.heatmap_figure(one), charts.trajectory_figure(one)):
+        axes = fig.layout.template.layout
+        assert axes.xaxis.rangemode == "nonnegative" and axes.yaxis.rangemode == "nonnegative"
+        assert axes.xaxis.automargin and axes.yaxis.automargin

@@ -55,6 +55,8 @@ def test_mixture_history_and_decisions(scored_run):
     d = frames.decisions_table(s.proposals(run_id))
     assert d.iloc[0]["status"] == "applied" and d.iloc[0]["applied at step"] == 10
     assert d.iloc[0]["decided by"] == "ada"
+    assert d["proposal"].dtype == "Int64" and d.iloc[0]["proposal"] == pid  # an id, never 1.000
+    assert (d["decided at"] == d["decided at"].dt.floor("s")).all()  # whole seconds
     f = frames.forecast_table(s.proposal(pid)["forecast"])
     assert f.iloc[0].to_dict()["expected next"] == 0.5
 
