@@ -54,6 +54,8 @@ st.set_page_config(page_title="Closed Loop", page_icon=favicon(), layout="wide")
 
 
 def home() -> None:
+    """Home: the demo button on an empty database; else the run's status,
+    controls, alerts, headline chart and current mixture."""
     store = get_store()
     show_flash()
     if not store.runs():

@@ -114,6 +114,7 @@ def check_untrusted(cfg) -> None:
 
 
 def selected_run(store: Store) -> dict | None:
+    """The run picked in the sidebar, or None (none picked, or deleted)."""
     run_id = st.session_state.get("run_id")
     if run_id is None:
         return None
@@ -190,6 +191,7 @@ def capability(store: Store, run_id: int) -> pd.DataFrame:
 
 
 def losses(store: Store, run_id: int) -> pd.DataFrame:
+    """Held-out loss per domain (frames.domain_losses), cached."""
     return _losses(store.path, run_id, frames.data_version(store, run_id))
 
 
@@ -202,6 +204,7 @@ def flash(message: str, kind: str = "success") -> None:
 
 
 def show_flash() -> None:
+    """Show (once) the messages `flash` queued before the last rerun."""
     for kind, message in st.session_state.pop("flash", []):
         getattr(st, kind)(message)
 
@@ -219,6 +222,7 @@ def alert_lines(store: Store, run_id: int) -> list[tuple[str, dict]]:
 
 
 def run_label(run: dict) -> str:
+    """How the run picker names a run: `#3 demo`."""
     # id and name only: they never change, so the picker never shows stale text
     return f"#{run['id']} {run['name']}"
 

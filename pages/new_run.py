@@ -26,7 +26,7 @@ def _load_upload(upload) -> config_mod.RunConfig:
     parser, presets and error messages (the file's suffix picks JSON or
     TOML). Errors name the upload, not the temporary copy."""
     with tempfile.TemporaryDirectory(prefix="cl-upload-") as tmp:
-        path = Path(tmp) / Path(upload.name).name
+        path = Path(tmp) / f"upload{Path(upload.name).suffix.lower()}"  # the uploader allows .json / .toml
         path.write_bytes(upload.getvalue())
         try:
             return config_mod.load(path)

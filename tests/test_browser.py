@@ -50,8 +50,8 @@ def served(human_run, tmp_path):
     env = {**os.environ, "CLOSED_LOOP_DB": str(db), "CLOSED_LOOP_REFRESH_S": "2"}
     log = open(tmp_path / "streamlit.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+        # address, headless, usage statistics and toolbar come from .streamlit/config.toml
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.fileWatcherType", "none"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
