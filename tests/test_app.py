@@ -21,6 +21,7 @@ from conftest import ROOT
 from conftest_dashboard import APP
 from streamlit.testing.v1 import AppTest
 
+from backend.config import preset
 from backend.schedule import export_schedule
 from backend.store import Store
 
@@ -469,12 +470,40 @@ def test_an_uploaded_config_reaching_outside_the_data_roots_is_refused(db, spawn
     monkeypatch.setenv("CLOSED_LOOP_DATA_ROOTS", str(tmp_path / "data"))
     at = open_app("pages/new_run.py")
     at.radio(key="new_source").set_value("file").run()
-    cfg = {"preset": "tiny", "data": {"domains": [{"name": "root", "source": "folder", "path": "/"}]}}
+    cfg = preset("tiny").to_dict()
+    cfg["data"]["domains"].append({"name": "root", "source": "folder", "path": "/"})
     at.file_uploader(key="new_config_file").set_value(
         ("cfg.json", json.dumps(cfg).encode(), "application/json")).run()
     assert not at.exception, at.exception
-    assert "refused" in texts(at.error) and "path" in texts(at.error)
-    at.button(key="new_start").click().run()
+    n = len(cfg["data"]["domains"]) - 1
+    assert "refused" in texts(at.error) and f"data.domains[{n}].path" in texts(at.error)
+    assert at.button(key="new_start").disabled
+    assert len(store.runs()) == 1 and spawned == []
+
+
+def test_typed_steps_beyond_the_limit_are_refused(db, spawned, monkeypatch):
+    pytest.importorskip("backend.config.limits", reason="backend/config/limits.py (check_untrusted) not merged yet")
+    store, run_id = db
+    monkeypatch.setenv("CLOSED_LOOP_MAX_STEPS", "1000")
+    at = open_app("pages/new_run.py")
+    at.selectbox(key="new_preset").set_value("tiny")
+    at.number_input(key="new_steps").set_value(10**6).run()
+    assert not at.exception, at.exception
+    assert "train.steps" in texts(at.error) and at.button(key="new_start").disabled
+    assert len(store.runs()) == 1 and spawned == []
+
+
+def test_a_replayed_schedule_reaching_outside_the_data_roots_is_refused(db, spawned, tmp_path, monkeypatch):
+    pytest.importorskip("backend.config.limits", reason="backend/config/limits.py (check_untrusted) not merged yet")
+    store, run_id = db
+    monkeypatch.setenv("CLOSED_LOOP_DATA_ROOTS", str(tmp_path / "data"))
+    data = export_schedule(store, run_id)
+    data["config"]["model"]["pretrained"] = "/root"
+    at = open_app("pages/schedules.py")
+    at.file_uploader(key="schedule_upload").set_value(("s.json", json.dumps(data).encode(), "application/json")).run()
+    assert not at.exception, at.exception
+    assert "model.pretrained" in texts(at.error) and "No run was started" in texts(at.error)
+    assert not [b for b in at.button if b.key == "start_replay"]
     assert len(store.runs()) == 1 and spawned == []
 
 
