@@ -10,36 +10,54 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import streamlit as st
+from PIL import Image
 
-from backend import charts
+from backend import charts, frames
 from backend.config import preset
 from backend.decisions import CommandError, send_command
 from backend.guard import open_alerts
+from backend.status import heartbeat_age, human, is_live, status_text
 from backend.store import StoreError
 from pages._common import (
     PAGES,
+    USER_HEADER_ENV,
     capability,
     db_path,
     flash,
     get_store,
-    heartbeat_age,
-    human,
     refresh_every,
+    proxy_user,
     require_run,
     run_label,
     select_run_later,
     show_flash,
     start_run,
-    status_text,
     stop_refresh_when_done,
     user,
 )
 
-st.set_page_config(page_title="Closed Loop", page_icon=":material/autorenew:", layout="wide")
+
+
+def favicon(size: int = 32) -> Image.Image:
+    """A blue ring on transparent ground (size x size RGBA), drawn
+    here: a :material/...: page icon is fetched from fonts.gstatic.com, and
+    the dashboard makes no request outside its own server."""
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    r = np.hypot(xx, yy) / (size / 2)  # 0 at the centre, 1 at the edge
+    img = np.zeros((size, size, 4), dtype=np.uint8)
+    img[..., :3] = (46, 145, 229)  # the charts' first colour, #2E91E5
+    img[..., 3] = np.where((r > 0.55) & (r < 0.95), 255, 0)
+    return Image.fromarray(img)  # RGBA: 4 channels of uint8
+
+
+st.set_page_config(page_title="Closed Loop", page_icon=favicon(), layout="wide")
 
 
 def home() -> None:
+    """Home: the demo button on an empty database; else the run's status,
+    controls, alerts, headline chart and current mixture."""
     store = get_store()
     show_flash()
     if not store.runs():
@@ -93,7 +111,7 @@ def home() -> None:
         chart, mix = st.columns([3, 2])
         chart.plotly_chart(charts.headline_figure(capability(store, run_id)), key="home_headline")
         try:
-            table = charts.weights_table(store.current_weights(run_id))
+            table = frames.weights_table(store.current_weights(run_id))
             mix.plotly_chart(charts.weights_figure(table, title="Current mixture"), key="home_mixture")
         except StoreError:
             mix.info("No mixture yet: the worker is starting.")
@@ -113,7 +131,7 @@ def controls(run: dict) -> None:
                       width="stretch"):
         wanted = "resume"
     if cols[2].button("Stop", key="cmd_stop", icon=":material/stop:",
-                      disabled=status not in ("created", "running", "paused"), width="stretch"):
+                      disabled=not is_live(run), width="stretch"):
         wanted = "stop"
     if wanted:
         try:
@@ -136,6 +154,9 @@ page = st.navigation(pages)
 # -- sidebar: run picker, who decides, live refresh ------------------------------
 ss = st.session_state
 runs = get_store().runs()
+identity = proxy_user()  # None: single user, who types a name; else the proxy's signed-in user
+if identity is not None:
+    ss["user_name"] = identity
 if "pending_run_id" in ss:
     ss["run_id"] = ss.pop("pending_run_id")
 with st.sidebar:
@@ -145,9 +166,14 @@ with st.sidebar:
             ss["run_id"] = runs[0]["id"]  # the newest
         st.selectbox("Run", list(labels), format_func=labels.get, key="run_id")
     ss.setdefault("user_name", os.environ.get("USER") or "dashboard")
-    st.text_input("Your name (kept with each decision)", key="user_name")
+    st.text_input("Your name (kept with each decision)", key="user_name", disabled=identity is not None,
+                  help=f"Set by the proxy's `{os.environ.get(USER_HEADER_ENV)}` header" if identity else None)
     ss.setdefault("live", True)
     st.toggle("Live refresh", key="live", help="Redraw running data every few seconds")
     st.caption(f"Database: `{db_path()}`")
+if identity == "":  # the header is configured, but this request did not come through the proxy
+    st.error(f"This dashboard takes its user from the `{os.environ.get(USER_HEADER_ENV)}` request header, "
+             "which this request lacks: open it through the authenticating proxy.")
+    st.stop()
 
 page.run()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from backend import charts
+from backend import charts, frames
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }
@@ -46,12 +46,12 @@ def render_report(store, run_id: int) -> str:
     """The report of one run as an HTML string."""
     run = store.run(run_id)
     cfg = run["config"]
-    raw = charts.skill_scores(store, run_id)
-    latent = charts.capability_scores(store, run_id)
+    raw = frames.skill_scores(store, run_id)
+    latent = frames.capability_scores(store, run_id)
     scores = latent if not latent.empty else raw
-    losses = charts.domain_losses(store, run_id)
+    losses = frames.domain_losses(store, run_id)
     schedule = store.schedule(run_id)
-    history = charts.mixture_history(schedule, end_step=run["step"])
+    history = frames.mixture_history(schedule, end_step=run["step"])
     proposals = store.proposals(run_id)
     checkpoints = store.checkpoints(run_id)
 
@@ -82,7 +82,9 @@ def render_report(store, run_id: int) -> str:
         "proposal": s["proposal_id"], "decided by": s["decided_by"] or "",
         "weights": ", ".join(f"{d} {w:.3f}" for d, w in s["weights"].items()),
     } for s in schedule])
-    decisions = charts.decisions_table(proposals)
+    if not segments.empty:
+        segments["proposal"] = segments["proposal"].astype("Int64")  # ids, not 1.000
+    decisions = frames.decisions_table(proposals)
 
     figures = [
         ("Capability", charts.headline_figure(scores)),

@@ -32,6 +32,7 @@ from backend.config import preset  # noqa: E402
 from backend.decisions import decide  # noqa: E402
 from backend.guard import raise_alert  # noqa: E402
 from backend.store import Store  # noqa: E402
+from backend.vocab import holdout_name  # noqa: E402
 
 PAGES = [None, "pages/capabilities.py", "pages/mixture.py", "pages/compare.py", "pages/schedules.py",
          "pages/new_run.py"]
@@ -54,8 +55,8 @@ def fill(store: Store, *, checkpoints: int, skills: int, domains: int, seed: int
     for i, b in enumerate(bases):
         feeds = [names[i % domains]]
         skill_rows += [{"name": b, "base": b, "kind": "steer", "domains": feeds, "tasks": [f"cl_{b}"]},
-                       {"name": f"{b}_holdout", "base": b, "kind": "holdout", "domains": feeds,
-                        "tasks": [f"cl_{b}_holdout"]}]
+                       {"name": holdout_name(b), "base": b, "kind": "holdout", "domains": feeds,
+                        "tasks": [f"cl_{holdout_name(b)}"]}]
     store.set_skills(run_id, skill_rows)
 
     weights = {n: 1 / domains for n in names}
@@ -68,8 +69,7 @@ def fill(store: Store, *, checkpoints: int, skills: int, domains: int, seed: int
                              wall_time=k * 3.0, tokens_per_s=5e4, path="", weights=weights)
         for b in bases:
             p = 1 - math.exp(-rate[b] * k)
-            for name, true in ((b, p), (f"{b}_holdout", 0.8 * p)):
-                kind = "holdout" if name.endswith("_holdout") else "steer"
+            for name, kind, true in ((b, "steer", p), (holdout_name(b), "holdout", 0.8 * p)):
                 for t in ((0, 2, 3) if kind == "steer" else (1,)):
                     v = min(1.0, max(0.0, true + rng.gauss(0, 0.03)))
                     rows.append({"step": step, "tokens_seen": tokens, "skill": name, "kind": kind,
@@ -110,7 +110,7 @@ def render_times(db: Path, repeat: int, scratch: Path) -> list[tuple[str, float,
     import plotly.graph_objects as go
     from streamlit.testing.v1 import AppTest
 
-    from backend import charts, report  # noqa: F401
+    from backend import charts, frames, report  # noqa: F401
     go.Figure(data=[go.Scatter(), go.Heatmap(), go.Bar()]).to_json()
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)

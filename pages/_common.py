@@ -1,24 +1,28 @@
 """What every page shares: the store, the selected run, cached frames,
 live refresh, flash messages, starting a worker.
 
-Streamlit glue only. Numbers and figures come from backend/ (the store,
-backend.charts); nothing here writes SQL.
+Streamlit glue only. Numbers, words and figures come from backend/ (the
+store, backend.frames, backend.charts, backend.status); nothing here writes
+SQL.
 """
 
 from __future__ import annotations
 
 import os
-import time
 
 import pandas as pd
 import streamlit as st
 
-from backend import charts, guard, worker
+from backend import frames, guard, worker
+from backend.status import is_live
 from backend.store import DEFAULT_DB, Store
 
 DB_ENV = "CLOSED_LOOP_DB"
 REFRESH_ENV = "CLOSED_LOOP_REFRESH_S"
-LIVE_STATES = ("created", "running", "paused")
+USER_HEADER_ENV = "CLOSED_LOOP_USER_HEADER"
+"""Names the request header that carries the signed-in user when the
+dashboard runs behind an authenticating reverse proxy (e.g. X-Forwarded-User
+from oauth2-proxy); unset, the sidebar's name field says who decides."""
 PAGES = {
     "capabilities": "pages/capabilities.py",
     "mixture": "pages/mixture.py",
@@ -38,35 +42,79 @@ def _open_store(path: str) -> Store:
     return Store(path)
 
 
-def _ensure_navigation() -> None:
-    """Streamlit runs a `pages/` folder next to the entry script as a v1
-    multipage app until the first st.navigation call of the server process:
-    a first visit straight to /mixture would run the page without app.py
-    (no sidebar, no selected run). Such a page run flips the flag, as
-    st.navigation does, and reruns, which goes through app.py."""
+def leave_pages_folder_mode() -> bool:
+    """Switch Streamlit out of its v1 multipage mode; True if it was in it.
+
+    Targets Streamlit 1.67 (checked against 1.67.0), and is the one place
+    that touches its internals: Streamlit runs a `pages/` folder next to
+    the entry script as a v1 multipage app (`PagesManager.
+    uses_pages_directory`) until the first st.navigation call of the server
+    process, so a first visit straight to /mixture runs the page without
+    app.py (no sidebar, no selected run). st.navigation clears the flag;
+    this clears it the same way. The dashboard tests call it too
+    (conftest_dashboard.navigation_only), because AppTest sets the flag
+    again before every run. Remove it when Streamlit drops v1 pages."""
     from streamlit.runtime.pages_manager import PagesManager
 
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+    if not PagesManager.uses_pages_directory:
+        return False
+    PagesManager.uses_pages_directory = False
+    return True
 
 
 def get_store() -> Store:
     """The one Store of this server process (each thread gets its own
     SQLite connection inside it)."""
-    _ensure_navigation()
+    if leave_pages_folder_mode():
+        st.rerun()  # the rerun goes through app.py's st.navigation
     return _open_store(db_path())
 
 
+def header_user(headers, header: str | None) -> str | None:
+    """The identity a trusted reverse proxy sent in request header `header`
+    (None when no header is configured; "" when the request lacks it)."""
+    if not header:
+        return None
+    return (headers.get(header) or "").strip()
+
+
+def proxy_user() -> str | None:
+    """This session's identity from the header named by
+    $CLOSED_LOOP_USER_HEADER, or None when that is unset (single user)."""
+    return header_user(st.context.headers, os.environ.get(USER_HEADER_ENV, "").strip())
+
+
 def user() -> str:
-    """Who decides, for the audit log (the sidebar's name field)."""
+    """Who decides, for the audit log: the proxy's identity when configured,
+    else the sidebar's name field."""
+    identity = proxy_user()
+    if identity is not None:
+        return identity or "unidentified"  # app.py refuses such a request before any page runs
     return (st.session_state.get("user_name") or "").strip() or "dashboard"
+
+
+def check_untrusted(cfg) -> None:
+    """Refuse a config that came from the browser (an upload, typed
+    folders or step counts, a replayed schedule) when it reaches outside
+    the data roots or past the size limits: raises ConfigError naming the
+    field. The rule is backend.config.limits.check_untrusted, imported here
+    so that the pages call it in one way."""
+    try:
+        from backend.config.limits import check_untrusted as check
+    except ModuleNotFoundError as e:
+        # backend/config/limits.py lands with the config package split (issue
+        # 10); until then there is no limit to apply.
+        if e.name != "backend.config.limits":
+            raise
+        return
+    check(cfg)
 
 
 # -- the selected run ----------------------------------------------------------
 
 
 def selected_run(store: Store) -> dict | None:
+    """The run picked in the sidebar, or None (none picked, or deleted)."""
     run_id = st.session_state.get("run_id")
     if run_id is None:
         return None
@@ -95,7 +143,7 @@ def select_run_later(run_id: int) -> None:
 def refresh_every(run: dict) -> float | None:
     """Seconds between live refreshes, or None when the run is not live
     or live refresh is switched off in the sidebar."""
-    if not st.session_state.get("live", True) or run["status"] not in LIVE_STATES:
+    if not st.session_state.get("live", True) or not is_live(run):
         return None
     return float(os.environ.get(REFRESH_ENV) or 5)
 
@@ -103,95 +151,36 @@ def refresh_every(run: dict) -> float | None:
 def stop_refresh_when_done(drawn: dict, now: dict) -> None:
     """Inside a live fragment: once the run drawn live has stopped being
     live, redraw the page once so that the fragments stop polling."""
-    if refresh_every(drawn) and now["status"] not in LIVE_STATES:
+    if refresh_every(drawn) and not is_live(now):
         st.rerun()
-
-
-def status_text(run: dict) -> str:
-    """running / paused / stopped / failed / finished, flagged when the
-    worker has stopped beating."""
-    status = run["status"]
-    if status in ("running", "paused") and not worker.worker_alive(run):
-        return f"{status} (no worker)"
-    return status
-
-
-def human(n: float | None) -> str:
-    """12,345 -> 12.3k, 102,297,600 -> 102.3M: fits a metric tile."""
-    if n is None:
-        return "-"
-    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= 10 * size if unit == "k" else abs(n) >= size:
-            return f"{n / size:.1f}{unit}"
-    return f"{n:,.0f}"
-
-
-def heartbeat_age(run: dict) -> str:
-    if not run["heartbeat"]:
-        return "-"
-    age = max(0.0, time.time() - run["heartbeat"])
-    return f"{age:.0f} s ago" if age < 120 else f"{age / 60:.0f} min ago"
-
-
-def next_checkpoint(store: Store, run: dict) -> int:
-    """The step of the checkpoint where an approved mixture applies: the
-    worker applies approvals at each checkpoint's boundary, after its
-    evaluation, so a checkpoint reached but not yet through its boundary
-    still counts as next."""
-    train = run["config"]["train"]
-    every, total, step = train["checkpoint_every"], train["steps"], run["step"]
-    if step % every == 0 and step < total:
-        ck = store.checkpoint(run["id"], step)
-        if ck is None or not ck["boundary_done"]:
-            return step
-    return min(total, (step // every + 1) * every)
-
-
-def apply_note(store: Store, run: dict) -> str:
-    """When an approved mixture takes effect, as a clause."""
-    if run["status"] == "finished" or run["step"] >= run["config"]["train"]["steps"]:
-        return "the run has finished, so no checkpoint is left to apply it"
-    where = f"it applies at the next checkpoint (step {next_checkpoint(store, run)})"
-    if run["status"] in ("stopped", "failed"):
-        return f"{where} once the run is resumed"
-    return where
 
 
 # -- cached frames ----------------------------------------------------------------
 
 
-def data_version(store: Store, run_id: int) -> tuple:
-    """Changes whenever a checkpoint is added or evaluated: the cache key
-    of the measurement frames."""
-    cks = store.checkpoints(run_id)
-    # the latent estimate is written between `evaluated` and `boundary_done`
-    return (len(cks), cks[-1]["step"] if cks else -1, sum(c["evaluated"] for c in cks),
-            sum(c["boundary_done"] for c in cks))
-
-
 @st.cache_data(max_entries=64, show_spinner=False)
 def _scores(path: str, run_id: int, version: tuple) -> pd.DataFrame:
-    return charts.skill_scores(_open_store(path), run_id)
+    return frames.skill_scores(_open_store(path), run_id)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _latent(path: str, run_id: int, version: tuple) -> pd.DataFrame:
-    return charts.capability_scores(_open_store(path), run_id)
+    return frames.capability_scores(_open_store(path), run_id)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _losses(path: str, run_id: int, version: tuple) -> pd.DataFrame:
-    return charts.domain_losses(_open_store(path), run_id)
+    return frames.domain_losses(_open_store(path), run_id)
 
 
 def scores(store: Store, run_id: int) -> pd.DataFrame:
-    """The raw measured scores (charts.skill_scores), cached per (run, data version)."""
-    return _scores(store.path, run_id, data_version(store, run_id))
+    """The raw measured scores (frames.skill_scores), cached per (run, data version)."""
+    return _scores(store.path, run_id, frames.data_version(store, run_id))
 
 
 def latent(store: Store, run_id: int) -> pd.DataFrame:
-    """The latent capability estimate (charts.capability_scores), cached."""
-    return _latent(store.path, run_id, data_version(store, run_id))
+    """The latent capability estimate (frames.capability_scores), cached."""
+    return _latent(store.path, run_id, frames.data_version(store, run_id))
 
 
 def capability(store: Store, run_id: int) -> pd.DataFrame:
@@ -202,7 +191,8 @@ def capability(store: Store, run_id: int) -> pd.DataFrame:
 
 
 def losses(store: Store, run_id: int) -> pd.DataFrame:
-    return _losses(store.path, run_id, data_version(store, run_id))
+    """Held-out loss per domain (frames.domain_losses), cached."""
+    return _losses(store.path, run_id, frames.data_version(store, run_id))
 
 
 # -- messages and actions -----------------------------------------------------------
@@ -214,6 +204,7 @@ def flash(message: str, kind: str = "success") -> None:
 
 
 def show_flash() -> None:
+    """Show (once) the messages `flash` queued before the last rerun."""
     for kind, message in st.session_state.pop("flash", []):
         getattr(st, kind)(message)
 
@@ -231,6 +222,7 @@ def alert_lines(store: Store, run_id: int) -> list[tuple[str, dict]]:
 
 
 def run_label(run: dict) -> str:
+    """How the run picker names a run: `#3 demo`."""
     # id and name only: they never change, so the picker never shows stale text
     return f"#{run['id']} {run['name']}"
 

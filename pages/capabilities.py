@@ -8,7 +8,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from backend import charts
+from backend import charts, frames
+from backend.vocab import Z95
 from pages._common import (
     alert_lines,
     get_store,
@@ -47,7 +48,7 @@ view = c3.radio("Show", ["latent", "raw"], key="cap_view", horizontal=True,
                 format_func={"latent": "latent estimate", "raw": "raw measurements"}.get,
                 help="latent: the capability estimated from all checkpoints so far (a Kalman filter over the "
                      "templates' pooled counts), with the measured means as dots. raw: each checkpoint's mean "
-                     "over prompt templates, ± 1.96 stderr")
+                     f"over prompt templates, ± {Z95} stderr")
 c4, c5, c6 = st.columns([4, 1.6, 1.6], vertical_alignment="bottom")
 window = c4.slider("Smoothing of raw measurements (checkpoints)", 1, 10, 1, key="cap_smooth",
                    disabled=view != "raw", help="Rolling mean over this many checkpoints; the band narrows accordingly")
@@ -76,7 +77,7 @@ def live() -> None:
             return
         if view == "latent":
             st.caption("This run has no latent estimate: showing the raw measurements.")
-        fig = charts.trajectory_figure(charts.smooth(raw, window), x=x, bases=chosen or None, holdout=holdout,
+        fig = charts.trajectory_figure(frames.smooth(raw, window), x=x, bases=chosen or None, holdout=holdout,
                                        band=band)
         shown = raw
     st.plotly_chart(fig, key="cap_trajectories")
@@ -117,7 +118,7 @@ st.dataframe(table, hide_index=True, key="cap_measurements",
 steps = table["step"].drop_duplicates().tolist()
 step = st.selectbox("Checkpoint (step)", steps, key=f"cap_items_step_{run_id}")
 est = next((e for e in store.capability(run_id, skill=skill) if e["step"] == step), None)
-st.plotly_chart(charts.facet_figure(charts.facet_frame(rows, step), est,
+st.plotly_chart(charts.facet_figure(frames.facet_frame(rows, step), est,
                                     title=f"{skill} at step {step}: each facet, and the latent estimate"),
                 key="cap_facets")
 items = [r for task in meta["tasks"] for r in store.samples(run_id, step, task)]

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backend import charts
+from backend import charts, frames
 from backend.mixture import WeightsError, validate_weights
 from backend import decisions, guard
 from backend.decisions import DecisionError
+from backend.status import apply_note
 from backend.store import StoreError
 from pages._common import (
     alert_lines,
-    apply_note,
     flash,
     get_store,
     refresh_every,
@@ -105,7 +105,7 @@ def proposal_card(p: dict, reason_key: str) -> None:
     pid = p["id"]
     with st.container(border=True):
         st.subheader(f"Proposal #{pid} · {p['strategy']} · from the checkpoint at step {p['step']}")
-        table = charts.weights_table(p["current_weights"], p["weights"])
+        table = frames.weights_table(p["current_weights"], p["weights"])
         left, right = st.columns([2, 3])
         left.dataframe(table, hide_index=True, key=f"table_{pid}", column_config={
             "current": st.column_config.NumberColumn(format="%.3f"),
@@ -116,7 +116,7 @@ def proposal_card(p: dict, reason_key: str) -> None:
             f"- **{d}**: {p['rationale'].get(d, '')}" for d in p["current_weights"]))
         if p["forecast"]:
             st.caption("Forecast per steer skill")
-            st.dataframe(charts.forecast_table(p["forecast"]), hide_index=True, key=f"forecast_{pid}",
+            st.dataframe(frames.forecast_table(p["forecast"]), hide_index=True, key=f"forecast_{pid}",
                          column_config={"score now": st.column_config.NumberColumn(format="%.3f"),
                                         "expected next": st.column_config.NumberColumn(format="%.3f")})
 
@@ -198,13 +198,13 @@ def live() -> None:
 
     st.header("Mixture")
     left, right = st.columns([2, 3])
-    left.plotly_chart(charts.weights_figure(charts.weights_table(store.current_weights(run_id)),
+    left.plotly_chart(charts.weights_figure(frames.weights_table(store.current_weights(run_id)),
                                             title="Current mixture"), key="current_mixture")
-    history = charts.mixture_history(store.schedule(run_id), end_step=max(now["step"], 1))
+    history = frames.mixture_history(store.schedule(run_id), end_step=max(now["step"], 1))
     right.plotly_chart(charts.mixture_figure(history, end_step=now["step"]), key="mixture_history")
 
     st.subheader("Decisions")
-    table = charts.decisions_table(props)
+    table = frames.decisions_table(props)
     if table.empty:
         st.caption("No decision yet.")
     else:

@@ -3,9 +3,8 @@ started as a background worker."""
 
 from __future__ import annotations
 
-import json
 import re
-import tomllib
+import tempfile
 from pathlib import Path
 
 import streamlit as st
@@ -14,7 +13,7 @@ from backend import config as config_mod
 from backend.config import ConfigError, DomainConfig
 from backend.controllers import STRATEGIES
 from backend.data.domains import DataError, build_domain
-from pages._common import flash, get_store, select_run_later, show_flash, start_run
+from pages._common import check_untrusted, flash, get_store, select_run_later, show_flash, start_run
 
 ss = st.session_state
 store = get_store()
@@ -23,13 +22,16 @@ show_flash()
 
 
 def _load_upload(upload) -> config_mod.RunConfig:
-    text = upload.getvalue().decode("utf-8", errors="replace")
-    try:
-        data = tomllib.loads(text) if upload.name.endswith(".toml") else json.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        kind = "TOML" if upload.name.endswith(".toml") else "JSON"
-        raise ConfigError(f"{upload.name}: not valid {kind}: {e}") from None
-    return config_mod.from_data(data)
+    """The uploaded file through backend.config.load: the command line's
+    parser, presets and error messages (the file's suffix picks JSON or
+    TOML). Errors name the upload, not the temporary copy."""
+    with tempfile.TemporaryDirectory(prefix="cl-upload-") as tmp:
+        path = Path(tmp) / f"upload{Path(upload.name).suffix.lower()}"  # the uploader allows .json / .toml
+        path.write_bytes(upload.getvalue())
+        try:
+            return config_mod.load(path)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace(str(path), upload.name)) from None
 
 
 def _folder_domains(text: str, taken: list[str]) -> list[dict]:
@@ -98,6 +100,7 @@ extra = _folder_domains(folders, [d["name"] for d in data["data"]["domains"]])
 data["data"]["domains"] += extra
 try:
     cfg = config_mod.from_dict(data)
+    check_untrusted(cfg)  # everything here came from the browser: paths and sizes within the limits
 except ConfigError as e:
     cfg = None
     st.error(f"This configuration is refused: {e}")

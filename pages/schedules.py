@@ -9,7 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from backend import report, schedule, worker
-from pages._common import flash, get_store, require_run, select_run_later, show_flash
+from backend.config import ConfigError
+from pages._common import check_untrusted, flash, get_store, require_run, select_run_later, show_flash
 
 ss = st.session_state
 store = get_store()
@@ -24,7 +25,8 @@ upload = st.file_uploader("Schedule JSON", type=["json"], key="schedule_upload")
 if upload is not None:
     try:
         sched = schedule.parse_schedule(upload.getvalue())
-    except schedule.ScheduleError as e:
+        check_untrusted(sched["run_config"])  # the replay trains on the file's config: same limits as an upload
+    except (schedule.ScheduleError, ConfigError) as e:
         st.error(f"`{upload.name}` refused: {e}. No run was started.")
     else:
         cfg = sched["run_config"]

@@ -7,12 +7,21 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from conftest_dashboard import APP
 from streamlit.testing.v1 import AppTest
 
+from backend.config import preset
 from backend.schedule import export_schedule
 from backend.decisions import decide, set_policy
 from backend.guard import open_alerts, raise_alert
@@ -153,17 +162,6 @@ def test_approve_on_a_live_run_names_the_next_checkpoint_then_shows_it_applied(d
     store.apply_approved(run_id, step=20, tokens_at=7680)
     at.run()
     assert f"Proposal #{p['id']} was applied at step 20." in texts(at.success)
-
-
-def test_next_checkpoint_counts_one_reached_but_not_through_its_boundary(db):
-    from pages._common import next_checkpoint
-
-    store, run_id = db
-    run = {**store.run(run_id), "step": 20}
-    assert next_checkpoint(store, run) == 30  # checkpoint 20 has applied what was approved before it
-    store.mark_checkpoint(run_id, 20, boundary_done=False)  # evaluating: it applies at this one
-    assert next_checkpoint(store, run) == 20
-    assert next_checkpoint(store, {**run, "step": 25}) == 30
 
 
 def test_reject_keeps_the_reason_and_the_mixture(db):
@@ -409,3 +407,121 @@ def test_empty_database_offers_the_demo_run(tmp_path, monkeypatch, navigation_on
     for page in PAGES:  # every page copes with a run that has no data yet
         at.switch_page(page).run()
         assert not at.exception, (page, at.exception)
+
+
+# -- safe by default ---------------------------------------------------------------------
+
+
+def test_streamlit_config_binds_loopback_and_calls_no_one():
+    """.streamlit/config.toml (read by `streamlit run` from the repository
+    root): loopback only, no usage statistics, no Deploy button."""
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    assert cfg["server"]["address"] == "127.0.0.1"
+    assert cfg["browser"]["gatherUsageStats"] is False
+    assert cfg["client"]["toolbarMode"] in ("minimal", "viewer")
+    assert cfg["client"]["showErrorLinks"] is False
+
+
+def test_served_dashboard_listens_on_loopback_only(tmp_path):
+    """`streamlit run app.py` with no address flag: the socket is bound to
+    127.0.0.1, not to every interface."""
+    port = free_port()
+    env = {**os.environ, "CLOSED_LOOP_DB": str(tmp_path / "cl.db")}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.fileWatcherType", "none"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not listening(port) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.3)
+        assert listening(port) == {"127.0.0.1"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def listening(port: int) -> set[str]:
+    """The local addresses with a TCP socket listening on `port` (from
+    /proc/net/tcp and tcp6: state 0A is LISTEN)."""
+    out = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, hexport = local.split(":")
+            if state == "0A" and int(hexport, 16) == port:
+                raw = bytes.fromhex(addr)
+                # /proc stores each 32-bit word in host (little-endian) order
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                out.add(socket.inet_ntop(family, raw))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_uploaded_config_reaching_outside_the_data_roots_is_refused(db, spawned, tmp_path, monkeypatch):
+    pytest.importorskip("backend.config.limits", reason="backend/config/limits.py (check_untrusted) not merged yet")
+    store, run_id = db
+    monkeypatch.setenv("CLOSED_LOOP_DATA_ROOTS", str(tmp_path / "data"))
+    at = open_app("pages/new_run.py")
+    at.radio(key="new_source").set_value("file").run()
+    cfg = preset("tiny").to_dict()
+    cfg["data"]["domains"].append({"name": "root", "source": "folder", "path": "/"})
+    at.file_uploader(key="new_config_file").set_value(
+        ("cfg.json", json.dumps(cfg).encode(), "application/json")).run()
+    assert not at.exception, at.exception
+    n = len(cfg["data"]["domains"]) - 1
+    assert "refused" in texts(at.error) and f"data.domains[{n}].path" in texts(at.error)
+    assert at.button(key="new_start").disabled
+    assert len(store.runs()) == 1 and spawned == []
+
+
+def test_typed_steps_beyond_the_limit_are_refused(db, spawned, monkeypatch):
+    pytest.importorskip("backend.config.limits", reason="backend/config/limits.py (check_untrusted) not merged yet")
+    store, run_id = db
+    monkeypatch.setenv("CLOSED_LOOP_MAX_STEPS", "1000")
+    at = open_app("pages/new_run.py")
+    at.selectbox(key="new_preset").set_value("tiny")
+    at.number_input(key="new_steps").set_value(10**6).run()
+    assert not at.exception, at.exception
+    assert "train.steps" in texts(at.error) and at.button(key="new_start").disabled
+    assert len(store.runs()) == 1 and spawned == []
+
+
+def test_a_replayed_schedule_reaching_outside_the_data_roots_is_refused(db, spawned, tmp_path, monkeypatch):
+    pytest.importorskip("backend.config.limits", reason="backend/config/limits.py (check_untrusted) not merged yet")
+    store, run_id = db
+    monkeypatch.setenv("CLOSED_LOOP_DATA_ROOTS", str(tmp_path / "data"))
+    data = export_schedule(store, run_id)
+    data["config"]["model"]["pretrained"] = "/root"
+    at = open_app("pages/schedules.py")
+    at.file_uploader(key="schedule_upload").set_value(("s.json", json.dumps(data).encode(), "application/json")).run()
+    assert not at.exception, at.exception
+    assert "model.pretrained" in texts(at.error) and "No run was started" in texts(at.error)
+    assert not [b for b in at.button if b.key == "start_replay"]
+    assert len(store.runs()) == 1 and spawned == []
+
+
+def test_behind_a_proxy_the_header_names_who_decides(db, monkeypatch):
+    """With CLOSED_LOOP_USER_HEADER set, a request without that header (not
+    through the proxy; AppTest sends no headers) sees no page and decides
+    nothing; one with it decides under the header's name."""
+    from pages._common import header_user
+
+    store, run_id = db
+    monkeypatch.setenv("CLOSED_LOOP_USER_HEADER", "X-Forwarded-User")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert "X-Forwarded-User" in texts(at.error) and not at.title
+    assert at.sidebar.text_input(key="user_name").disabled
+    assert not [b for b in at.button if b.key and b.key.startswith("approve_")]
+    assert header_user({"X-Forwarded-User": " ada "}, "X-Forwarded-User") == "ada"
+    assert header_user({"X-Forwarded-User": "ada"}, None) is None
+    assert header_user({}, "X-Forwarded-User") == ""

@@ -6,6 +6,7 @@ the network cut off."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,7 +25,7 @@ ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 ROOT = Path(__file__).resolve().parent.parent
 # capabilities first: a first visit straight to a page (not /) must still go
-# through app.py (sidebar, selected run); see pages/_common._ensure_navigation
+# through app.py (sidebar, selected run); see pages/_common.leave_pages_folder_mode
 PAGES = {"capabilities": "capabilities", "home": "", "mixture": "mixture", "compare": "compare",
          "schedules": "schedules", "new_run": "new_run"}
 
@@ -49,8 +50,8 @@ def served(human_run, tmp_path):
     env = {**os.environ, "CLOSED_LOOP_DB": str(db), "CLOSED_LOOP_REFRESH_S": "2"}
     log = open(tmp_path / "streamlit.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+        # address, headless, usage statistics and toolbar come from .streamlit/config.toml
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.fileWatcherType", "none"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -100,6 +101,10 @@ def test_pages_render_and_a_proposal_is_approved_in_the_browser(served, browser,
     page = browser.new_page(viewport={"width": 1400, "height": 1600})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    # .streamlit/config.toml: no usage statistics, no fonts or icons from a CDN
+    external: list[str] = []
+    page.route(re.compile(r"^(?!https?://127\.0\.0\.1[:/])[a-z]+://"),
+               lambda route: (external.append(route.request.url), route.abort()))
 
     headings = {"home": f"Run #{run_id}", "capabilities": "Capabilities", "mixture": "Mixture & proposals",
                 "compare": "Compare runs", "schedules": "Schedules", "new_run": "New run"}
@@ -127,6 +132,8 @@ def test_pages_render_and_a_proposal_is_approved_in_the_browser(served, browser,
     now = store.proposal(p["id"])
     assert now["status"] == "approved" and now["decided_by"] == "browser-test"
     assert not errors, errors
+    assert not external, sorted(set(external))
+    assert not page.get_by_role("button", name="Deploy").count()  # client.toolbarMode
 
 
 def test_html_report_opens_without_network(human_run, browser, tmp_path):

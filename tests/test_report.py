@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 
-
 from backend.report import render_report, write_report
 from backend.store import Store
 
@@ -34,3 +33,15 @@ def test_report_escapes_run_names(human_run, tmp_path):
     rid = copy.create_run({**store.run(run_id)["config"], "name": "<b>x</b>"})
     html = render_report(copy, rid)
     assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
+
+
+def test_report_names_proposals_by_integer_id(dashboard_db):
+    """A segment's proposal is an id ("7"), not a float ("7.000")."""
+    db, run_id = dashboard_db
+    store = Store(db)
+    (p,) = store.proposals(run_id, status="pending")
+    store.decide(p["id"], "approve", by="ada")
+    store.apply_approved(run_id, step=30, tokens_at=11_520)
+    html = render_report(store, run_id)
+    schedule = html[html.index("<h2>Schedule</h2>"):html.index("<h2>Decisions</h2>")]
+    assert f"<td>{p['id']}</td>" in schedule and f"<td>{p['id']}.000</td>" not in schedule

@@ -1,0 +1,231 @@
+"""The store's rows as tidy pandas DataFrames, for the dashboard, the HTML
+report and the benchmarks.
+
+Each frame function reads the store only through its public methods (or
+takes rows already read) and returns a DataFrame with fixed columns, empty
+frames included; backend/charts.py turns them into figures.
+
+Units: `step` is optimizer steps, `tokens_seen` is training tokens; scores
+are exact match in [0, 1]. Score frames come in two kinds with the same
+columns: the raw measurements (`skill_scores`: the mean over a checkpoint's
+prompt templates, band value +- Z95 stderr clipped to [0, 1]) and the latent
+capability estimate (`capability_scores`, from backend/capability.py: a
+Kalman filter over checkpoints, band its 95% interval). `lo` / `hi` hold the
+band either way, so every figure takes either.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from backend.vocab import Z95, base_skill, is_holdout
+
+PRIMARY_METRIC = "exact_match"
+SCORE_COLUMNS = ["skill", "base", "kind", "step", "tokens_seen", "value", "stderr", "n", "lo", "hi"]
+SLOPE_COLUMNS = ["slope", "slope_lo", "slope_hi", "slope_per_token", "raw_mean"]
+
+def skill_scores(store, run_id: int) -> pd.DataFrame:
+    """One row per (skill, checkpoint): the skill's exact match with its
+    stderr and item count. Columns: SCORE_COLUMNS.
+
+    A skill measured by several tasks (or facets) gets their mean, with
+    stderr sqrt(sum se^2) / k (independent item sets) and n summed."""
+    rows = store.measurements(run_id, kind="steer") + store.measurements(run_id, kind="holdout")
+    skills = {s["name"]: s for s in store.skills(run_id)}
+    return scores_frame(rows, skills)
+
+
+def _empty_scores(extra: list[str] = ()) -> pd.DataFrame:
+    types = ["str", "str", "str", "int64", "int64"] + ["float64"] * (len(SCORE_COLUMNS) - 5 + len(extra))
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(SCORE_COLUMNS + list(extra), types)})
+
+
+def _with_band(df: pd.DataFrame) -> pd.DataFrame:
+    """lo / hi = value -+ Z95 stderr, clipped to [0, 1]."""
+    se = df["stderr"].fillna(0.0)
+    return df.assign(lo=(df["value"] - Z95 * se).clip(0, 1), hi=(df["value"] + Z95 * se).clip(0, 1))
+
+
+def _bases(skill: pd.Series, skills: dict[str, dict]) -> pd.Series:
+    base = {s: skills[s]["base"] if s in skills else base_skill(s) for s in skill.unique()}
+    return skill.map(base)
+
+
+def capability_scores(store, run_id: int) -> pd.DataFrame:
+    """The latent capability per (skill, checkpoint) that the worker
+    estimates (store.capability): value = the estimate, lo / hi its 95%
+    interval, stderr = (hi - lo) / (2 Z95), and the learning slope columns
+    (SLOPE_COLUMNS). Empty for runs from before the estimator."""
+    rows = store.capability(run_id)
+    if not rows:
+        return _empty_scores(SLOPE_COLUMNS)
+    skills = {s["name"]: s for s in store.skills(run_id)}
+    df = pd.DataFrame.from_records(rows, columns=["skill", "step", "tokens_seen", "score", "lo", "hi"]
+                                   + SLOPE_COLUMNS)
+    df = df.rename(columns={"score": "value"})
+    df["base"] = _bases(df["skill"], skills)
+    kinds = {s: skills[s]["kind"] if s in skills else ("holdout" if is_holdout(s) else "steer")
+             for s in df["skill"].unique()}
+    df["kind"] = df["skill"].map(kinds)
+    df["stderr"] = (df["hi"] - df["lo"]) / (2 * Z95)
+    df["n"] = np.nan
+    return df[SCORE_COLUMNS + SLOPE_COLUMNS].sort_values(["skill", "step"]).reset_index(drop=True)
+
+
+def scores_frame(rows: list[dict], skills: dict[str, dict] | None = None) -> pd.DataFrame:
+    """`skill_scores` from measurement rows (and skill rows by name)."""
+    if not rows:
+        return _empty_scores()
+    df = pd.DataFrame.from_records(rows, columns=["skill", "kind", "step", "tokens_seen", "metric",
+                                                  "value", "stderr", "n"])
+    df = df[df["kind"].isin(["steer", "holdout"]) & df["skill"].notna()]
+    if (df["metric"] == PRIMARY_METRIC).any():
+        df = df[df["metric"] == PRIMARY_METRIC]
+    df = df.assign(stderr=df["stderr"].astype("float64"), n=df["n"].astype("float64"))
+    if df.duplicated(["skill", "step"]).any():
+        g = df.assign(se2=df["stderr"] ** 2).groupby(["skill", "step"], sort=True)
+        out = g.agg(kind=("kind", "first"), tokens_seen=("tokens_seen", "max"), value=("value", "mean"),
+                    se2=("se2", "sum"), k=("value", "size"), n=("n", "sum")).reset_index()
+        out["stderr"] = np.sqrt(out["se2"]) / out["k"]
+    else:  # one task per skill (the usual case): nothing to average
+        out = df.sort_values(["skill", "step"])
+    out["base"] = _bases(out["skill"], skills or {})
+    return _with_band(out)[SCORE_COLUMNS].reset_index(drop=True)
+
+
+FACET_COLUMNS = ["facet", "task", "metric", "prompt_variant", "decoding", "scorer", "value", "stderr", "n",
+                 "lo", "hi"]
+
+
+def facet_frame(rows: list[dict], step: int) -> pd.DataFrame:
+    """One skill's measurements at one checkpoint, one row per facet (prompt
+    variant, decoding, scorer) with its 95% band: the spread a single score
+    hides. Only scores in [0, 1] (exact match, loglikelihood accuracy); the
+    answer loss stays in the table."""
+    df = pd.DataFrame.from_records([r for r in rows if r["step"] == step and r["metric"] in ("exact_match", "acc")],
+                                   columns=FACET_COLUMNS[1:9])
+    if df.empty:
+        return pd.DataFrame({c: pd.Series(dtype="float64" if c in FACET_COLUMNS[6:] else "str")
+                             for c in FACET_COLUMNS})
+    df = df.assign(stderr=df["stderr"].astype("float64"), n=df["n"].astype("float64"))
+    df["facet"] = (df["prompt_variant"].fillna("") + " · " + df["decoding"].fillna("") + " · "
+                   + df["metric"].str.replace("exact_match", "exact match").str.replace("acc", "ll accuracy"))
+    return _with_band(df)[FACET_COLUMNS].sort_values(["metric", "facet"], ascending=[False, True]) \
+        .reset_index(drop=True)
+
+
+
+def domain_losses(store, run_id: int) -> pd.DataFrame:
+    """Held-out loss per domain and checkpoint (nats per token).
+    Columns: domain, step, tokens_seen, value, stderr."""
+    rows = store.measurements(run_id, kind="domain_loss")
+    cols = ["domain", "step", "tokens_seen", "value", "stderr"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    df = pd.DataFrame.from_records(rows, columns=cols)
+    return df.groupby(["domain", "step"], as_index=False).agg(
+        tokens_seen=("tokens_seen", "max"), value=("value", "mean"), stderr=("stderr", "mean"))
+
+
+def mixture_history(schedule: list[dict], end_step: int | None = None) -> pd.DataFrame:
+    """Schedule segments (store.schedule rows) in long form: one row per
+    (segment, domain). Columns: from_step, to_step, tokens_at, source,
+    proposal_id, decided_by, domain, weight."""
+    cols = ["from_step", "to_step", "tokens_at", "source", "proposal_id", "decided_by", "domain", "weight"]
+    out = []
+    for i, seg in enumerate(schedule):
+        nxt = schedule[i + 1]["from_step"] if i + 1 < len(schedule) else end_step
+        for d, w in seg["weights"].items():
+            out.append((seg["from_step"], nxt, seg["tokens_at"], seg["source"], seg.get("proposal_id"),
+                        seg.get("decided_by"), d, w))
+    return pd.DataFrame(out, columns=cols)
+
+
+def weights_table(current: dict[str, float], proposed: dict[str, float] | None = None,
+                  rationale: dict[str, str] | None = None) -> pd.DataFrame:
+    """Current (and proposed) weight per domain, the change, the reason."""
+    df = pd.DataFrame({"domain": list(current), "current": [float(v) for v in current.values()]})
+    if proposed is not None:
+        df["proposed"] = [float(proposed.get(d, math.nan)) for d in current]
+        df["change"] = df["proposed"] - df["current"]
+    if rationale is not None:
+        df["reason"] = [rationale.get(d, "") for d in current]
+    return df
+
+
+def forecast_table(forecast: dict[str, dict]) -> pd.DataFrame:
+    """A proposal's forecast: per steer skill the score now and expected at
+    the next checkpoint."""
+    rows = [{"skill": s, "score now": f.get("score"), "expected next": f.get("expected"),
+             "basis": f.get("basis", "")} for s, f in forecast.items()]
+    return pd.DataFrame(rows, columns=["skill", "score now", "expected next", "basis"])
+
+
+def decisions_table(proposals: list[dict]) -> pd.DataFrame:
+    """Every decided proposal (newest first): who, when, what, and where it
+    stands (waiting for the next checkpoint, or applied at step S)."""
+    rows = [(p["id"], p["step"], p["strategy"], p["decision"] or "-", p["status"], p["decided_by"],
+             p["decided_at"], p["decision_reason"] or "", p["applied_step"])
+            for p in reversed(proposals) if p["decision"] is not None or p["status"] == "superseded"]
+    cols = ["proposal", "from step", "strategy", "decision", "status", "decided by", "decided at",
+            "reason", "applied at step"]
+    df = pd.DataFrame(rows, columns=cols)
+    df["proposal"] = df["proposal"].astype("Int64")
+    df["decided at"] = pd.to_datetime(df["decided at"].astype("float64"), unit="s").dt.floor("s")
+    df["applied at step"] = df["applied at step"].astype("Int64")
+    return df
+
+
+def tokens_to_reach(scores: pd.DataFrame, threshold: float, by: str = "run") -> pd.DataFrame:
+    """Per (by, skill): the first checkpoint whose score reaches `threshold`
+    (tokens_seen and step; NaN where it never does)."""
+    keys = [by, "skill"] if by in scores.columns else ["skill"]
+    cols = keys + ["tokens_seen", "step"]
+    if scores.empty:
+        return pd.DataFrame(columns=cols)
+    df = scores.sort_values("step")
+    hit = df[df["value"] >= threshold].groupby(keys, as_index=False).first()[cols]
+    allk = df[keys].drop_duplicates()
+    return allk.merge(hit, on=keys, how="left").sort_values(keys).reset_index(drop=True)
+
+
+# -- transforms ---------------------------------------------------------------
+
+
+def smooth(scores: pd.DataFrame, window: int) -> pd.DataFrame:
+    """Rolling mean over `window` checkpoints per skill (and run). The
+    stderr becomes that of a mean of independent estimates:
+    sqrt(mean se^2 / count)."""
+    if window <= 1 or scores.empty:
+        return scores
+    keys = [k for k in ("run", "skill") if k in scores.columns]
+    df = scores.sort_values(keys + ["step"])
+    g = df.groupby(keys, sort=False)
+    value = g["value"].rolling(window, min_periods=1).mean().reset_index(level=list(range(len(keys))), drop=True)
+    se2 = (df["stderr"] ** 2).groupby([df[k] for k in keys], sort=False)
+    se2m = se2.rolling(window, min_periods=1).mean().reset_index(level=list(range(len(keys))), drop=True)
+    cnt = g["value"].rolling(window, min_periods=1).count().reset_index(level=list(range(len(keys))), drop=True)
+    return _with_band(df.assign(value=value, stderr=np.sqrt(se2m / cnt)))
+
+
+def thin(frame: pd.DataFrame, max_points: int, column: str = "step") -> pd.DataFrame:
+    """Keep at most `max_points` distinct values of `column`, evenly spaced,
+    always the first and the last (so the newest checkpoint is shown)."""
+    steps = np.unique(frame[column].to_numpy())
+    if len(steps) <= max_points:
+        return frame
+    keep = steps[np.unique(np.linspace(0, len(steps) - 1, max_points).round().astype(int))]
+    return frame[frame[column].isin(keep)]
+
+
+
+def data_version(store, run_id: int) -> tuple:
+    """Changes whenever a checkpoint is added, evaluated or through its
+    boundary: the cache key of a run's measurement and estimate frames."""
+    cks = store.checkpoints(run_id)
+    # the latent estimate is written between `evaluated` and `boundary_done`
+    return (len(cks), cks[-1]["step"] if cks else -1, sum(c["evaluated"] for c in cks),
+            sum(c["boundary_done"] for c in cks))

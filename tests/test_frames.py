@@ -1,0 +1,109 @@
+"""backend.frames: the store's rows as DataFrames, and the transforms on
+them (thin, smooth, tokens_to_reach)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest_dashboard import facet_rows, scores_df
+
+from backend import frames
+
+
+def test_skill_scores_average_tasks_of_the_primary_metric(scored_run):
+    s, run_id = scored_run
+    df = frames.skill_scores(s, run_id)
+    assert list(df.columns) == frames.SCORE_COLUMNS
+    copy = df[(df["skill"] == "copy") & (df["step"] == 10)].iloc[0]
+    assert copy["value"] == pytest.approx((0.3 + 0.5) / 2)  # the loglik row is left out
+    assert copy["stderr"] == pytest.approx(math.sqrt(0.03**2 + 0.04**2) / 2)
+    assert copy["n"] == 100 and copy["tokens_seen"] == 640
+    held = df[df["skill"] == "copy_holdout"]
+    assert set(held["kind"]) == {"holdout"} and set(held["base"]) == {"copy"}
+
+
+def test_capability_scores_carry_the_latent_interval_and_slope(scored_run):
+    s, run_id = scored_run
+    df = frames.capability_scores(s, run_id)
+    assert list(df.columns) == frames.SCORE_COLUMNS + frames.SLOPE_COLUMNS
+    row = df[(df["skill"] == "copy_holdout") & (df["step"] == 10)].iloc[0]
+    assert row["value"] == pytest.approx(0.4) and (row["lo"], row["hi"]) == (0.2, 0.6)
+    assert row["kind"] == "holdout" and row["base"] == "copy" and row["slope"] == 0.05
+    assert row["stderr"] == pytest.approx(0.4 / 3.92)
+    assert frames.capability_scores(s, 999).empty
+
+
+def test_domain_losses(scored_run):
+    s, run_id = scored_run
+    df = frames.domain_losses(s, run_id)
+    assert list(df["value"]) == [4.0, 3.0] and set(df["domain"]) == {"strings"}
+
+
+def test_mixture_history_and_decisions(scored_run):
+    s, run_id = scored_run
+    pid = s.add_proposal(run_id, step=10, strategy="deficit", current_weights={"strings": 0.5, "noise": 0.5},
+                         weights={"strings": 0.8, "noise": 0.2}, rationale={"strings": "up", "noise": "down"},
+                         forecast={"copy": {"score": 0.4, "expected": 0.5}})
+    s.decide(pid, "approve", by="ada")
+    s.apply_approved(run_id, step=10, tokens_at=640)
+    h = frames.mixture_history(s.schedule(run_id), end_step=20)
+    assert list(h["from_step"].unique()) == [0, 10] and list(h["to_step"].unique()) == [10, 20]
+    assert h[(h["from_step"] == 10) & (h["domain"] == "strings")]["decided_by"].item() == "ada"
+    d = frames.decisions_table(s.proposals(run_id))
+    assert d.iloc[0]["status"] == "applied" and d.iloc[0]["applied at step"] == 10
+    assert d.iloc[0]["decided by"] == "ada"
+    assert d["proposal"].dtype == "Int64" and d.iloc[0]["proposal"] == pid  # an id, never 1.000
+    assert (d["decided at"] == d["decided at"].dt.floor("s")).all()  # whole seconds
+    f = frames.forecast_table(s.proposal(pid)["forecast"])
+    assert f.iloc[0].to_dict()["expected next"] == 0.5
+
+
+def test_weights_table():
+    t = frames.weights_table({"a": 0.5, "b": 0.5}, {"a": 0.7, "b": 0.3}, {"a": "more", "b": "less"})
+    assert list(t.columns) == ["domain", "current", "proposed", "change", "reason"]
+    assert t["change"].round(3).tolist() == [0.2, -0.2]
+
+
+# -- transforms --------------------------------------------------------------------
+
+
+def test_thin_keeps_first_and_last_and_at_most_max_points():
+    df = scores_df(steps=range(0, 1000))
+    out = frames.thin(df, 50)
+    steps = sorted(out["step"].unique())
+    assert len(steps) <= 50 and steps[0] == 0 and steps[-1] == 999
+    assert len(frames.thin(df, 5000)) == len(df)
+
+
+def test_smooth_is_a_rolling_mean_with_a_narrower_band():
+    df = scores_df(skills=("copy",), holdout=False, steps=range(0, 50, 10))
+    out = frames.smooth(df, 3).set_index("step")
+    assert out.loc[20, "value"] == pytest.approx(np.mean([0.0, 0.1, 0.2]))
+    assert out.loc[20, "stderr"] == pytest.approx(0.05 / math.sqrt(3))
+    assert out.loc[20, "hi"] == pytest.approx(0.1 + 1.96 * 0.05 / math.sqrt(3))
+    assert out.loc[0, "stderr"] == pytest.approx(0.05)
+    assert frames.smooth(df, 1) is df
+
+
+def test_tokens_to_reach():
+    df = pd.concat([scores_df(skills=("copy",)).assign(run="a"),
+                    scores_df(skills=("copy",), tokens_per_step=200).assign(run="b")])
+    r = frames.tokens_to_reach(df, 0.3)
+    got = {(x.run, x.skill): x.tokens_seen for x in r.itertuples()}
+    assert got[("a", "copy")] == 3000 and got[("b", "copy")] == 6000
+    assert got[("a", "copy_holdout")] == 4000  # 0.35 first at step 40
+    assert frames.tokens_to_reach(df, 0.99)["tokens_seen"].isna().all()
+
+
+def test_facet_frame_is_one_row_per_score_facet_at_the_step():
+    f = frames.facet_frame(facet_rows(), 10)
+    assert list(f.columns) == frames.FACET_COLUMNS
+    assert len(f) == 4  # the answer loss is not a score in [0, 1]
+    assert sorted(f["value"]) == [0.4, 0.5, 0.6, 0.9]
+    assert f["lo"].tolist() == pytest.approx((f["value"] - 1.96 * f["stderr"]).tolist())
+    assert "template2 · greedy · exact match" in set(f["facet"])
+    assert "template0 · greedy · ll accuracy" in set(f["facet"])
+    assert frames.facet_frame(facet_rows(), 20).empty
