@@ -11,6 +11,7 @@ import pytest
 from conftest_dashboard import facet_rows, scores_df
 
 from backend import frames
+from backend.decisions import decide
 
 
 def test_skill_scores_average_tasks_of_the_primary_metric(scored_run):
@@ -47,7 +48,7 @@ def test_mixture_history_and_decisions(scored_run):
     pid = s.add_proposal(run_id, step=10, strategy="deficit", current_weights={"strings": 0.5, "noise": 0.5},
                          weights={"strings": 0.8, "noise": 0.2}, rationale={"strings": "up", "noise": "down"},
                          forecast={"copy": {"score": 0.4, "expected": 0.5}})
-    s.decide(pid, "approve", by="ada")
+    decide(s, pid, "approve", by="ada")
     s.apply_approved(run_id, step=10, tokens_at=640)
     h = frames.mixture_history(s.schedule(run_id), end_step=20)
     assert list(h["from_step"].unique()) == [0, 10] and list(h["to_step"].unique()) == [10, 20]

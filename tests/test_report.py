@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from backend.decisions import decide
 from backend.report import render_report, write_report
 from backend.store import Store
 
@@ -40,7 +41,7 @@ def test_report_names_proposals_by_integer_id(dashboard_db):
     db, run_id = dashboard_db
     store = Store(db)
     (p,) = store.proposals(run_id, status="pending")
-    store.decide(p["id"], "approve", by="ada")
+    decide(store, p["id"], "approve", by="ada")
     store.apply_approved(run_id, step=30, tokens_at=11_520)
     html = render_report(store, run_id)
     schedule = html[html.index("<h2>Schedule</h2>"):html.index("<h2>Decisions</h2>")]
