@@ -23,7 +23,18 @@ class DataError(ValueError):
 
 
 class Domain:
-    """A stream of documents. Subclasses implement `document`."""
+    """A stream of documents. Subclasses implement `document`.
+
+    The class attributes below tell config validation what a source needs, so
+    a user-registered source is checked the same way as a built-in one."""
+
+    streams_skills = False
+    """Streams examples of the skills listed in the domain config (and may
+    plant evaluation items, `contamination`)."""
+    measures_size = False
+    """Counts its own tokens, so the `natural` mixture needs no size_tokens."""
+    needs_path = False
+    """Reads the folder named by the domain config's `path`."""
 
     def __init__(self, cfg: DomainConfig):
         self.name = cfg.name
@@ -68,6 +79,8 @@ class SyntheticDomain(Domain):
     With contamination > 0, that share of examples are steer evaluation items
     (see `leak`)."""
 
+    streams_skills = True
+
     def __init__(self, cfg: DomainConfig):
         super().__init__(cfg)
         self.contamination = cfg.contamination
@@ -98,6 +111,7 @@ class TextDomain(Domain):
     """Documents from a fixed list; documents() is implemented by the source."""
 
     holdout_share = 0.05
+    measures_size = True
 
     def __init__(self, cfg: DomainConfig):
         super().__init__(cfg)
@@ -168,6 +182,8 @@ class ShakespeareDomain(TextDomain):
 class FolderDomain(TextDomain):
     """A user's folder of .txt, .jsonl (field `text`) and .parquet (column
     `text`) files, read in sorted order."""
+
+    needs_path = True
 
     def __init__(self, cfg: DomainConfig):
         self.path = Path(cfg.path or "")
