@@ -98,7 +98,6 @@ def seg_weights(i, **changes):
     (seg_weights(1, noise=math.inf), "segments[1].weights.noise:"),
     (seg_weights(1, noise="0.05"), "segments[1].weights.noise:"),
     (seg_weights(1, noise=True), "segments[1].weights.noise:"),
-    (seg_weights(1, noise=0.5), "segments[1].weights:"),
     (lambda s: s["segments"][1].update(source="magic"), "segments[1].source:"),
 ])
 def test_broken_schedule_is_refused_naming_the_field(fn, start):
@@ -110,9 +109,21 @@ def test_messages_say_what_is_wrong():
     assert "not a checkpoint step" in refused(mutated(lambda s: s["segments"][1].update(from_step=15)))
     assert "not after" in refused(mutated(lambda s: s["segments"][1].update(from_step=0)))
     assert "must start at step 0" in refused(mutated(lambda s: s["segments"][0].update(from_step=10)))
-    assert "missing domain 'code'" in refused(mutated(lambda s: s["segments"][1]["weights"].pop("code")))
+    assert "missing weight for domain 'code'" in refused(mutated(lambda s: s["segments"][1]["weights"].pop("code")))
     assert "unknown domain" in refused(mutated(seg_weights(1, web=0.0)))
-    assert "sum to 1" in refused(mutated(seg_weights(1, noise=0.5)))
+
+
+def test_weights_follow_the_one_mixture_rule_renormalised():
+    # backend.mixture.validate_weights: any finite weights >= 0, not all zero,
+    # renormalised (an import used to demand a sum of exactly 1)
+    out = parse_schedule(mutated(seg_weights(1, noise=0.5)))
+    w = out["segments"][1]["weights"]
+    assert sum(w.values()) == pytest.approx(1.0)
+    assert w["noise"] == pytest.approx(0.5 / 1.45) and w["strings"] == pytest.approx(0.3 / 1.45)
+    assert "all weights are zero" in refused(mutated(lambda s: s["segments"][0].update(
+        weights=dict.fromkeys(DOMAINS, 0))))
+    # an export's weights already sum to 1 and keep their exact floats (bit-for-bit replay)
+    assert parse_schedule(schedule())["segments"][0]["weights"] == UNIFORM
 
 
 @pytest.mark.parametrize("data", ["{not json", b"\xff\xfe", "[1, 2]", "42", None])
@@ -130,7 +141,8 @@ def test_segment_source_is_optional():
     s = schedule()
     for seg in s["segments"]:
         seg.pop("source")
-    parse_schedule(s)
+    out = parse_schedule(s)
+    assert [seg.get("source") for seg in out["segments"]] == [None, None]
 
 
 def test_megatron_blend():

@@ -79,13 +79,13 @@ def parse_text(text: str | bytes, fmt: str, *, max_bytes: int, max_depth: int):
     otherwise (not UTF-8, too large, too deep, invalid, a 5,000-digit int)."""
     size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
     if size > max_bytes:
-        raise InputError(f"{size:,} bytes is above the limit of {max_bytes:,} bytes")
+        raise InputError(f"the file is {size:,} bytes, above the limit of {max_bytes:,} bytes")
+    kind = fmt.upper()
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError:
-            raise InputError("the file is not UTF-8 text") from None
-    kind = fmt.upper()
+            raise InputError(f"not valid {kind}: the file is not UTF-8 text") from None
     if text_depth(text, fmt) > max_depth:
         raise InputError(f"not valid {kind}: nested deeper than {max_depth} levels")
     try:
