@@ -80,20 +80,18 @@ def parse_schedule(data, *, limits: Limits | None = None) -> dict:
     run, token counts that disagree with the config, and a replay record
     over limits.max_stored_schedule_bytes."""
     limits = limits or Limits.from_env()
-    if isinstance(data, (str, bytes)):
-        try:
-            data = parse_text(data, "json", max_bytes=limits.max_schedule_bytes, max_depth=limits.max_depth)
-        except InputError as e:
-            raise ScheduleError(str(e) if str(e).startswith("not valid") else f"schedule: {e}") from None
     try:
-        check_plain(data, max_depth=limits.max_depth)
+        if isinstance(data, (str, bytes)):
+            data = parse_text(data, "json", max_bytes=limits.max_schedule_bytes, max_depth=limits.max_depth)
+        else:
+            check_plain(data, max_depth=limits.max_depth)
     except InputError as e:
-        raise ScheduleError(str(e)) from None
+        raise ScheduleError(f"schedule: {e}" if str(e).startswith("the file") else str(e)) from None
     if not isinstance(data, dict):
         raise ScheduleError("top level: expected a JSON object")
     for key in data:
         if key not in TOP_KEYS:
-            raise ScheduleError(f"{show(key)}: unknown key (known: {', '.join(TOP_KEYS)})")
+            raise ScheduleError(f"{key_path('', key)}: unknown key (known: {', '.join(TOP_KEYS)})")
     if data.get("format") != FORMAT:
         raise ScheduleError(f"format: expected {FORMAT!r}, got {show(data.get('format'))}")
     version = data.get("version")
@@ -150,7 +148,7 @@ def _check_header(data: dict, cfg) -> None:
 def _check_keys(obj: dict, types: dict[str, type], where: str) -> None:
     for k, v in obj.items():
         if k not in types:
-            raise ScheduleError(f"{where}.{show(k)}: unknown key (known: {', '.join(types)})")
+            raise ScheduleError(f"{key_path(where, k)}: unknown key (known: {', '.join(types)})")
         want = types[k]
         if v is not None and (not isinstance(v, want) or isinstance(v, bool) and want is not bool):
             raise ScheduleError(f"{where}.{k}: expected {want.__name__} or null, got {show(v)}")

@@ -29,7 +29,13 @@ from backend.config.schema import INT64, ConfigError, ControllerConfig, RunConfi
 
 
 class InputError(ValueError):
-    """Text or data that cannot be parsed safely; callers prefix the input's name."""
+    """Text or data that cannot be parsed safely. `field` is the dotted path
+    at fault, or None when it is the whole text (callers then prefix the
+    input's name)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(f"{field}: {message}" if field is not None else message)
+        self.field = field
 
 
 # -- showing values in messages ------------------------------------------------------
@@ -57,21 +63,31 @@ def key_path(path: str, key) -> str:
 
 # -- hardened parsing ----------------------------------------------------------------
 
-# Strings and comments hold brackets that do not nest; they are cut before counting.
+# Strings and comments hold brackets and dots that do not nest; they are cut
+# before counting (a string becomes `_`, so a quoted key still counts).
 _JSON_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 _TOML_STRINGS = re.compile(r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*')
 _BRACKETS = re.compile(r"[\[\]{}]")
+_TOML_KEYS = re.compile(r"([^=\[\]{},\n]*)[=\]]")
+"""What stands before `=` or `]`: a key, a table header, or an array's last value."""
 
 
 def text_depth(text: str, fmt: str) -> int:
-    """The deepest bracket nesting of JSON or TOML text, counted without
-    parsing (so 100,000 nested lists cost a scan, not the stack)."""
-    cut = (_JSON_STRINGS if fmt == "json" else _TOML_STRINGS).sub("", text)
+    """The deepest nesting of JSON or TOML text, estimated without parsing
+    (so 100,000 nested lists cost a scan, not the stack): bracket depth, and
+    for TOML the parts of the longest dotted key (`a.b.c = 1` nests 3 deep,
+    and tomllib's time grows with the square of the parts)."""
+    if fmt == "json":
+        cut = _JSON_STRINGS.sub("", text)
+        keys = 0
+    else:
+        cut = _TOML_STRINGS.sub(lambda m: "" if m.group().startswith("#") else "_", text)
+        keys = max((m.group(1).count(".") + 1 for m in _TOML_KEYS.finditer(cut)), default=0)
     depth = deepest = 0
     for m in _BRACKETS.finditer(cut):
         depth += 1 if m.group() in "[{" else -1
         deepest = max(deepest, depth)
-    return deepest
+    return max(deepest, keys)
 
 
 def parse_text(text: str | bytes, fmt: str, *, max_bytes: int, max_depth: int):
@@ -89,12 +105,35 @@ def parse_text(text: str | bytes, fmt: str, *, max_bytes: int, max_depth: int):
     if text_depth(text, fmt) > max_depth:
         raise InputError(f"not valid {kind}: nested deeper than {max_depth} levels")
     try:
-        data = json.loads(text) if fmt == "json" else tomllib.loads(text)
+        data = json.loads(text, parse_int=_json_int) if fmt == "json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         raise InputError(f"not valid {kind}: {e}") from None
-    except (ValueError, RecursionError) as e:  # ints past str()'s digit limit; nesting the scan missed
-        raise InputError(f"not valid {kind}: {str(e)[:120]}") from None
+    except ValueError:  # tomllib: an int past str()'s 4,300-digit limit
+        raise InputError(f"not valid {kind}: {_long_int_line(text)}") from None
+    except RecursionError:  # nesting the scan did not see
+        raise InputError(f"not valid {kind}: nested too deep to parse") from None
+    check_plain(data, max_depth=max_depth)
     return data
+
+
+class _LongInt:
+    """A JSON integer too long to be one we accept, kept as its digit count
+    so check_plain can name its field (int() of 5,000 digits would raise)."""
+
+    def __init__(self, digits: str):
+        self.digits = len(digits.lstrip("-"))
+
+
+def _json_int(digits: str):
+    return int(digits) if len(digits) <= 20 else _LongInt(digits)
+
+
+def _long_int_line(text: str) -> str:
+    for n, line in enumerate(text.splitlines(), 1):
+        m = re.search(r"(?<![\w.])[+-]?\d[\d_]{4000,}", line)
+        if m:
+            return f"line {n}: an integer of {len(m.group().replace('_', ''))} digits is outside 64-bit integers"
+    return "an integer too long to read"
 
 
 def check_plain(data, *, max_depth: int, path: str = "") -> None:
@@ -106,14 +145,16 @@ def check_plain(data, *, max_depth: int, path: str = "") -> None:
     while stack:
         value, where, depth = stack.pop()
         if depth > max_depth:
-            raise InputError(f"{where or 'top level'}: nested deeper than {max_depth} levels")
+            raise InputError(f"nested deeper than {max_depth} levels", where or "top level")
         if isinstance(value, str):
             _encodable(value, where)
         elif isinstance(value, bool):
             continue
         elif isinstance(value, int):
             if not -INT64 <= value < INT64:
-                raise InputError(f"{where or 'top level'}: {show(value)} is outside 64-bit integers")
+                raise InputError(f"{show(value)} is outside 64-bit integers", where or "top level")
+        elif isinstance(value, _LongInt):
+            raise InputError(f"an integer of {value.digits} digits is outside 64-bit integers", where or "top level")
         elif isinstance(value, dict):
             for k, v in value.items():
                 if isinstance(k, str):
@@ -128,8 +169,8 @@ def _encodable(s: str, where: str, key: bool = False) -> None:
         s.encode("utf-8")
     except UnicodeEncodeError as e:
         what = "a key" if key else "text"
-        raise InputError(f"{where or 'top level'}: {what} with a lone surrogate at position {e.start} "
-                         "cannot be stored as UTF-8") from None
+        raise InputError(f"{what} with a lone surrogate at position {e.start} cannot be stored as UTF-8",
+                         where or "top level") from None
 
 
 # -- plain data -> dataclasses ---------------------------------------------------------
@@ -254,7 +295,7 @@ def from_text(text: str | bytes, fmt: str, *, name: str = "config", limits: Limi
     try:
         data = parse_text(text, fmt, max_bytes=limits.max_config_bytes, max_depth=limits.max_depth)
     except InputError as e:
-        raise ConfigError(f"{name}: {e}") from None
+        raise ConfigError(str(e) if e.field else f"{name}: {e}") from None
     return from_data(data, limits=limits)
 
 
