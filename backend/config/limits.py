@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.config.schema import ConfigError, RunConfig, source_entry
+from backend.config.schema import ConfigError, RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
 ENV_PREFIX = "CLOSED_LOOP_"
@@ -57,6 +57,9 @@ class Limits:
     """Most checkpoints in one run (steps / checkpoint_every + 1)."""
     max_domains: int = 64
     """Most domains in one mixture."""
+    max_eval_items: int = 100_000
+    """Most evaluation items generated per skill task
+    (evaluation.items_per_skill x evaluation.item_rounds)."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Limits":
@@ -129,8 +132,8 @@ def check_untrusted(cfg: RunConfig, limits: Limits | None = None, roots: list | 
     limits = limits or Limits.from_env()
     roots = [Path(os.path.realpath(r)) for r in (data_roots() if roots is None else roots)]
     for i, d in enumerate(cfg.data.domains):
-        if getattr(source_entry(d.source), "needs_path", False) or d.path:
-            _confined(d.path or "", f"data.domains[{i}].path", roots)
+        if d.path is not None:
+            _confined(d.path, f"data.domains[{i}].path", roots)
     if cfg.model.pretrained:
         _confined(cfg.model.pretrained, "model.pretrained", roots)
     if cfg.data.tokenizer_path:
@@ -141,6 +144,9 @@ def check_untrusted(cfg: RunConfig, limits: Limits | None = None, roots: list | 
     _at_most("data.tokenizer_vocab", cfg.data.tokenizer_vocab, limits, "max_vocab")
     _at_most("data.domains", len(cfg.data.domains), limits, "max_domains")
     _at_most("model", estimate_params(cfg), limits, "max_params", what="estimated parameters")
+    ev = cfg.evaluation
+    _at_most("evaluation.item_rounds", ev.items_per_skill * ev.item_rounds, limits, "max_eval_items",
+             what="items per task (items_per_skill x item_rounds)")
     _at_most("train.steps", t.steps, limits, "max_steps")
     _at_most("train.checkpoint_every", t.steps // t.checkpoint_every + 1, limits, "max_checkpoints",
              what="checkpoints (train.steps / train.checkpoint_every + 1)")

@@ -119,6 +119,8 @@ class DomainConfig:
                               f"source {self.source!r} does not")
         if getattr(entry, "needs_path", False) and not self.path:
             raise ConfigError(f"{path}.path: a {self.source} domain needs a path")
+        if self.path is not None and not getattr(entry, "needs_path", False):
+            raise ConfigError(f"{path}.path: source {self.source!r} reads no folder; only folder sources take a path")
         if self.size_tokens is not None and self.size_tokens <= 0:
             raise ConfigError(f"{path}.size_tokens: must be > 0, got {self.size_tokens}")
 
