@@ -50,6 +50,10 @@ def validate_weights(weights, domains: list[str]) -> dict[str, float]:
             raise WeightsError(f"weight of {d!r} is negative: {v!r}", d)
         out[d] = float(v)
     total = sum(out.values())
+    if total == math.inf:  # each weight finite, their sum past the largest float: scale first
+        top = max(out.values())
+        out = {d: v / top for d, v in out.items()}
+        total = sum(out.values())
     if total <= 0:
         raise WeightsError("all weights are zero")
     return {d: v / total for d, v in out.items()}

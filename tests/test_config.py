@@ -450,6 +450,7 @@ def nested(depth: int) -> list:
     (lambda d: d["train"].update(steps=2**63), "train.steps: 9223372036854775808 is outside 64-bit"),
     (lambda d: d["train"].update(steps=2**60), "train.steps: 1152921504606846976 steps of 8 x 48 tokens exceed"),
     (lambda d: d["train"].update(lr=10**400), "train.lr: an integer of 1329 bits"),
+    (lambda d: d["train"].update(threads=2**40), "train.threads: at most 4096"),
     (lambda d: d["model"].update(pretrained="/"), "model.pretrained: '/' is not a saved transformers model"),
     (lambda d: d["data"].update(tokenizer_path="/"), "data.tokenizer_path: '/' is not a saved tokenizer"),
     (lambda d: d.update(name="caf\udce9"), "name: text with a lone surrogate"),

@@ -71,6 +71,7 @@ def test_parameter_estimate_matches_the_built_model():
     (lambda d: d["data"].update(context_length=100_000), "data.context_length"),
     (lambda d: d["data"].update(tokenizer_vocab=10**6), "data.tokenizer_vocab"),
     (lambda d: d["evaluation"].update(item_rounds=10**9), "evaluation.item_rounds"),
+    (lambda d: d["train"].update(batch_size=10**6), "train.batch_size"),
 ])
 def test_limits_refuse_naming_the_field(mutate, field):
     d = tiny()

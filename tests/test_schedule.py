@@ -122,6 +122,9 @@ def test_weights_follow_the_one_mixture_rule_renormalised():
     assert w["noise"] == pytest.approx(0.5 / 1.45) and w["strings"] == pytest.approx(0.3 / 1.45)
     assert "all weights are zero" in refused(mutated(lambda s: s["segments"][0].update(
         weights=dict.fromkeys(DOMAINS, 0))))
+    # weights whose sum passes the largest float are scaled, not turned into zeros
+    huge = parse_schedule(mutated(lambda s: s["segments"][0].update(weights=dict.fromkeys(DOMAINS, 1e308))))
+    assert huge["segments"][0]["weights"] == pytest.approx(UNIFORM)
     # an export's weights already sum to 1 and keep their exact floats (bit-for-bit replay)
     assert parse_schedule(schedule())["segments"][0]["weights"] == UNIFORM
 

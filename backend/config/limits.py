@@ -50,6 +50,8 @@ class Limits:
     """Longest training sequence, in tokens."""
     max_vocab: int = 262_144
     """Largest tokenizer vocabulary."""
+    max_batch_tokens: int = 1_048_576
+    """Most tokens in one optimizer step (train.batch_size x data.context_length)."""
     # run
     max_steps: int = 1_000_000
     """Most optimizer steps in one run."""
@@ -143,6 +145,8 @@ def check_untrusted(cfg: RunConfig, limits: Limits | None = None, roots: list | 
     _at_most("data.context_length", cfg.data.context_length, limits, "max_context")
     _at_most("data.tokenizer_vocab", cfg.data.tokenizer_vocab, limits, "max_vocab")
     _at_most("data.domains", len(cfg.data.domains), limits, "max_domains")
+    _at_most("train.batch_size", cfg.train.batch_size * cfg.data.context_length, limits, "max_batch_tokens",
+             what="tokens per step (train.batch_size x data.context_length)")
     _at_most("model", estimate_params(cfg), limits, "max_params", what="estimated parameters")
     ev = cfg.evaluation
     _at_most("evaluation.item_rounds", ev.items_per_skill * ev.item_rounds, limits, "max_eval_items",

@@ -26,6 +26,8 @@ INT64 = 2**63
 """Integers are stored in SQLite (int64) and handed to torch and numpy."""
 SEED_LIMIT = 2**32
 """numpy's seeds are 32-bit."""
+MAX_THREADS = 4096
+"""torch.set_num_threads takes a C int; no machine has more cores than this."""
 
 
 def registered(registry, name: str, kind: str, path: str):
@@ -386,6 +388,8 @@ class TrainConfig:
         for name in ("warmup_steps", "weight_decay", "grad_clip", "threads", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{path}.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.threads > MAX_THREADS:
+            raise ConfigError(f"{path}.threads: at most {MAX_THREADS} (torch takes a C int), got {self.threads}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"{path}.device: must be auto, cpu or cuda, got {self.device!r}")
 
