@@ -34,7 +34,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.config import ConfigError, from_data, preset  # noqa: E402
+from backend.config import ConfigError, from_data, from_dict, preset  # noqa: E402
 from backend.schedule import FORMAT, VERSION, ScheduleError, parse_schedule, replay_record  # noqa: E402
 
 NAMES_A_FIELD = re.compile(r"^(not valid (JSON|TOML)|top level|schedule|config|[A-Za-z_][\w\-]*"
@@ -123,9 +123,23 @@ def _storable(obj) -> None:
     """What a run stores must be strict JSON, UTF-8, with 64-bit integers."""
     text = json.dumps(obj, allow_nan=False)
     db = sqlite3.connect(":memory:")
-    db.execute("CREATE TABLE t (doc TEXT)")
-    db.execute("INSERT INTO t VALUES (?)", (text.encode("utf-8").decode("utf-8"),))
+    db.execute("CREATE TABLE t (doc TEXT, steps INTEGER)")
+    steps = obj.get("train", {}).get("steps", 0) if isinstance(obj, dict) else 0
+    db.execute("INSERT INTO t VALUES (?, ?)", (text.encode("utf-8").decode("utf-8"), steps))
     db.close()
+
+
+def _config_storable(cfg) -> None:
+    """A run stores its resolved config and rebuilds it on resume: the same config."""
+    stored = cfg.to_dict()
+    _storable(stored)
+    if from_dict(json.loads(json.dumps(stored))) != cfg:
+        raise AssertionError("the stored config rebuilds a different config")
+
+
+def _schedule_storable(parsed) -> None:
+    _config_storable(parsed["run_config"])
+    _storable(replay_record(parsed))
 
 
 def _run_case(outcome: dict, what: str, parse, store) -> None:
@@ -194,10 +208,10 @@ def fuzz_configs(n: int, seed: int = 0) -> dict:
             parse = lambda t=text: from_text(t, "json")  # noqa: E731
         else:
             parse = lambda d=data: from_data(d)  # noqa: E731
-        _run_case(out, what, parse, lambda cfg: _storable(cfg.to_dict()))
+        _run_case(out, what, parse, _config_storable)
     for what, text, fmt in _text_extremes():
         out["cases"] += 1
-        _run_case(out, what, lambda t=text, f=fmt: from_text(t, f), lambda cfg: _storable(cfg.to_dict()))
+        _run_case(out, what, lambda t=text, f=fmt: from_text(t, f), _config_storable)
     return out
 
 
@@ -292,7 +306,7 @@ def fuzz_schedules(n: int, seed: int = 0) -> dict:
         what = "; ".join(_mutate(rng, data, SCHEDULE_OPS) for _ in range(rng.choice([1, 1, 2])))
         text = _as_text(rng, data) if i % 4 == 3 else None
         parse = (lambda t=text: parse_schedule(t)) if text is not None else (lambda d=data: parse_schedule(d))
-        _run_case(out, what, parse, lambda parsed: _storable(replay_record(parsed)))
+        _run_case(out, what, parse, _schedule_storable)
     for what, text in [
         ("100,000 nested objects", '{"a":' * 100_000 + "1" + "}" * 100_000),
         ("6 MB of spaces", " " * 6_000_000),
@@ -300,7 +314,7 @@ def fuzz_schedules(n: int, seed: int = 0) -> dict:
         ("approved_by an object", json.dumps(base).replace('"approved_by": "alice"', '"approved_by": {"x": 1}', 1)),
     ]:
         out["cases"] += 1
-        _run_case(out, what, lambda t=text: parse_schedule(t), lambda parsed: _storable(replay_record(parsed)))
+        _run_case(out, what, lambda t=text: parse_schedule(t), _schedule_storable)
     return out
 
 

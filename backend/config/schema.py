@@ -116,11 +116,14 @@ class DomainConfig:
                 raise ConfigError(f"{path}.skills: a {self.source} domain needs at least one skill")
             for s in self.skills:
                 registered(SKILLS, s, "skill", f"{path}.skills")
+            _unique(self.skills, f"{path}.skills", "skill")
         elif self.skills:
             raise ConfigError(f"{path}.skills: only skill-streaming (synthetic) domains stream skills; "
                               f"source {self.source!r} does not")
         if getattr(entry, "needs_path", False) and not self.path:
             raise ConfigError(f"{path}.path: a {self.source} domain needs a path")
+        if self.path is not None and "\x00" in self.path:
+            raise ConfigError(f"{path}.path: a path cannot hold a NUL character")
         if self.path is not None and not getattr(entry, "needs_path", False):
             raise ConfigError(f"{path}.path: source {self.source!r} reads no folder; only folder sources take a path")
         if self.size_tokens is not None and self.size_tokens <= 0:
@@ -201,6 +204,7 @@ class EvalConfig:
 
         for s in self.skills:
             registered(SKILLS, s, "skill", f"{path}.skills")
+        _unique(self.skills, f"{path}.skills", "skill")
 
 
 @dataclass(kw_only=True)
@@ -492,6 +496,14 @@ def _unit(obj, name: str, path: str) -> None:
     v = getattr(obj, name)
     if not 0.0 <= v <= 1.0:
         raise ConfigError(f"{path}.{name}: must be within [0, 1], got {v}")
+
+
+def _unique(names: list[str], path: str, what: str) -> None:
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(f"{path}: duplicate {what} {name!r}")
+        seen.add(name)
 
 
 def _folder_with(folder: str, marker: str, path: str, what: str) -> None:
