@@ -34,7 +34,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.config import ConfigError, from_data, from_dict, preset  # noqa: E402
+from backend.config import ConfigError, from_data, from_dict, from_text, preset  # noqa: E402
 from backend.schedule import FORMAT, VERSION, ScheduleError, parse_schedule, replay_record  # noqa: E402
 
 NAMES_A_FIELD = re.compile(r"^(not valid (JSON|TOML)|top level|schedule|config|[A-Za-z_][\w\-]*"
@@ -196,14 +196,12 @@ def fuzz_configs(n: int, seed: int = 0) -> dict:
     """n mutated configs through backend.config.from_data (and from_text for
     some); counts {cases, refused_named, accepted, unexpected,
     unexpected_exceptions: [{case, error}]}."""
-    from backend.config import from_text
-
     rng = random.Random(seed)
     base = preset("tiny").to_dict()
     out = _outcome(n)
     for i in range(n):
         data, what = _config_case(rng, base)
-        text = _as_text(rng, data) if i % 4 == 3 else None
+        text = _as_text(data) if i % 4 == 3 else None
         if text is not None:
             parse = lambda t=text: from_text(t, "json")  # noqa: E731
         else:
@@ -215,7 +213,7 @@ def fuzz_configs(n: int, seed: int = 0) -> dict:
     return out
 
 
-def _as_text(rng: random.Random, data) -> str | None:
+def _as_text(data) -> str | None:
     try:
         return json.dumps(data)
     except (ValueError, RecursionError):  # ints past str()'s limit, nesting past json's
@@ -304,7 +302,7 @@ def fuzz_schedules(n: int, seed: int = 0) -> dict:
     for i in range(n):
         data = copy.deepcopy(base)
         what = "; ".join(_mutate(rng, data, SCHEDULE_OPS) for _ in range(rng.choice([1, 1, 2])))
-        text = _as_text(rng, data) if i % 4 == 3 else None
+        text = _as_text(data) if i % 4 == 3 else None
         parse = (lambda t=text: parse_schedule(t)) if text is not None else (lambda d=data: parse_schedule(d))
         _run_case(out, what, parse, _schedule_storable)
     for what, text in [

@@ -374,6 +374,10 @@ def test_flat_strategy_keys_of_older_configs_move_into_options(settings_strategy
     # a strategy with its own settings keeps the flat keys it knows and drops the rest
     old["controller"]["strategy"] = "test-settings"
     assert from_dict(old).to_dict()["controller"]["options"] == {"step_size": 3.0, "horizon": 2}
+    # so does a config stored while every strategy shared the five settings
+    shared = cfg.to_dict()
+    shared["controller"]["strategy"] = "test-settings"
+    assert from_dict(shared).controller.options == {"step_size": 3.0, "horizon": 2}
     # a bad flat value is named as written
     old["controller"]["step_size"] = "big"
     assert refused(old).startswith("controller.step_size: expected a number")

@@ -279,8 +279,8 @@ class ControllerConfig:
     LEGACY_KEYS: typing.ClassVar[tuple[str, ...]] = tuple(f.name for f in dataclasses.fields(LegacySettings))
     """Strategy settings that older configs and stored runs give flat in
     [controller]; they load into `options` (a flat key wins over the same
-    key in options, and one the strategy's settings lack is dropped, as
-    every strategy used to ignore the others' fields)."""
+    key in options). One the strategy's settings lack is dropped, flat or in
+    options, as every strategy used to ignore the others' fields."""
 
     def __init__(self, *, options: dict | None = None, **values):
         flat = {k: values.pop(k) for k in list(values) if k in self.LEGACY_KEYS}
@@ -308,7 +308,7 @@ class ControllerConfig:
 
         cls = self.settings_class()
         known = {f.name for f in dataclasses.fields(cls)}
-        options = {k: v for k, v in self.options.items() if k in known or k not in self._flat}
+        options = {k: v for k, v in self.options.items() if k in known or k not in self.LEGACY_KEYS}
         try:
             return from_dict(options, cls, path="controller.options")
         except ConfigError as e:
