@@ -487,3 +487,18 @@ def test_short_fuzz_finds_no_unexpected_exception():
     assert out["unexpected_exceptions"] == [] and out["unexpected"] == 0
     assert out["refused_named"] > out["accepted"] > 0
     assert out["refused_named"] + out["accepted"] == out["cases"]
+
+
+@pytest.mark.parametrize("text, fmt", [
+    ('{"name": "' + '\\"' * 400_000, "json"),  # an unterminated string of escaped quotes
+    ('name = "' + '\\"' * 400_000, "toml"),
+    ("a" + ".b" * 400_000, "toml"),  # dots with no `=`
+    ('""' * 400_000, "json"),
+])
+def test_the_depth_scan_stays_linear_on_hostile_text(text, fmt):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="^config: "):
+        config.from_text(text, fmt)
+    assert time.perf_counter() - start < 5.0  # a quadratic scan of 800 KB takes minutes

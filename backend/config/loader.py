@@ -63,31 +63,54 @@ def key_path(path: str, key) -> str:
 
 # -- hardened parsing ----------------------------------------------------------------
 
-# Strings and comments hold brackets and dots that do not nest; they are cut
-# before counting (a string becomes `_`, so a quoted key still counts).
-_JSON_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
-_TOML_STRINGS = re.compile(r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*')
-_BRACKETS = re.compile(r"[\[\]{}]")
-_TOML_KEYS = re.compile(r"([^=\[\]{},\n]*)[=\]]")
-"""What stands before `=` or `]`: a key, a table header, or an array's last value."""
+# Strings and comments hold brackets and dots that do not nest; the scan
+# skips them. Each pattern is matched once, anchored where its string opens,
+# so the scan is linear; an unterminated string ends it (the text is invalid
+# and the parser will say where).
+_TOKENS = {"json": re.compile(r'["\[\]{}]'), "toml": re.compile(r'"""|\'\'\'|["\'#\[\]{}=,.\n]')}
+_SKIP = {
+    "json": {'"': re.compile(r'(?:[^"\\]|\\.)*+"', re.S)},
+    "toml": {
+        '"""': re.compile(r'(?:[^"\\]|\\[\s\S]|"(?!""))*+"""'),
+        "\'\'\'": re.compile(r"[\s\S]*?\'\'\'"),
+        '"': re.compile(r'(?:[^"\\\n]|\\.)*+"'),
+        "\'": re.compile(r"[^\'\n]*+\'"),
+        "#": re.compile(r"[^\n]*"),
+    },
+}
 
 
-def text_depth(text: str, fmt: str) -> int:
+def text_depth(text: str, fmt: str, limit: int | None = None) -> int:
     """The deepest nesting of JSON or TOML text, estimated without parsing
     (so 100,000 nested lists cost a scan, not the stack): bracket depth, and
     for TOML the parts of the longest dotted key (`a.b.c = 1` nests 3 deep,
-    and tomllib's time grows with the square of the parts)."""
-    if fmt == "json":
-        cut = _JSON_STRINGS.sub("", text)
-        keys = 0
-    else:
-        cut = _TOML_STRINGS.sub(lambda m: "" if m.group().startswith("#") else "_", text)
-        keys = max((m.group(1).count(".") + 1 for m in _TOML_KEYS.finditer(cut)), default=0)
-    depth = deepest = 0
-    for m in _BRACKETS.finditer(cut):
-        depth += 1 if m.group() in "[{" else -1
-        deepest = max(deepest, depth)
-    return max(deepest, keys)
+    and tomllib's time grows with the square of the parts). Stops early
+    once past `limit`."""
+    tokens, skip = _TOKENS[fmt], _SKIP[fmt]
+    depth = deepest = dots = 0
+    pos = 0
+    while limit is None or deepest <= limit:
+        m = tokens.search(text, pos)
+        if m is None:
+            break
+        tok, pos = m.group(), m.end()
+        if tok in skip:
+            end = skip[tok].match(text, pos)
+            if end is None:
+                break
+            pos = end.end()
+        elif tok == ".":
+            dots += 1
+        else:
+            if tok in "[{":
+                depth += 1
+            elif tok in "]}":
+                depth -= 1
+            if tok in "=]":  # what stood before was a key or a table header
+                deepest = max(deepest, dots + 1)
+            dots = 0
+            deepest = max(deepest, depth)
+    return deepest
 
 
 def parse_text(text: str | bytes, fmt: str, *, max_bytes: int, max_depth: int):
@@ -102,7 +125,7 @@ def parse_text(text: str | bytes, fmt: str, *, max_bytes: int, max_depth: int):
             text = text.decode("utf-8")
         except UnicodeDecodeError:
             raise InputError(f"not valid {kind}: the file is not UTF-8 text") from None
-    if text_depth(text, fmt) > max_depth:
+    if text_depth(text, fmt, max_depth) > max_depth:
         raise InputError(f"not valid {kind}: nested deeper than {max_depth} levels")
     try:
         data = json.loads(text, parse_int=_json_int) if fmt == "json" else tomllib.loads(text)
