@@ -419,7 +419,8 @@ def test_a_preset_that_is_not_a_known_name_is_refused(value, words):
     ('{"preset": "tiny", "name": "a\\ud800"}', "json", "name: text with a lone surrogate"),
     ('{"preset": "tiny", "na\\udfffme": 1}', "json", "top level: a key with a lone surrogate"),
     ('{"preset": ["tiny"]}', "json", "preset: expected a preset name"),
-])
+], ids=["json-lists", "json-objects", "toml-arrays", "toml-inline-tables", "toml-dotted-key", "json-5000-digits",
+        "toml-5000-digits", "json-1e400", "json-surrogate", "json-surrogate-key", "json-preset-list"])
 def test_hostile_files_are_refused_naming_the_field(tmp_path, text, suffix, start):
     p = tmp_path / f"run.{suffix}"
     p.write_text(text, encoding="utf-8")
@@ -494,7 +495,7 @@ def test_short_fuzz_finds_no_unexpected_exception():
     ('name = "' + '\\"' * 400_000, "toml"),
     ("a" + ".b" * 400_000, "toml"),  # dots with no `=`
     ('""' * 400_000, "json"),
-])
+], ids=["json-escaped-quotes", "toml-escaped-quotes", "toml-dots", "json-empty-strings"])
 def test_the_depth_scan_stays_linear_on_hostile_text(text, fmt):
     import time
 

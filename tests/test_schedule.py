@@ -280,7 +280,7 @@ def test_inconsistent_or_hostile_schedule_is_refused_naming_the_field(fn, start)
      "segments[1].weights.noise: an integer of 5000 digits"),
     (json.dumps(exported()).replace('"approved_by": null', '"approved_by": "\\udc00"', 1),
      "segments[0].approved_by: text with a lone surrogate"),
-])
+], ids=["objects", "lists", "5000-digits", "surrogate"])
 def test_hostile_text_is_refused_naming_the_field(text, start):
     msg = refused(text)
     assert msg.startswith(start), msg[:200]

@@ -84,8 +84,9 @@ def text_depth(text: str, fmt: str, limit: int | None = None) -> int:
     """The deepest nesting of JSON or TOML text, estimated without parsing
     (so 100,000 nested lists cost a scan, not the stack): bracket depth, and
     for TOML the parts of the longest dotted key (`a.b.c = 1` nests 3 deep,
-    and tomllib's time grows with the square of the parts). Stops early
-    once past `limit`."""
+    and tomllib's time grows with the square of the parts; a value's dots
+    count too, which costs a float one level). Stops early once past
+    `limit`."""
     tokens, skip = _TOKENS[fmt], _SKIP[fmt]
     depth = deepest = dots = 0
     pos = 0
@@ -106,11 +107,10 @@ def text_depth(text: str, fmt: str, limit: int | None = None) -> int:
                 depth += 1
             elif tok in "]}":
                 depth -= 1
-            if tok in "=]":  # what stood before was a key or a table header
-                deepest = max(deepest, dots + 1)
+            # dots between two delimiters: a dotted key (or one float's point)
+            deepest = max(deepest, depth, dots + 1 if dots else 0)
             dots = 0
-            deepest = max(deepest, depth)
-    return deepest
+    return max(deepest, dots + 1 if dots else 0)
 
 
 def parse_text(text: str | bytes, fmt: str, *, max_bytes: int, max_depth: int):
