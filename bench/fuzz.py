@@ -14,8 +14,10 @@ end in one of two ways:
 
 Anything else (another exception, a refusal that names no field, an
 accepted value that cannot be stored) is counted as unexpected, with the
-mutation that caused it. bench/soak.py calls `fuzz_configs` and
-`fuzz_schedules`; run alone:
+mutation that caused it. `fuzz_configs` / `fuzz_schedules` check the
+parsers alone; `soak` (called by bench/soak.py) sends the same cases through
+check_untrusted into a real store and checks that a refusal leaves the
+database byte-identical. Run alone:
 
     python bench/fuzz.py --schedules 1000 --configs 300 --seed 0
 """
@@ -192,24 +194,30 @@ def _bad_preset(rng: random.Random, data: dict) -> str:
     return f"preset = {_short(data['preset'])}"
 
 
-def fuzz_configs(n: int, seed: int = 0) -> dict:
-    """n mutated configs through backend.config.from_data (and from_text for
-    some); counts {cases, refused_named, accepted, unexpected,
-    unexpected_exceptions: [{case, error}]}."""
+def config_cases(n: int, seed: int = 0):
+    """(what, parse) for n mutated configs, then the whole-text attacks:
+    `parse()` runs backend.config.from_data, or from_text for JSON text."""
     rng = random.Random(seed)
     base = preset("tiny").to_dict()
-    out = _outcome(n)
     for i in range(n):
         data, what = _config_case(rng, base)
         text = _as_text(data) if i % 4 == 3 else None
         if text is not None:
-            parse = lambda t=text: from_text(t, "json")  # noqa: E731
+            yield what, lambda t=text: from_text(t, "json")
         else:
-            parse = lambda d=data: from_data(d)  # noqa: E731
-        _run_case(out, what, parse, _config_storable)
+            yield what, lambda d=data: from_data(d)
     for what, text, fmt in _text_extremes():
+        yield what, lambda t=text, f=fmt: from_text(t, f)
+
+
+def fuzz_configs(n: int, seed: int = 0) -> dict:
+    """n mutated configs (plus the whole-text attacks) through
+    backend.config; counts {cases, refused_named, accepted, unexpected,
+    unexpected_exceptions: [{case, error}]}."""
+    out = _outcome(0)
+    for what, parse in config_cases(n, seed):
         out["cases"] += 1
-        _run_case(out, what, lambda t=text, f=fmt: from_text(t, f), _config_storable)
+        _run_case(out, what, parse, _config_storable)
     return out
 
 
@@ -293,27 +301,96 @@ SCHEDULE_OPS = {"reorder": _reorder, "overlap": _overlap, "duplicate": _duplicat
                 "tokens": _shift_tokens, "rescale": _rescale}
 
 
-def fuzz_schedules(n: int, seed: int = 0) -> dict:
-    """n mutated schedules through backend.schedule.parse_schedule (plain
-    data, or JSON text one time in four); counts as fuzz_configs."""
+def schedule_cases(n: int, seed: int = 0):
+    """(what, parse) for n mutated schedules (plain data, or JSON text one
+    time in four), then whole-text attacks; `parse()` runs parse_schedule."""
     rng = random.Random(seed)
     base = valid_schedule()
-    out = _outcome(n)
     for i in range(n):
         data = copy.deepcopy(base)
         what = "; ".join(_mutate(rng, data, SCHEDULE_OPS) for _ in range(rng.choice([1, 1, 2])))
         text = _as_text(data) if i % 4 == 3 else None
-        parse = (lambda t=text: parse_schedule(t)) if text is not None else (lambda d=data: parse_schedule(d))
-        _run_case(out, what, parse, _schedule_storable)
+        yield what, (lambda t=text: parse_schedule(t)) if text is not None else (lambda d=data: parse_schedule(d))
     for what, text in [
         ("100,000 nested objects", '{"a":' * 100_000 + "1" + "}" * 100_000),
         ("6 MB of spaces", " " * 6_000_000),
         ("version true", json.dumps({**base, "version": True})),
         ("approved_by an object", json.dumps(base).replace('"approved_by": "alice"', '"approved_by": {"x": 1}', 1)),
     ]:
+        yield what, lambda t=text: parse_schedule(t)
+
+
+def fuzz_schedules(n: int, seed: int = 0) -> dict:
+    """n mutated schedules (plus whole-text attacks) through
+    backend.schedule.parse_schedule; counts as fuzz_configs."""
+    out = _outcome(0)
+    for what, parse in schedule_cases(n, seed):
         out["cases"] += 1
-        _run_case(out, what, lambda t=text: parse_schedule(t), _schedule_storable)
+        _run_case(out, what, parse, _schedule_storable)
     return out
+
+
+# -- through the store ----------------------------------------------------------------
+
+
+def soak(n_schedules: int, n_configs: int, seed: int, workdir) -> dict:
+    """The same cases through the dashboard's entry points into a real store:
+    a config is parsed, checked by check_untrusted and stored as a run; a
+    schedule is parsed, its config checked, and stored as a replay run (not
+    started). A refusal must leave the database files byte-identical.
+    Returns {schedules, configs, refused, accepted, unexpected,
+    unexpected_exceptions, db_changed_on_refusal, ok} (bench/soak.py)."""
+    from backend.config import check_untrusted
+    from backend.store import Store
+    from backend.worker import create_run
+
+    db = Path(workdir) / "fuzz.db"
+    store = Store(db)
+    out = {**_outcome(0), "db_changed_on_refusal": 0, "db_changes": []}
+
+    def start_config(cfg):
+        check_untrusted(cfg)
+        return cfg
+
+    def store_config(cfg):
+        run_id = create_run(store, cfg)
+        if from_dict(store.run(run_id)["config"]) != cfg:
+            raise AssertionError("the stored config rebuilds a different config")
+
+    def start_schedule(parsed):
+        check_untrusted(parsed["run_config"])
+        return parsed
+
+    def store_schedule(parsed):
+        cfg = parsed["run_config"].replace(name=f"replay-{parsed['run_config'].name}")
+        run_id = create_run(store, cfg, replay_schedule=replay_record(parsed))
+        if store.run(run_id)["replay_schedule"]["segments"][0]["from_step"] != 0:
+            raise AssertionError("the stored replay schedule lost its first segment")
+
+    try:
+        for kind, cases, start, keep in (("schedules", schedule_cases(n_schedules, seed), start_schedule,
+                                          store_schedule),
+                                         ("configs", config_cases(n_configs, seed), start_config, store_config)):
+            out[kind] = 0
+            for what, parse in cases:
+                out[kind] += 1
+                out["cases"] += 1
+                before = _db_bytes(db)
+                refused = out["refused_named"] + out["unexpected"]
+                _run_case(out, what, lambda p=parse, s=start: s(p()), keep)
+                if out["refused_named"] + out["unexpected"] > refused and _db_bytes(db) != before:
+                    out["db_changed_on_refusal"] += 1
+                    out["db_changes"].append(what)
+    finally:
+        store.close()
+    out["refused"] = out["refused_named"]
+    out["ok"] = out["unexpected"] == 0 and out["db_changed_on_refusal"] == 0
+    return out
+
+
+def _db_bytes(db: Path) -> bytes:
+    """The database and its write-ahead log, as they are on disk."""
+    return b"".join(p.read_bytes() if p.exists() else b"-" for p in (db, db.with_name(db.name + "-wal")))
 
 
 def main(argv=None) -> int:

@@ -336,11 +336,10 @@ def settings_strategy():
 
     @register_strategy("test-settings")
     class Strategy:
-        settings = Settings
+        def __init__(self, settings):
+            self.settings = settings
 
-        def __init__(self, cfg):
-            self.cfg = cfg
-
+    Strategy.settings_class = Settings  # what register_strategy(name, settings=Settings) sets
     yield Settings
     _unregister(STRATEGIES, "test-settings")
 

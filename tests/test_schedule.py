@@ -312,3 +312,15 @@ def test_short_fuzz_finds_no_unexpected_exception():
     assert out["unexpected_exceptions"] == [] and out["unexpected"] == 0
     assert out["refused_named"] > out["accepted"] > 0
     assert out["refused_named"] + out["accepted"] == out["cases"]
+
+
+def test_short_fuzz_through_the_store_changes_nothing_on_refusal(tmp_path):
+    from bench.fuzz import soak
+
+    out = soak(n_schedules=60, n_configs=30, seed=2, workdir=tmp_path)
+    assert out["ok"] and out["unexpected"] == 0 and out["db_changed_on_refusal"] == 0
+    assert out["accepted"] > 0 and out["refused"] > 0 and out["cases"] == out["schedules"] + out["configs"]
+    # every accepted case is a stored run
+    store = Store(tmp_path / "fuzz.db")
+    assert len(store.runs()) == out["accepted"]
+    store.close()

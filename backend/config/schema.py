@@ -276,7 +276,8 @@ class ControllerConfig:
     for deficit, reference_step for doremi); validated against it and stored
     resolved, with every default filled in."""
 
-    LEGACY_KEYS: typing.ClassVar[tuple[str, ...]] = tuple(f.name for f in dataclasses.fields(LegacySettings))
+    LEGACY_KEYS: typing.ClassVar[tuple[str, ...]] = (
+        "step_size", "target", "saturation", "reference_step", "reference_losses")
     """Strategy settings that older configs and stored runs give flat in
     [controller]; they load into `options` (a flat key wins over the same
     key in options). One the strategy's settings lack is dropped, flat or in
@@ -294,11 +295,12 @@ class ControllerConfig:
         self._flat = frozenset(flat)
 
     def settings_class(self) -> type:
-        """The strategy's settings dataclass (LegacySettings if it declares none)."""
+        """The strategy's settings dataclass (its `settings_class`, given to
+        register_strategy; LegacySettings if it declares none)."""
         from backend.controllers import STRATEGIES
 
         cls = registered(STRATEGIES, self.strategy, "strategy", "controller.strategy")
-        return getattr(cls, "settings", None) or LegacySettings
+        return getattr(cls, "settings_class", None) or LegacySettings
 
     @property
     def settings(self):
