@@ -34,10 +34,10 @@ def test_every_source_declares_what_config_checks():
     # config validates a domain by its registered source class, not a list of names
     for name in list(SOURCES):
         cls = SOURCES.get(name)
-        assert all(isinstance(getattr(cls, a), bool) for a in ("streams_skills", "measures_size", "needs_path"))
+        assert all(isinstance(getattr(cls, a), bool) for a in ("streams_skills", "sized"))
     assert [n for n in SOURCES if SOURCES.get(n).streams_skills] == ["synthetic"]
-    assert [n for n in SOURCES if SOURCES.get(n).needs_path] == ["folder"]
-    assert {n for n in SOURCES if SOURCES.get(n).measures_size} == {"stdlib", "shakespeare", "folder"}
+    assert [n for n in SOURCES if getattr(SOURCES.get(n), "needs_path", False)] == ["folder"]
+    assert {n for n in SOURCES if SOURCES.get(n).sized} == {"stdlib", "shakespeare", "folder"}
 
 
 def test_folder_reads_txt_jsonl_and_parquet(tmp_path):

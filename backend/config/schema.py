@@ -443,7 +443,7 @@ class RunConfig:
                 )
             if init == "natural":
                 for i, d in enumerate(self.data.domains):
-                    if d.size_tokens is None and not getattr(source_entry(d.source), "measures_size", False):
+                    if d.size_tokens is None and not getattr(source_entry(d.source), "sized", False):
                         raise ConfigError(
                             f"data.domains[{i}].size_tokens: the natural mixture needs a size for "
                             f"{d.source} domain {d.name!r}"

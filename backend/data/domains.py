@@ -23,18 +23,13 @@ class DataError(ValueError):
 
 
 class Domain:
-    """A stream of documents. Subclasses implement `document`.
-
-    The class attributes below tell config validation what a source needs, so
-    a user-registered source is checked the same way as a built-in one."""
+    """A stream of documents. Subclasses implement `document`."""
 
     streams_skills = False
-    """Streams examples of the skills listed in the domain config (and may
-    plant evaluation items, `contamination`)."""
-    measures_size = False
-    """Counts its own tokens, so the `natural` mixture needs no size_tokens."""
-    needs_path = False
-    """Reads the folder named by the domain config's `path`."""
+    """Whether a domain of this source streams the skills its config lists."""
+    sized = False
+    """Whether the source measures its size in tokens (else the config's
+    size_tokens is needed for the natural mixture)."""
 
     def __init__(self, cfg: DomainConfig):
         self.name = cfg.name
@@ -111,7 +106,7 @@ class TextDomain(Domain):
     """Documents from a fixed list; documents() is implemented by the source."""
 
     holdout_share = 0.05
-    measures_size = True
+    sized = True
 
     def __init__(self, cfg: DomainConfig):
         super().__init__(cfg)
@@ -184,6 +179,8 @@ class FolderDomain(TextDomain):
     `text`) files, read in sorted order."""
 
     needs_path = True
+    """Config validation: a domain of this source needs `path` (other
+    sources take none)."""
 
     def __init__(self, cfg: DomainConfig):
         self.path = Path(cfg.path or "")
