@@ -10,14 +10,24 @@ can rebuild the same run and follow the same weights.
 from __future__ import annotations
 
 import json
-import math
 
 from backend import config as config_mod
-from backend.config import ConfigError
+from backend.config import ConfigError, Limits
+from backend.config.loader import InputError, check_plain, key_path, parse_text, show
+from backend.mixture import WeightsError, validate_weights
+from backend.vocab import config_tokens_per_step
 
 FORMAT = "closed-loop-schedule"
 VERSION = 1
 SOURCES = ("initial", "proposal", "manual", "replay")
+TOP_KEYS = ("format", "version", "run", "config", "domains", "total_steps", "tokens_per_step", "segments")
+"""The keys of an exported schedule; any other is refused."""
+RUN_KEYS = {"id": int, "name": str, "seed": int, "status": str}
+"""The exported `run` object: where the schedule came from (each may be null)."""
+SEGMENT_KEYS = {"from_step": int, "to_step": int, "from_tokens": int, "to_tokens": int, "weights": dict,
+                "source": str, "proposal_id": int, "strategy": str, "approved_by": str}
+"""A segment's keys and types; all but from_step and weights may be absent
+or null."""
 
 
 class ScheduleError(ValueError):
@@ -28,7 +38,7 @@ def export_schedule(store, run_id: int) -> dict:
     """The run's schedule as a JSON-ready dict (format and version first)."""
     run = store.run(run_id)
     cfg = run["config"]
-    tokens_per_step = cfg["train"]["batch_size"] * cfg["data"]["context_length"]
+    tokens_per_step = config_tokens_per_step(cfg)
     segments = store.schedule(run_id)
     proposals = {p["id"]: p for p in store.proposals(run_id)}
     total = cfg["train"]["steps"]
@@ -59,74 +69,142 @@ def export_schedule(store, run_id: int) -> dict:
     }
 
 
-def parse_schedule(data) -> dict:
-    """Validate an imported schedule; returns it with a checked RunConfig
-    under `run_config`. Raises ScheduleError naming the first bad field."""
-    if isinstance(data, (str, bytes)):
-        try:
-            data = json.loads(data)
-        except UnicodeDecodeError:
-            raise ScheduleError("not valid JSON: the file is not UTF-8 text") from None
-        except json.JSONDecodeError as e:
-            raise ScheduleError(f"not valid JSON: {e}") from None
+def parse_schedule(data, *, limits: Limits | None = None) -> dict:
+    """Validate an imported schedule (JSON text, bytes or plain data) completely;
+    returns it with a checked RunConfig under `run_config` and each segment's
+    weights renormalised. Raises ScheduleError naming the first bad field.
+
+    Refused: text over limits.max_schedule_bytes or nested deeper than
+    limits.max_depth, unknown keys, integers outside 64 bits, text that is
+    not valid Unicode, segments out of order, overlapping or not tiling the
+    run, token counts that disagree with the config, and a replay record
+    over limits.max_stored_schedule_bytes."""
+    limits = limits or Limits.from_env()
+    try:
+        if isinstance(data, (str, bytes)):
+            data = parse_text(data, "json", max_bytes=limits.max_schedule_bytes, max_depth=limits.max_depth)
+        else:
+            check_plain(data, max_depth=limits.max_depth)
+    except InputError as e:
+        raise ScheduleError(f"schedule: {e}" if str(e).startswith("the file") else str(e)) from None
     if not isinstance(data, dict):
         raise ScheduleError("top level: expected a JSON object")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise ScheduleError(f"{key_path('', key)}: unknown key (known: {', '.join(TOP_KEYS)})")
     if data.get("format") != FORMAT:
-        raise ScheduleError(f"format: expected {FORMAT!r}, got {data.get('format')!r}")
-    if data.get("version") != VERSION:
-        raise ScheduleError(f"version: expected {VERSION}, got {data.get('version')!r}")
+        raise ScheduleError(f"format: expected {FORMAT!r}, got {show(data.get('format'))}")
+    version = data.get("version")
+    if isinstance(version, bool) or version != VERSION:  # True == 1 in Python
+        raise ScheduleError(f"version: expected {VERSION}, got {show(version)}")
     if "config" not in data:
         raise ScheduleError("config: missing")
     try:
-        cfg = config_mod.from_dict(data["config"])
+        cfg = config_mod.from_dict(data["config"], limits=limits)
     except ConfigError as e:
         raise ScheduleError(f"config.{e}") from None
-    domains = cfg.domain_names
-    segs = data.get("segments")
+    _check_header(data, cfg)
+    segments = _check_segments(data.get("segments"), cfg)
+    parsed = {**data, "segments": segments, "run_config": cfg}
+    record = replay_record(parsed)
+    size = len(json.dumps(record))
+    if size > limits.max_stored_schedule_bytes:
+        raise ScheduleError(f"segments: {len(segments)} segments take {size:,} bytes to store with the run; "
+                            f"the limit is {limits.max_stored_schedule_bytes:,} "
+                            "(CLOSED_LOOP_MAX_STORED_SCHEDULE_BYTES)")
+    return parsed
+
+
+def replay_record(parsed: dict) -> dict:
+    """What a replay run stores of a parsed schedule: where it came from and
+    its segments (the config is stored with the run already)."""
+    keep = ("from_step", "to_step", "weights", "source", "proposal_id", "approved_by")
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "run": parsed.get("run"),
+        "segments": [{k: seg.get(k) for k in keep} for seg in parsed["segments"]],
+    }
+
+
+def _check_header(data: dict, cfg) -> None:
+    """run, domains, total_steps and tokens_per_step, where given, agree with the config."""
+    run = data.get("run")
+    if run is not None:
+        if not isinstance(run, dict):
+            raise ScheduleError(f"run: expected an object or null, got {type(run).__name__}")
+        _check_keys(run, RUN_KEYS, "run")
+    domains = data.get("domains")
+    if domains is not None and (not isinstance(domains, list) or sorted(map(str, domains)) != sorted(cfg.domain_names)
+                                or len(domains) != len(cfg.domain_names)):
+        raise ScheduleError(f"domains: expected the config's domains {cfg.domain_names}, got {show(domains)}")
+    expected = {"total_steps": cfg.train.steps, "tokens_per_step": config_tokens_per_step(cfg.to_dict())}
+    for key, want in expected.items():
+        got = data.get(key)
+        if got is not None and (isinstance(got, bool) or got != want):
+            raise ScheduleError(f"{key}: expected {want} (from the config), got {show(got)}")
+
+
+def _check_keys(obj: dict, types: dict[str, type], where: str) -> None:
+    for k, v in obj.items():
+        if k not in types:
+            raise ScheduleError(f"{key_path(where, k)}: unknown key (known: {', '.join(types)})")
+        want = types[k]
+        if v is not None and (not isinstance(v, want) or isinstance(v, bool) and want is not bool):
+            raise ScheduleError(f"{where}.{k}: expected {want.__name__} or null, got {show(v)}")
+
+
+def _check_segments(segs, cfg) -> list[dict]:
+    """Each segment checked in order (from_step and weights first, so the
+    first wrong step is named), then the tiling: to_step meets the next
+    from_step, the last ends at train.steps, tokens follow steps."""
     if not isinstance(segs, list) or not segs:
         raise ScheduleError("segments: expected a non-empty list")
-    every = cfg.train.checkpoint_every
-    prev = -1
+    domains, every, total = cfg.domain_names, cfg.train.checkpoint_every, cfg.train.steps
+    out, prev = [], -1
     for i, seg in enumerate(segs):
         where = f"segments[{i}]"
         if not isinstance(seg, dict):
             raise ScheduleError(f"{where}: expected an object")
         step = seg.get("from_step")
         if isinstance(step, bool) or not isinstance(step, int):
-            raise ScheduleError(f"{where}.from_step: expected an integer, got {step!r}")
+            raise ScheduleError(f"{where}.from_step: expected an integer, got {show(step)}")
         if i == 0 and step != 0:
             raise ScheduleError(f"{where}.from_step: the first segment must start at step 0, got {step}")
         if step <= prev:
             raise ScheduleError(f"{where}.from_step: {step} is not after the previous segment's {prev}")
-        if step % every or step >= cfg.train.steps:
+        if step % every or step >= total:
             raise ScheduleError(
-                f"{where}.from_step: {step} is not a checkpoint step (multiples of {every} below {cfg.train.steps})"
+                f"{where}.from_step: {step} is not a checkpoint step (multiples of {every} below {total})"
             )
         prev = step
-        w = seg.get("weights")
-        if not isinstance(w, dict):
-            raise ScheduleError(f"{where}.weights: expected an object mapping domain to weight")
-        for d in domains:
-            if d not in w:
-                raise ScheduleError(f"{where}.weights: missing domain {d!r}")
-        for d, v in w.items():
-            if d not in domains:
-                raise ScheduleError(f"{where}.weights.{d}: unknown domain (domains: {', '.join(domains)})")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v) or v < 0:
-                raise ScheduleError(f"{where}.weights.{d}: expected a finite number >= 0, got {v!r}")
-        total = sum(w.values())
-        if abs(total - 1.0) > 1e-6:
-            raise ScheduleError(f"{where}.weights: must sum to 1, got {total:.6f}")
+        if "weights" not in seg:
+            raise ScheduleError(f"{where}.weights: missing")
+        try:
+            weights = validate_weights(seg["weights"], domains)
+        except WeightsError as e:
+            field = key_path(f"{where}.weights", e.domain) if e.domain is not None else f"{where}.weights"
+            raise ScheduleError(f"{field}: {e}") from None
+        # An export's weights already sum to 1: keep their exact floats, so a
+        # replay samples bit-for-bit what the run did.
+        if abs(sum(seg["weights"].values()) - 1.0) > 1e-9:
+            seg = {**seg, "weights": weights}
+        _check_keys(seg, SEGMENT_KEYS, where)
         if seg.get("source", "proposal") not in SOURCES:
-            raise ScheduleError(f"{where}.source: expected one of {', '.join(SOURCES)}, got {seg.get('source')!r}")
-    return {**data, "run_config": cfg}
-
-
-def _finite(v) -> bool:
-    try:
-        return math.isfinite(v)
-    except OverflowError:  # an int too large for a float
-        return False
+            raise ScheduleError(f"{where}.source: expected one of {', '.join(SOURCES)}, got {show(seg.get('source'))}")
+        out.append(seg)
+    tokens_per_step = config_tokens_per_step(cfg.to_dict())
+    for i, seg in enumerate(out):
+        where = f"segments[{i}]"
+        end = out[i + 1]["from_step"] if i + 1 < len(out) else total
+        if seg.get("to_step") is not None and seg["to_step"] != end:
+            whose = f"segments[{i + 1}].from_step" if i + 1 < len(out) else "train.steps"
+            raise ScheduleError(f"{where}.to_step: {seg['to_step']} must equal {whose} {end}")
+        for key, step in (("from_tokens", seg["from_step"]), ("to_tokens", end)):
+            if seg.get(key) is not None and seg[key] != step * tokens_per_step:
+                raise ScheduleError(f"{where}.{key}: {seg[key]} is not step {step} x {tokens_per_step} "
+                                    f"tokens per step ({step * tokens_per_step})")
+    return out
 
 
 def to_megatron_blend(schedule: dict, paths: dict[str, str] | None = None) -> list[dict]:

@@ -225,7 +225,9 @@ def start_replay(db_path: str, schedule: dict, *, source: str, detach: bool = Tr
     and start it (detached, or in this process); returns the run id."""
     store = Store(db_path)
     origin = schedule.get("run") if isinstance(schedule.get("run"), dict) else {}
-    sched = {k: v for k, v in schedule.items() if k != "run_config"}
+    from backend.schedule import replay_record
+
+    sched = replay_record(schedule)  # segments only: the config is stored with the run, the size capped by parse
     cfg = schedule["run_config"].replace(name=f"replay-{origin.get('name') or schedule['run_config'].name}")
     run_id = create_run(store, cfg, replay_schedule=sched)
     store.log_event(run_id, "replay", f"replays schedule of run {origin.get('id', '?')} from {source}")

@@ -280,3 +280,225 @@ def test_non_utf8_file_gives_config_error_naming_the_file(tmp_path):
     p.write_bytes(b'preset = "tiny"\nname = "caf\xe9"\n')
     with pytest.raises(ConfigError, match="run.toml"):
         load(p)
+
+
+# -- registries: a user's source or strategy is checked like a built-in one ---------------
+
+
+def _unregister(registry, name: str) -> None:
+    # a plain dict today, a backend.registry.Registry once strategies and sources move there
+    (registry.remove if hasattr(registry, "remove") else registry.pop)(name)
+
+
+def test_a_user_registered_source_is_accepted_and_classified_by_its_class():
+    from backend.data.domains import SOURCES, TextDomain, register_source
+
+    @register_source("test-lines")
+    class Lines(TextDomain):
+        def documents(self):
+            return ["one line", "another line"]
+
+    try:
+        d = tiny()
+        d["data"]["domains"].append({"name": "lines", "source": "test-lines"})
+        d["mixture"]["initial"] = "natural"  # a text source measures its own size
+        assert from_dict(d).data.domains[-1].source == "test-lines"
+        d["data"]["domains"][-1]["skills"] = ["copy"]
+        assert refused(d).startswith("data.domains[6].skills: only skill-streaming")
+    finally:
+        _unregister(SOURCES, "test-lines")
+    assert refused(d).startswith("data.domains[6].source: unknown source 'test-lines'")
+
+
+def test_a_path_on_a_source_that_reads_no_folder_is_refused():
+    d = tiny()
+    d["data"]["domains"][5]["path"] = "examples/prose"
+    assert refused(d).startswith("data.domains[5].path: source 'stdlib' reads no folder")
+
+
+@pytest.fixture
+def settings_strategy():
+    """A strategy that owns a settings dataclass (what every built-in one will)."""
+    from dataclasses import dataclass
+
+    from backend.controllers import STRATEGIES, register_strategy
+
+    @dataclass(kw_only=True)
+    class Settings:
+        step_size: float = 1.0
+        """Step."""
+        horizon: int = 2
+        """Checkpoints ahead."""
+
+        def validate(self, path, run_cfg=None):
+            if run_cfg is not None and self.horizon * run_cfg.train.checkpoint_every > run_cfg.train.steps:
+                raise ConfigError(f"{path}.horizon: {self.horizon} checkpoints reach past train.steps")
+
+    @register_strategy("test-settings")
+    class Strategy:
+        def __init__(self, settings):
+            self.settings = settings
+
+    Strategy.settings_class = Settings  # what register_strategy(name, settings=Settings) sets
+    yield Settings
+    _unregister(STRATEGIES, "test-settings")
+
+
+def test_options_are_validated_against_the_strategys_settings(settings_strategy):
+    d = tiny()
+    d["controller"] = {"strategy": "test-settings", "options": {"horizon": 3}}
+    cfg = from_dict(d)
+    assert cfg.controller.settings == settings_strategy(horizon=3)
+    assert cfg.controller.horizon == 3 and cfg.controller.step_size == 1.0  # strategies read cfg.<setting>
+    assert cfg.to_dict()["controller"]["options"] == {"step_size": 1.0, "horizon": 3}  # stored resolved
+    assert from_dict(cfg.to_dict()) == cfg
+    d["controller"]["options"] = {"horizon": "far"}
+    assert refused(d).startswith("controller.options.horizon: expected an integer")
+    d["controller"]["options"] = {"horizn": 3}
+    assert refused(d).startswith("controller.options.horizn: unknown key (known: step_size, horizon)")
+    d["controller"]["options"] = {"horizon": 4}  # 4 x 10 steps > 30: the settings' own cross-field check
+    assert refused(d).startswith("controller.options.horizon: 4 checkpoints reach past train.steps")
+
+
+def test_flat_strategy_keys_of_older_configs_move_into_options(settings_strategy):
+    # every config and database written before options held the five flat keys
+    old = tiny()
+    old["controller"] = {"strategy": "deficit", "step_size": 3.0, "target": 1.0, "saturation": 0.9, "floor": 0.02,
+                         "cap": 0.7, "max_change": 0.25, "smoothing": 0.1, "reference_step": None,
+                         "reference_losses": None}
+    cfg = from_dict(old)
+    stored = cfg.to_dict()["controller"]
+    assert "step_size" not in stored and stored["options"]["step_size"] == 3.0
+    assert cfg.controller.saturation == 0.9
+    # a strategy with its own settings keeps the flat keys it knows and drops the rest
+    old["controller"]["strategy"] = "test-settings"
+    assert from_dict(old).to_dict()["controller"]["options"] == {"step_size": 3.0, "horizon": 2}
+    # so does a config stored while every strategy shared the five settings
+    shared = cfg.to_dict()
+    shared["controller"]["strategy"] = "test-settings"
+    assert from_dict(shared).controller.options == {"step_size": 3.0, "horizon": 2}
+    # a bad flat value is named as written
+    old["controller"]["step_size"] = "big"
+    assert refused(old).startswith("controller.step_size: expected a number")
+
+
+def test_changing_the_strategy_over_a_preset_drops_its_options(settings_strategy):
+    cfg = from_data({"preset": "tiny", "controller": {"strategy": "test-settings"}})
+    assert cfg.controller.options == {"step_size": 1.0, "horizon": 2}
+    base = preset("tiny").to_dict()
+    assert from_data({"preset": "tiny", "controller": {"options": {"saturation": 0.5}}}).controller.saturation == 0.5
+    assert config.merge(base, {"controller": {"strategy": "test-settings"}})["controller"].get("options") is None
+
+
+def test_shipped_presets_are_toml_files_that_load_like_a_users():
+    for name, path in config.PRESETS.items():
+        assert path.suffix == ".toml" and load(path) == preset(name)
+
+
+@pytest.mark.parametrize("value, words", [(["tiny"], "got list"), ({"a": 1}, "got dict"), (3, "got int"),
+                                          ("huge", "unknown preset 'huge'")])
+def test_a_preset_that_is_not_a_known_name_is_refused(value, words):
+    with pytest.raises(ConfigError, match="^preset:") as e:
+        from_data({"preset": value})
+    assert words in str(e.value)
+
+
+# -- hostile input: refused naming the field, never a traceback --------------------------
+
+
+@pytest.mark.parametrize("text, suffix, start", [
+    ("[" * 100_000 + "]" * 100_000, "json", "config file"),
+    ('{"a":' * 100_000 + "1" + "}" * 100_000, "json", "config file"),
+    ("a = " + "[" * 100_000 + "]" * 100_000, "toml", "config file"),
+    ("a = " + "{b=" * 100_000 + "1" + "}" * 100_000, "toml", "config file"),
+    ("a" + ".a" * 100_000 + " = 1", "toml", "config file"),
+    ('{"preset": "tiny", "seed": ' + "9" * 5000 + "}", "json", "seed: an integer of 5000 digits"),
+    ('preset = "tiny"\nseed = ' + "9" * 5000 + "\n", "toml", "config file"),
+    ('{"preset": "tiny", "train": {"lr": 1e400}}', "json", "train.lr: expected a finite number"),
+    ('{"preset": "tiny", "name": "a\\ud800"}', "json", "name: text with a lone surrogate"),
+    ('{"preset": "tiny", "na\\udfffme": 1}', "json", "top level: a key with a lone surrogate"),
+    ('{"preset": ["tiny"]}', "json", "preset: expected a preset name"),
+], ids=["json-lists", "json-objects", "toml-arrays", "toml-inline-tables", "toml-dotted-key", "json-5000-digits",
+        "toml-5000-digits", "json-1e400", "json-surrogate", "json-surrogate-key", "json-preset-list"])
+def test_hostile_files_are_refused_naming_the_field(tmp_path, text, suffix, start):
+    p = tmp_path / f"run.{suffix}"
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    assert str(e.value).startswith(start), str(e.value)[:200]
+    if start == "config file":
+        assert "nested deeper than 32" in str(e.value) or "5000 digits" in str(e.value)
+
+
+def test_a_file_over_the_size_limit_is_refused_before_reading(tmp_path, monkeypatch):
+    p = tmp_path / "run.toml"
+    p.write_text('preset = "tiny"\nname = "' + "x" * 5000 + '"\n')
+    monkeypatch.setenv("CLOSED_LOOP_MAX_CONFIG_BYTES", "1000")
+    with pytest.raises(ConfigError, match="above the limit of 1,000 bytes"):
+        load(p)
+    with pytest.raises(ConfigError, match="above the limit of 1,000 bytes"):
+        config.from_text(p.read_text(), "toml")
+
+
+def nested(depth: int) -> list:
+    value: list = ["copy"]
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("mutate, start", [
+    (lambda d: d.update(seed=2**70), "seed: an integer of 71 bits is outside 64-bit integers"),
+    (lambda d: d.update(seed=2**32), "seed: must be within [0, 2**32)"),
+    (lambda d: d.update(seed=10**5000), "seed: an integer of 16610 bits"),
+    (lambda d: d["train"].update(steps=2**63), "train.steps: 9223372036854775808 is outside 64-bit"),
+    (lambda d: d["train"].update(steps=2**60), "train.steps: 1152921504606846976 steps of 8 x 48 tokens exceed"),
+    (lambda d: d["train"].update(lr=10**400), "train.lr: an integer of 1329 bits"),
+    (lambda d: d["train"].update(threads=2**40), "train.threads: at most 4096"),
+    (lambda d: d["evaluation"].update(skills=["copy", "add2", "copy"]), "evaluation.skills: duplicate skill 'copy'"),
+    (lambda d: d["data"]["domains"][0].update(skills=["copy", "copy"]), "data.domains[0].skills: duplicate skill"),
+    (lambda d: d["data"]["domains"].append({"name": "mine", "source": "folder", "path": "a\x00b"}),
+     "data.domains[6].path: a path cannot hold a NUL"),
+    (lambda d: d["model"].update(pretrained="/"), "model.pretrained: '/' is not a saved transformers model"),
+    (lambda d: d["data"].update(tokenizer_path="/"), "data.tokenizer_path: '/' is not a saved tokenizer"),
+    (lambda d: d.update(name="caf\udce9"), "name: text with a lone surrogate"),
+    (lambda d: d["evaluation"].update(skills=["\ud800"]), "evaluation.skills[0]: text with a lone surrogate"),
+    (lambda d: d["data"]["domains"][0].update(skills=nested(40)), "data.domains[0].skills"),
+])
+def test_hostile_values_are_refused_naming_the_field(mutate, start):
+    d = tiny()
+    mutate(d)
+    msg = refused(d)
+    assert msg.startswith(start), msg[:200]
+
+
+def test_a_model_folder_needs_a_loadable_model(tmp_path):
+    d = tiny()
+    d["model"]["pretrained"] = str(tmp_path)
+    assert "no config.json" in refused(d)
+    (tmp_path / "config.json").write_text("{}")
+    assert from_dict(d).model.pretrained == str(tmp_path)
+
+
+def test_short_fuzz_finds_no_unexpected_exception():
+    from bench.fuzz import fuzz_configs
+
+    out = fuzz_configs(50, seed=1)
+    assert out["unexpected_exceptions"] == [] and out["unexpected"] == 0
+    assert out["refused_named"] > out["accepted"] > 0
+    assert out["refused_named"] + out["accepted"] == out["cases"]
+
+
+@pytest.mark.parametrize("text, fmt", [
+    ('{"name": "' + '\\"' * 400_000, "json"),  # an unterminated string of escaped quotes
+    ('name = "' + '\\"' * 400_000, "toml"),
+    ("a" + ".b" * 400_000, "toml"),  # dots with no `=`
+    ('""' * 400_000, "json"),
+], ids=["json-escaped-quotes", "toml-escaped-quotes", "toml-dots", "json-empty-strings"])
+def test_the_depth_scan_stays_linear_on_hostile_text(text, fmt):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="^config: "):
+        config.from_text(text, fmt)
+    assert time.perf_counter() - start < 5.0  # a quadratic scan of 800 KB takes minutes

@@ -30,10 +30,14 @@ def write_parquet(path, column: str, values) -> None:
     pq.write_table(pa.table({column: values}), path)
 
 
-def test_every_config_source_has_a_registered_domain():
-    from backend.config import DOMAIN_SOURCES
-
-    assert set(DOMAIN_SOURCES) <= set(SOURCES)
+def test_every_source_declares_what_config_checks():
+    # config validates a domain by its registered source class, not a list of names
+    for name in list(SOURCES):
+        cls = SOURCES.get(name)
+        assert all(isinstance(getattr(cls, a), bool) for a in ("streams_skills", "sized"))
+    assert [n for n in SOURCES if SOURCES.get(n).streams_skills] == ["synthetic"]
+    assert [n for n in SOURCES if getattr(SOURCES.get(n), "needs_path", False)] == ["folder"]
+    assert {n for n in SOURCES if SOURCES.get(n).sized} == {"stdlib", "shakespeare", "folder"}
 
 
 def test_folder_reads_txt_jsonl_and_parquet(tmp_path):

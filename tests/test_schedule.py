@@ -99,7 +99,6 @@ def seg_weights(i, **changes):
     (seg_weights(1, noise=math.inf), "segments[1].weights.noise:"),
     (seg_weights(1, noise="0.05"), "segments[1].weights.noise:"),
     (seg_weights(1, noise=True), "segments[1].weights.noise:"),
-    (seg_weights(1, noise=0.5), "segments[1].weights:"),
     (lambda s: s["segments"][1].update(source="magic"), "segments[1].source:"),
 ])
 def test_broken_schedule_is_refused_naming_the_field(fn, start):
@@ -111,9 +110,24 @@ def test_messages_say_what_is_wrong():
     assert "not a checkpoint step" in refused(mutated(lambda s: s["segments"][1].update(from_step=15)))
     assert "not after" in refused(mutated(lambda s: s["segments"][1].update(from_step=0)))
     assert "must start at step 0" in refused(mutated(lambda s: s["segments"][0].update(from_step=10)))
-    assert "missing domain 'code'" in refused(mutated(lambda s: s["segments"][1]["weights"].pop("code")))
+    assert "missing weight for domain 'code'" in refused(mutated(lambda s: s["segments"][1]["weights"].pop("code")))
     assert "unknown domain" in refused(mutated(seg_weights(1, web=0.0)))
-    assert "sum to 1" in refused(mutated(seg_weights(1, noise=0.5)))
+
+
+def test_weights_follow_the_one_mixture_rule_renormalised():
+    # backend.mixture.validate_weights: any finite weights >= 0, not all zero,
+    # renormalised (an import used to demand a sum of exactly 1)
+    out = parse_schedule(mutated(seg_weights(1, noise=0.5)))
+    w = out["segments"][1]["weights"]
+    assert sum(w.values()) == pytest.approx(1.0)
+    assert w["noise"] == pytest.approx(0.5 / 1.45) and w["strings"] == pytest.approx(0.3 / 1.45)
+    assert "all weights are zero" in refused(mutated(lambda s: s["segments"][0].update(
+        weights=dict.fromkeys(DOMAINS, 0))))
+    # weights whose sum passes the largest float are scaled, not turned into zeros
+    huge = parse_schedule(mutated(lambda s: s["segments"][0].update(weights=dict.fromkeys(DOMAINS, 1e308))))
+    assert huge["segments"][0]["weights"] == pytest.approx(UNIFORM)
+    # an export's weights already sum to 1 and keep their exact floats (bit-for-bit replay)
+    assert parse_schedule(schedule())["segments"][0]["weights"] == UNIFORM
 
 
 @pytest.mark.parametrize("data", ["{not json", b"\xff\xfe", "[1, 2]", "42", None])
@@ -131,7 +145,8 @@ def test_segment_source_is_optional():
     s = schedule()
     for seg in s["segments"]:
         seg.pop("source")
-    parse_schedule(s)
+    out = parse_schedule(s)
+    assert [seg.get("source") for seg in out["segments"]] == [None, None]
 
 
 def test_megatron_blend():
@@ -206,3 +221,107 @@ def test_export_prefers_the_stored_domains(filled):
     store, rid, *_ = filled
     store.set_domains(rid, [{"name": d, "source": "x", "skills": []} for d in reversed(DOMAINS)])
     assert export_schedule(store, rid)["domains"] == DOMAINS[::-1]
+
+
+# -- consistency and hostile input ------------------------------------------------------
+
+
+def exported() -> dict:
+    """schedule() with everything an export carries."""
+    s = schedule()
+    s.update(run={"id": 1, "name": "tiny", "seed": 0, "status": "finished"}, domains=list(DOMAINS),
+             total_steps=30, tokens_per_step=384)
+    for seg in s["segments"]:
+        seg.update(from_tokens=seg["from_step"] * 384, to_tokens=seg["to_step"] * 384, proposal_id=None,
+                   strategy=None, approved_by=None)
+    return s
+
+
+def test_a_full_export_passes():
+    assert parse_schedule(exported())["segments"][1]["to_tokens"] == 30 * 384
+
+
+@pytest.mark.parametrize("fn, start", [
+    (lambda s: s.update(version=True), "version: expected 1, got True"),
+    (lambda s: s.update(extra=1), "extra: unknown key"),
+    (lambda s: s.update(run_config={}), "run_config: unknown key"),
+    (lambda s: s["segments"][0].update(colour="red"), "segments[0].colour: unknown key"),
+    (lambda s: s["run"].update(owner="x"), "run.owner: unknown key"),
+    (lambda s: s.update(run=[1]), "run: expected an object"),
+    (lambda s: s["run"].update(name={"a": 1}), "run.name: expected str or null"),
+    (lambda s: s["segments"][1].update(approved_by={"name": "x"}), "segments[1].approved_by: expected str or null"),
+    (lambda s: s["segments"][1].update(approved_by=7), "segments[1].approved_by: expected str or null"),
+    (lambda s: s["segments"][1].update(proposal_id="3"), "segments[1].proposal_id: expected int or null"),
+    (lambda s: s["segments"][1].update(proposal_id=2**63), "segments[1].proposal_id: 9223372036854775808 is outside"),
+    (lambda s: s["segments"][0].update(to_step=20), "segments[0].to_step: 20 must equal segments[1].from_step 10"),
+    (lambda s: s["segments"][0].update(to_step=5), "segments[0].to_step: 5 must equal segments[1].from_step 10"),
+    (lambda s: s["segments"][1].update(to_step=40), "segments[1].to_step: 40 must equal train.steps 30"),
+    (lambda s: s["segments"][1].update(from_tokens=3841), "segments[1].from_tokens: 3841 is not step 10 x 384"),
+    (lambda s: s["segments"][0].update(to_tokens=0), "segments[0].to_tokens: 0 is not step 10 x 384"),
+    (lambda s: s["segments"].reverse(), "segments[0].from_step: the first segment must start at step 0"),
+    (lambda s: s.update(total_steps=40), "total_steps: expected 30"),
+    (lambda s: s.update(tokens_per_step=True), "tokens_per_step: expected 384"),
+    (lambda s: s.update(domains=DOMAINS[:-1]), "domains: expected the config's domains"),
+    (lambda s: s["segments"][1]["weights"].update(noise=10**5000), "segments[1].weights.noise: an integer of"),
+    (lambda s: s["segments"][1].update(approved_by="bob\ud800"), "segments[1].approved_by: text with a lone surrogate"),
+    (lambda s: s["config"].update(seed=2**70), "config.seed: an integer of 71 bits"),
+    (lambda s: s["config"]["model"].update(pretrained="/"), "config.model.pretrained: '/' is not a saved"),
+])
+def test_inconsistent_or_hostile_schedule_is_refused_naming_the_field(fn, start):
+    s = exported()
+    fn(s)
+    msg = refused(s)
+    assert msg.startswith(start), msg[:200]
+
+
+@pytest.mark.parametrize("text, start", [
+    ('{"a":' * 100_000 + "1" + "}" * 100_000, "not valid JSON: nested deeper than 32 levels"),
+    ("[" * 100_000 + "]" * 100_000, "not valid JSON: nested deeper than 32 levels"),
+    (json.dumps(exported()).replace('"noise": 0.05', '"noise": ' + "9" * 5000),
+     "segments[1].weights.noise: an integer of 5000 digits"),
+    (json.dumps(exported()).replace('"approved_by": null', '"approved_by": "\\udc00"', 1),
+     "segments[0].approved_by: text with a lone surrogate"),
+], ids=["objects", "lists", "5000-digits", "surrogate"])
+def test_hostile_text_is_refused_naming_the_field(text, start):
+    msg = refused(text)
+    assert msg.startswith(start), msg[:200]
+
+
+def test_size_limits_for_the_file_and_what_a_run_stores(monkeypatch):
+    text = json.dumps(exported())
+    monkeypatch.setenv("CLOSED_LOOP_MAX_SCHEDULE_BYTES", str(len(text) - 1))
+    assert refused(text).startswith(f"schedule: the file is {len(text):,} bytes")
+    monkeypatch.setenv("CLOSED_LOOP_MAX_SCHEDULE_BYTES", str(len(text)))
+    parse_schedule(text)
+    monkeypatch.setenv("CLOSED_LOOP_MAX_STORED_SCHEDULE_BYTES", "200")
+    assert refused(text).startswith("segments: 2 segments take")
+
+
+def test_a_replay_stores_the_segments_not_the_config():
+    from backend.schedule import replay_record
+
+    record = replay_record(parse_schedule(exported()))
+    assert "config" not in record and record["run"]["name"] == "tiny"
+    assert [s["from_step"] for s in record["segments"]] == [0, 10]
+    assert record["segments"][1]["weights"] == SKEWED
+
+
+def test_short_fuzz_finds_no_unexpected_exception():
+    from bench.fuzz import fuzz_schedules
+
+    out = fuzz_schedules(100, seed=1)
+    assert out["unexpected_exceptions"] == [] and out["unexpected"] == 0
+    assert out["refused_named"] > out["accepted"] > 0
+    assert out["refused_named"] + out["accepted"] == out["cases"]
+
+
+def test_short_fuzz_through_the_store_changes_nothing_on_refusal(tmp_path):
+    from bench.fuzz import soak
+
+    out = soak(n_schedules=60, n_configs=30, seed=2, workdir=tmp_path)
+    assert out["ok"] and out["unexpected"] == 0 and out["db_changed_on_refusal"] == 0
+    assert out["accepted"] > 0 and out["refused"] > 0 and out["cases"] == out["schedules"] + out["configs"]
+    # every accepted case is a stored run
+    store = Store(tmp_path / "fuzz.db")
+    assert len(store.runs()) == out["accepted"]
+    store.close()

@@ -183,6 +183,10 @@ class FolderDomain(TextDomain):
     """A user's folder of .txt, .jsonl (field `text`) and .parquet (column
     `text`) files, read in sorted order."""
 
+    needs_path = True
+    """Config validation: a domain of this source needs `path` (other
+    sources take none)."""
+
     def __init__(self, cfg: DomainConfig):
         self.path = Path(cfg.path or "")
         super().__init__(cfg)

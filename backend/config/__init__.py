@@ -1,0 +1,28 @@
+"""Run configuration: schema (dataclasses, validation), loader (files and
+plain data), presets (shipped TOML files) and limits (untrusted input).
+
+`from backend.config import RunConfig, load, preset, ...` is the public face;
+each name lives in the module that owns its job.
+"""
+
+from backend.config.limits import Limits, check_untrusted, data_roots
+from backend.config.loader import from_data, from_dict, from_text, load, merge
+from backend.config.presets import PRESETS, preset
+from backend.config.schema import (
+    ConfigError,
+    ControllerConfig,
+    DataConfig,
+    DomainConfig,
+    EvalConfig,
+    LegacySettings,
+    MixtureConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "PRESETS", "ConfigError", "ControllerConfig", "DataConfig", "DomainConfig", "EvalConfig", "LegacySettings",
+    "Limits", "MixtureConfig", "ModelConfig", "RunConfig", "TrainConfig", "check_untrusted", "data_roots",
+    "from_data", "from_dict", "from_text", "load", "merge", "preset",
+]

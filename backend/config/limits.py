@@ -1,0 +1,172 @@
+"""Limits for untrusted input: how large, deep and long a config, schedule or
+run may be, and which folders a config may read.
+
+Every limit has a default sized for a small shared machine (2 CPU cores) and
+is overridden by an environment variable named after it in capitals:
+`max_params` by `CLOSED_LOOP_MAX_PARAMS`, and so on. The folders a config may
+read are $CLOSED_LOOP_DATA_ROOTS (os.pathsep-separated), by default the
+repository's examples/ and the runs folder.
+
+`check_untrusted` applies them to a config from someone who should not be
+able to read any file or occupy the machine for a year (an upload to the
+dashboard); `backend.config.loader` and `backend.schedule` apply the input
+limits (size, depth) to every file they parse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.config.schema import ConfigError, RunConfig
+
+REPO = Path(__file__).resolve().parents[2]
+ENV_PREFIX = "CLOSED_LOOP_"
+
+
+@dataclass(kw_only=True)
+class Limits:
+    """Upper bounds on untrusted input; each overridable by CLOSED_LOOP_<NAME>."""
+
+    # input files
+    max_config_bytes: int = 1_000_000
+    """Largest config file or upload, in bytes."""
+    max_schedule_bytes: int = 5_000_000
+    """Largest schedule file or upload, in bytes."""
+    max_stored_schedule_bytes: int = 1_000_000
+    """Largest replay schedule kept with a run (JSON bytes of its segments)."""
+    max_depth: int = 32
+    """Deepest nesting of objects and lists in a config or schedule (a real
+    one nests about 6 deep)."""
+    # model
+    max_params: int = 150_000_000
+    """Largest model, in parameters (embeddings included, tied)."""
+    max_layers: int = 48
+    """Most transformer blocks."""
+    max_context: int = 4096
+    """Longest training sequence, in tokens."""
+    max_vocab: int = 262_144
+    """Largest tokenizer vocabulary."""
+    max_batch_tokens: int = 1_048_576
+    """Most tokens in one optimizer step (train.batch_size x data.context_length)."""
+    # run
+    max_steps: int = 1_000_000
+    """Most optimizer steps in one run."""
+    max_checkpoints: int = 1_000
+    """Most checkpoints in one run (steps / checkpoint_every + 1)."""
+    max_domains: int = 64
+    """Most domains in one mixture."""
+    max_eval_items: int = 100_000
+    """Most evaluation items generated per skill task
+    (evaluation.items_per_skill x evaluation.item_rounds)."""
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Limits":
+        """The defaults, overridden by CLOSED_LOOP_<NAME> variables (integers)."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for f in dataclasses.fields(cls):
+            var = ENV_PREFIX + f.name.upper()
+            if var not in env:
+                continue
+            try:
+                values[f.name] = int(env[var])
+            except ValueError:
+                raise ConfigError(f"{var}: expected an integer, got {env[var][:40]!r}") from None
+            if values[f.name] <= 0:
+                raise ConfigError(f"{var}: must be > 0, got {values[f.name]}")
+        return cls(**values)
+
+
+def env_name(limit: str) -> str:
+    """The environment variable that overrides a limit: max_params -> CLOSED_LOOP_MAX_PARAMS."""
+    return ENV_PREFIX + limit.upper()
+
+
+def runs_folder() -> Path:
+    """Where run folders live: beside $CLOSED_LOOP_DB, else the repository's runs/."""
+    db = os.environ.get("CLOSED_LOOP_DB")
+    return Path(db).resolve().parent if db else REPO / "runs"
+
+
+def data_roots() -> list[Path]:
+    """The folders an untrusted config may read: $CLOSED_LOOP_DATA_ROOTS
+    (os.pathsep-separated), else the repository's examples/ and the runs folder.
+    Each is resolved (symlinks followed)."""
+    raw = os.environ.get(ENV_PREFIX + "DATA_ROOTS")
+    roots = [Path(p) for p in raw.split(os.pathsep) if p.strip()] if raw else [REPO / "examples", runs_folder()]
+    return [Path(os.path.realpath(p)) for p in roots]
+
+
+def estimate_params(cfg: RunConfig) -> int:
+    """Parameters of the run's Llama (tied embeddings, as backend.model builds
+    it); for a pretrained folder, read from its config.json."""
+    m = cfg.model
+    h, layers, inter, vocab = m.hidden_size, m.num_layers, m.intermediate_size, cfg.data.tokenizer_vocab
+    if m.pretrained:
+        saved = _read_model_config(Path(m.pretrained))
+        h = saved.get("hidden_size", h)
+        layers = saved.get("num_hidden_layers", layers)
+        inter = saved.get("intermediate_size", inter)
+        vocab = saved.get("vocab_size", vocab)
+    # per block: q, k, v, o (h x h each), gate/up/down (h x inter each), two norms
+    block = 4 * h * h + 3 * h * inter + 2 * h
+    return vocab * h + layers * block + h
+
+
+def _read_model_config(folder: Path) -> dict[str, int]:
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8")[:1_000_000])
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**40}
+
+
+def check_untrusted(cfg: RunConfig, limits: Limits | None = None, roots: list | None = None) -> None:
+    """Refuse (ConfigError naming the field) a config that reads outside the
+    data roots or exceeds the limits. Paths are resolved with realpath, so a
+    symlink or `..` cannot leave a root."""
+    limits = limits or Limits.from_env()
+    roots = [Path(os.path.realpath(r)) for r in (data_roots() if roots is None else roots)]
+    for i, d in enumerate(cfg.data.domains):
+        if d.path is not None:
+            _confined(d.path, f"data.domains[{i}].path", roots)
+    if cfg.model.pretrained:
+        _confined(cfg.model.pretrained, "model.pretrained", roots)
+    if cfg.data.tokenizer_path:
+        _confined(cfg.data.tokenizer_path, "data.tokenizer_path", roots)
+    m, t = cfg.model, cfg.train
+    _at_most("model.num_layers", m.num_layers, limits, "max_layers")
+    _at_most("data.context_length", cfg.data.context_length, limits, "max_context")
+    _at_most("data.tokenizer_vocab", cfg.data.tokenizer_vocab, limits, "max_vocab")
+    _at_most("data.domains", len(cfg.data.domains), limits, "max_domains")
+    _at_most("train.batch_size", cfg.train.batch_size * cfg.data.context_length, limits, "max_batch_tokens",
+             what="tokens per step (train.batch_size x data.context_length)")
+    _at_most("model", estimate_params(cfg), limits, "max_params", what="estimated parameters")
+    ev = cfg.evaluation
+    _at_most("evaluation.item_rounds", ev.items_per_skill * ev.item_rounds, limits, "max_eval_items",
+             what="items per task (items_per_skill x item_rounds)")
+    _at_most("train.steps", t.steps, limits, "max_steps")
+    _at_most("train.checkpoint_every", t.steps // t.checkpoint_every + 1, limits, "max_checkpoints",
+             what="checkpoints (train.steps / train.checkpoint_every + 1)")
+
+
+def _confined(path: str, field: str, roots: list[Path]) -> None:
+    real = Path(os.path.realpath(path))
+    if not any(real == r or r in real.parents for r in roots):
+        raise ConfigError(
+            f"{field}: {path!r} is outside the data roots ({', '.join(str(r) for r in roots) or 'none'}); "
+            f"set {ENV_PREFIX}DATA_ROOTS to allow it"
+        )
+
+
+def _at_most(field: str, value: int, limits: Limits, limit: str, what: str = "") -> None:
+    cap = getattr(limits, limit)
+    if value > cap:
+        raise ConfigError(f"{field}: {value:,}{' ' + what if what else ''} exceeds the limit {cap:,} "
+                          f"(set {env_name(limit)} to change it)")

