@@ -253,7 +253,8 @@ def build_components(cfg: RunConfig, run_dir: Path) -> Components:
                                rounds=cfg.evaluation.item_rounds)
     evaluator = ModelEvaluator(harness, model, sampler.heldout(cfg.evaluation.heldout_loss_sequences), device)
     return Components(domains=domains, trainer=trainer, sampler=sampler, evaluator=evaluator,
-                      checkpointer=FolderCheckpointer(run_dir / "checkpoints", model, trainer),
+                      checkpointer=FolderCheckpointer(run_dir / "checkpoints", model, trainer,
+                                                     keep_last=cfg.train.keep_checkpoints),
                       background=device.type == "cuda")
 
 

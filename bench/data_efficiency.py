@@ -81,7 +81,11 @@ def method_config(suite, method: str, seed: int, steps: int, checkpoint_every: i
     d = suite.to_dict()
     d.update(name=f"efficiency-{method}-s{seed}", seed=seed, policy="auto")
     d["mixture"] = {"initial": initial}
-    d["controller"] = {**d["controller"], "strategy": strategy, "reference_losses": reference_losses}
+    # the suite's options belong to its own strategy; another starts from its defaults
+    options = d["controller"]["options"] if strategy == suite.controller.strategy else {}
+    if reference_losses is not None:
+        options = {**options, "reference_losses": reference_losses}
+    d["controller"] = {**d["controller"], "strategy": strategy, "options": options}
     d["train"] = {**d["train"], "steps": steps, "checkpoint_every": checkpoint_every, "threads": threads}
     from backend.config import from_dict
 

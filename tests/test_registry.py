@@ -54,10 +54,8 @@ def test_the_three_registries_name_their_kind(registry, kind):
 
 
 def test_sources_declare_what_the_config_may_ask_of_them():
-    from backend.config import SYNTHETIC_SOURCES, TEXT_SOURCES
-
-    assert {n for n in SOURCES if SOURCES.get(n).sized} == set(TEXT_SOURCES)
-    assert {n for n in SOURCES if SOURCES.get(n).streams_skills} == {"synthetic"} <= set(SYNTHETIC_SOURCES)
+    assert {n for n in SOURCES if SOURCES.get(n).sized} == {"stdlib", "shakespeare", "folder"}
+    assert {n for n in SOURCES if SOURCES.get(n).streams_skills} == {"synthetic"}
 
 
 # -- a user's entries ----------------------------------------------------------------
@@ -139,8 +137,6 @@ def test_a_users_source_builds_like_a_built_in(user_source):
         register_source("test-constant")(user_source)
 
 
-@pytest.mark.xfail(reason="config validates sources against config.DOMAIN_SOURCES until the config "
-                          "split validates them against backend.data.domains.SOURCES", strict=False)
 def test_a_users_source_passes_config_validation(user_source):
     d = preset("tiny").to_dict()
     d["data"]["domains"].append({"name": "mine", "source": "test-constant", "size_tokens": 1000})

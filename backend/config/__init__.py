@@ -14,7 +14,6 @@ from backend.config.schema import (
     DataConfig,
     DomainConfig,
     EvalConfig,
-    LegacySettings,
     MixtureConfig,
     ModelConfig,
     RunConfig,
@@ -22,7 +21,7 @@ from backend.config.schema import (
 )
 
 __all__ = [
-    "PRESETS", "ConfigError", "ControllerConfig", "DataConfig", "DomainConfig", "EvalConfig", "LegacySettings",
+    "PRESETS", "ConfigError", "ControllerConfig", "DataConfig", "DomainConfig", "EvalConfig",
     "Limits", "MixtureConfig", "ModelConfig", "RunConfig", "TrainConfig", "check_untrusted", "data_roots",
     "from_data", "from_dict", "from_text", "load", "merge", "preset",
 ]

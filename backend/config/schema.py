@@ -207,55 +207,6 @@ class EvalConfig:
         _unique(self.skills, f"{path}.skills", "skill")
 
 
-@dataclass(kw_only=True)
-class LegacySettings:
-    """Settings of a strategy that declares no `settings` dataclass of its own:
-    the flat fields every strategy shared before each owned its settings."""
-
-    step_size: float = 2.0
-    """Exponentiated-gradient step size (eta)."""
-    target: float = 1.0
-    """Score a steer skill should reach; deficit = target - score."""
-    saturation: float = 0.95
-    """A skill at or above this score counts as saturated."""
-    reference_step: int | None = None
-    """doremi: the checkpoint step whose held-out domain losses are the
-    reference (a frozen earlier checkpoint of this run); None: the first
-    checkpoint after step 0."""
-    reference_losses: dict[str, float] | None = None
-    """doremi: held-out loss per domain of a separately trained reference
-    model (DoReMi's reference: a run of the same model on the baseline
-    mixture, e.g. its last checkpoint's `domain_loss` rows). Set, it replaces
-    reference_step."""
-
-    def validate(self, path: str, run_cfg: RunConfig | None = None) -> None:
-        """Check ranges; with the run's config, also that reference_step is a
-        checkpoint to steer from and reference_losses covers its domains."""
-        _positive(self, "step_size", path)
-        for name in ("target", "saturation"):
-            _unit(self, name, path)
-        ref = self.reference_step
-        if ref is not None and ref < 0:
-            raise ConfigError(f"{path}.reference_step: must be >= 0 (a checkpoint step), got {ref}")
-        for d, v in (self.reference_losses or {}).items():
-            if not v > 0:
-                raise ConfigError(f"{path}.reference_losses.{d}: must be a finite loss > 0, got {v!r}")
-        if run_cfg is None:
-            return
-        train = run_cfg.train
-        if ref is not None and (ref % train.checkpoint_every or ref >= train.steps):
-            raise ConfigError(
-                f"{path}.reference_step: {ref} is not a checkpoint the run can still steer from "
-                f"(a multiple of train.checkpoint_every {train.checkpoint_every} below train.steps {train.steps})"
-            )
-        names = run_cfg.domain_names
-        if self.reference_losses is not None and set(self.reference_losses) != set(names):
-            missing = sorted(set(names) - set(self.reference_losses))
-            extra = sorted(set(self.reference_losses) - set(names))
-            raise ConfigError(f"{path}.reference_losses: needs exactly the domains {names} "
-                              f"(missing {missing}, unknown {extra})")
-
-
 @dataclass(kw_only=True, init=False)
 class ControllerConfig:
     """The strategy that proposes mixtures, its own settings (`options`), and
@@ -296,11 +247,11 @@ class ControllerConfig:
 
     def settings_class(self) -> type:
         """The strategy's settings dataclass (its `settings_class`, given to
-        register_strategy; LegacySettings if it declares none)."""
+        register_strategy)."""
         from backend.controllers import STRATEGIES
 
         cls = registered(STRATEGIES, self.strategy, "strategy", "controller.strategy")
-        return getattr(cls, "settings_class", None) or LegacySettings
+        return cls.settings_class
 
     @property
     def settings(self):
@@ -317,7 +268,7 @@ class ControllerConfig:
             raise self._as_written(e) from None
 
     def __getattr__(self, name: str):
-        # Strategies read their settings as cfg.step_size; only reached for
+        # cfg.controller.step_size reads the strategy's setting; only reached for
         # names that are not fields of this class.
         if name.startswith("_") or name in ("strategy", "options"):
             raise AttributeError(name)
@@ -378,8 +329,10 @@ class TrainConfig:
     threads: int = 0
     """torch CPU threads (0: leave torch's default)."""
     keep_checkpoints: int = 0
-    """Checkpoints kept on disk: 0 keeps all; K keeps the last K complete
-    checkpoints plus those a schedule still needs (older ones are pruned)."""
+    """Checkpoints kept on disk: 0 keeps all; K >= 2 keeps the last K
+    complete checkpoints plus those a schedule still needs (each segment's
+    first step, doremi's reference); older ones are pruned. At least 2, so a
+    corrupt last checkpoint can fall back to the one before."""
 
     def validate(self, path: str) -> None:
         """Check ranges and cadence; errors name `path`.field."""
@@ -394,6 +347,9 @@ class TrainConfig:
         for name in ("warmup_steps", "weight_decay", "grad_clip", "threads", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{path}.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.keep_checkpoints == 1:
+            raise ConfigError(f"{path}.keep_checkpoints: must be 0 (keep all) or >= 2, so that resume can fall "
+                              f"back past a corrupt last checkpoint; got 1")
         if self.threads > MAX_THREADS:
             raise ConfigError(f"{path}.threads: at most {MAX_THREADS} (torch takes a C int), got {self.threads}")
         if self.device not in ("auto", "cpu", "cuda"):

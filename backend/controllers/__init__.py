@@ -144,21 +144,11 @@ def register_strategy(name: str, settings: type = NoSettings, *,
     return deco
 
 
-def strategy_settings(controller_cfg):
-    """The settings instance of the configured strategy: the config's own
-    `settings` where it has one, else built from the matching flat fields
-    of ControllerConfig (step_size, target, reference_step, ...)."""
-    cls = STRATEGIES.get(controller_cfg.strategy)
-    if hasattr(controller_cfg, "settings"):
-        return controller_cfg.settings
-    names = [f.name for f in dataclasses.fields(cls.settings_class)]
-    return cls.settings_class(**{k: getattr(controller_cfg, k) for k in names if hasattr(controller_cfg, k)})
-
-
 def make_strategy(controller_cfg) -> Strategy:
     """An instance of the configured strategy (controller_cfg.strategy) with
-    its settings; an unknown name raises UnknownName listing what exists."""
-    return STRATEGIES.get(controller_cfg.strategy)(strategy_settings(controller_cfg))
+    its settings (controller.options, built by ControllerConfig.settings); an
+    unknown name raises UnknownName listing what exists."""
+    return STRATEGIES.get(controller_cfg.strategy)(controller_cfg.settings)
 
 
 def held_domains(history: History) -> dict[str, list[str]]:
