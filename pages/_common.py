@@ -99,14 +99,8 @@ def check_untrusted(cfg) -> None:
     the data roots or past the size limits: raises ConfigError naming the
     field. The rule is backend.config.limits.check_untrusted, imported here
     so that the pages call it in one way."""
-    try:
-        from backend.config.limits import check_untrusted as check
-    except ModuleNotFoundError as e:
-        # backend/config/limits.py lands with the config package split (issue
-        # 10); until then there is no limit to apply.
-        if e.name != "backend.config.limits":
-            raise
-        return
+    from backend.config.limits import check_untrusted as check
+
     check(cfg)
 
 

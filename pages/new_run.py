@@ -4,7 +4,6 @@ started as a background worker."""
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 
 import streamlit as st
@@ -22,16 +21,11 @@ show_flash()
 
 
 def _load_upload(upload) -> config_mod.RunConfig:
-    """The uploaded file through backend.config.load: the command line's
-    parser, presets and error messages (the file's suffix picks JSON or
-    TOML). Errors name the upload, not the temporary copy."""
-    with tempfile.TemporaryDirectory(prefix="cl-upload-") as tmp:
-        path = Path(tmp) / f"upload{Path(upload.name).suffix.lower()}"  # the uploader allows .json / .toml
-        path.write_bytes(upload.getvalue())
-        try:
-            return config_mod.load(path)
-        except ConfigError as e:
-            raise ConfigError(str(e).replace(str(path), upload.name)) from None
+    """The uploaded file through backend.config.from_text: the command
+    line's parser, input limits, presets and error messages (the file's
+    suffix picks JSON or TOML; the uploader allows only those)."""
+    fmt = Path(upload.name).suffix.lower().lstrip(".")
+    return config_mod.from_text(upload.getvalue(), fmt, name=upload.name)
 
 
 def _folder_domains(text: str, taken: list[str]) -> list[dict]:

@@ -467,7 +467,6 @@ def free_port() -> int:
 
 
 def test_an_uploaded_config_reaching_outside_the_data_roots_is_refused(db, spawned, tmp_path, monkeypatch):
-    pytest.importorskip("backend.config.limits", reason="backend/config/limits.py (check_untrusted) not merged yet")
     store, run_id = db
     monkeypatch.setenv("CLOSED_LOOP_DATA_ROOTS", str(tmp_path / "data"))
     at = open_app("pages/new_run.py")
@@ -484,7 +483,6 @@ def test_an_uploaded_config_reaching_outside_the_data_roots_is_refused(db, spawn
 
 
 def test_typed_steps_beyond_the_limit_are_refused(db, spawned, monkeypatch):
-    pytest.importorskip("backend.config.limits", reason="backend/config/limits.py (check_untrusted) not merged yet")
     store, run_id = db
     monkeypatch.setenv("CLOSED_LOOP_MAX_STEPS", "1000")
     at = open_app("pages/new_run.py")
@@ -496,7 +494,6 @@ def test_typed_steps_beyond_the_limit_are_refused(db, spawned, monkeypatch):
 
 
 def test_a_replayed_schedule_reaching_outside_the_data_roots_is_refused(db, spawned, tmp_path, monkeypatch):
-    pytest.importorskip("backend.config.limits", reason="backend/config/limits.py (check_untrusted) not merged yet")
     store, run_id = db
     monkeypatch.setenv("CLOSED_LOOP_DATA_ROOTS", str(tmp_path / "data"))
     data = export_schedule(store, run_id)
