@@ -237,14 +237,34 @@ def cmd_ack(s: Session) -> int:
     return 0
 
 
+def _prefixes(pairs: list[str] | None) -> dict[str, str] | None:
+    """--prefix DOMAIN=PATH ... as a dict."""
+    out = {}
+    for pair in pairs or []:
+        domain, sep, path = pair.partition("=")
+        if not sep or not domain or not path:
+            raise UsageError(f"--prefix: expected DOMAIN=PATH, got {pair!r}")
+        out[domain] = path
+    return out or None
+
+
 def cmd_export(s: Session) -> int:
-    args = s.args
+    from backend.exports import export
     from backend.schedule import export_schedule
+
+    args = s.args
     data = export_schedule(s.store, args.run)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(data, indent=2))
-    _print({"file": args.output, "segments": len(data["segments"])}, args.json,
-           f"wrote {args.output} ({len(data['segments'])} segments)")
+    # document-sampling trainers get probabilities converted with the run's
+    # measured tokens per document
+    per_doc = {d["name"]: d["tokens_per_doc"] for d in s.store.domains(args.run) if d.get("tokens_per_doc")}
+    text = export(data, args.format, prefixes=_prefixes(args.prefix), tokens_per_doc=per_doc or None)
+    try:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"-o: cannot write {args.output!r}: {e.strerror}") from None
+    _print({"file": args.output, "format": args.format, "segments": len(data["segments"])}, args.json,
+           f"wrote {args.output} ({args.format}, {len(data['segments'])} segments)")
     return 0
 
 
@@ -348,9 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", default="cli")
     p.add_argument("--note")
 
-    p = add("export-schedule", cmd_export, "write a run's mixture schedule as versioned JSON")
+    p = add("export-schedule", cmd_export, "write a run's mixture schedule (native JSON or a trainer's format)")
     p.add_argument("run", type=int)
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("--format", default="native",
+                   help="native | megatron | nemo | olmo-core | streaming | hf | data-juicer (docs/exports.md)")
+    p.add_argument("--prefix", action="append", metavar="DOMAIN=PATH",
+                   help="file prefix or path of a domain's data in the trainer's format (repeatable)")
 
     p = add("replay", cmd_replay, "start a run that follows an exported schedule")
     p.add_argument("file")
@@ -368,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from backend.config import ConfigError
     from backend.data.domains import DataError
+    from backend.exports import ExportError
     from backend.schedule import ScheduleError
     from backend.store import StoreError
     from backend.mixture import WeightsError
@@ -380,7 +405,7 @@ def main(argv=None) -> int:
     try:
         return args.func(session)
     except (UsageError, ConfigError, DataError, ScheduleError, StoreError, WorkerError, WeightsError,
-            RegistryError) as e:
+            RegistryError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -79,6 +79,10 @@ class Sampler(Protocol):
         """Continue from a state_dict."""
         ...
 
+    def document_tokens(self) -> dict[str, float]:
+        """Domain -> mean tokens per whole document (for document-sampling exports)."""
+        ...
+
 
 @runtime_checkable
 class Evaluator(Protocol):
@@ -364,9 +368,10 @@ class ClosedLoop:
         """Domains and skills (steer and held-out) of the run, into the store."""
         from backend.data.skills import get_skill
 
+        per_doc = self.c.sampler.document_tokens()
         self.store.set_domains(self.run_id, [
-            {"name": d.name, "source": d.source, "skills": d.skills, "size_tokens": d.size_tokens}
-            for d in self.c.domains])
+            {"name": d.name, "source": d.source, "skills": d.skills, "size_tokens": d.size_tokens,
+             "tokens_per_doc": per_doc.get(d.name)} for d in self.c.domains])
         rows = []
         for base in self.cfg.steer_skills:
             feeds = [d.name for d in self.c.domains if base in d.skills]

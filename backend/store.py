@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS runs (
     tokens_per_s REAL,
     total_steps INTEGER,
     run_dir TEXT,                   -- run folder (the worker's lock file lives there)
+    phase TEXT,                     -- what the worker does now: training, evaluating task k of n, ...
+    phase_started REAL,             -- unix seconds the phase began
     parent_run INTEGER,             -- replay: the run whose schedule is followed
     replay_schedule TEXT,           -- replay: the imported schedule JSON
     error TEXT,
@@ -61,6 +63,7 @@ CREATE TABLE IF NOT EXISTS domains (
     source TEXT NOT NULL,
     skills TEXT NOT NULL,           -- JSON list of skills it streams
     size_tokens INTEGER,
+    tokens_per_doc REAL,            -- measured mean tokens per document (document-sampling exports)
     PRIMARY KEY (run_id, name)
 );
 CREATE TABLE IF NOT EXISTS skills (
@@ -71,6 +74,9 @@ CREATE TABLE IF NOT EXISTS skills (
     domains TEXT NOT NULL,          -- JSON list of domains that feed it
     tasks TEXT NOT NULL,            -- JSON list of lm-eval task names
     difficulty INTEGER,
+    metric TEXT,                    -- the metric that scores the skill (NULL: exact_match)
+    higher_is_better INTEGER,       -- its direction (NULL: 1)
+    chance REAL,                    -- the score of a uniform guess or the best constant answer
     PRIMARY KEY (run_id, name)
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -207,7 +213,13 @@ _JSON_COLUMNS = {
 }
 
 # columns a caller may set after the row exists (anything else is a bug, named)
-RUN_FIELDS = ("status", "policy", "pid", "heartbeat", "step", "tokens_seen", "tokens_per_s", "run_dir", "error")
+RUN_FIELDS = ("status", "policy", "pid", "heartbeat", "step", "tokens_seen", "tokens_per_s", "run_dir", "error",
+              "phase", "phase_started")
+# columns added after the first schema: a database made before them gains them on open
+ADDED_COLUMNS = (
+    ("runs", "phase", "TEXT"), ("runs", "phase_started", "REAL"), ("domains", "tokens_per_doc", "REAL"),
+    ("skills", "metric", "TEXT"), ("skills", "higher_is_better", "INTEGER"), ("skills", "chance", "REAL"),
+)
 CHECKPOINT_FLAGS = ("evaluated", "boundary_done")
 DECISION_FIELDS = ("status", "decision", "decided_by", "decided_at", "decision_reason", "final_weights")
 
@@ -258,6 +270,10 @@ class Store:
         with db.ensure_autocommit_on():
             db.execute("PRAGMA journal_mode=WAL")
         db.executescript(SCHEMA)
+        for table, column, kind in ADDED_COLUMNS:
+            if column not in db[table].columns_dict:
+                with db.ensure_autocommit_on():
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")  # names from the constant above
 
     @property
     def db(self) -> sqlite_utils.Database:

@@ -121,6 +121,10 @@ class FakeSampler:
         """Continue from a state_dict."""
         self.sequences_drawn = state["sequences_drawn"]
 
+    def document_tokens(self) -> dict[str, float]:
+        """Sampler.document_tokens: every fake document is 100 tokens."""
+        return dict.fromkeys(self.names, 100.0)
+
 
 class FakeEvaluator:
     """Scores as a deterministic function of the tokens each skill's domains

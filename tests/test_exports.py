@@ -298,3 +298,25 @@ def test_the_hf_export_runs_as_pasted_with_real_datasets(tmp_path):
         for d in DOMAINS:
             assert abs(drawn.count(d) / len(drawn) - probs[d]) < 0.06, (i, d)
         assert ("math" in drawn) == (probs["math"] > 0)
+
+
+def test_cli_exports_a_real_run_in_every_format(tiny_run, tmp_path):
+    """export-schedule --format F on a real run: each file parses back to
+    the run's segments; document formats use the run's measured tokens per
+    document; an unknown format exits 2 naming the known ones."""
+    from conftest import cli, cli_json
+
+    db, run_id = tiny_run
+    store = Store(db)
+    want = [s["weights"] for s in store.schedule(run_id)]
+    assert all(d["tokens_per_doc"] > 1 for d in store.domains(run_id))
+    for fmt in FORMATS.names():
+        out = tmp_path / f"schedule.{fmt}"
+        res = cli_json("export-schedule", run_id, "-o", out, "--format", fmt, db=db)
+        assert res["segments"] == len(want)
+        got = parse(out.read_text(), fmt)
+        assert len(got) == len(want), fmt
+        for g, w in zip(got, want):
+            assert max(abs(g[d] - w[d]) for d in w) < 1e-9, fmt
+    p = cli("export-schedule", run_id, "-o", tmp_path / "x", "--format", "nope", db=db, check=False)
+    assert p.returncode == 2 and "unknown export format 'nope'" in p.stderr and "megatron" in p.stderr

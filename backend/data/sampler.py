@@ -88,6 +88,19 @@ class MixtureSampler:
             ids.append(self.eos)
         return np.asarray(ids[: self.length], dtype=np.int64)
 
+    def document_tokens(self, n_docs: int = 100) -> dict[str, float]:
+        """Mean tokens per whole document (EOS included) per domain, from
+        n_docs seeded draws: what a trainer that samples documents, not
+        tokens, needs to turn token shares into document probabilities
+        (backend.exports)."""
+        out = {}
+        for d in self.domains:
+            rng = random.Random(f"doclen/{self.seed}/{d.name}")
+            sizes = [len(self._encode(d.document(rng, "train", max_chars=200_000), add_special_tokens=False).ids) + 1
+                     for _ in range(n_docs)]
+            out[d.name] = sum(sizes) / len(sizes)
+        return out
+
     def heldout(self, n_per_domain: int) -> dict[str, np.ndarray]:
         """Fixed held-out sequences per domain for the per-domain loss
         (text domains: their held-out documents; synthetic: a separate seed)."""
