@@ -19,6 +19,7 @@ the real ones (torch, transformers, lm-eval); backend.testing makes fakes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -92,14 +93,17 @@ class Evaluator(Protocol):
     """One per evaluation task: {"task": task name, "metadata": {"skill":
     stored skill name (vocab.skill_name), ...}}."""
 
-    def evaluate(self, round_index: int) -> tuple[list[dict], list[dict]]:
+    def evaluate(self, round_index: int, on_progress=None) -> tuple[list[dict], list[dict]]:
         """Evaluate the model as it stands on the items of checkpoint number
-        `round_index` (step // checkpoint_every).
+        `round_index` (step // checkpoint_every); on_progress(k, n, skill), if
+        given, is called before the k-th of n skills (0-based) is evaluated.
 
         :return: (measurements, samples). A measurement: {"task", "skill"
-            (stored name), "metric" (exact_match | ll_acc | answer_nll),
-            "value", "stderr" (None when unknown), "n" (items), "prompt_variant"
-            ("template<j>"), "decoding" (greedy | teacher_forced), "scorer"}.
+            (stored name), "metric" (exact_match | ll_acc | answer_nll for the
+            synthetic skills; any metric of an lm-eval task), "value", "stderr"
+            (None when unknown), "n" (items), "prompt_variant" ("template<j>",
+            or the lm-eval task's name), "decoding" (greedy | teacher_forced),
+            "scorer"}.
             A sample: {"task", "doc_id", "prompt", "target", "response",
             "correct" (0 | 1)}.
         """
@@ -158,19 +162,34 @@ def run_dir_for(store: Store, run_id: int) -> Path:
 
 
 class ModelEvaluator:
-    """The real Evaluator: lm-eval per skill (HarnessEvaluator) and the
-    per-domain held-out loss, on the model in memory."""
+    """The real Evaluator: lm-eval per skill on the model in memory (the
+    synthetic skills' tasks through HarnessEvaluator, a run's own lm-eval
+    tasks through TaskEvaluator), and the per-domain held-out loss."""
 
-    def __init__(self, harness, model, heldout: dict, device):
-        self.harness = harness
+    def __init__(self, parts: list, model, heldout: dict, device):
+        self.parts = parts
         self.model = model
         self.heldout = heldout
         self.device = device
-        self.task_configs = harness.task_configs
+        self.task_configs = [c for part in parts for c in part.task_configs]
 
-    def evaluate(self, round_index: int) -> tuple[list[dict], list[dict]]:
-        """Evaluator.evaluate: the harness on the items of that round."""
-        return self.harness.evaluate(round_index)
+    def evaluate(self, round_index: int, on_progress=None) -> tuple[list[dict], list[dict]]:
+        """Evaluator.evaluate: one skill (with its held-out twin) at a time,
+        so a long evaluation reports which skill it is on."""
+        units: list[tuple[object, str]] = []  # (part, base skill), in task order
+        for part in self.parts:
+            for c in part.task_configs:
+                unit = (part, vocab.base_skill(c["metadata"]["skill"]))
+                if unit not in units:
+                    units.append(unit)
+        measurements, samples = [], []
+        for k, (part, base) in enumerate(units):
+            if on_progress is not None:
+                on_progress(k, len(units), base)
+            m, s = part.evaluate(round_index, skills=[base, vocab.holdout_name(base)])
+            measurements += m
+            samples += s
+        return measurements, samples
 
     def domain_losses(self) -> dict[str, dict]:
         """Evaluator.domain_losses on the fixed held-out sequences."""
@@ -227,6 +246,7 @@ def build_components(cfg: RunConfig, run_dir: Path) -> Components:
     from backend.data.sampler import MixtureSampler
     from backend.data.tokenizer import load_tokenizer, train_tokenizer
     from backend.evaluation.harness import HarnessEvaluator
+    from backend.evaluation.lmeval_tasks import TaskEvaluator, resolve_tasks
     from backend.evaluation.tasks import build_tasks
     from backend.model import build_model
     from backend.trainer import Trainer, pick_device
@@ -248,18 +268,47 @@ def build_components(cfg: RunConfig, run_dir: Path) -> Components:
                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seed=cfg.seed)
     trainer = Trainer(model, cfg.train, device)
     sampler = MixtureSampler(domains, tokenizer, cfg.data.context_length, cfg.seed)
-    tasks = build_tasks(cfg.steer_skills, skill_kinds(cfg), run_dir / "evaldata", cfg.evaluation.items_per_skill,
-                        cfg.seed, cfg.evaluation.max_gen_toks, cfg.evaluation.loglikelihood,
-                        cfg.evaluation.item_rounds)
-    harness = HarnessEvaluator(model, tokenizer, tasks, batch_size=cfg.evaluation.batch_size,
-                               max_length=cfg.data.context_length, device=device,
-                               items_per_round=cfg.evaluation.items_per_skill,
-                               rounds=cfg.evaluation.item_rounds)
-    evaluator = ModelEvaluator(harness, model, sampler.heldout(cfg.evaluation.heldout_loss_sequences), device)
+    parts = []
+    if cfg.steer_skills:  # the synthetic skills the domains stream
+        tasks = build_tasks(cfg.steer_skills, skill_kinds(cfg), run_dir / "evaldata",
+                            cfg.evaluation.items_per_skill, cfg.seed, cfg.evaluation.max_gen_toks,
+                            cfg.evaluation.loglikelihood, cfg.evaluation.item_rounds)
+        parts.append(HarnessEvaluator(model, tokenizer, tasks, batch_size=cfg.evaluation.batch_size,
+                                      max_length=cfg.data.context_length, device=device,
+                                      items_per_round=cfg.evaluation.items_per_skill,
+                                      rounds=cfg.evaluation.item_rounds))
+    if cfg.evaluation.tasks:  # the run's own lm-eval tasks (checked before training: check_tasks)
+        parts.append(TaskEvaluator(resolve_tasks(_task_specs(cfg)), model, tokenizer,
+                                   batch_size=cfg.evaluation.batch_size, max_length=cfg.data.context_length,
+                                   device=device, seed=cfg.seed))
+    evaluator = ModelEvaluator(parts, model, sampler.heldout(cfg.evaluation.heldout_loss_sequences), device)
     return Components(domains=domains, trainer=trainer, sampler=sampler, evaluator=evaluator,
                       checkpointer=FolderCheckpointer(run_dir / "checkpoints", model, trainer,
                                                      keep_last=cfg.train.keep_checkpoints),
                       background=device.type == "cuda")
+
+
+def _task_specs(cfg: RunConfig) -> list:
+    """evaluation.tasks, without held-out tasks when evaluation.holdout is off."""
+    if cfg.evaluation.holdout:
+        return list(cfg.evaluation.tasks)
+    return [dataclasses.replace(t, holdout=None) for t in cfg.evaluation.tasks]
+
+
+def check_tasks(cfg: RunConfig) -> None:
+    """Load every lm-eval task of evaluation.tasks (what the worker will
+    evaluate) so that a task that cannot run here is refused before any run
+    starts: ConfigError naming the field (an unknown task, a missing metric,
+    a YAML that does not parse, data not on this machine)."""
+    if not cfg.evaluation.tasks:
+        return
+    from backend.config import ConfigError
+    from backend.evaluation.lmeval_tasks import TaskError, resolve_tasks
+
+    try:
+        resolve_tasks(_task_specs(cfg))
+    except TaskError as e:
+        raise ConfigError(str(e)) from None
 
 
 def skill_kinds(cfg: RunConfig) -> list[str]:
@@ -325,18 +374,21 @@ class ClosedLoop:
                 # the segment in force at this step (after a fallback resume a
                 # later segment may exist already: it starts at its own step)
                 weights = self.store.weights_at(self.run_id, self.c.trainer.step)
+                self._phase("training")
                 self._train_stretch(weights, vocab.next_boundary(self.c.trainer.step, every, total))
                 self._checkpoint(weights)
                 self._at_checkpoint(self.c.trainer.step)
         except Stopped:
-            self.store.update_run(self.run_id, status="stopped")
+            self.store.update_run(self.run_id, status="stopped", phase="stopped", tokens_per_s=None)
             self.store.log_event(self.run_id, "stopped", f"stopped at step {self.c.trainer.step}; "
                                  f"resumes from the last checkpoint")
             return "stopped"
         finally:
             if self.bar is not None:
                 self.bar.close()
-        self.store.update_run(self.run_id, status="finished")
+        self.store.expire_open(self.run_id, f"the run finished at step {total}; no checkpoint is left to apply it")
+        self.store.update_run(self.run_id, status="finished", phase="finished", phase_started=time.time(),
+                              tokens_per_s=None)
         self.store.log_event(self.run_id, "finished", f"finished at step {total}")
         return "finished"
 
@@ -350,6 +402,7 @@ class ClosedLoop:
             self._evaluate(step, tokens)
             self.store.mark_checkpoint(self.run_id, step, evaluated=True)
         self.on_phase("evaluate", step)
+        self._phase("estimating")
         estimates = self._estimate_and_guard(step)
         record_forecast_errors(self.store, self.run_id, step)  # how far the last forecast was off
         self.on_phase("estimate", step)
@@ -372,14 +425,29 @@ class ClosedLoop:
         self.store.set_domains(self.run_id, [
             {"name": d.name, "source": d.source, "skills": d.skills, "size_tokens": d.size_tokens,
              "tokens_per_doc": per_doc.get(d.name)} for d in self.c.domains])
+        from backend.evaluation.tasks import constant_answer_rate
+
+        def tasks_of(name: str) -> list[str]:
+            return [t["task"] for t in self.c.evaluator.task_configs if t["metadata"]["skill"] == name]
+
         rows = []
         for base in self.cfg.steer_skills:
             feeds = [d.name for d in self.c.domains if base in d.skills]
             for kind in skill_kinds(self.cfg):
                 name = vocab.skill_name(base, kind)
-                tasks = [t["task"] for t in self.c.evaluator.task_configs if t["metadata"]["skill"] == name]
-                rows.append({"name": name, "base": base, "kind": kind, "domains": feeds,
-                             "tasks": tasks, "difficulty": get_skill(base).difficulty})
+                rows.append({"name": name, "base": base, "kind": kind, "domains": feeds, "tasks": tasks_of(name),
+                             "difficulty": get_skill(base).difficulty, "metric": "exact_match",
+                             "higher_is_better": 1, "chance": constant_answer_rate(base, kind, self.cfg.seed)})
+        facts = {t["metadata"]["skill"]: t["metadata"] for t in self.c.evaluator.task_configs
+                 if "metric" in t["metadata"]}
+        for spec in _task_specs(self.cfg):
+            for kind in ("steer", "holdout") if spec.holdout else ("steer",):
+                name = vocab.skill_name(spec.skill, kind)
+                meta = facts.get(name, {})
+                rows.append({"name": name, "base": spec.skill, "kind": kind, "domains": list(spec.domains),
+                             "tasks": tasks_of(name), "difficulty": None, "metric": meta.get("metric"),
+                             "higher_is_better": int(meta.get("higher_is_better", True)),
+                             "chance": meta.get("chance")})
         self.store.set_skills(self.run_id, rows)
 
     def _resume_or_start(self) -> None:
@@ -417,6 +485,12 @@ class ClosedLoop:
         self.store.heartbeat(self.run_id, status="running", pid=os.getpid(), step=0, tokens_seen=0)
         self._checkpoint(self.store.current_weights(self.run_id))  # step 0: the untrained model
         self._at_checkpoint(0)
+
+    def _phase(self, phase: str) -> None:
+        """What the worker does now, for Home, `show` and the progress bar."""
+        self.store.update_run(self.run_id, phase=phase, phase_started=time.time())
+        if self.bar is not None:
+            self.bar.set_description(f"run {self.run_id}: {phase}")
 
     def _train_stretch(self, weights: dict[str, float], end: int) -> None:
         """Train from the trainer's step to `end` on `weights`, beating and
@@ -483,7 +557,12 @@ class ClosedLoop:
     def _evaluate(self, step: int, tokens: int) -> None:
         """Measurements per skill and held-out loss per domain, into the store."""
         kinds = {s["name"]: s["kind"] for s in self.store.skills(self.run_id)}
-        measurements, samples = self.c.evaluator.evaluate(step // self.cfg.train.checkpoint_every)
+
+        def progress(k: int, n: int, skill: str) -> None:
+            self._phase(f"evaluating {skill} ({k + 1} of {n})")
+
+        measurements, samples = self.c.evaluator.evaluate(step // self.cfg.train.checkpoint_every,
+                                                          on_progress=progress)
         rows = [{**m, "step": step, "tokens_seen": tokens, "kind": kinds[m["skill"]]} for m in measurements]
         for d, r in self.c.evaluator.domain_losses().items():
             rows.append({"step": step, "tokens_seen": tokens, "domain": d, "kind": "domain_loss",
@@ -540,6 +619,7 @@ class ClosedLoop:
     def _propose(self, step: int, tokens: int, estimates: dict[str, list[dict]]) -> None:
         """The strategy's proposal through the shared guarantees, stored
         pending; policy auto approves and applies it at once."""
+        self._phase("proposing")
         current = self.store.current_weights(self.run_id)
         p = controllers.propose(self.strategy, self.history(estimates), current, self.cfg.controller)
         pid = self.store.add_proposal(self.run_id, step=step, strategy=self.strategy.name,

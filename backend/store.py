@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from backend.vocab import RUN_STATES
 DEFAULT_DB = "runs/closed_loop.db"
 BUSY_TIMEOUT_MS = 10_000
 
-PROPOSAL_STATES = ("pending", "approved", "edited", "rejected", "superseded", "applied")
+PROPOSAL_STATES = ("pending", "approved", "edited", "rejected", "superseded", "expired", "applied")
 SEGMENT_SOURCES = ("initial", "proposal", "manual", "replay")
 AUTO = "auto"
 """decided_by of a decision the policy made, not a person."""
@@ -272,8 +273,12 @@ class Store:
         db.executescript(SCHEMA)
         for table, column, kind in ADDED_COLUMNS:
             if column not in db[table].columns_dict:
-                with db.ensure_autocommit_on():
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")  # names from the constant above
+                try:
+                    with db.ensure_autocommit_on():
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")  # names from the constant above
+                except sqlite3.OperationalError as e:
+                    if "duplicate column" not in str(e):  # another process added it first
+                        raise
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -556,6 +561,16 @@ class Store:
             version = self.proposal(proposal_id)["version"]
             self.db["proposals"].update(proposal_id, _encode({**fields, "version": version + 1}))
         return self.proposal(proposal_id)
+
+    def expire_open(self, run_id: int, why: str) -> list[int]:
+        """A finished run has no checkpoint left to apply anything at: its
+        pending proposals, and approved or edited ones never applied, become
+        `expired` with an event saying why. Returns their ids."""
+        with self.transaction():
+            open_ = [p for p in self.proposals(run_id) if p["status"] in ("pending", "approved", "edited")]
+            for p in open_:
+                self._set_status(p, "expired", why)
+        return [p["id"] for p in open_]
 
     def _set_status(self, p: dict, status: str, why: str, **fields) -> None:
         """Move a proposal to superseded (or another state) with an event saying why."""

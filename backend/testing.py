@@ -152,11 +152,13 @@ class FakeEvaluator:
         fed = sum(self.trainer.tokens[d] for d in self.feeds[base])
         return 0.05 + 0.9 * (1.0 - math.exp(-fed / self.scale))
 
-    def evaluate(self, round_index: int) -> tuple[list[dict], list[dict]]:
+    def evaluate(self, round_index: int, on_progress=None) -> tuple[list[dict], list[dict]]:
         """Evaluator.evaluate: one exact-match measurement per task, items
         answered correctly = round(score * items); one sample per task."""
         measurements, samples = [], []
-        for t in self.task_configs:
+        for k, t in enumerate(self.task_configs):
+            if on_progress is not None:
+                on_progress(k, len(self.task_configs), t["metadata"]["skill"])
             skill = t["metadata"]["skill"]
             p = round(self.score(skill) * self.items) / self.items
             measurements.append({"task": t["task"], "skill": skill, "metric": "exact_match", "value": p,

@@ -28,13 +28,27 @@ _RUNS: dict[str, tuple[Path, int]] = {}
 
 @pytest.fixture(scope="session")
 def human_run(tmp_path_factory) -> tuple[Path, int]:
-    """(db path, run id) of a finished tiny run whose last proposal waits
-    for a person. Read-only: copy it (`dashboard_db`) to change it."""
+    """(db path, run id) of a real tiny run (policy human, real training and
+    lm-eval) that a person stopped right after its checkpoint at step 20
+    proposed: 3 checkpoints measured, the proposal of step 20 waits for a
+    decision (a finished run has none waiting: they expire). Read-only:
+    copy it (`dashboard_db`) to change it."""
     if "human" not in _RUNS:
+        from backend.config import preset
+        from backend.loop import ClosedLoop, Stopped
+        from backend.store import Store
+
         db = tmp_path_factory.mktemp("human") / "cl.db"
-        res = cli_json("run", "--preset", "tiny", "--policy", "human", db=db)
-        assert res["status"] == "finished"
-        _RUNS["human"] = (db, res["run"])
+        store = Store(db)
+        run_id = store.create_run(preset("tiny").replace(policy="human").to_dict())
+
+        def stop_after_proposing(phase: str, step: int) -> None:
+            if (phase, step) == ("propose", 20):
+                raise Stopped()  # what the stop command does at a poll
+
+        assert ClosedLoop(store, run_id, progress=False, on_phase=stop_after_proposing).run() == "stopped"
+        store.close()
+        _RUNS["human"] = (db, run_id)
     return _RUNS["human"]
 
 

@@ -1,6 +1,7 @@
 """The dashboard under streamlit.testing (AppTest), against the database of
-a real tiny run (policy human, so its last proposal is pending). Every test
-that acts checks the store changed, or did not."""
+a real tiny run (policy human) a person stopped after its checkpoint at step
+20 proposed, so that proposal is pending. Every test that acts checks the
+store changed, or did not."""
 
 from __future__ import annotations
 
@@ -76,9 +77,9 @@ def test_home_shows_status_controls_and_pending_badge(db):
     assert at.sidebar.selectbox(key="run_id").value == run_id
     assert at.title[0].value.startswith(f"Run #{run_id}")
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Status"] == "finished" and metrics["Step"] == "30 / 30"
-    assert metrics["Tokens seen"] == "11.5k"
-    # a finished run cannot be paused, resumed or stopped
+    assert metrics["Status"] == "stopped" and metrics["Step"] == "20 / 30"
+    assert metrics["Tokens seen"] == "7,680"
+    # a stopped run cannot be paused, resumed or stopped (run --resume continues it)
     assert all(at.button(key=k).disabled for k in ("cmd_pause", "cmd_resume", "cmd_stop"))
     assert "1 proposal waiting for you" in texts(at.markdown)
 
@@ -117,16 +118,16 @@ def test_capabilities_choices_and_drill_down(db):
     at.run()
     assert not at.exception, at.exception
     table = frame_with(at, "prompt_variant")
-    assert sorted(set(table["step"]), reverse=True) == [30, 20, 10, 0] and set(table["n"]) == {12}
+    assert sorted(set(table["step"]), reverse=True) == [20, 10, 0] and set(table["n"]) == {12}
     assert "exact_match" in set(table["metric"])
     items = frame_with(at, "response")
     tasks = next(s["tasks"] for s in store.skills(run_id) if s["name"] == "add2_holdout")
     assert set(items["task"]) == set(tasks) and len(items) == 12 * len(tasks)
     # the spread across facets at the chosen checkpoint, beside the latent estimate
     spec = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "each facet" in c.proto.spec)
-    assert "add2_holdout at step 30" in spec["layout"]["title"]["text"]
+    assert "add2_holdout at step 20" in spec["layout"]["title"]["text"]
     (points,) = [t for t in spec["data"] if t.get("error_y")]
-    latest = table[(table["step"] == 30) & table["metric"].isin(["exact_match", "acc"])]
+    latest = table[(table["step"] == 20) & table["metric"].isin(["exact_match", "acc"])]
     assert sorted(plotly_values(points["y"])) == pytest.approx(sorted(latest["value"]))
     assert any("latent" in a["text"] for a in spec["layout"]["annotations"])
 
@@ -144,9 +145,10 @@ def test_approve_says_where_it_applies(db):
     now = store.proposal(p["id"])
     assert now["status"] == "approved" and now["decided_by"] == "ada"
     assert now["final_weights"] == p["weights"]
-    # the tiny run has finished, so the page says no checkpoint will apply it
+    # stopped before its step-20 boundary was through: that boundary, redone
+    # on resume, applies it
     assert f"Proposal #{p['id']} approved" in texts(at.success)
-    assert "no checkpoint is left to apply it" in texts(at.success)
+    assert "applies at the next checkpoint (step 20) once the run is resumed" in texts(at.success)
     assert [e["actor"] for e in store.events(run_id, kind="approved")] == ["ada"]
 
 

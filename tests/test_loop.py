@@ -196,5 +196,7 @@ def test_human_approval_applies_at_next_checkpoint_and_no_earlier(tmp_path):
     # trained on the old mixture until step 10 (checkpoint rows record it)
     assert store.checkpoint(rid, 10)["weights"] == segs[0]["weights"]
     assert store.checkpoint(rid, 20)["weights"] == p0["final_weights"]
-    # the proposals nobody decided were superseded by newer ones, never applied
-    assert [p["status"] for p in store.proposals(rid)[1:]] == ["superseded", "superseded", "pending"]
+    # the proposals nobody decided were superseded by newer ones, never
+    # applied; the last expired when the run finished
+    assert [p["status"] for p in store.proposals(rid)[1:]] == ["superseded", "superseded", "expired"]
+    assert store.run(rid)["phase"] == "finished" and store.run(rid)["tokens_per_s"] is None

@@ -96,9 +96,12 @@ def test_approval_applies_at_the_next_checkpoint_not_before(store):
 def test_a_newer_proposal_supersedes_a_pending_one(store):
     rid = new_run(store, policy="human")
     run_loop(store, rid)
+    # the last one waited until the run finished, then expired: a finished
+    # run shows no proposal waiting for a person
     assert [(p["step"], p["status"]) for p in store.proposals(rid)] == \
-           [(0, "superseded"), (10, "superseded"), (20, "pending")]
+           [(0, "superseded"), (10, "superseded"), (20, "expired")]
     assert [s["source"] for s in store.schedule(rid)] == ["initial"]  # nothing decided, nothing applied
+    assert "the run finished at step 30" in store.events(rid, "expired")[0]["message"]
     superseded = store.events(rid, "superseded")
     assert len(superseded) == 2 and all("a newer proposal arrived" in e["message"] for e in superseded)
 
@@ -125,9 +128,10 @@ def test_manual_mixture_is_applied_at_the_next_checkpoint(store):
            [(0, "initial", None), (10, "manual", "carol")]
     assert segs[1]["weights"] == pytest.approx(EDITED)
     assert store.checkpoint(rid, 20)["weights"] == pytest.approx(EDITED)
-    # the strategy's proposals around it still wait for a person
+    # the strategy's proposals around it waited for a person; the last one
+    # expired when the run finished (no checkpoint was left to apply it)
     assert [p["status"] for p in store.proposals(rid) if p["strategy"] != "manual"] == \
-           ["superseded", "superseded", "pending"]
+           ["superseded", "superseded", "expired"]
 
 
 @pytest.mark.parametrize("step", [0, 10])

@@ -17,11 +17,12 @@ from backend.config.schema import (
     MixtureConfig,
     ModelConfig,
     RunConfig,
+    TaskSpec,
     TrainConfig,
 )
 
 __all__ = [
     "PRESETS", "ConfigError", "ControllerConfig", "DataConfig", "DomainConfig", "EvalConfig",
-    "Limits", "MixtureConfig", "ModelConfig", "RunConfig", "TrainConfig", "check_untrusted", "data_roots",
+    "Limits", "MixtureConfig", "ModelConfig", "RunConfig", "TaskSpec", "TrainConfig", "check_untrusted", "data_roots",
     "from_data", "from_dict", "from_text", "load", "merge", "preset",
 ]

@@ -170,6 +170,59 @@ class MixtureConfig:
 
 
 @dataclass(kw_only=True)
+class TaskSpec:
+    """An lm-eval task (or group) measured as a skill at every checkpoint."""
+
+    skill: str
+    """The skill's name in the store and the UI (its held-out twin is
+    `<skill>_holdout`)."""
+    task: str
+    """An lm-eval task or group name: from lm-eval's registry, or defined in
+    `include_path`. A group's subtasks are facets of the one skill."""
+    include_path: str | None = None
+    """A folder (or one file) of lm-eval task YAML, as lm-eval's
+    `--include_path`; data files named relative to a YAML resolve against its
+    folder."""
+    metric: str | None = None
+    """The metric that scores the skill (one of the task's metric_list);
+    default: the task's first metric. Its direction comes from the task."""
+    holdout: str | None = None
+    """A held-out task watched by the Goodhart guard and never steered."""
+    domains: list[str] = field(default_factory=list)
+    """The domains meant to feed this skill (the prior of the controller's
+    affinity; empty: the skill is measured and shown, not steered)."""
+    num_fewshot: int | None = None
+    """Few-shot examples; default: the task's own setting, else 0."""
+    items_per_checkpoint: int | None = 200
+    """Documents evaluated per checkpoint, rotating through the task's real
+    documents (a seeded permutation; a resume or replay sees the same
+    items); None evaluates every document every time."""
+
+    def validate(self, path: str, domain_names: list[str]) -> None:
+        """Names and sizes; whether the task exists is checked by
+        backend.evaluation.lmeval_tasks (validate-config and before training)."""
+        if not self.skill or not self.skill.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"{path}.skill: must be a non-empty identifier, got {self.skill!r}")
+        if self.skill.endswith("_holdout"):
+            raise ConfigError(f"{path}.skill: must not end in _holdout (that names the held-out twin)")
+        if not self.task:
+            raise ConfigError(f"{path}.task: must name an lm-eval task or group")
+        if self.holdout is not None and self.holdout == self.task:
+            raise ConfigError(f"{path}.holdout: equals its steer task {self.task!r}; a held-out task must be another")
+        if self.include_path is not None and "\0" in self.include_path:
+            raise ConfigError(f"{path}.include_path: contains a NUL byte")
+        for d in self.domains:
+            if d not in domain_names:
+                raise ConfigError(f"{path}.domains: unknown domain {d!r} (domains: {', '.join(domain_names)})")
+        _unique(self.domains, f"{path}.domains", "domain")
+        if self.num_fewshot is not None and not 0 <= self.num_fewshot <= 64:
+            raise ConfigError(f"{path}.num_fewshot: must be within [0, 64], got {self.num_fewshot}")
+        if self.items_per_checkpoint is not None and self.items_per_checkpoint <= 0:
+            raise ConfigError(f"{path}.items_per_checkpoint: must be > 0 or null (every document), "
+                              f"got {self.items_per_checkpoint}")
+
+
+@dataclass(kw_only=True)
 class EvalConfig:
     """What is measured at every checkpoint."""
 
@@ -195,6 +248,9 @@ class EvalConfig:
     the greedy continuation, and the per-token loss of the answer)."""
     heldout_loss_sequences: int = 16
     """Held-out sequences per domain for the per-domain loss."""
+    tasks: list[TaskSpec] = field(default_factory=list)
+    """lm-eval tasks measured as skills, beside the synthetic skills the
+    domains stream (see TaskSpec)."""
 
     def validate(self, path: str) -> None:
         """Check sizes and that every skill is registered."""
@@ -415,6 +471,12 @@ class RunConfig:
         for s in self.evaluation.skills:
             if s not in streamed:
                 raise ConfigError(f"evaluation.skills: skill {s!r} is streamed by no domain")
+        taken = set(self.steer_skills)
+        for i, t in enumerate(self.evaluation.tasks):
+            t.validate(f"evaluation.tasks[{i}]", self.domain_names)
+            if t.skill in taken:
+                raise ConfigError(f"evaluation.tasks[{i}].skill: {t.skill!r} is already a skill of this run")
+            taken.add(t.skill)
 
     # -- derived --------------------------------------------------------
     @property

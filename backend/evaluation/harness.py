@@ -46,9 +46,10 @@ class HarnessEvaluator:
         self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
                        max_length=max_length, device=str(device))
 
-    def evaluate(self, round_: int = 0) -> tuple[list[dict], list[dict]]:
-        """Returns (measurements, per-item samples) for every task, on the
-        items of checkpoint number round_ (see tasks.rotation).
+    def evaluate(self, round_: int = 0, skills: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+        """Returns (measurements, per-item samples) for every task (or the
+        tasks of `skills`, stored skill names), on the items of checkpoint
+        number round_ (see tasks.rotation).
 
         A measurement: task, skill, metric, value, stderr, n and its facets
         (prompt_variant, decoding, scorer)."""
@@ -56,14 +57,19 @@ class HarnessEvaluator:
 
         from backend.evaluation.tasks import rotation
 
+        configs = [c for c in self.task_configs if skills is None or c["metadata"]["skill"] in skills]
+        if not configs:
+            return [], []
+        loaded = {"tasks": {c["task"]: self.loaded["tasks"][c["task"]] for c in configs}, "groups": {},
+                  "group_map": {}}
         samples = None
         if self.items_per_round is not None:
             idx = rotation(round_, self.items_per_round, self.rounds)
-            samples = {c["task"]: idx for c in self.task_configs}
-        res = evaluate(lm=self.lm, task_dict=self.loaded, samples=samples, log_samples=True,
+            samples = {c["task"]: idx for c in configs}
+        res = evaluate(lm=self.lm, task_dict=loaded, samples=samples, log_samples=True,
                        bootstrap_iters=1000, verbosity="ERROR")
         measurements, samples = [], []
-        for cfg in self.task_configs:
+        for cfg in configs:
             name, meta = cfg["task"], cfg["metadata"]
             r, items = res["results"][name], res["samples"][name]
             facets = {"task": name, "skill": meta["skill"], "n": res["n-samples"][name]["effective"],

@@ -68,6 +68,10 @@ class LeafTask:
     chance: float | None
     metrics: dict[str, bool] = field(default_factory=dict)
     """Every metric of the task -> higher_is_better."""
+    per_checkpoint: int | None = None
+    """Documents evaluated per checkpoint (None: all)."""
+    domains: list[str] = field(default_factory=list)
+    """The domains declared to feed the skill."""
 
 
 def _num(x) -> float | None:
@@ -247,8 +251,36 @@ def resolve_tasks(specs: list, *, where: str = "evaluation.tasks") -> TaskSet:
                 out = task.OUTPUT_TYPE
                 ts.leaves.append(LeafTask(name=tname, skill=skill, kind=kind, task=task, output_type=out,
                                           metric=metric, higher_is_better=metrics[metric], n_docs=n_docs,
-                                          chance=_chance(task, out, metric), metrics=metrics))
+                                          chance=_chance(task, out, metric), metrics=metrics,
+                                          per_checkpoint=getattr(spec, "items_per_checkpoint", None),
+                                          domains=list(getattr(spec, "domains", []) or [])))
     return ts
+
+
+class TaskEvaluator:
+    """The lm-eval tasks of a run's `evaluation.tasks` on the live model: one
+    HFLM over the model the trainer updates in place, the TaskSet loaded once.
+    `evaluate` gives store-ready measurement rows (the skill's own metric is
+    one of them; its direction and chance go to the skills table)."""
+
+    def __init__(self, taskset: TaskSet, model, tokenizer, *, batch_size: int, max_length: int, device,
+                 seed: int):
+        from lm_eval.models.huggingface import HFLM
+
+        self.taskset = taskset
+        self.seed = seed
+        self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
+                       device=str(device))
+        # the loop's view: task name and skill, plus what the skills table keeps
+        self.task_configs = [{"task": leaf.name, "metadata": {
+            "skill": leaf.skill, "metric": leaf.metric, "higher_is_better": leaf.higher_is_better,
+            "chance": leaf.chance}} for leaf in taskset.leaves]
+
+    def evaluate(self, round_: int = 0, skills: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+        """(measurements, samples) of checkpoint number round_ (see evaluate_tasks)."""
+        rows, items = evaluate_tasks(self.taskset, self.lm, round_=round_, seed=self.seed, skills=skills)
+        keep = ("task", "skill", "metric", "value", "stderr", "n", "prompt_variant", "decoding", "scorer")
+        return [{k: r[k] for k in keep} for r in rows], items
 
 
 def rotation_indices(task_name: str, n_docs: int, per_checkpoint: int | None, round_: int, seed: int) -> list[int]:
@@ -331,8 +363,8 @@ def _sample_row(leaf: LeafTask, s: dict, metric: str) -> dict:
             else int(value)}
 
 
-def evaluate_tasks(ts: TaskSet, lm, *, round_: int, per_checkpoint: int | None, seed: int,
-                   bootstrap_iters: int = 1000) -> tuple[list[dict], list[dict]]:
+def evaluate_tasks(ts: TaskSet, lm, *, round_: int, seed: int, per_checkpoint: int | None = None,
+                   skills: list[str] | None = None, bootstrap_iters: int = 1000) -> tuple[list[dict], list[dict]]:
     """Evaluate every leaf task on checkpoint `round_`'s documents with the
     model wrapped in `lm` (an lm-eval LM, e.g. HFLM over the live model).
 
@@ -340,16 +372,21 @@ def evaluate_tasks(ts: TaskSet, lm, *, round_: int, per_checkpoint: int | None, 
     stderr, n, higher_is_better, chance and the facets prompt_variant (the
     task name: each task of a group is one facet), decoding and scorer (the
     metric and its lm-eval filter). Every metric of the task is measured; the
-    skill's own metric is the one named in its spec."""
+    skill's own metric is the one named in its spec. `per_checkpoint`
+    overrides each task's own count; `skills` limits it to those skills'
+    tasks."""
     from lm_eval.evaluator import evaluate
 
-    loaded = {"tasks": {leaf.name: leaf.task for leaf in ts.leaves}, "groups": {}, "group_map": {}}
-    samples = {leaf.name: rotation_indices(leaf.name, leaf.n_docs, per_checkpoint, round_, seed)
-               for leaf in ts.leaves}
+    leaves = [leaf for leaf in ts.leaves if skills is None or leaf.skill in skills]
+    if not leaves:
+        return [], []
+    loaded = {"tasks": {leaf.name: leaf.task for leaf in leaves}, "groups": {}, "group_map": {}}
+    samples = {leaf.name: rotation_indices(leaf.name, leaf.n_docs, per_checkpoint or leaf.per_checkpoint,
+                                           round_, seed) for leaf in leaves}
     res = evaluate(lm=lm, task_dict=loaded, samples=samples, log_samples=True,
                    bootstrap_iters=bootstrap_iters, verbosity="ERROR")
     measurements, items = [], []
-    for leaf in ts.leaves:
+    for leaf in leaves:
         r = res["results"][leaf.name]
         n = res["n-samples"][leaf.name]["effective"]
         for metric, hib in leaf.metrics.items():

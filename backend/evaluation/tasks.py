@@ -99,3 +99,15 @@ def build_tasks(skills: list[str], kinds: list[str], data_dir: Path, n_items: in
                 path.write_text("".join(json.dumps(it) + "\n" for it in items))
                 configs += [task_config(base, kind, template, out, path, max_gen_toks) for out in outputs]
     return configs
+
+
+def constant_answer_rate(base: str, kind: str, seed: int, n: int = 2000) -> float:
+    """The chance level of a generated answer: the exact-match rate of the
+    best constant answer, the share of the most frequent answer among n
+    seeded items of the skill's split (parity: about 0.5, "even" to all)."""
+    from collections import Counter
+
+    split = "steer" if kind == "steer" else "holdout"
+    template = STEER_TEMPLATES[0] if kind == "steer" else HOLDOUT_TEMPLATE
+    answers = Counter(it["answer"] for it in eval_items(base, split, n, seed, template))
+    return answers.most_common(1)[0][1] / n
