@@ -202,17 +202,18 @@ class FolderCheckpointer:
     """The real Checkpointer: safetensors + trainer.pt + meta.json folders
     (backend.trainer.save_checkpoint) under `root`."""
 
-    def __init__(self, root: Path, model, trainer, keep_last: int = 0):
+    def __init__(self, root: Path, model, trainer, keep_last: int = 0, tokenizer=None):
         self.root = root
         self.model = model
         self.trainer = trainer
         self.keep_last = keep_last
+        self.tokenizer = tokenizer  # saved with each checkpoint: lm_eval --model hf loads it as is
 
     def save(self, step: int, meta: dict) -> str:
         """Checkpointer.save (the trainer's own step names the folder)."""
         from backend.trainer import save_checkpoint
 
-        return str(save_checkpoint(self.root, self.model, self.trainer, meta))
+        return str(save_checkpoint(self.root, self.model, self.trainer, meta, tokenizer=self.tokenizer))
 
     def load(self, path: str) -> dict:
         """Checkpointer.load."""
@@ -244,7 +245,7 @@ def build_components(cfg: RunConfig, run_dir: Path) -> Components:
 
     from backend.data.domains import build_domains
     from backend.data.sampler import MixtureSampler
-    from backend.data.tokenizer import load_tokenizer, train_tokenizer
+    from backend.data.tokenizer import check_fits, load_tokenizer, train_tokenizer
     from backend.evaluation.harness import HarnessEvaluator
     from backend.evaluation.lmeval_tasks import TaskEvaluator, resolve_tasks
     from backend.evaluation.tasks import build_tasks
@@ -260,12 +261,16 @@ def build_components(cfg: RunConfig, run_dir: Path) -> Components:
     tok_dir = run_dir / "tokenizer"
     if cfg.data.tokenizer_path:
         tokenizer = load_tokenizer(cfg.data.tokenizer_path)
+    elif cfg.model.pretrained:  # your own model: its own tokenizer, from the same folder
+        tokenizer = load_tokenizer(cfg.model.pretrained)
     elif (tok_dir / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(tok_dir)  # resume: the run's own tokenizer
     else:
         tokenizer = train_tokenizer(domains, cfg.data.tokenizer_vocab, cfg.seed, tok_dir)
     model = build_model(cfg.model, len(tokenizer), cfg.data.context_length,
                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seed=cfg.seed)
+    if cfg.model.pretrained:
+        check_fits(tokenizer, model, "data.tokenizer_path" if cfg.data.tokenizer_path else "model.pretrained")
     trainer = Trainer(model, cfg.train, device)
     sampler = MixtureSampler(domains, tokenizer, cfg.data.context_length, cfg.seed)
     parts = []
@@ -284,7 +289,7 @@ def build_components(cfg: RunConfig, run_dir: Path) -> Components:
     evaluator = ModelEvaluator(parts, model, sampler.heldout(cfg.evaluation.heldout_loss_sequences), device)
     return Components(domains=domains, trainer=trainer, sampler=sampler, evaluator=evaluator,
                       checkpointer=FolderCheckpointer(run_dir / "checkpoints", model, trainer,
-                                                     keep_last=cfg.train.keep_checkpoints),
+                                                     keep_last=cfg.train.keep_checkpoints, tokenizer=tokenizer),
                       background=device.type == "cuda")
 
 

@@ -125,8 +125,14 @@ MODEL_FILE = "model.safetensors"
 TRAINER_TENSORS = "trainer.safetensors"
 TRAINER_JSON = "trainer.json"
 META_FILE = "meta.json"
-CHECKPOINT_FILES = (MODEL_FILE, TRAINER_TENSORS, TRAINER_JSON, META_FILE)
-"""What a checkpoint folder holds besides its manifest; anything else there is refused."""
+HF_CONFIG = "config.json"
+CHECKPOINT_FILES = (MODEL_FILE, HF_CONFIG, TRAINER_TENSORS, TRAINER_JSON, META_FILE)
+"""What every checkpoint folder holds besides its manifest."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "tokenizer.model", "vocab.json", "merges.txt", "generation_config.json")
+"""What save_pretrained of a tokenizer (and the model's generation config)
+may add, so transformers and `lm_eval --model hf` load the folder as it is;
+each is listed in the manifest like the rest. Anything else is refused."""
 MANIFEST = "manifest.json"
 FORMAT = 1
 """Version of trainer.json and manifest.json."""
@@ -223,21 +229,32 @@ def _remove_leftovers(root: Path) -> None:
             os.replace(old, final)
 
 
-def _write_checkpoint_files(folder: Path, model, trainer: Trainer, meta: dict) -> None:
+def _write_checkpoint_files(folder: Path, model, trainer: Trainer, meta: dict, tokenizer=None) -> None:
     from safetensors.torch import save_file
 
-    # tied embeddings share storage; save each tensor once, contiguous
+    # save_pretrained's layout, so AutoModelForCausalLM.from_pretrained and
+    # lm_eval --model hf load the folder: config.json, model.safetensors with
+    # format metadata, tied embeddings saved once (transformers re-ties them)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
-    save_file(state, str(folder / MODEL_FILE))
+    save_file(state, str(folder / MODEL_FILE), metadata={"format": "pt"})
+    model.config.to_json_file(str(folder / HF_CONFIG))
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.to_json_file(str(folder / "generation_config.json"))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
     tensors: dict[str, torch.Tensor] = {}
     tree = _to_json_tree(trainer.state_dict(), "trainer", tensors)
     save_file(tensors, str(folder / TRAINER_TENSORS))
     (folder / TRAINER_JSON).write_text(json.dumps({"format": FORMAT, "state": tree}))
     (folder / META_FILE).write_text(json.dumps({**meta, "step": trainer.step}))
     files = {}
-    for name in CHECKPOINT_FILES:  # data on disk before the manifest vouches for it
+    written = sorted(f.name for f in folder.iterdir())
+    extra = [n for n in written if n not in CHECKPOINT_FILES and n not in TOKENIZER_FILES]
+    if extra:
+        raise CheckpointError(f"unexpected file(s) {extra} written to {str(folder)!r}")
+    for name in written:  # data on disk before the manifest vouches for it
         _fsync(folder / name)
         files[name] = {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
     (folder / MANIFEST).write_text(json.dumps({"format": FORMAT, "step": trainer.step, "files": files}, indent=1))
@@ -245,7 +262,7 @@ def _write_checkpoint_files(folder: Path, model, trainer: Trainer, meta: dict) -
     _fsync(folder)
 
 
-def save_checkpoint(root: str | Path, model, trainer: Trainer, meta: dict) -> Path:
+def save_checkpoint(root: str | Path, model, trainer: Trainer, meta: dict, tokenizer=None) -> Path:
     """Write the checkpoint of trainer.step under root and return its folder.
 
     Written in a `.tmp` folder, manifest last, then renamed into place: a
@@ -262,7 +279,7 @@ def save_checkpoint(root: str | Path, model, trainer: Trainer, meta: dict) -> Pa
     _remove_leftovers(root)
     try:
         tmp.mkdir()
-        _write_checkpoint_files(tmp, model, trainer, meta)
+        _write_checkpoint_files(tmp, model, trainer, meta, tokenizer)
         if final.exists():  # the same step again (after a fallback): swap, never delete first
             os.replace(final, old)
         os.replace(tmp, final)
@@ -289,7 +306,7 @@ def verify_checkpoint(path: str | Path) -> None:
         raise CheckpointError(f"{where} does not exist")
     present = {f.name for f in p.iterdir()}
     missing = [f for f in (*CHECKPOINT_FILES, MANIFEST) if f not in present]
-    unknown = sorted(present - {*CHECKPOINT_FILES, MANIFEST})
+    unknown = sorted(present - {*CHECKPOINT_FILES, *TOKENIZER_FILES, MANIFEST})
     problems = []
     if missing:
         problems.append(f"is incomplete: missing {', '.join(missing)}")
@@ -299,7 +316,11 @@ def verify_checkpoint(path: str | Path) -> None:
         raise CheckpointError(f"{where} {'; '.join(problems)}")
     try:
         listed = json.loads((p / MANIFEST).read_text())["files"]
-        expected = {name: (int(listed[name]["bytes"]), str(listed[name]["sha256"])) for name in CHECKPOINT_FILES}
+        names = set(CHECKPOINT_FILES) | (present & set(TOKENIZER_FILES))
+        unlisted = sorted(n for n in names if n not in listed)
+        if unlisted:  # a file the save did not write (planted, or a manifest rewritten)
+            raise KeyError(f"{', '.join(unlisted)} not listed")
+        expected = {name: (int(listed[name]["bytes"]), str(listed[name]["sha256"])) for name in sorted(names)}
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{where} is unreadable: {MANIFEST} is malformed ({type(e).__name__}: {e})") from None
     for name, (size, digest) in expected.items():

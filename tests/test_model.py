@@ -1,6 +1,8 @@
 """backend/model.py: a tiny real Llama, built from a seed or loaded from a
 local folder."""
 
+import math
+
 import pytest
 import torch
 
@@ -59,3 +61,51 @@ def test_pretrained_folder_without_a_model_is_refused_naming_the_field(tmp_path,
     with pytest.raises(ValueError, match="model.pretrained") as e:
         build_model(cfg, VOCAB, CONTEXT, eos_id=0, pad_id=1, seed=0)
     assert str(tmp_path) in str(e.value)
+
+
+def _own_model_folder(tmp_path, spare_ids: int):
+    """A user's model: a tiny Llama saved with save_pretrained, and beside
+    it a tokenizer without a pad token (as many HF causal LMs ship)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from backend.data.tokenizer import train_tokenizer
+
+    class Text:
+        def sample_text(self, n, seed):
+            return "copy a b = a b\nthe quick brown fox jumps over the lazy dog 12 + 34 = 46\n" * 200
+
+    tok = train_tokenizer([Text()], 400, 0, tmp_path / "trained")
+    folder = tmp_path / "own"
+    model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
+                        len(tok) + spare_ids, 32, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, seed=0)
+    model.save_pretrained(str(folder))
+    PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, eos_token="<eos>").save_pretrained(str(folder))
+    return folder, len(tok)
+
+
+def test_your_own_model_brings_its_own_tokenizer(tmp_path):
+    """model.pretrained alone: the tokenizer comes from the same folder, pads
+    with EOS, and the run's components train and checkpoint it."""
+    from backend.config import preset
+    from backend.loop import build_components
+
+    folder, n_tokens = _own_model_folder(tmp_path, spare_ids=16)  # a model may embed more ids than it uses
+    d = preset("tiny").to_dict()
+    d["model"] = {**d["model"], "pretrained": str(folder)}
+    c = build_components(preset("tiny").replace(model=d["model"]), tmp_path / "run")
+    tok = c.sampler.tokenizer
+    assert len(tok) == n_tokens and tok.pad_token_id == tok.eos_token_id
+    assert not (tmp_path / "run" / "tokenizer").exists()  # nothing trained: the model's own
+    loss = c.trainer.train_step(torch.from_numpy(c.sampler.batch({d.name: 1.0 for d in c.domains}, 2)[0]))
+    assert math.isfinite(loss)
+
+
+def test_a_tokenizer_that_does_not_fit_the_model_is_refused(tmp_path):
+    from backend.config import preset
+    from backend.loop import build_components
+
+    folder, n_tokens = _own_model_folder(tmp_path, spare_ids=-10)  # fewer ids than the tokenizer has
+    d = preset("tiny").to_dict()
+    d["model"] = {**d["model"], "pretrained": str(folder)}
+    with pytest.raises(ValueError, match="model.pretrained: .*tokenizer"):
+        build_components(preset("tiny").replace(model=d["model"]), tmp_path / "run")

@@ -76,9 +76,21 @@ def test_saved_tokenizer_loads_with_identical_ids(tokenizer, tok_dir):
     assert len(loaded) == len(tokenizer)
 
 
-def test_load_tokenizer_needs_tokenizer_json(tmp_path):
-    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+def test_load_tokenizer_refuses_a_folder_without_one(tmp_path):
+    with pytest.raises(ValueError, match="no tokenizer can be loaded"):
         tokenizer_mod.load_tokenizer(tmp_path)
+
+
+def test_a_tokenizer_without_pad_pads_with_eos_and_one_without_eos_is_refused(tokenizer, tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    bare = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<eos>")
+    bare.save_pretrained(str(tmp_path / "no_pad"))
+    loaded = tokenizer_mod.load_tokenizer(tmp_path / "no_pad")
+    assert loaded.pad_token_id == loaded.eos_token_id == tokenizer.eos_token_id
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer).save_pretrained(str(tmp_path / "no_eos"))
+    with pytest.raises(ValueError, match="no EOS token"):
+        tokenizer_mod.load_tokenizer(tmp_path / "no_eos")
 
 
 def test_training_is_deterministic(domains, tokenizer, tmp_path):

@@ -79,7 +79,8 @@ def test_save_then_load_resumes_exactly(tmp_path):
     path = save_checkpoint(tmp_path, model, trainer, {"sampler": {"sequences_drawn": 12, "seed": 0}})
     assert path == checkpoint_dir(tmp_path, 3) and path.name == "step-0000003"
     assert sorted(f.name for f in path.iterdir()) == [
-        "manifest.json", "meta.json", "model.safetensors", "trainer.json", "trainer.safetensors"]
+        "config.json", "generation_config.json", "manifest.json", "meta.json", "model.safetensors",
+        "trainer.json", "trainer.safetensors"]
     assert not list(tmp_path.glob("*.tmp"))
 
     fresh = tiny_model(seed=123)  # different init: everything must come from the checkpoint
@@ -304,7 +305,8 @@ def test_the_manifest_lists_size_and_sha256_of_every_file(tmp_path):
     _, _, path = trained_checkpoint(tmp_path)
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["step"] == 1
-    assert sorted(manifest["files"]) == ["meta.json", "model.safetensors", "trainer.json", "trainer.safetensors"]
+    assert sorted(manifest["files"]) == ["config.json", "generation_config.json", "meta.json", "model.safetensors",
+                                         "trainer.json", "trainer.safetensors"]
     for name, entry in manifest["files"].items():
         data = (path / name).read_bytes()
         assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -498,3 +500,41 @@ def test_prune_never_counts_a_corrupt_checkpoint_as_kept(tmp_path):
     removed = prune_checkpoints(tmp_path, keep_last=1, keep_steps=set())
     assert sorted(p.name for p in removed) == ["step-0000000", "step-0000020"]
     assert_only_complete_checkpoints(tmp_path, [10])  # the newest that resumes
+
+
+@pytest.mark.slow
+def test_a_run_checkpoint_loads_in_transformers_and_in_the_lm_eval_cli(tiny_run, tmp_path):
+    """Checkpoints are save_pretrained-style (config.json, weights with the
+    tied embedding once, the run's tokenizer): AutoModelForCausalLM and
+    `lm_eval --model hf --model_args pretrained=CHECKPOINT` load one as it is,
+    and it computes what the run's model computed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import ROOT
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from backend.store import Store
+
+    db, run_id = tiny_run
+    ck = Store(db).checkpoints(run_id)[-1]["path"]
+    model = AutoModelForCausalLM.from_pretrained(ck, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(ck, local_files_only=True)
+    assert model.config.tie_word_embeddings and model.lm_head.weight.data_ptr() == \
+        model.get_input_embeddings().weight.data_ptr()
+    ids = torch.tensor([tok("copy a b =")["input_ids"]])
+    weights = load_file(str(Path(ck) / "model.safetensors"))
+    assert torch.equal(model.get_input_embeddings().weight, weights["model.embed_tokens.weight"])
+    assert torch.isfinite(model(input_ids=ids).logits).all()
+    out = tmp_path / "lm_eval"
+    p = subprocess.run(
+        [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={ck}",
+         "--tasks", "ex_addition", "--include_path", str(ROOT / "examples" / "tasks"), "--limit", "8",
+         "--device", "cpu", "--batch_size", "8", "--output_path", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    results = json.loads(next(out.rglob("results*.json")).read_text())["results"]["ex_addition"]
+    assert 0.0 <= results["acc,none"] <= 1.0

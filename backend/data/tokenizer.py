@@ -37,16 +37,35 @@ def train_tokenizer(domains, vocab_size: int, seed: int, out_dir: str | Path):
 
 
 def load_tokenizer(path: str | Path):
-    """Load a tokenizer saved by save_pretrained from a local folder."""
+    """Load a tokenizer saved by save_pretrained from a local folder (never
+    the hub). It needs an EOS token (documents are EOS-separated); one
+    without a pad token pads with EOS, as HF causal LMs commonly do."""
     from transformers import AutoTokenizer
 
     p = Path(path)
-    if not (p / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"no tokenizer.json in {str(p)!r}")
-    tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-    if tok.eos_token is None or tok.pad_token is None:
-        raise ValueError(f"tokenizer in {str(p)!r} needs eos and pad tokens")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"no tokenizer can be loaded from {str(p)!r}: {e}") from None
+    if tok.eos_token is None:
+        raise ValueError(f"tokenizer in {str(p)!r} has no EOS token, which separates documents")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
     return tok
+
+
+def check_fits(tokenizer, model, where: str) -> None:
+    """Refuse a tokenizer whose ids the model cannot embed (a tokenizer
+    from another model): every id, EOS and pad included, must be below the
+    model's vocabulary size. `where` names the config field."""
+    vocab = model.config.vocab_size
+    if len(tokenizer) > vocab:
+        raise ValueError(f"{where}: the tokenizer has {len(tokenizer)} tokens but the model embeds only {vocab}: "
+                         f"they do not belong together")
+    for name in ("eos_token_id", "pad_token_id"):
+        i = getattr(tokenizer, name)
+        if i is not None and not 0 <= i < vocab:
+            raise ValueError(f"{where}: the tokenizer's {name} {i} is outside the model's vocabulary ({vocab})")
 
 
 def _wrap(tok):
