@@ -108,16 +108,20 @@ def cmd_runs(s: Session) -> int:
 
 
 def summarize(store, run_id: int) -> dict:
-    """What `show` reports: checkpoints, latest score per skill, proposals, schedule."""
+    """What `show` reports: the run with its phase, checkpoints, the latest
+    measurement of each skill in its own metric, proposals, schedule."""
+    from backend.status import eta
+
     run = store.run(run_id)
+    metric = {s["name"]: s["metric"] or "exact_match" for s in store.skills(run_id)}
     latest: dict[str, dict] = {}
     for m in store.measurements(run_id):
-        if m["metric"] == "exact_match":
-            latest[m["skill"]] = {"step": m["step"], "value": m["value"], "stderr": m["stderr"],
-                                  "n": m["n"], "kind": m["kind"]}
+        if m["skill"] is not None and m["metric"] == metric.get(m["skill"], "exact_match"):
+            latest[m["skill"]] = {"step": m["step"], "metric": m["metric"], "value": m["value"],
+                                  "stderr": m["stderr"], "n": m["n"], "kind": m["kind"]}
     return {
-        "run": {k: run[k] for k in ("id", "name", "status", "policy", "step", "total_steps",
-                                    "tokens_seen", "tokens_per_s", "error")},
+        "run": {**{k: run[k] for k in ("id", "name", "status", "policy", "step", "total_steps", "tokens_seen",
+                                       "tokens_per_s", "error", "phase", "phase_started")}, **eta(store, run)},
         "checkpoints": [{k: c[k] for k in ("step", "tokens_seen", "train_loss", "wall_time")}
                         for c in store.checkpoints(run_id)],
         "skills": latest,
@@ -134,15 +138,20 @@ def cmd_show(s: Session) -> int:
     r = summary["run"]
     lines = [f"run {r['id']} {r['name']}: {r['status']}, policy {r['policy']}, "
              f"step {r['step']}/{r['total_steps']}, {r['tokens_seen']:,} tokens"]
+    if r["status"] in ("running", "paused") and r["phase"]:
+        lines.append(f"phase: {r['phase']}; elapsed {r['elapsed_s']:.0f} s; "
+                     + (f"next checkpoint in ~{r['eta_checkpoint_s']:.0f} s, end in ~{r['eta_end_s']:.0f} s"
+                        if r["eta_end_s"] is not None else "no ETA yet"))
     if r["error"]:
         lines.append(f"error: {r['error']}")
     lines.append(f"checkpoints: {len(summary['checkpoints'])}" + (
         f" (last at step {summary['checkpoints'][-1]['step']}, train loss {summary['checkpoints'][-1]['train_loss']})"
         if summary["checkpoints"] else ""))
-    lines.append("skills (latest exact match ± stderr, n):")
+    lines.append("skills (latest measurement in the skill's metric ± stderr, n):")
     for name, m in summary["skills"].items():
         se = f"{m['stderr']:.3f}" if m["stderr"] is not None else "n/a"
-        lines.append(f"  {name:<20} {m['kind']:<8} {m['value']:.3f} ± {se}  n={m['n']}  (step {m['step']})")
+        lines.append(f"  {name:<20} {m['kind']:<8} {m['metric']:<14} {m['value']:.3f} ± {se}  n={m['n']}  "
+                     f"(step {m['step']})")
     lines.append("proposals:")
     for p in summary["proposals"]:
         applied = f", applied at step {p['applied_step']}" if p["applied_step"] is not None else ""

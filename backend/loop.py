@@ -34,6 +34,9 @@ from backend.forecast_errors import record_forecast_errors
 from backend.mixture import validate_weights
 from backend.store import Store
 
+# metrics that are not a [0, 1] score even when a task marks them higher-is-better
+NOT_A_SCORE = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "answer_nll"})
+
 # heartbeat and command polling interval, seconds of wall clock (tests that
 # must catch a worker mid-stretch shorten it through the environment)
 POLL_SECONDS = float(os.environ.get("CLOSED_LOOP_POLL_S", "1.0"))
@@ -601,12 +604,24 @@ class ClosedLoop:
 
     def history(self, estimates: dict[str, list[dict]]) -> History:
         """What the strategy may see: steer skills only, with their latent
-        `estimates` (skill -> by step)."""
-        skills = [s for s in self.store.skills(self.run_id) if s["kind"] == "steer"]
+        `estimates` (skill -> by step). A skill no domain is declared to
+        feed, or whose metric is not a [0, 1] score where higher is better
+        (a perplexity), is measured and shown but not steered: `unsteerable`
+        says why."""
+        steer = [s for s in self.store.skills(self.run_id) if s["kind"] == "steer"]
+        unsteerable = {}
+        for s in steer:
+            metric, hib = s["metric"] or "exact_match", s["higher_is_better"] in (None, 1)
+            if not s["domains"]:
+                unsteerable[s["name"]] = "no domain is declared to feed it (evaluation.tasks[].domains)"
+            elif not hib or metric in NOT_A_SCORE:
+                unsteerable[s["name"]] = f"its metric {metric} is not a [0, 1] score where higher is better"
+        skills = [s for s in steer if s["name"] not in unsteerable]
+        primary = {s["name"]: s["metric"] or "exact_match" for s in skills}
         scores = {s["name"]: [] for s in skills}
         losses: dict[str, list] = {}
         for m in self.store.measurements(self.run_id):
-            if m["kind"] == "steer" and m["metric"] == "exact_match":
+            if m["kind"] == "steer" and m["skill"] in primary and m["metric"] == primary[m["skill"]]:
                 scores[m["skill"]].append(m)
             elif m["kind"] == "domain_loss":
                 losses.setdefault(m["domain"], []).append(m)
@@ -619,6 +634,8 @@ class ClosedLoop:
             blocked={k: e["message"] for k, e in guard.open_alerts(self.store, self.run_id).items()},
             mixtures=[{"step": c["step"], "tokens_seen": c["tokens_seen"], "weights": c["weights"]}
                       for c in self.store.checkpoints(self.run_id)],
+            unsteerable=unsteerable,
+            latest={k: estimates[k][-1]["score"] for k in unsteerable if estimates.get(k)},
         )
 
     def _propose(self, step: int, tokens: int, estimates: dict[str, list[dict]]) -> None:

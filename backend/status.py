@@ -78,3 +78,28 @@ def apply_note(store, run: dict) -> str:
     if run["status"] in TERMINAL_STATES:  # stopped or failed: resumable
         return f"{where} once the run is resumed"
     return where
+
+
+def eta(store, run: dict, now: float | None = None) -> dict:
+    """Elapsed wall time and the expected seconds to the next checkpoint
+    and to the end (None while unknown), from the run's own pace: the mean
+    wall time between its checkpoints, evaluation included (a checkpoint's
+    `wall_time` is seconds of training since the run began, across
+    workers). Keys: elapsed_s, eta_checkpoint_s, eta_end_s."""
+    now = time.time() if now is None else now
+    cks = store.checkpoints(run["id"])
+    live = run["status"] in WORKING_STATES
+    if not cks:
+        return {"elapsed_s": 0.0, "eta_checkpoint_s": None, "eta_end_s": None}
+    last = cks[-1]
+    since = max(0.0, now - last["created_at"]) if live else 0.0
+    elapsed = (last["wall_time"] or 0.0) + since
+    if not live or len(cks) < 2:
+        return {"elapsed_s": elapsed, "eta_checkpoint_s": None, "eta_end_s": None}
+    train = run["config"]["train"]
+    cycle = (last["wall_time"] - cks[0]["wall_time"]) / (len(cks) - 1)  # seconds per checkpoint stretch
+    total, every = train["steps"], train["checkpoint_every"]
+    left = max(0, -(-(total - last["step"]) // every))  # stretches still to train (ceil)
+    to_next = max(0.0, cycle - since) if left else 0.0
+    return {"elapsed_s": elapsed, "eta_checkpoint_s": to_next,
+            "eta_end_s": to_next + max(0, left - 1) * cycle if left else 0.0}

@@ -41,12 +41,22 @@ def test_heartbeat_age_in_seconds_then_minutes():
     assert status.heartbeat_age({"heartbeat": time.time() - 3}).endswith("s ago")
 
 
-def test_status_text_flags_a_running_run_whose_worker_is_gone(run):
+def test_status_text_flags_a_running_run_whose_worker_is_gone(run, tmp_path):
+    """Ownership is the run lock (backend.worker), not the heartbeat's age."""
+    from backend.loop import run_dir_for
+    from backend.worker import LOCK_NAME, RunLock
+
     store, run_id = run
     assert status.status_text(store.run(run_id)) == "created"
-    store.update_run(run_id, status="running", pid=os.getpid(), heartbeat=time.time())
-    assert status.status_text(store.run(run_id)) == "running"  # this process beats for it
-    store.update_run(run_id, heartbeat=time.time() - 3600)
+    run_dir = run_dir_for(store, run_id)
+    store.update_run(run_id, status="running", pid=os.getpid(), heartbeat=time.time() - 3600,
+                     run_dir=str(run_dir))
+    lock = RunLock(run_dir / LOCK_NAME)
+    lock.acquire()
+    try:
+        assert status.status_text(store.run(run_id)) == "running"  # this process owns it, however old its beat
+    finally:
+        lock.release()
     assert status.status_text(store.run(run_id)) == "running (no worker)"
     store.update_run(run_id, status="finished")
     assert status.status_text(store.run(run_id)) == "finished"
@@ -76,3 +86,24 @@ def test_apply_note_says_where_and_when(run):
     assert status.apply_note(store, store.run(run_id)).endswith("(step 20) once the run is resumed")
     store.update_run(run_id, status="finished", step=30)
     assert "no checkpoint is left" in status.apply_note(store, store.run(run_id))
+
+
+def test_eta_from_the_runs_own_pace(run):
+    """Checkpoints 0 and 10 saved 60 s of training apart: a stretch takes
+    60 s, so 15 s after checkpoint 10 the next is ~45 s away and the end
+    (2 stretches left, to 20 and to 30) ~105 s."""
+    store, run_id = run
+    assert status.eta(store, store.run(run_id)) == {"elapsed_s": 0.0, "eta_checkpoint_s": None, "eta_end_s": None}
+    for step, wall in ((0, 0.0), (10, 60.0)):
+        store.add_checkpoint(run_id, step=step, tokens_seen=step * 64, train_loss=None, wall_time=wall,
+                             tokens_per_s=None, path="", weights={"a": 1.0})
+    store.update_run(run_id, status="running", step=12)
+    created = store.checkpoint(run_id, 10)["created_at"]
+    out = status.eta(store, store.run(run_id), now=created + 15)
+    assert out == pytest.approx({"elapsed_s": 75.0, "eta_checkpoint_s": 45.0, "eta_end_s": 105.0})
+    # overdue: the next is due now, not in negative time
+    assert status.eta(store, store.run(run_id), now=created + 90)["eta_checkpoint_s"] == 0.0
+    # a run that is not working has an elapsed time and no ETA
+    store.update_run(run_id, status="stopped")
+    assert status.eta(store, store.run(run_id), now=created + 15) == \
+        {"elapsed_s": 60.0, "eta_checkpoint_s": None, "eta_end_s": None}

@@ -60,6 +60,13 @@ class History:
     mixtures: list[dict] = field(default_factory=list)
     """[{step, tokens_seen, weights}] by checkpoint: the mixture trained in
     the stretch that ended at that checkpoint (step 0: the initial one)."""
+    unsteerable: dict[str, str] = field(default_factory=dict)
+    """Steer skills measured but not steered (skill -> why): no domain is
+    declared to feed them, or their metric is not a [0, 1] score where
+    higher is better. Not in `skill_domains`; each proposal's forecast says
+    why it leaves them alone."""
+    latest: dict[str, float] = field(default_factory=dict)
+    """Latest latent score of each unsteerable skill (for its forecast line)."""
 
     def latent(self) -> dict[str, list[dict]]:
         """`estimates`, or the latent estimates computed from `scores`."""
@@ -206,7 +213,11 @@ def propose(strategy: Strategy, history: History, current: dict[str, float], con
         if d in held:
             line += f"; held back by the Goodhart guard: {', '.join(held[d])} (its weight may not rise)"
         rationale[d] = line
-    return Proposal(weights=weights, rationale=rationale, forecast=strategy.forecast(history, current, weights))
+    forecast = strategy.forecast(history, current, weights)
+    for skill, why in history.unsteerable.items():  # measured, shown, not steered: say why
+        score = history.latest.get(skill)
+        forecast[skill] = {"score": score, "expected": score, "basis": f"not steered: {why}"}
+    return Proposal(weights=weights, rationale=rationale, forecast=forecast)
 
 
 # built-in strategies register on import, like a user's would
