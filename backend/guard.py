@@ -38,6 +38,10 @@ def check(steer: list[dict], holdout: list[dict], since_step: int = 0) -> dict |
     or None while the held-out skill keeps up."""
     s_by = {e["step"]: e for e in steer}
     h_by = {e["step"]: e for e in holdout}
+    # direction from the estimates (the skill's metric, as stored): for a
+    # lower-is-better metric (a loss) improving is falling, so rises are
+    # measured on the negated score
+    sign = 1.0 if all(e.get("higher_is_better", True) for e in steer[-1:]) else -1.0
     steps = sorted(set(s_by) & set(h_by))
     base_steps = [s for s in steps if s <= since_step] or steps[:1]
     if not base_steps:
@@ -46,13 +50,13 @@ def check(steer: list[dict], holdout: list[dict], since_step: int = 0) -> dict |
     later = [t for t in steps if t > b]
     if len(later) < 2:
         return None
-    alerts = [_gap(s_by, h_by, b, t) for t in later[-2:]]
+    alerts = [_gap(s_by, h_by, b, t, sign) for t in later[-2:]]
     return alerts[-1] if all(alerts) else None
 
 
-def _gap(s_by: dict, h_by: dict, b: int, t: int) -> dict | None:
-    rise_s = s_by[t]["score"] - s_by[b]["score"]
-    rise_h = h_by[t]["score"] - h_by[b]["score"]
+def _gap(s_by: dict, h_by: dict, b: int, t: int, sign: float = 1.0) -> dict | None:
+    rise_s = sign * (s_by[t]["score"] - s_by[b]["score"])
+    rise_h = sign * (h_by[t]["score"] - h_by[b]["score"])
     sd_s = math.hypot(_sd(s_by[t]), _sd(s_by[b]))
     sd_h = math.hypot(_sd(h_by[t]), _sd(h_by[b]))
     gap = rise_s - rise_h

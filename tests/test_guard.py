@@ -154,3 +154,19 @@ def test_planted_leak_fires_the_alarm_within_two_checkpoints_and_a_clean_run_nev
 
     store, run = stores["clean"]
     assert store.events(run, "goodhart_alert") == []
+
+
+def test_a_lower_is_better_skill_alerts_when_its_loss_falls_alone():
+    """Direction comes with the estimates: for a loss, improving is falling;
+    the steer loss falling while the held-out loss stays is the alert, and
+    both rising (getting worse) is none."""
+    def series(values, hib=False, sd=0.02):
+        return [{"step": 10 * i, "score": v, "lo": v - 1.96 * sd, "hi": v + 1.96 * sd, "higher_is_better": hib}
+                for i, v in enumerate(values)]
+
+    steer = series([3.0, 2.5, 2.0, 1.5])
+    held = series([3.0, 3.0, 2.98, 2.99])
+    alert = guard.check(steer, held)
+    assert alert is not None and alert["steer_rise"] == pytest.approx(1.5)
+    assert guard.check(series([3.0, 3.5, 4.0, 4.5]), held) is None  # worse, not better
+    assert guard.check(series([3.0, 2.5, 2.0, 1.5], hib=True), held) is None  # read as a score: it fell
