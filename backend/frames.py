@@ -21,7 +21,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from backend.vocab import Z95, base_skill, is_holdout
+from backend.vocab import Z95, base_skill, is_holdout, is_score
 
 PRIMARY_METRIC = "exact_match"
 SCORE_COLUMNS = ["skill", "base", "kind", "step", "tokens_seen", "value", "stderr", "n", "lo", "hi"]
@@ -43,10 +43,14 @@ def _empty_scores(extra: list[str] = ()) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(SCORE_COLUMNS + list(extra), types)})
 
 
-def _with_band(df: pd.DataFrame) -> pd.DataFrame:
-    """lo / hi = value -+ Z95 stderr, clipped to [0, 1]."""
+def _with_band(df: pd.DataFrame, bounded: pd.Series | bool = True) -> pd.DataFrame:
+    """lo / hi = value -+ Z95 stderr, clipped to [0, 1] where the metric is
+    a score (`bounded`), at 0 below for a loss or perplexity."""
     se = df["stderr"].fillna(0.0)
-    return df.assign(lo=(df["value"] - Z95 * se).clip(0, 1), hi=(df["value"] + Z95 * se).clip(0, 1))
+    if not isinstance(bounded, pd.Series):
+        bounded = pd.Series(bool(bounded), index=df.index)
+    lo, hi = (df["value"] - Z95 * se).clip(lower=0), df["value"] + Z95 * se
+    return df.assign(lo=lo.where(~bounded, lo.clip(upper=1)), hi=hi.where(~bounded, hi.clip(0, 1)))
 
 
 def _bases(skill: pd.Series, skills: dict[str, dict]) -> pd.Series:
@@ -82,8 +86,9 @@ def scores_frame(rows: list[dict], skills: dict[str, dict] | None = None) -> pd.
     df = pd.DataFrame.from_records(rows, columns=["skill", "kind", "step", "tokens_seen", "metric",
                                                   "value", "stderr", "n"])
     df = df[df["kind"].isin(["steer", "holdout"]) & df["skill"].notna()]
-    if (df["metric"] == PRIMARY_METRIC).any():
-        df = df[df["metric"] == PRIMARY_METRIC]
+    # each skill in its own metric (the skills table's; exact match for the synthetic ones)
+    own = {s: (skills or {}).get(s, {}).get("metric") or PRIMARY_METRIC for s in df["skill"].unique()}
+    df = df[df["metric"] == df["skill"].map(own)]
     df = df.assign(stderr=df["stderr"].astype("float64"), n=df["n"].astype("float64"))
     if df.duplicated(["skill", "step"]).any():
         g = df.assign(se2=df["stderr"] ** 2).groupby(["skill", "step"], sort=True)
@@ -93,27 +98,29 @@ def scores_frame(rows: list[dict], skills: dict[str, dict] | None = None) -> pd.
     else:  # one task per skill (the usual case): nothing to average
         out = df.sort_values(["skill", "step"])
     out["base"] = _bases(out["skill"], skills or {})
-    return _with_band(out)[SCORE_COLUMNS].reset_index(drop=True)
+    return _with_band(out, out["skill"].map(own).map(is_score).astype(bool))[SCORE_COLUMNS].reset_index(drop=True)
 
 
 FACET_COLUMNS = ["facet", "task", "metric", "prompt_variant", "decoding", "scorer", "value", "stderr", "n",
                  "lo", "hi"]
 
 
-def facet_frame(rows: list[dict], step: int) -> pd.DataFrame:
+def facet_frame(rows: list[dict], step: int, metric: str | None = None) -> pd.DataFrame:
     """One skill's measurements at one checkpoint, one row per facet (prompt
     variant, decoding, scorer) with its 95% band: the spread a single score
-    hides. Only scores in [0, 1] (exact match, loglikelihood accuracy); the
-    answer loss stays in the table."""
-    df = pd.DataFrame.from_records([r for r in rows if r["step"] == step and r["metric"] in ("exact_match", "acc")],
+    hides. The scores in [0, 1] (exact match, accuracies), or the rows of
+    `metric` when the skill is scored by a loss or perplexity; the other
+    rows stay in the table."""
+    keep = (lambda m: m == metric) if metric is not None and not is_score(metric) else is_score
+    df = pd.DataFrame.from_records([r for r in rows if r["step"] == step and keep(r["metric"])],
                                    columns=FACET_COLUMNS[1:9])
     if df.empty:
         return pd.DataFrame({c: pd.Series(dtype="float64" if c in FACET_COLUMNS[6:] else "str")
                              for c in FACET_COLUMNS})
     df = df.assign(stderr=df["stderr"].astype("float64"), n=df["n"].astype("float64"))
     df["facet"] = (df["prompt_variant"].fillna("") + " · " + df["decoding"].fillna("") + " · "
-                   + df["metric"].str.replace("exact_match", "exact match").str.replace("acc", "ll accuracy"))
-    return _with_band(df)[FACET_COLUMNS].sort_values(["metric", "facet"], ascending=[False, True]) \
+                   + df["metric"].replace({"exact_match": "exact match", "ll_acc": "ll accuracy"}))
+    return _with_band(df, df["metric"].map(is_score).astype(bool))[FACET_COLUMNS].sort_values(["metric", "facet"], ascending=[False, True]) \
         .reset_index(drop=True)
 
 
@@ -208,7 +215,9 @@ def smooth(scores: pd.DataFrame, window: int) -> pd.DataFrame:
     se2 = (df["stderr"] ** 2).groupby([df[k] for k in keys], sort=False)
     se2m = se2.rolling(window, min_periods=1).mean().reset_index(level=list(range(len(keys))), drop=True)
     cnt = g["value"].rolling(window, min_periods=1).count().reset_index(level=list(range(len(keys))), drop=True)
-    return _with_band(df.assign(value=value, stderr=np.sqrt(se2m / cnt)))
+    # a score's band was clipped to [0, 1] already; a loss's may reach above 1
+    bounded = df["hi"] <= 1.0 if "hi" in df.columns else True
+    return _with_band(df.assign(value=value, stderr=np.sqrt(se2m / cnt)), bounded)
 
 
 def thin(frame: pd.DataFrame, max_points: int, column: str = "step") -> pd.DataFrame:

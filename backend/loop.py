@@ -34,9 +34,6 @@ from backend.forecast_errors import record_forecast_errors
 from backend.mixture import validate_weights
 from backend.store import Store
 
-# metrics that are not a [0, 1] score even when a task marks them higher-is-better
-NOT_A_SCORE = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "answer_nll"})
-
 # heartbeat and command polling interval, seconds of wall clock (tests that
 # must catch a worker mid-stretch shorten it through the environment)
 POLL_SECONDS = float(os.environ.get("CLOSED_LOOP_POLL_S", "1.0"))
@@ -614,7 +611,7 @@ class ClosedLoop:
             metric, hib = s["metric"] or "exact_match", s["higher_is_better"] in (None, 1)
             if not s["domains"]:
                 unsteerable[s["name"]] = "no domain is declared to feed it (evaluation.tasks[].domains)"
-            elif not hib or metric in NOT_A_SCORE:
+            elif not hib or not vocab.is_score(metric):
                 unsteerable[s["name"]] = f"its metric {metric} is not a [0, 1] score where higher is better"
         skills = [s for s in steer if s["name"] not in unsteerable]
         primary = {s["name"]: s["metric"] or "exact_match" for s in skills}

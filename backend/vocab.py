@@ -77,3 +77,16 @@ def checkpoint_steps(every: int, total: int) -> list[int]:
     """Every checkpoint step of a run: 0, every, 2*every, ..., total."""
     steps = list(range(0, total, every))
     return steps + [total]
+
+
+# -- metrics ----------------------------------------------------------------
+UNBOUNDED_METRICS = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "answer_nll",
+                               "loss"})
+"""Metrics that are not a score in [0, 1] (losses, perplexities): they are
+estimated on their own scale, drawn without clipping to [0, 1], and never
+steered toward a target score."""
+
+
+def is_score(metric: str | None) -> bool:
+    """Whether a metric is a score in [0, 1] (accuracy, exact match, f1...)."""
+    return (metric or "exact_match") not in UNBOUNDED_METRICS

@@ -167,8 +167,8 @@ def facet_rows(step=10) -> list[dict]:
     templates, a loglikelihood accuracy and an answer loss (not a score)."""
     rows = []
     for variant, metric, value, se in [("template0", "exact_match", 0.4, 0.07), ("template2", "exact_match", 0.6, 0.07),
-                                       ("template3", "exact_match", 0.5, 0.07), ("template0", "acc", 0.9, 0.04),
-                                       ("template0", "answer_loss", 1.7, 0.1)]:
+                                       ("template3", "exact_match", 0.5, 0.07), ("template0", "ll_acc", 0.9, 0.04),
+                                       ("template0", "answer_nll", 1.7, 0.1)]:
         for s in (0, step):
             rows.append({"step": s, "task": f"copy_{variant}_{metric}", "metric": metric, "value": value if s else 0.0,
                          "stderr": se, "n": 50, "prompt_variant": variant, "decoding": "greedy",

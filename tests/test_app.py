@@ -127,7 +127,7 @@ def test_capabilities_choices_and_drill_down(db):
     spec = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "each facet" in c.proto.spec)
     assert "add2_holdout at step 20" in spec["layout"]["title"]["text"]
     (points,) = [t for t in spec["data"] if t.get("error_y")]
-    latest = table[(table["step"] == 20) & table["metric"].isin(["exact_match", "acc"])]
+    latest = table[(table["step"] == 20) & table["metric"].isin(["exact_match", "ll_acc"])]
     assert sorted(plotly_values(points["y"])) == pytest.approx(sorted(latest["value"]))
     assert any("latent" in a["text"] for a in spec["layout"]["annotations"])
 
