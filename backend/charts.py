@@ -95,14 +95,23 @@ def _empty(title: str, message: str) -> go.Figure:
 # -- figures -------------------------------------------------------------------
 
 
+def _score_axis(frame: pd.DataFrame, title: str = "score") -> dict:
+    """The y axis of scores: [0, 1] while every value and band is a score;
+    free above when a skill is scored by a loss or perplexity."""
+    top = max((frame[c].max() for c in ("value", "hi") if c in frame.columns and not frame.empty), default=1.0)
+    if pd.isna(top) or top <= 1.0:
+        return dict(title=title, range=[-0.02, 1.02])
+    return dict(title=f"{title} (own metric)", rangemode="nonnegative")
+
+
 def facet_figure(facets: pd.DataFrame, latent: dict | None = None, title: str | None = None) -> go.Figure:
     """The facets of one skill at one checkpoint as points with 95% error
     bars, beside the latent estimate and its interval (a shaded band) when
     given ({score, lo, hi})."""
     title = title if title is not None else "Spread across facets"
     if facets.empty:
-        return _empty(title, "no exact-match or accuracy measurement at this checkpoint")
-    fig = _figure(title, yaxis=dict(title="score", range=[-0.02, 1.02]), xaxis_title="facet",
+        return _empty(title, "no measurement of this skill at this checkpoint")
+    fig = _figure(title, yaxis=_score_axis(facets), xaxis_title="facet",
                   height=340, showlegend=False)
     if latent is not None:
         fig.add_hrect(y0=latent["lo"], y1=latent["hi"], fillcolor=_rgba(PALETTE[0], 0.15), line_width=0)
@@ -134,7 +143,7 @@ def trajectory_figure(scores: pd.DataFrame, *, x: str = "tokens_seen", bases: li
     if df.empty:
         return _empty(title, "no measurements yet")
     df = thin(df, max_points)
-    fig = _figure(title, xaxis_title=X_LABELS.get(x, x), yaxis=dict(title="exact match", range=[-0.02, 1.02]))
+    fig = _figure(title, xaxis_title=X_LABELS.get(x, x), yaxis=_score_axis(df))
     order = list(dict.fromkeys(bases or sorted(df["base"].unique())))
     colors = {b: _color(i) for i, b in enumerate(order)}
     traces = []
@@ -166,7 +175,7 @@ def headline_figure(scores: pd.DataFrame, *, x: str = "tokens_seen", max_points:
     if scores.empty:
         return _empty(title, "no measurements yet")
     df = thin(scores, max_points)
-    fig = _figure(title, xaxis_title=X_LABELS.get(x, x), yaxis=dict(title="exact match", range=[-0.02, 1.02]))
+    fig = _figure(title, xaxis_title=X_LABELS.get(x, x), yaxis=_score_axis(df))
     traces = []
     steer = df[df["kind"] == "steer"].sort_values("step")
     for i, (skill, s) in enumerate(steer.groupby("skill", sort=True)):
@@ -292,7 +301,7 @@ def compare_figure(scores: pd.DataFrame, skill: str, *, x: str = "tokens_seen",
     df = scores[scores["skill"] == skill]
     if df.empty:
         return _empty(title, f"no measurements of {skill}")
-    fig = _figure(title, xaxis_title=X_LABELS.get(x, x), yaxis=dict(title="exact match", range=[-0.02, 1.02]))
+    fig = _figure(title, xaxis_title=X_LABELS.get(x, x), yaxis=_score_axis(df))
     traces = []
     for i, (run, s) in enumerate(df.groupby("run", sort=False)):
         s = thin(s, max_points).sort_values("step")

@@ -118,7 +118,7 @@ st.dataframe(table, hide_index=True, key="cap_measurements",
 steps = table["step"].drop_duplicates().tolist()
 step = st.selectbox("Checkpoint (step)", steps, key=f"cap_items_step_{run_id}")
 est = next((e for e in store.capability(run_id, skill=skill) if e["step"] == step), None)
-st.plotly_chart(charts.facet_figure(frames.facet_frame(rows, step), est,
+st.plotly_chart(charts.facet_figure(frames.facet_frame(rows, step, meta.get("metric")), est,
                                     title=f"{skill} at step {step}: each facet, and the latent estimate"),
                 key="cap_facets")
 items = [r for task in meta["tasks"] for r in store.samples(run_id, step, task)]

@@ -143,7 +143,7 @@ def test_facet_figure_shows_error_bars_and_the_latent_band():
     no_latent = charts.facet_figure(f)
     assert not [s for s in no_latent.layout.shapes if s.type == "rect"]
     empty = charts.facet_figure(frames.facet_frame(facet_rows(), 20))
-    assert "no exact-match" in empty.layout.annotations[0].text
+    assert "no measurement" in empty.layout.annotations[0].text
 
 
 def test_no_axis_goes_below_zero_and_labels_fit():
@@ -153,3 +153,13 @@ def test_no_axis_goes_below_zero_and_labels_fit():
         axes = fig.layout.template.layout
         assert axes.xaxis.rangemode == "nonnegative" and axes.yaxis.rangemode == "nonnegative"
         assert axes.xaxis.automargin and axes.yaxis.automargin
+
+
+def test_score_axis_is_0_to_1_for_scores_and_free_for_a_loss():
+    from backend.charts import _score_axis
+
+    scores = pd.DataFrame({"value": [0.2, 0.9], "hi": [0.3, 1.0]})
+    assert _score_axis(scores)["range"] == [-0.02, 1.02]
+    loss = pd.DataFrame({"value": [4.5, 3.1], "hi": [4.8, 3.3]})
+    axis = _score_axis(loss)
+    assert "range" not in axis and axis["rangemode"] == "nonnegative"
