@@ -61,7 +61,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from backend.vocab import Z95
+from backend.vocab import Z95, base_skill, holdout_name, is_holdout
 
 # Dynamics of the filters averaged: (phi, level process noise per checkpoint,
 # logit units^2). phi = 1 a trend carries on, 0.5 it fades, 0 a level without
@@ -78,6 +78,11 @@ GATE = 2.0  # innovations beyond this many predicted sds re-base the level (a ju
 # Template offsets shrink toward 0 with the weight of this many binomial
 # information units (n p (1 - p): 10 is 40 answers at p = 0.5).
 OFFSET_PRIOR_WEIGHT = 10.0
+# A side signal (the answer's loss) becomes a look at the level once its
+# calibration on the run's own history has this many checkpoints and a
+# slope this many standard errors from 0.
+SIDE_MIN_POINTS, SIDE_MIN_T = 4, 2.0
+SIDE_SIGNALS = ("loss", "twin")
 LOWER_IS_BETTER = frozenset({"answer_nll", "perplexity", "word_perplexity", "byte_perplexity",
                              "bits_per_byte", "loss"})
 
@@ -124,8 +129,7 @@ def _laplace(m: float, v: float, counts: list[tuple[int, int, float]],
     (mode, curvature precision h of the likelihood alone at the mode, log
     marginal likelihood, Laplace approximation without the binomial
     coefficients, which are the same under every dynamics)."""
-    x = m
-    for _ in range(50):
+    def grad(x: float) -> tuple[float, float]:
         g, h = -(x - m) / v, 1 / v
         for k, n, b in counts:
             s = _sigmoid(x + b)
@@ -134,10 +138,25 @@ def _laplace(m: float, v: float, counts: list[tuple[int, int, float]],
         for y, r in gauss:
             g += (y - x) / r
             h += 1 / r
-        step = max(-5.0, min(5.0, g / h))
-        x += step
-        if abs(step) < 1e-10:
+        return g, h
+
+    # the log posterior is concave, so its gradient falls through one root:
+    # Newton steps, kept inside a bracket that bisection shrinks when a step
+    # would leave it (a plain Newton step overshoots where sigmoid saturates)
+    lo, hi = m - 50.0, m + 50.0
+    x = m
+    for _ in range(200):
+        g, h = grad(x)
+        if g > 0:
+            lo = x
+        else:
+            hi = x
+        nxt = x + g / h
+        if not lo < nxt < hi:
+            nxt = (lo + hi) / 2
+        if abs(nxt - x) < 1e-10:
             break
+        x = nxt
     f, h_lik = -0.5 * (x - m) ** 2 / v, 0.0
     for k, n, b in counts:
         s = _sigmoid(x + b)
@@ -201,7 +220,92 @@ def _filter(points: list[dict], tokens_per_checkpoint: float, phi: float, level_
         yield x.copy(), P.copy(), loglik
 
 
-def kalman(points: list[dict], tokens_per_checkpoint: float, to_score=None) -> list[dict]:
+def _alone(pt: dict) -> tuple[float, float]:
+    """(mode, variance) of the level from one point's data alone, under the
+    wide prior."""
+    mode, h, _ = _laplace(PRIOR_LEVEL, PRIOR_LEVEL_VAR, pt["counts"], pt["gauss"])
+    return mode, 1 / (h + 1 / PRIOR_LEVEL_VAR)
+
+
+def calibrated_looks(counts: list[list[tuple[int, int, float]]], side: list[float | None]) -> list[tuple | None]:
+    """A side signal's look at the level at each checkpoint, causal: at t,
+    the counts [(k, n, offset)] and side values (None: not measured) of the
+    checkpoints s < t calibrate level = a + c side by binomial regression
+    (k ~ Binomial(n, sigmoid(a + c side + offset)), Newton), so checkpoints
+    at 0 count as what they are, not as a pseudo-count's logit. What the
+    signal misses is s2, the variance of each checkpoint's level around the
+    line (method of moments over the checkpoints, each weighted by its
+    binomial information). The look at t is (a + c side[t], s2 + the fit's
+    variance there, times the mean squared standardised miss of the past
+    looks when above 1), or None while the history has fewer than
+    SIDE_MIN_POINTS checkpoints, no spread in the signal, or a slope not
+    SIDE_MIN_T standard errors from 0 (a signal that does not yet track the
+    skill)."""
+    looks: list[tuple | None] = []
+    errors: list[float | None] = [None] * len(side)
+    for t, z in enumerate(side):
+        hist = [(counts[s], side[s]) for s in range(t) if side[s] is not None and counts[s]]
+        zs = [h[1] for h in hist]
+        if z is None or len(hist) < SIDE_MIN_POINTS or np.ptp(zs) < 1e-12:
+            looks.append(None)
+            continue
+        zc = float(np.mean(zs))  # centred, so the intercept and the slope are nearly independent
+        beta, info = np.zeros(2), np.eye(2)
+        for _ in range(50):
+            grad, info = -1e-3 * beta, 1e-3 * np.eye(2)  # a whisper of ridge: all-zero histories stay finite
+            for cs, zz in hist:
+                x = np.array([1.0, zz - zc])
+                for k, n, b in cs:
+                    q = _sigmoid(float(x @ beta) + b)
+                    grad += (k - n * q) * x
+                    info += n * q * (1 - q) * np.outer(x, x)
+            step = np.linalg.solve(info, grad)
+            step *= min(1.0, 5.0 / max(abs(step).max(), 1e-12))
+            beta += step
+            if abs(step).max() < 1e-9:
+                break
+        cov = np.linalg.inv(info)
+        # each checkpoint's level around the line: residual^2 minus its
+        # binomial variance 1 / sum n q (1 - q), weighted by that information
+        num = den = 0.0
+        for cs, zz in hist:
+            fit = beta[0] + beta[1] * (zz - zc)
+            w = sum(n * _sigmoid(fit + b) * (1 - _sigmoid(fit + b)) for _, n, b in cs)
+            k_all, n_all = sum(c[0] for c in cs), sum(c[1] for c in cs)
+            mean_b = sum(c[2] for c in cs) / len(cs)
+            y = _logit((k_all + 0.5) / (n_all + 1)) - mean_b
+            num += w * ((y - fit) ** 2 - 1 / max(w, 1e-9))
+            den += w
+        s2 = max(0.0, num / den) if den > 0 else 0.0
+        if abs(beta[1]) < SIDE_MIN_T * math.sqrt(cov[1, 1] * (1 + s2 * den / len(hist))):
+            looks.append(None)
+            continue
+        x = np.array([1.0, z - zc])
+        # the fit's variance grows with the spread beyond binomial (s2 per checkpoint)
+        y, r = float(x @ beta), s2 + float(x @ cov @ x) * (1 + s2 * den / len(hist))
+        # and with how far the past looks missed: their squared standardised
+        # errors against their checkpoint's own counts, on average (when > 1)
+        misses = [e for e in errors if e is not None]
+        looks.append((y, r * max(1.0, float(np.mean(misses))) if misses else r))
+        errors[t] = _miss(looks[t], counts[t])
+    return looks
+
+
+def _miss(look: tuple[float, float], cs: list[tuple[int, int, float]]) -> float | None:
+    """A look's squared standardised error against one checkpoint's pooled
+    counts: (logit of the counts - look)^2 over the look's variance plus the
+    counts' binomial variance at the look (None without counts)."""
+    if not cs:
+        return None
+    y, r = look
+    k_all, n_all = sum(c[0] for c in cs), sum(c[1] for c in cs)
+    obs = _logit((k_all + 0.5) / (n_all + 1)) - sum(c[2] for c in cs) / len(cs)
+    info = sum(n * _sigmoid(y + b) * (1 - _sigmoid(y + b)) for _, n, b in cs)
+    return (obs - y) ** 2 / (r + 1 / max(info, 1e-9))
+
+
+def kalman(points: list[dict], tokens_per_checkpoint: float, to_score=None,
+           sides: list[list[float | None]] = ()) -> list[dict]:
     """Estimate one skill. points: [{step, tokens_seen, counts: [(k, n,
     offset)], gauss: [(y, r)], raw_mean}] ordered by step. Returns one
     estimate per point: the score (to_score(level, point), default: the mean
@@ -209,8 +313,16 @@ def kalman(points: list[dict], tokens_per_checkpoint: float, to_score=None) -> l
     from the level's) from the mixture of the DYNAMICS filters, weighted by their
     discounted predictive likelihood; the learning slope from the local linear
     trend, the one whose slope is the pace of learning rather than momentum
-    expected to fade."""
+    expected to fade.
+
+    sides: signals with a value per point (None: not measured) that may track
+    the level, e.g. the log of the answer's loss or the held-out twin's
+    level; each, calibrated on the run's history (`calibrated_looks`,
+    against each checkpoint's counts alone), is one more Gaussian look."""
     to_score = to_score or _template_mean
+    if sides:
+        looks = [calibrated_looks([pt["counts"] for pt in points], side) for side in sides]
+        points = [{**pt, "gauss": pt["gauss"] + [lk[t] for lk in looks if lk[t]]} for t, pt in enumerate(points)]
     runs = [list(_filter(points, tokens_per_checkpoint, phi, q)) for phi, q in DYNAMICS]
     trend = runs[0]
     out, score = [], np.zeros(len(runs))
@@ -336,8 +448,30 @@ def estimate(measurements: list[dict], tokens_per_checkpoint: float,
     for s, rows in grouped.items():
         if metric == "exact_match":
             points, to_score = _binary_points(rows), _template_mean
+            sides = _side_signals(measurements, s, [pt["step"] for pt in points])
         else:
-            points, to_score = _gaussian_points(rows, metric)
+            points, to_score, sides = *_gaussian_points(rows, metric), []
         out[s] = [{**e, "higher_is_better": metric not in LOWER_IS_BETTER}
-                  for e in kalman(points, tokens_per_checkpoint, to_score)]
+                  for e in kalman(points, tokens_per_checkpoint, to_score, sides)]
+    return out
+
+
+def _side_signals(measurements: list[dict], skill: str, steps: list[int]) -> list[list[float | None]]:
+    """The side signals of a skill per step (SIDE_SIGNALS): "loss", the log
+    of the answer's per-token loss (log nats/token) under template 0;
+    "twin", the level of the other kind of the same skill (the held-out twin
+    of a steer skill, the steer skill of a twin) from its counts alone."""
+    out = []
+    if "loss" in SIDE_SIGNALS:
+        loss = {m["step"]: math.log(float(m["value"])) for m in measurements
+                if m.get("metric") == "answer_nll" and m.get("skill") == skill and (m.get("value") or 0) > 0
+                and m.get("prompt_variant") in (None, "template0")}
+        if loss:
+            out.append([loss.get(st) for st in steps])
+    if "twin" in SIDE_SIGNALS:
+        twin = base_skill(skill) if is_holdout(skill) else holdout_name(skill)
+        rows = [m for m in measurements if m.get("metric") == "exact_match" and m.get("skill") == twin]
+        if rows:
+            level = {pt["step"]: _alone(pt)[0] for pt in _binary_points(rows)}
+            out.append([level.get(st) for st in steps])
     return out
