@@ -99,9 +99,12 @@ def main() -> None:
     ap.add_argument("--from-json", help="recompute the summary from a saved --out file")
     ap.add_argument("--seeds", help="re-score the saved runs of --preset for these seeds (0,1,2), per seed "
                                     "and pooled; with --out, write the table as JSON there")
+    ap.add_argument("--ablate", action="store_true",
+                    help="with --seeds: the pooled figures with each piece of the estimator taken out in turn")
     args = ap.parse_args()
     if args.seeds:
-        seeds(args.preset, [int(x) for x in args.seeds.split(",")], args.out)
+        seed_list = [int(x) for x in args.seeds.split(",")]
+        (ablate if args.ablate else seeds)(args.preset, seed_list, args.out)
         return
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
@@ -256,21 +259,60 @@ def report(rows, summary, out, raw_ms=None, tokens_per_ckpt=None) -> None:
     print(f"ratio latent/raw3 MAE: {summary['ratio_latent_raw3']:.3f}; latent/raw: {summary['ratio_latent_raw']:.3f}")
 
 
-def seeds(preset: str, seed_list: list[int], out: str | None) -> None:
-    """Re-score the saved runs of preset for each seed with the current
-    estimator; print a table per seed and pooled over all pairs."""
-    per, pooled, n_truth = {}, [], None
+# pieces of the estimator, each taken out by overriding backend.capability's constants
+ABLATIONS = {
+    "full estimator": {},
+    "without the held-out twin's look": {"SIDE_SIGNALS": ("loss",)},
+    "without the answer loss's look": {"SIDE_SIGNALS": ("twin",)},
+    "without any side look (exact match only)": {"SIDE_SIGNALS": ()},
+    "exact match only, without template offsets": {"SIDE_SIGNALS": (), "OFFSET_PRIOR_WEIGHT": 1e12},
+    "exact match only, without the plateau filter": {"SIDE_SIGNALS": (), "DYNAMICS": ((1.0, 0.02), (0.5, 0.02),
+                                                                                   (0.0, 0.02))},
+}
+
+
+def pooled_rows(preset: str, seed_list: list[int]) -> tuple[dict[int, list[dict]], int]:
+    """The saved runs' rows re-scored by the current estimator, per seed, and
+    the truth's item count."""
+    per, n_truth = {}, None
     for seed in seed_list:
         path = saved_path(preset, seed)
         if not path.exists():
             raise SystemExit(f"--seeds: no saved run for seed {seed} of preset {preset} at {path}; make it with "
                              f"python bench/fidelity.py --preset {preset} --seed {seed} --out {path}")
         saved = json.loads(path.read_text())
-        rows = relatent(saved["rows"], saved["measurements"], saved["tokens_per_checkpoint"])
+        per[seed] = relatent(saved["rows"], saved["measurements"], saved["tokens_per_checkpoint"])
         n_truth = saved["summary"]["truth_items"]
-        per[str(seed)] = figures(rows, n_truth)
-        pooled += rows
-    per["pooled"] = figures(pooled, n_truth)
+    return per, n_truth
+
+
+def ablate(preset: str, seed_list: list[int], out: str | None) -> None:
+    """Pooled figures over the seeds with each piece of the estimator taken out."""
+    from backend import capability
+
+    keep = {k: getattr(capability, k) for over in ABLATIONS.values() for k in over}
+    print(f"| {preset}, seeds {','.join(map(str, seed_list))} pooled | MAE latent | / raw3 | / raw | coverage |")
+    print("|---|---|---|---|---|")
+    table = {}
+    for name, over in ABLATIONS.items():
+        for k, v in {**keep, **over}.items():
+            setattr(capability, k, v)
+        per, n_truth = pooled_rows(preset, seed_list)
+        f = table[name] = figures([r for rows in per.values() for r in rows], n_truth)
+        print(f"| {name} | {f['mae_latent']:.4f} | {f['ratio_latent_raw3']:.3f} | {f['ratio_latent_raw']:.3f} "
+              f"| {f['coverage']:.1%} |")
+    for k, v in keep.items():
+        setattr(capability, k, v)
+    if out:
+        Path(out).write_text(json.dumps({"preset": preset, "seeds": seed_list, "ablations": table}, indent=1))
+
+
+def seeds(preset: str, seed_list: list[int], out: str | None) -> None:
+    """Re-score the saved runs of preset for each seed with the current
+    estimator; print a table per seed and pooled over all pairs."""
+    rows, n_truth = pooled_rows(preset, seed_list)
+    per = {str(seed): figures(rs, n_truth) for seed, rs in rows.items()}
+    per["pooled"] = figures([r for rs in rows.values() for r in rs], n_truth)
     lines = [("pairs (truth > 0.02)", lambda f: f"{f['pairs']} ({f['pairs_truth_above_0.02']})"),
              ("MAE raw, template 0", lambda f: f"{f['mae_raw']:.4f}"),
              ("MAE raw3, mean of 3 templates", lambda f: f"{f['mae_raw3']:.4f}"),
