@@ -27,8 +27,8 @@ pseudo-count's 1/(2N).
 Plateaus and jumps. How a learning curve moves is itself uncertain: it rises
 smoothly (a trend carries on), or jumps when the skill clicks and then
 plateaus. So several filters run side by side (DYNAMICS: a local linear
-trend, a damped trend, a local level, and a near-constant level that
-averages a plateau over many checkpoints); each is weighted by how well it
+trend, a damped trend, a local level, and two near-constant levels that
+average a plateau over many checkpoints); each is weighted by how well it
 predicted this skill's observations so far (its predictive log-likelihood,
 older terms discounted by FORGET per checkpoint), and the estimate is their
 weighted mixture (mean, and variance including the spread between them):
@@ -36,6 +36,14 @@ Bayesian model averaging. Every prediction is gated: an innovation beyond
 GATE predicted standard deviations grows the level's and slope's variances
 by nu^2 - S before the update, so a filter re-bases on a jump instead of
 lagging it.
+
+A second look from the scorer measured next to exact match. The answer's
+per-token loss under template 0 is continuous and moves before and while
+the skill does. Calibrated on the run's own history (binomial regression of
+the counts on its log, `calibrated_looks`), it is one more Gaussian look at
+the level, with its own variance: what the calibration misses, plus the
+fit's uncertainty, inflated when its past looks missed. It joins only once
+the history shows it tracks the skill.
 
 Other metrics (`estimate(..., metric=...)`): a bounded mean in [0, 1] with its
 own stderr (ll_acc, acc) is observed as a Gaussian in logit space (delta
@@ -61,18 +69,19 @@ from collections import defaultdict
 
 import numpy as np
 
-from backend.vocab import Z95, base_skill, holdout_name, is_holdout
+from backend.vocab import Z95
 
 # Dynamics of the filters averaged: (phi, level process noise per checkpoint,
 # logit units^2). phi = 1 a trend carries on, 0.5 it fades, 0 a level without
-# momentum; the last is a plateau: a level that barely drifts, so it
-# averages many checkpoints' answers, and only the gate lets it jump.
-DYNAMICS = ((1.0, 0.02), (0.5, 0.02), (0.0, 0.02), (0.0, 0.002))
+# momentum; the last two are plateaus: levels that barely drift, so they
+# average many checkpoints' answers, and only the gate lets them jump.
+DYNAMICS = ((1.0, 0.02), (0.5, 0.02), (0.0, 0.02), (0.0, 0.002), (0.0, 0.0002))
 SLOPE_NOISE = 0.02  # per checkpoint, logit units^2
 PRIOR_SLOPE_VAR = 1.0
-# Before the first checkpoint: a level of logit -2 (score 0.12) give or take
-# 4 logits (sd), wide enough that the first counts decide.
-PRIOR_LEVEL, PRIOR_LEVEL_VAR = -2.0, 16.0
+# Before the first checkpoint: a level of logit -4 (score 0.018: an untrained
+# model answers almost nothing) give or take 4 logits (sd), wide enough that
+# the first counts decide.
+PRIOR_LEVEL, PRIOR_LEVEL_VAR = -4.0, 16.0
 FORGET = 0.8  # discount per checkpoint of a dynamics' past predictive log-likelihood
 GATE = 2.0  # innovations beyond this many predicted sds re-base the level (a jump)
 # Template offsets shrink toward 0 with the weight of this many binomial
@@ -81,8 +90,8 @@ OFFSET_PRIOR_WEIGHT = 10.0
 # A side signal (the answer's loss) becomes a look at the level once its
 # calibration on the run's own history has this many checkpoints and a
 # slope this many standard errors from 0.
-SIDE_MIN_POINTS, SIDE_MIN_T = 4, 2.0
-SIDE_SIGNALS = ("loss", "twin")
+SIDE_MIN_POINTS, SIDE_MIN_T = 4, 3.0
+SIDE_SIGNALS = ("loss",)
 LOWER_IS_BETTER = frozenset({"answer_nll", "perplexity", "word_perplexity", "byte_perplexity",
                              "bits_per_byte", "loss"})
 
@@ -244,7 +253,12 @@ def calibrated_looks(counts: list[list[tuple[int, int, float]]], side: list[floa
     looks: list[tuple | None] = []
     errors: list[float | None] = [None] * len(side)
     for t, z in enumerate(side):
-        hist = [(counts[s], side[s]) for s in range(t) if side[s] is not None and counts[s]]
+        # checkpoints where every answer was wrong (or right) are left out: a
+        # run's first checkpoint at 0 would otherwise anchor a line through
+        # any signal that merely differs between the untrained and the
+        # trained model, whether or not it tracks the skill after that
+        hist = [(counts[s], side[s]) for s in range(t) if side[s] is not None and counts[s]
+                and 0 < sum(c[0] for c in counts[s]) < sum(c[1] for c in counts[s])]
         zs = [h[1] for h in hist]
         if z is None or len(hist) < SIDE_MIN_POINTS or np.ptp(zs) < 1e-12:
             looks.append(None)
@@ -458,9 +472,9 @@ def estimate(measurements: list[dict], tokens_per_checkpoint: float,
 
 def _side_signals(measurements: list[dict], skill: str, steps: list[int]) -> list[list[float | None]]:
     """The side signals of a skill per step (SIDE_SIGNALS): "loss", the log
-    of the answer's per-token loss (log nats/token) under template 0;
-    "twin", the level of the other kind of the same skill (the held-out twin
-    of a steer skill, the steer skill of a twin) from its counts alone."""
+    of the answer's per-token loss (log nats/token) under template 0. (The
+    held-out twin's level was tried as a second one and made the estimate
+    worse: docs/fidelity.md.)"""
     out = []
     if "loss" in SIDE_SIGNALS:
         loss = {m["step"]: math.log(float(m["value"])) for m in measurements
@@ -468,10 +482,4 @@ def _side_signals(measurements: list[dict], skill: str, steps: list[int]) -> lis
                 and m.get("prompt_variant") in (None, "template0")}
         if loss:
             out.append([loss.get(st) for st in steps])
-    if "twin" in SIDE_SIGNALS:
-        twin = base_skill(skill) if is_holdout(skill) else holdout_name(skill)
-        rows = [m for m in measurements if m.get("metric") == "exact_match" and m.get("skill") == twin]
-        if rows:
-            level = {pt["step"]: _alone(pt)[0] for pt in _binary_points(rows)}
-            out.append([level.get(st) for st in steps])
     return out

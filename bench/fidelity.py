@@ -262,12 +262,11 @@ def report(rows, summary, out, raw_ms=None, tokens_per_ckpt=None) -> None:
 # pieces of the estimator, each taken out by overriding backend.capability's constants
 ABLATIONS = {
     "full estimator": {},
-    "without the held-out twin's look": {"SIDE_SIGNALS": ("loss",)},
-    "without the answer loss's look": {"SIDE_SIGNALS": ("twin",)},
-    "without any side look (exact match only)": {"SIDE_SIGNALS": ()},
+    "without the answer loss's look (exact match only)": {"SIDE_SIGNALS": ()},
     "exact match only, without template offsets": {"SIDE_SIGNALS": (), "OFFSET_PRIOR_WEIGHT": 1e12},
-    "exact match only, without the plateau filter": {"SIDE_SIGNALS": (), "DYNAMICS": ((1.0, 0.02), (0.5, 0.02),
-                                                                                   (0.0, 0.02))},
+    "exact match only, without the two plateau filters": {"SIDE_SIGNALS": (), "DYNAMICS": ((1.0, 0.02), (0.5, 0.02),
+                                                                                        (0.0, 0.02))},
+    "exact match only, prior level logit -2 (was -4)": {"SIDE_SIGNALS": (), "PRIOR_LEVEL": -2.0},
 }
 
 
