@@ -267,6 +267,9 @@ ABLATIONS = {
     "exact match only, without the two plateau filters": {"SIDE_SIGNALS": (), "DYNAMICS": ((1.0, 0.02), (0.5, 0.02),
                                                                                         (0.0, 0.02))},
     "exact match only, prior level logit -2 (was -4)": {"SIDE_SIGNALS": (), "PRIOR_LEVEL": -2.0},
+    "binomial counts alone (none of the above)": {"SIDE_SIGNALS": (), "OFFSET_PRIOR_WEIGHT": 1e12,
+                                                  "DYNAMICS": ((1.0, 0.02), (0.5, 0.02), (0.0, 0.02)),
+                                                  "PRIOR_LEVEL": -2.0},
 }
 
 
