@@ -229,13 +229,6 @@ def _filter(points: list[dict], tokens_per_checkpoint: float, phi: float, level_
         yield x.copy(), P.copy(), loglik
 
 
-def _alone(pt: dict) -> tuple[float, float]:
-    """(mode, variance) of the level from one point's data alone, under the
-    wide prior."""
-    mode, h, _ = _laplace(PRIOR_LEVEL, PRIOR_LEVEL_VAR, pt["counts"], pt["gauss"])
-    return mode, 1 / (h + 1 / PRIOR_LEVEL_VAR)
-
-
 def calibrated_looks(counts: list[list[tuple[int, int, float]]], side: list[float | None]) -> list[tuple | None]:
     """A side signal's look at the level at each checkpoint, causal: at t,
     the counts [(k, n, offset)] and side values (None: not measured) of the
@@ -330,9 +323,9 @@ def kalman(points: list[dict], tokens_per_checkpoint: float, to_score=None,
     expected to fade.
 
     sides: signals with a value per point (None: not measured) that may track
-    the level, e.g. the log of the answer's loss or the held-out twin's
-    level; each, calibrated on the run's history (`calibrated_looks`,
-    against each checkpoint's counts alone), is one more Gaussian look."""
+    the level, e.g. the log of the answer's loss; each, calibrated on the
+    run's history against the counts (`calibrated_looks`), is one more
+    Gaussian look."""
     to_score = to_score or _template_mean
     if sides:
         looks = [calibrated_looks([pt["counts"] for pt in points], side) for side in sides]
