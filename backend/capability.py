@@ -37,13 +37,16 @@ GATE predicted standard deviations grows the level's and slope's variances
 by nu^2 - S before the update, so a filter re-bases on a jump instead of
 lagging it.
 
-A second look from the scorer measured next to exact match. The answer's
-per-token loss under template 0 is continuous and moves before and while
-the skill does. Calibrated on the run's own history (binomial regression of
-the counts on its log, `calibrated_looks`), it is one more Gaussian look at
-the level, with its own variance: what the calibration misses, plus the
-fit's uncertainty, inflated when its past looks missed. It joins only once
-the history shows it tracks the skill.
+A second look from the scorer measured next to exact match (off by default,
+SIDE_SIGNALS). The answer's per-token loss under template 0 is continuous
+and moves before and while the skill does. Calibrated on the run's own
+history (binomial regression of the counts on its log, `calibrated_looks`),
+it is one more Gaussian look at the level, with its own variance: what the
+calibration misses, plus the fit's uncertainty, inflated when its past looks
+missed. It joins only once the history shows it tracks the skill. It helped
+on two saved runs and hurt on a third: near the ceiling the loss keeps
+falling while exact match saturates, and the log-linear calibration
+extrapolates past it.
 
 Other metrics (`estimate(..., metric=...)`): a bounded mean in [0, 1] with its
 own stderr (ll_acc, acc) is observed as a Gaussian in logit space (delta
@@ -91,7 +94,9 @@ OFFSET_PRIOR_WEIGHT = 10.0
 # calibration on the run's own history has this many checkpoints and a
 # slope this many standard errors from 0.
 SIDE_MIN_POINTS, SIDE_MIN_T = 4, 3.0
-SIDE_SIGNALS = ("loss",)
+# Off: on held-out seed 3 the loss look made the estimate worse than the
+# templates' plain mean (docs/fidelity.md); "loss" turns it on.
+SIDE_SIGNALS: tuple[str, ...] = ()
 LOWER_IS_BETTER = frozenset({"answer_nll", "perplexity", "word_perplexity", "byte_perplexity",
                              "bits_per_byte", "loss"})
 

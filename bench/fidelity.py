@@ -261,15 +261,14 @@ def report(rows, summary, out, raw_ms=None, tokens_per_ckpt=None) -> None:
 
 # pieces of the estimator, each taken out by overriding backend.capability's constants
 ABLATIONS = {
-    "full estimator": {},
-    "without the answer loss's look (exact match only)": {"SIDE_SIGNALS": ()},
-    "exact match only, without template offsets": {"SIDE_SIGNALS": (), "OFFSET_PRIOR_WEIGHT": 1e12},
-    "exact match only, without the two plateau filters": {"SIDE_SIGNALS": (), "DYNAMICS": ((1.0, 0.02), (0.5, 0.02),
-                                                                                        (0.0, 0.02))},
-    "exact match only, prior level logit -2 (was -4)": {"SIDE_SIGNALS": (), "PRIOR_LEVEL": -2.0},
-    "binomial counts alone (none of the above)": {"SIDE_SIGNALS": (), "OFFSET_PRIOR_WEIGHT": 1e12,
-                                                  "DYNAMICS": ((1.0, 0.02), (0.5, 0.02), (0.0, 0.02)),
-                                                  "PRIOR_LEVEL": -2.0},
+    "estimator (exact match only)": {},
+    "with the answer loss's look": {"SIDE_SIGNALS": ("loss",)},
+    "without template offsets": {"OFFSET_PRIOR_WEIGHT": 1e12},
+    "without the two plateau filters": {"DYNAMICS": ((1.0, 0.02), (0.5, 0.02), (0.0, 0.02))},
+    "prior level logit -2 (was -4)": {"PRIOR_LEVEL": -2.0},
+    "binomial counts alone (none of the three above)": {"OFFSET_PRIOR_WEIGHT": 1e12,
+                                                        "DYNAMICS": ((1.0, 0.02), (0.5, 0.02), (0.0, 0.02)),
+                                                        "PRIOR_LEVEL": -2.0},
 }
 
 

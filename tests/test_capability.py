@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from backend import capability
 from backend.capability import calibrated_looks, estimate, kalman, template_offsets
 
 
@@ -157,7 +158,8 @@ def with_loss(rows: list[dict], seed: int, informative: bool = True) -> list[dic
     return out
 
 
-def test_a_calibrated_loss_reduces_the_error_and_noise_does_not_hurt():
+def test_a_calibrated_loss_reduces_the_error_and_noise_does_not_hurt(monkeypatch):
+    monkeypatch.setattr(capability, "SIDE_SIGNALS", ("loss",))
     err = {"counts": 0.0, "loss": 0.0, "noise": 0.0}
     for seed in range(12):
         rows, truth = simulate(seed, n=30, checkpoints=16)
@@ -167,6 +169,11 @@ def test_a_calibrated_loss_reduces_the_error_and_noise_does_not_hurt():
             err[key] += sum(abs(e["score"] - p) for e, p in zip(est, truth))
     assert err["loss"] < 0.9 * err["counts"]
     assert err["noise"] < 1.1 * err["counts"]
+
+
+def test_the_loss_look_is_off_by_default():
+    rows, _ = simulate(3, n=30, checkpoints=16)
+    assert estimate(with_loss(rows, 3), 1000)["s"] == estimate(rows, 1000)["s"]
 
 
 def test_calibrated_looks_wait_for_history_and_a_real_slope():
@@ -181,7 +188,8 @@ def test_calibrated_looks_wait_for_history_and_a_real_slope():
     assert all(x is None for x in calibrated_looks(counts, noise))  # nor does one unrelated to the level
 
 
-def test_estimate_is_causal():
+def test_estimate_is_causal(monkeypatch):
+    monkeypatch.setattr(capability, "SIDE_SIGNALS", ("loss",))
     rows, _ = simulate(7, templates=(-0.5, 0.0, 0.5))
     rows = with_loss(rows, 7)
     full = estimate(rows, 1000)["s"]
