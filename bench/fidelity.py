@@ -30,13 +30,14 @@ intervals merely overlapping (too lenient: a calibrated interval reaches
 about 99% that way).
 
     python bench/fidelity.py --from-json docs/fidelity.json
-    python bench/fidelity.py --seeds 0,1,2,3,4 [--preset demo-c50]
+    python bench/fidelity.py --seeds 0,1,2,3,4 [--preset demo-c50] [--ablate]
 
 re-score saved runs (their measurements and truths) with the current
 estimator, without training or evaluating again: one file, or the saved
 runs of --preset for each seed (docs/fidelity.json for demo seed 0,
 docs/fidelity-seedN.json, docs/fidelity-c50-seedN.json), per seed and pooled
-over all their (checkpoint, skill) pairs.
+over all their (checkpoint, skill) pairs; with --ablate, pooled, once per
+piece of the estimator taken out (ABLATIONS).
 """
 
 from __future__ import annotations
