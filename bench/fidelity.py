@@ -1,7 +1,7 @@
 """Measurement fidelity: is the latent capability closer to the truth than the
 raw small evaluation?
 
-    python bench/fidelity.py [--preset demo] [--truth-items 2000] [--out docs/fidelity.json]
+    python bench/fidelity.py [--preset demo] [--seed 0] [--truth-items 2000] [--out docs/fidelity.json]
     python bench/fidelity.py --db runs/closed_loop.db --run 3     # a stored run
 
 Runs the demo-sized loop (policy auto) unless --db/--run name a stored run,
@@ -15,20 +15,29 @@ and skill:
           noise model would steer by)
   raw3    the mean over the three steer templates of that evaluation
           (each template asks its own items)
-  latent  the Kalman estimate (backend/capability.py), causal: it uses
+  latent  the estimate of backend/capability.py, causal: it uses
           checkpoints up to this one only
-and prints their mean absolute errors against the truth, the coverage of
-the latent 95% interval, and as the last line the ratio latent/raw.
+and prints their mean absolute errors against the truth and the coverage of
+the latent 95% interval.
 
-Coverage is printed twice: strictly (the truth inside the interval) and
-allowing for the truth's own sampling error (the truth's 95% Wilson interval
-over its 2,000 items overlaps the estimate's); a truth of exactly 0 can only
-be covered the second way, since a logit-space interval never reaches 0.
+Coverage allows for the truth's own sampling error (2,000 items): the
+estimate minus the truth is within Z95 times the root sum of squares of the
+interval's half-width on that side (as an sd) and the truth's Wilson sd
+toward the estimate. That is what a calibrated interval covers 95% of the
+time. Also printed: the truth strictly inside the interval (a truth of 0
+never is: a logit-space interval never reaches 0), and the two 95%
+intervals merely overlapping (too lenient: a calibrated interval reaches
+about 99% that way).
 
     python bench/fidelity.py --from-json docs/fidelity.json
+    python bench/fidelity.py --seeds 0,1,2,3,4 [--preset demo-c50] [--ablate]
 
-recomputes the latent estimates and the summary from a saved run (its
-measurements and truths), without training or evaluating again.
+re-score saved runs (their measurements and truths) with the current
+estimator, without training or evaluating again: one file, or the saved
+runs of --preset for each seed (docs/fidelity.json for demo seed 0,
+docs/fidelity-seedN.json, docs/fidelity-c50-seedN.json), per seed and pooled
+over all their (checkpoint, skill) pairs; with --ablate, pooled, once per
+piece of the estimator taken out (ABLATIONS).
 """
 
 from __future__ import annotations
@@ -47,6 +56,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from backend.vocab import Z95  # noqa: E402
+
+
+# bench presets: overrides of the demo preset's train section
+PRESETS = {"demo": {}, "demo-c50": {"checkpoint_every": 50}}
 
 
 def truth_tasks(skills: list[str], n: int, seed: int, data_dir: Path, max_gen_toks: int) -> list[dict]:
@@ -73,14 +88,25 @@ def truth_tasks(skills: list[str], n: int, seed: int, data_dir: Path, max_gen_to
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="demo")
+    ap.add_argument("--preset", default="demo", choices=sorted(PRESETS),
+                    help="demo: the demo preset (10 checkpoints, every 100 steps); demo-c50: the same run "
+                         "checkpointed and steered every 50 steps (18 checkpoints, half the tokens apart)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--db", help="a stored run's database (skip training)")
     ap.add_argument("--run", type=int, help="the stored run's id")
     ap.add_argument("--truth-items", type=int, default=2000)
     ap.add_argument("--out", help="write the per-checkpoint table as JSON here")
     ap.add_argument("--from-json", help="recompute the summary from a saved --out file")
+    ap.add_argument("--seeds", help="re-score the saved runs of --preset for these seeds (0,1,2), per seed "
+                                    "and pooled; with --out, write the table as JSON there")
+    ap.add_argument("--ablate", action="store_true",
+                    help="with --seeds: the pooled figures with each piece of the estimator taken out in turn")
     args = ap.parse_args()
+    if args.seeds:
+        seed_list = [int(x) for x in args.seeds.split(",")]
+        (ablate if args.ablate else seeds)(args.preset, seed_list, args.out)
+        return
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
         rows = relatent(saved["rows"], saved["measurements"], saved["tokens_per_checkpoint"])
@@ -106,7 +132,9 @@ def main() -> None:
         store, run_id = Store(args.db), args.run
     else:
         store = Store(Path(tempfile.mkdtemp()) / "fidelity.db")
-        cfg = config_mod.preset(args.preset).replace(seed=args.seed, policy="auto")
+        base = config_mod.preset("demo")
+        cfg = base.replace(name=args.preset, seed=args.seed, policy="auto",
+                           train={**base.to_dict()["train"], **PRESETS[args.preset], "threads": args.threads})
         run_id = create_run(store, cfg)
         print(f"training run {run_id} ({args.preset}, seed {args.seed}) ...", flush=True)
         work(store.path, run_id, progress=False)
@@ -150,8 +178,9 @@ def main() -> None:
         "item_rounds": cfg.evaluation.item_rounds, "truth_items": args.truth_items,
         "seconds_run": round(t_run), "seconds_truth": round(t_truth),
     }
-    raw_ms = [{k: m[k] for k in ("step", "tokens_seen", "skill", "metric", "value", "n", "prompt_variant")}
-              for m in ms if m["metric"] == "exact_match" and m["skill"] in skills]
+    # every scorer of every skill (held-out twins and loglikelihood scorers too), as the estimator sees them
+    raw_ms = [{k: m.get(k) for k in ("step", "tokens_seen", "skill", "metric", "value", "n", "stderr",
+                                     "prompt_variant")} for m in ms if m["skill"] is not None]
     report(rows, summary, args.out, raw_ms, tokens_per_ckpt)
 
 
@@ -165,42 +194,143 @@ def relatent(rows: list[dict], measurements: list[dict], tokens_per_ckpt: float)
              "hi": by[(r["step"], r["skill"])]["hi"]} for r in rows]
 
 
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+def saved_path(preset: str, seed: int) -> Path:
+    """Where the saved run of a preset and seed lives (docs/)."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    if preset == "demo":
+        return docs / ("fidelity.json" if seed == 0 else f"fidelity-seed{seed}.json")
+    return docs / f"fidelity-{preset.removeprefix('demo-')}-seed{seed}.json"
+
+
+def wilson(p: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion p over n items."""
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return centre - half, centre + half
 
 
-def report(rows, summary, out, raw_ms=None, tokens_per_ckpt=None) -> None:
+def covered(r: dict, n_truth: int) -> bool:
+    """The estimate minus the truth within Z95 root-sum-squares of the
+    estimate's sd (its interval's half-width on the truth's side / Z95) and
+    the truth's sd toward the estimate (its Wilson half-width / Z95)."""
+    t_lo, t_hi = wilson(r["truth"], n_truth)
+    if r["latent"] >= r["truth"]:
+        half, t_half = r["latent"] - r["lo"], t_hi - r["truth"]
+    else:
+        half, t_half = r["hi"] - r["latent"], r["truth"] - t_lo
+    return abs(r["latent"] - r["truth"]) <= math.hypot(half, t_half)
+
+
+def figures(rows: list[dict], n_truth: int) -> dict:
+    """MAE of raw, raw3 and latent against the truth, their ratios and the
+    interval coverage (three ways) over rows."""
     def mae(key, subset=rows):
         return sum(abs(r[key] - r["truth"]) for r in subset) / len(subset)
 
-    n_truth = summary["truth_items"]
-    strict = sum(r["lo"] <= r["truth"] <= r["hi"] for r in rows) / len(rows)
-    overlap = sum(wilson(r["truth"], n_truth)[0] <= r["hi"] and r["lo"] <= wilson(r["truth"], n_truth)[1]
-                  for r in rows) / len(rows)
     moving = [r for r in rows if r["truth"] > 0.02]
-    summary.update({
-        "mae_raw": mae("raw"), "mae_raw3": mae("raw3"), "mae_latent": mae("latent"),
-        "mae_raw_where_truth_above_0.02": mae("raw", moving) if moving else None,
-        "mae_latent_where_truth_above_0.02": mae("latent", moving) if moving else None,
-        "coverage_strict": strict, "coverage": overlap, "pairs": len(rows), "pairs_truth_above_0.02": len(moving),
-    })
-    print(f"{len(rows)} (checkpoint, skill) pairs ({len(moving)} with truth > 0.02)")
+    f = {"pairs": len(rows), "pairs_truth_above_0.02": len(moving),
+         "mae_raw": mae("raw"), "mae_raw3": mae("raw3"), "mae_latent": mae("latent"),
+         "mae_raw3_where_truth_above_0.02": mae("raw3", moving) if moving else None,
+         "mae_latent_where_truth_above_0.02": mae("latent", moving) if moving else None,
+         "coverage": sum(covered(r, n_truth) for r in rows) / len(rows),
+         "coverage_strict": sum(r["lo"] <= r["truth"] <= r["hi"] for r in rows) / len(rows),
+         "coverage_overlap": sum(wilson(r["truth"], n_truth)[0] <= r["hi"]
+                                 and r["lo"] <= wilson(r["truth"], n_truth)[1] for r in rows) / len(rows)}
+    f["ratio_latent_raw3"] = f["mae_latent"] / f["mae_raw3"]
+    f["ratio_latent_raw"] = f["mae_latent"] / f["mae_raw"]
+    return f
+
+
+def report(rows, summary, out, raw_ms=None, tokens_per_ckpt=None) -> None:
+    """Print the figures of one run; with out, save the run (rows, summary,
+    its measurements) so it can be re-scored offline."""
+    summary.update(figures(rows, summary["truth_items"]))
+    print(f"{len(rows)} (checkpoint, skill) pairs ({summary['pairs_truth_above_0.02']} with truth > 0.02)")
     print(f"MAE raw (template 0, n={summary['items_per_template']}): {summary['mae_raw']:.4f}")
     print(f"MAE raw mean of 3 templates:            {summary['mae_raw3']:.4f}")
-    print(f"MAE latent (Kalman, causal):            {summary['mae_latent']:.4f}")
-    if moving:
-        print(f"  where truth > 0.02: raw {summary['mae_raw_where_truth_above_0.02']:.4f}, "
-              f"latent {summary['mae_latent_where_truth_above_0.02']:.4f}")
-    print(f"interval coverage of the truth: {overlap:.1%} allowing for the truth's own 95% interval "
-          f"({n_truth} items); strictly inside: {strict:.1%}")
+    print(f"MAE latent (causal):                    {summary['mae_latent']:.4f}")
+    print(f"interval coverage of the truth: {summary['coverage']:.1%} allowing for the truth's sampling error "
+          f"({summary['truth_items']} items); strictly inside: {summary['coverage_strict']:.1%}; "
+          f"intervals overlapping: {summary['coverage_overlap']:.1%}")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         # the run's own measurements too, so the estimator can be re-run offline
         Path(out).write_text(json.dumps({"summary": summary, "rows": rows, "tokens_per_checkpoint":
                                          tokens_per_ckpt, "measurements": raw_ms}, indent=1))
-    print(f"ratio latent/raw MAE: {summary['mae_latent'] / summary['mae_raw']:.3f}")
+    print(f"ratio latent/raw3 MAE: {summary['ratio_latent_raw3']:.3f}; latent/raw: {summary['ratio_latent_raw']:.3f}")
+
+
+# pieces of the estimator, each taken out by overriding backend.capability's constants
+ABLATIONS = {
+    "estimator (exact match only)": {},
+    "with the answer loss's look": {"SIDE_SIGNALS": ("loss",)},
+    "without template offsets": {"OFFSET_PRIOR_WEIGHT": 1e12},
+    "without the two plateau filters": {"DYNAMICS": ((1.0, 0.02), (0.5, 0.02), (0.0, 0.02))},
+    "prior level logit -2 (was -4)": {"PRIOR_LEVEL": -2.0},
+    "binomial counts alone (none of the three above)": {"OFFSET_PRIOR_WEIGHT": 1e12,
+                                                        "DYNAMICS": ((1.0, 0.02), (0.5, 0.02), (0.0, 0.02)),
+                                                        "PRIOR_LEVEL": -2.0},
+}
+
+
+def pooled_rows(preset: str, seed_list: list[int]) -> tuple[dict[int, list[dict]], int]:
+    """The saved runs' rows re-scored by the current estimator, per seed, and
+    the truth's item count."""
+    per, n_truth = {}, None
+    for seed in seed_list:
+        path = saved_path(preset, seed)
+        if not path.exists():
+            raise SystemExit(f"--seeds: no saved run for seed {seed} of preset {preset} at {path}; make it with "
+                             f"python bench/fidelity.py --preset {preset} --seed {seed} --out {path}")
+        saved = json.loads(path.read_text())
+        per[seed] = relatent(saved["rows"], saved["measurements"], saved["tokens_per_checkpoint"])
+        n_truth = saved["summary"]["truth_items"]
+    return per, n_truth
+
+
+def ablate(preset: str, seed_list: list[int], out: str | None) -> None:
+    """Pooled figures over the seeds with each piece of the estimator taken out."""
+    from backend import capability
+
+    keep = {k: getattr(capability, k) for over in ABLATIONS.values() for k in over}
+    print(f"| {preset}, seeds {','.join(map(str, seed_list))} pooled | MAE latent | / raw3 | / raw | coverage |")
+    print("|---|---|---|---|---|")
+    table = {}
+    for name, over in ABLATIONS.items():
+        for k, v in {**keep, **over}.items():
+            setattr(capability, k, v)
+        per, n_truth = pooled_rows(preset, seed_list)
+        f = table[name] = figures([r for rows in per.values() for r in rows], n_truth)
+        print(f"| {name} | {f['mae_latent']:.4f} | {f['ratio_latent_raw3']:.3f} | {f['ratio_latent_raw']:.3f} "
+              f"| {f['coverage']:.1%} |")
+    for k, v in keep.items():
+        setattr(capability, k, v)
+    if out:
+        Path(out).write_text(json.dumps({"preset": preset, "seeds": seed_list, "ablations": table}, indent=1))
+
+
+def seeds(preset: str, seed_list: list[int], out: str | None) -> None:
+    """Re-score the saved runs of preset for each seed with the current
+    estimator; print a table per seed and pooled over all pairs."""
+    rows, n_truth = pooled_rows(preset, seed_list)
+    per = {str(seed): figures(rs, n_truth) for seed, rs in rows.items()}
+    per["pooled"] = figures([r for rs in rows.values() for r in rs], n_truth)
+    lines = [("pairs (truth > 0.02)", lambda f: f"{f['pairs']} ({f['pairs_truth_above_0.02']})"),
+             ("MAE raw, template 0", lambda f: f"{f['mae_raw']:.4f}"),
+             ("MAE raw3, mean of 3 templates", lambda f: f"{f['mae_raw3']:.4f}"),
+             ("MAE latent (causal)", lambda f: f"{f['mae_latent']:.4f}"),
+             ("ratio latent / raw3 (goal <= 0.8)", lambda f: f"{f['ratio_latent_raw3']:.3f}"),
+             ("ratio latent / raw (goal <= 0.5)", lambda f: f"{f['ratio_latent_raw']:.3f}"),
+             ("coverage (goal 90-97%)", lambda f: f"{f['coverage']:.1%}"),
+             ("coverage, strictly inside", lambda f: f"{f['coverage_strict']:.1%}"),
+             ("coverage, intervals overlap", lambda f: f"{f['coverage_overlap']:.1%}")]
+    cols = [f"seed {k}" if k != "pooled" else "pooled" for k in per]
+    print(f"| {preset} | " + " | ".join(cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for name, fmt in lines:
+        print(f"| {name} | " + " | ".join(fmt(f) for f in per.values()) + " |")
+    if out:
+        Path(out).write_text(json.dumps({"preset": preset, "seeds": seed_list, "figures": per}, indent=1))
 
 
 if __name__ == "__main__":

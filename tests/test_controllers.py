@@ -146,9 +146,10 @@ def test_small_priorities_still_move_weight_off_a_domain_that_feeds_nothing():
     p = propose(strat, h, UNIFORM, cfg)
     check_constraints(p.weights, UNIFORM, cfg)
     assert p.weights["strings"] == pytest.approx(p.weights["arithmetic"])
-    assert "never risen" in p.rationale["strings"] and "gain 0.099" in p.rationale["strings"]  # deficit 0.99 x 0.1
-    # gains 0.099 vs 0, scaled by the floor 0.25: noise's weight times exp(-2 x 0.099 / 0.25), then renormalised
-    kept = math.exp(-2 * 0.099 / 0.25)
+    # deficit 1.00 x 0.1: fifty checkpoints of 0/50 put the latent score at 0.000
+    assert "never risen" in p.rationale["strings"] and "gain 0.100" in p.rationale["strings"]
+    # gains 0.100 vs 0, scaled by the floor 0.25: noise's weight times exp(-2 x 0.100 / 0.25), then renormalised
+    kept = math.exp(-2 * 0.100 / 0.25)
     assert p.weights["noise"] == pytest.approx(kept / (2 + kept), rel=0.05)
 
 
