@@ -397,12 +397,12 @@ def _binary_points(rows: list[dict]) -> list[dict]:
     return points
 
 
-def _gaussian_points(rows: list[dict], metric: str) -> tuple[list[dict], object]:
+def _gaussian_points(rows: list[dict], lower_is_better: bool) -> tuple[list[dict], object]:
     """Filter points of one skill's rows of a non-binary metric (one look per
     row, on the state scale) and the map from the state back to the
     metric's units."""
     values = [float(m["value"]) for m in rows]
-    if metric in LOWER_IS_BETTER:
+    if lower_is_better:
         def to_state(v, se):
             v = max(v, 1e-9)
             return -math.log(v), (se / v) ** 2
@@ -443,12 +443,17 @@ def _gaussian_points(rows: list[dict], metric: str) -> tuple[list[dict], object]
 
 
 def estimate(measurements: list[dict], tokens_per_checkpoint: float,
-             skills: list[str] | None = None, metric: str = "exact_match") -> dict[str, list[dict]]:
+             skills: list[str] | None = None, metric: str = "exact_match",
+             higher_is_better: bool | None = None) -> dict[str, list[dict]]:
     """Latent estimates per skill from store measurement rows of one metric
     (default exact match: the rows of every template are binomial counts;
     any other metric is filtered as a Gaussian look with its stderr, in its
-    own units and direction: see the module docstring). Each estimate also
-    says `higher_is_better`."""
+    own units and direction: see the module docstring). The direction is
+    the task's (`higher_is_better`, as the skills table stores it); without
+    one, a known loss or perplexity name counts as lower-is-better. Each
+    estimate also says `higher_is_better`."""
+    if higher_is_better is None:
+        higher_is_better = metric not in LOWER_IS_BETTER
     grouped: dict[str, list[dict]] = defaultdict(list)
     for m in measurements:
         if m.get("metric") != metric or m.get("skill") is None:
@@ -462,8 +467,8 @@ def estimate(measurements: list[dict], tokens_per_checkpoint: float,
             points, to_score = _binary_points(rows), _template_mean
             sides = _side_signals(measurements, s, [pt["step"] for pt in points])
         else:
-            points, to_score, sides = *_gaussian_points(rows, metric), []
-        out[s] = [{**e, "higher_is_better": metric not in LOWER_IS_BETTER}
+            points, to_score, sides = *_gaussian_points(rows, not higher_is_better), []
+        out[s] = [{**e, "higher_is_better": higher_is_better}
                   for e in kalman(points, tokens_per_checkpoint, to_score, sides)]
     return out
 

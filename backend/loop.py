@@ -581,7 +581,15 @@ class ClosedLoop:
         Returns the estimates (skill -> by step)."""
         from backend.capability import estimate
 
-        est = estimate(self.store.measurements(self.run_id), self.checkpoint_tokens)
+        # each skill in its own metric and direction (the skills table)
+        groups: dict[tuple[str, bool], list[str]] = {}
+        for s in self.store.skills(self.run_id):
+            key = (s["metric"] or "exact_match", s["higher_is_better"] in (None, 1))
+            groups.setdefault(key, []).append(s["name"])
+        ms = self.store.measurements(self.run_id)
+        est = {}
+        for (metric, hib), names in groups.items():
+            est.update(estimate(ms, self.checkpoint_tokens, skills=names, metric=metric, higher_is_better=hib))
         self.store.set_capability(self.run_id, [{**e, "skill": s} for s, es in est.items()
                                                 for e in es if e["step"] == step])
         for s in self.store.skills(self.run_id):
