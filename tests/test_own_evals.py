@@ -70,3 +70,29 @@ def test_show_and_export_read_a_task_run(own_evals_run, tmp_path):
     assert out["run"]["status"] == "finished" and out["run"]["phase"] == "finished"
     assert {"addition", "sonnets"} <= set(out["skills"])
     assert cli("export-schedule", run_id, "-o", tmp_path / "s.json", db=db).returncode == 0
+
+
+@pytest.mark.slow
+def test_the_capabilities_page_shows_task_skills_with_intervals_and_drill_down(own_evals_run, monkeypatch):
+    import json as _json
+
+    from conftest_dashboard import APP
+    from streamlit.testing.v1 import AppTest
+
+    db, run_id = own_evals_run
+    monkeypatch.setenv("CLOSED_LOOP_DB", str(db))
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception, at.exception
+    at.switch_page("pages/capabilities.py").run()
+    assert not at.exception, at.exception
+    spec = _json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = {t.get("name") for t in spec["data"]}
+    assert {"addition", "echo", "sonnets"} <= {n.split(" ")[0] for n in names if n}
+    for skill in ("addition", "sonnets"):
+        at.selectbox(key=f"cap_drill_{run_id}").select(skill).run()
+        assert not at.exception, at.exception
+        facets = _json.loads(at.get("plotly_chart")[-1].proto.spec) if skill == "sonnets" else None
+        table = next(df.value for df in at.dataframe if "prompt_variant" in df.value.columns)
+        assert len(table) > 0 and table["stderr"].notna().all()
+    # the perplexity's facet chart is on its own scale, not clipped to [0, 1]
+    assert facets is not None and "range" not in facets["layout"].get("yaxis", {})
