@@ -9,6 +9,7 @@ decisions and commands into it; the worker process trains.
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import streamlit as st
@@ -18,7 +19,7 @@ from backend import charts, frames
 from backend.config import preset
 from backend.decisions import CommandError, send_command
 from backend.guard import open_alerts
-from backend.status import heartbeat_age, human, is_live, status_text
+from backend.status import eta, heartbeat_age, human, is_live, status_text
 from backend.store import StoreError
 from pages._common import (
     PAGES,
@@ -55,6 +56,19 @@ def favicon(size: int = 32) -> Image.Image:
 st.set_page_config(page_title="Closed Loop", page_icon=favicon(), layout="wide")
 
 
+def phase_line(store, run: dict) -> str:
+    """The worker's phase with elapsed time and ETAs, in one line."""
+    t = eta(store, run)
+    if run["status"] not in ("running", "paused"):
+        return f"{run['status']} · {t['elapsed_s']:.0f} s of training in all"
+    phase = "paused" if run["status"] == "paused" else (run["phase"] or "starting")
+    since = f" for {max(0.0, time.time() - run['phase_started']):.0f} s" if run["phase_started"] else ""
+    line = f"Phase: **{phase}**{since} · elapsed {t['elapsed_s']:.0f} s"
+    if t["eta_end_s"] is not None:
+        line += f" · next checkpoint in ~{t['eta_checkpoint_s']:.0f} s · end in ~{t['eta_end_s']:.0f} s"
+    return line
+
+
 def home() -> None:
     """Home: the demo button on an empty database; else the run's status,
     controls, alerts, headline chart and current mixture."""
@@ -68,7 +82,7 @@ def home() -> None:
             cfg = preset("demo").replace(policy="human")
             run_id = start_run(store, cfg)
             select_run_later(run_id)
-            flash(f"Demo run #{run_id} started; its first checkpoint is evaluated within a minute or two.")
+            flash(f"Demo run #{run_id} started: Home shows what it is doing and when the first checkpoint is due.")
             st.rerun()
         st.stop()
 
@@ -86,10 +100,13 @@ def home() -> None:
         cols[1].metric("Step", f"{human(now['step'])} / {human(now['total_steps'])}",
                        help=f"{now['step']:,} of {now['total_steps']:,} optimizer steps")
         cols[2].metric("Tokens seen", human(now["tokens_seen"]), help=f"{now['tokens_seen']:,} training tokens")
-        cols[3].metric("Heartbeat", heartbeat_age(now), help="the worker's last sign of life")
-        cols[4].metric("Throughput", f"{human(now['tokens_per_s'])} tok/s" if now["tokens_per_s"] else "-")
+        working = now["status"] in ("running", "paused")
+        cols[3].metric("Heartbeat", heartbeat_age(now) if working else "-", help="the worker's last sign of life")
+        cols[4].metric("Throughput", f"{human(now['tokens_per_s'])} tok/s" if working and now["tokens_per_s"]
+                       else "-")
         if now["error"]:
             st.error(f"The worker failed: {now['error']}")
+        st.caption(phase_line(store, now), help="what the worker is doing; times from the run's own pace")
 
         left, right = st.columns([3, 2], vertical_alignment="center")
         with left:

@@ -78,6 +78,8 @@ def test_home_shows_status_controls_and_pending_badge(db):
     assert at.title[0].value.startswith(f"Run #{run_id}")
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Status"] == "stopped" and metrics["Step"] == "20 / 30"
+    assert metrics["Heartbeat"] == "-" and metrics["Throughput"] == "-"  # no worker holds a stopped run
+    assert "stopped" in texts(at.caption)
     assert metrics["Tokens seen"] == "7,680"
     # a stopped run cannot be paused, resumed or stopped (run --resume continues it)
     assert all(at.button(key=k).disabled for k in ("cmd_pause", "cmd_resume", "cmd_stop"))
@@ -524,3 +526,14 @@ def test_behind_a_proxy_the_header_names_who_decides(db, monkeypatch):
     assert header_user({"X-Forwarded-User": " ada "}, "X-Forwarded-User") == "ada"
     assert header_user({"X-Forwarded-User": "ada"}, None) is None
     assert header_user({}, "X-Forwarded-User") == ""
+
+
+def test_home_shows_the_phase_and_eta_of_a_working_run(db):
+    """A running run's phase, how long it has been at it, and when the next
+    checkpoint and the end are due (from the run's own pace)."""
+    store, run_id = db
+    store.update_run(run_id, status="running", phase="evaluating copy (1 of 2)", phase_started=time.time() - 7)
+    at = open_app()
+    line = texts(at.caption)
+    assert "Phase: **evaluating copy (1 of 2)** for 7 s" in line or "Phase: **evaluating copy (1 of 2)** for 8 s" in line
+    assert "next checkpoint in ~" in line and "end in ~" in line
