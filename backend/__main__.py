@@ -63,7 +63,7 @@ def _load_config(args):
 
 
 def cmd_run(s: Session) -> int:
-    from backend.worker import create_run, spawn, work
+    from backend.worker import create_run
 
     args = s.args
     store = s.store
@@ -78,12 +78,20 @@ def cmd_run(s: Session) -> int:
             set_policy(store, run_id, args.policy, by="cli")
     else:
         run_id = create_run(store, _load_config(args))
+    return _start(args, run_id, "run")
+
+
+def _start(args, run_id: int, what: str) -> int:
+    """Work on the run in this process (progress bar), or with --detach in
+    a background worker, printing its run id."""
+    from backend.worker import spawn, work
+
     if args.detach:
         pid = spawn(args.db, run_id)
         _print({"run": run_id, "pid": pid}, args.json, str(run_id))
         return 0
     status = work(args.db, run_id, progress=not args.json)
-    _print({"run": run_id, "status": status}, args.json, f"run {run_id}: {status}")
+    _print({"run": run_id, "status": status}, args.json, f"{what} {run_id}: {status}")
     return 0
 
 
@@ -279,7 +287,7 @@ def cmd_export(s: Session) -> int:
 
 def cmd_replay(s: Session) -> int:
     from backend.schedule import ScheduleError, parse_schedule
-    from backend.worker import start_replay, work
+    from backend.worker import start_replay
 
     args = s.args
     path = Path(args.file)
@@ -289,13 +297,8 @@ def cmd_replay(s: Session) -> int:
         sched = parse_schedule(path.read_bytes())
     except ScheduleError as e:
         raise ScheduleError(f"{args.file}: {e}") from None
-    run_id = start_replay(args.db, sched, source=args.file, detach=args.detach)
-    if args.detach:
-        _print({"run": run_id}, args.json, str(run_id))
-        return 0
-    status = work(args.db, run_id, progress=not args.json)
-    _print({"run": run_id, "status": status}, args.json, f"replay run {run_id}: {status}")
-    return 0
+    run_id = start_replay(args.db, sched, source=args.file, detach=False)
+    return _start(args, run_id, "replay run")
 
 
 def cmd_report(s: Session) -> int:

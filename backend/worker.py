@@ -180,6 +180,20 @@ def worker_alive(run: dict) -> bool:
     return owner(run) is not None
 
 
+def _own(store: Store, run_id: int, *, inherited_fd: int | None = None) -> tuple[Path, "RunLock"]:
+    """Take the lock of a run that is not finished (or adopt the one a
+    parent took); returns (run folder, lock). WorkerError names the owner."""
+    if store.run(run_id)["status"] == "finished":
+        raise WorkerError(f"run {run_id} is finished")
+    run_dir = _run_dir(store, run_id)
+    lock = RunLock(run_dir / LOCK_NAME)
+    try:
+        lock.acquire(inherited_fd=inherited_fd)
+    except WorkerError as e:
+        raise WorkerError(f"run {run_id} is {e}") from None
+    return run_dir, lock
+
+
 def _run_dir(store: Store, run_id: int) -> Path:
     from backend.loop import run_dir_for
 
@@ -248,14 +262,7 @@ def spawn(db_path: str, run_id: int) -> int:
     descriptor), so the run is owned from this moment on and two spawns can
     never both start a worker. WorkerError names the owner if there is one."""
     store = Store(db_path)
-    if store.run(run_id)["status"] == "finished":
-        raise WorkerError(f"run {run_id} is finished")
-    run_dir = _run_dir(store, run_id)
-    lock = RunLock(run_dir / LOCK_NAME)
-    try:
-        lock.acquire()
-    except WorkerError as e:
-        raise WorkerError(f"run {run_id} is {e}") from None
+    run_dir, lock = _own(store, run_id)
     try:
         # before the child exists: a child that fails at once records `failed` after this
         store.update_run(run_id, status="running", heartbeat=time.time(), run_dir=str(run_dir))
@@ -289,14 +296,7 @@ def work(db_path: str, run_id: int, *, progress: bool = False, lock_fd: int | No
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # offline: backend/__init__.py
     store = Store(db_path)
-    if store.run(run_id)["status"] == "finished":
-        raise WorkerError(f"run {run_id} is finished")
-    run_dir = _run_dir(store, run_id)
-    lock = RunLock(run_dir / LOCK_NAME)
-    try:
-        lock.acquire(inherited_fd=lock_fd)
-    except WorkerError as e:
-        raise WorkerError(f"run {run_id} is {e}") from None
+    run_dir, lock = _own(store, run_id, inherited_fd=lock_fd)
     worker_pid = os.getpid()
 
     def on_term(signum, frame):  # SIGTERM: stop like the stop command
