@@ -21,6 +21,7 @@ from backend.decisions import CommandError, send_command
 from backend.guard import open_alerts
 from backend.status import eta, heartbeat_age, human, is_live, status_text
 from backend.store import StoreError
+from backend.vocab import WORKING_STATES
 from pages._common import (
     PAGES,
     USER_HEADER_ENV,
@@ -59,7 +60,7 @@ st.set_page_config(page_title="Closed Loop", page_icon=favicon(), layout="wide")
 def phase_line(store, run: dict) -> str:
     """The worker's phase with elapsed time and ETAs, in one line."""
     t = eta(store, run)
-    if run["status"] not in ("running", "paused"):
+    if run["status"] not in WORKING_STATES:
         return f"{run['status']} · {t['elapsed_s']:.0f} s of training in all"
     phase = "paused" if run["status"] == "paused" else (run["phase"] or "starting")
     since = f" for {max(0.0, time.time() - run['phase_started']):.0f} s" if run["phase_started"] else ""
@@ -100,7 +101,7 @@ def home() -> None:
         cols[1].metric("Step", f"{human(now['step'])} / {human(now['total_steps'])}",
                        help=f"{now['step']:,} of {now['total_steps']:,} optimizer steps")
         cols[2].metric("Tokens seen", human(now["tokens_seen"]), help=f"{now['tokens_seen']:,} training tokens")
-        working = now["status"] in ("running", "paused")
+        working = now["status"] in WORKING_STATES
         cols[3].metric("Heartbeat", heartbeat_age(now) if working else "-", help="the worker's last sign of life")
         cols[4].metric("Throughput", f"{human(now['tokens_per_s'])} tok/s" if working and now["tokens_per_s"]
                        else "-")

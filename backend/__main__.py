@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from backend.store import DEFAULT_DB
+from backend.vocab import WORKING_STATES
 
 
 class UsageError(Exception):
@@ -146,7 +147,7 @@ def cmd_show(s: Session) -> int:
     r = summary["run"]
     lines = [f"run {r['id']} {r['name']}: {r['status']}, policy {r['policy']}, "
              f"step {r['step']}/{r['total_steps']}, {r['tokens_seen']:,} tokens"]
-    if r["status"] in ("running", "paused") and r["phase"]:
+    if r["status"] in WORKING_STATES and r["phase"]:
         lines.append(f"phase: {r['phase']}; elapsed {r['elapsed_s']:.0f} s; "
                      + (f"next checkpoint in ~{r['eta_checkpoint_s']:.0f} s, end in ~{r['eta_end_s']:.0f} s"
                         if r["eta_end_s"] is not None else "no ETA yet"))

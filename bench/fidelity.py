@@ -57,7 +57,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from backend.vocab import Z95  # noqa: E402
+from backend.vocab import Z95, tokens_per_step  # noqa: E402
 
 
 # bench presets: overrides of the demo preset's train section
@@ -153,7 +153,7 @@ def main() -> None:
                                  max_length=cfg.data.context_length, device=device)
 
     ms = store.measurements(run_id)
-    tokens_per_ckpt = cfg.train.checkpoint_every * cfg.train.batch_size * cfg.data.context_length
+    tokens_per_ckpt = cfg.train.checkpoint_every * tokens_per_step(cfg.train.batch_size, cfg.data.context_length)
     latent = estimate(ms, tokens_per_ckpt, skills)
     rows = []
     t1 = time.time()

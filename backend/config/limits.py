@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.config.schema import ConfigError, RunConfig
+from backend.vocab import checkpoint_steps, tokens_per_step
 
 REPO = Path(__file__).resolve().parents[2]
 ENV_PREFIX = "CLOSED_LOOP_"
@@ -145,14 +146,15 @@ def check_untrusted(cfg: RunConfig, limits: Limits | None = None, roots: list | 
     _at_most("data.context_length", cfg.data.context_length, limits, "max_context")
     _at_most("data.tokenizer_vocab", cfg.data.tokenizer_vocab, limits, "max_vocab")
     _at_most("data.domains", len(cfg.data.domains), limits, "max_domains")
-    _at_most("train.batch_size", cfg.train.batch_size * cfg.data.context_length, limits, "max_batch_tokens",
+    _at_most("train.batch_size", tokens_per_step(cfg.train.batch_size, cfg.data.context_length), limits,
+             "max_batch_tokens",
              what="tokens per step (train.batch_size x data.context_length)")
     _at_most("model", estimate_params(cfg), limits, "max_params", what="estimated parameters")
     ev = cfg.evaluation
     _at_most("evaluation.item_rounds", ev.items_per_skill * ev.item_rounds, limits, "max_eval_items",
              what="items per task (items_per_skill x item_rounds)")
     _at_most("train.steps", t.steps, limits, "max_steps")
-    _at_most("train.checkpoint_every", t.steps // t.checkpoint_every + 1, limits, "max_checkpoints",
+    _at_most("train.checkpoint_every", len(checkpoint_steps(t.checkpoint_every, t.steps)), limits, "max_checkpoints",
              what="checkpoints (train.steps / train.checkpoint_every + 1)")
 
 

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.vocab import POLICIES
+from backend.vocab import POLICIES, is_holdout, tokens_per_step
 
 
 class ConfigError(ValueError):
@@ -203,7 +203,7 @@ class TaskSpec:
         backend.evaluation.lmeval_tasks (validate-config and before training)."""
         if not self.skill or not self.skill.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"{path}.skill: must be a non-empty identifier, got {self.skill!r}")
-        if self.skill.endswith("_holdout"):
+        if is_holdout(self.skill):
             raise ConfigError(f"{path}.skill: must not end in _holdout (that names the held-out twin)")
         if not self.task:
             raise ConfigError(f"{path}.task: must name an lm-eval task or group")
@@ -442,7 +442,7 @@ class RunConfig:
         self.data.validate("data")
         self.evaluation.validate("evaluation")
         self.train.validate("train")
-        tokens = self.train.steps * self.train.batch_size * self.data.context_length
+        tokens = self.train.steps * tokens_per_step(self.train.batch_size, self.data.context_length)
         if tokens >= INT64:
             raise ConfigError(f"train.steps: {self.train.steps} steps of {self.train.batch_size} x "
                               f"{self.data.context_length} tokens exceed a 64-bit token count")

@@ -37,6 +37,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.vocab import skill_name
+
 # lm-eval output types -> how the answer is produced (the `decoding` facet)
 DECODING = {
     "generate_until": "greedy",
@@ -226,7 +228,7 @@ def resolve_tasks(specs: list, *, where: str = "evaluation.tasks") -> TaskSet:
             if name is None:
                 continue
             field_ = "task" if kind == "steer" else "holdout"
-            skill = spec.skill if kind == "steer" else f"{spec.skill}_holdout"
+            skill = skill_name(spec.skill, kind)
             for task in ts.load(name, f"{at}.{field_}"):
                 tname = task.config.task
                 if tname in seen:
