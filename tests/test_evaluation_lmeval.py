@@ -106,7 +106,9 @@ def test_a_registry_task_without_local_data_names_the_task(monkeypatch):
     assert "not available on this machine" in str(e.value), str(e.value)
 
 
-def test_evaluate_measures_every_facet_with_stderr_and_items(taskset, tmp_path):
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    """lm-eval's HFLM over a tiny untrained Llama and a locally trained tokenizer."""
     from lm_eval.models.huggingface import HFLM
 
     from backend.config import ModelConfig
@@ -117,10 +119,13 @@ def test_evaluate_measures_every_facet_with_stderr_and_items(taskset, tmp_path):
         def sample_text(self, n, seed):
             return (ROOT / "examples" / "prose" / "sample.txt").read_text()[:n]
 
-    tok = train_tokenizer([Text()], 400, 0, tmp_path)
+    tok = train_tokenizer([Text()], 400, 0, tmp_path_factory.mktemp("tok"))
     model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
                         len(tok), 128, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, seed=0)
-    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=16, max_length=128, device="cpu")
+    return HFLM(pretrained=model, tokenizer=tok, batch_size=16, max_length=128, device="cpu")
+
+
+def test_evaluate_measures_every_facet_with_stderr_and_items(taskset, lm):
     rows, items = evaluate_tasks(taskset, lm, round_=1, per_checkpoint=10, seed=0)
     primary = {r["task"]: r for r in rows if r["primary"]}
     assert set(primary) == {leaf.name for leaf in taskset.leaves}
@@ -141,3 +146,71 @@ def test_evaluate_measures_every_facet_with_stderr_and_items(taskset, tmp_path):
     mc = next(it for it in items if it["task"] == "ex_addition")
     assert mc["prompt"].endswith("=") and mc["response"] and mc["correct"] in (0, 1)
     assert Path(TASKS, "data", "addition.jsonl").is_file()
+
+
+SHAPES = {
+    "utils.py": "def process(dataset):\n    return dataset.map(lambda d: {**d, 'question': d['a'] + ' + ' + d['b'] + ' ='})\n",
+    "fn.yaml": """task: t_fn
+tag: my_tag
+dataset_path: json
+dataset_kwargs: {data_files: {test: data/addition.jsonl}}
+test_split: test
+process_docs: !function utils.process
+output_type: multiple_choice
+doc_to_text: "{{question}}"
+doc_to_choice: "{{choices}}"
+doc_to_target: label
+metric_list: [{metric: acc}]
+""",
+    "two_filters.yaml": """task: t_two
+tag: my_tag
+dataset_path: json
+dataset_kwargs: {data_files: {test: data/copy.jsonl}}
+test_split: test
+output_type: generate_until
+doc_to_text: "copy {{x}} ="
+doc_to_target: "{{answer}}"
+generation_kwargs: {until: ["\\n"], max_gen_toks: 8}
+filter_list:
+  - {name: strict, filter: [{function: regex, regex_pattern: "^ ?([a-z](?: [a-z])*)$"}, {function: take_first}]}
+  - {name: flexible, filter: [{function: regex, regex_pattern: "([a-z](?: [a-z])*)", group_select: -1},
+                              {function: take_first}]}
+metric_list: [{metric: exact_match, aggregation: mean, higher_is_better: true}]
+""",
+    "ll.yaml": """task: t_ll
+dataset_path: json
+dataset_kwargs: {data_files: {test: data/copy.jsonl}}
+test_split: test
+output_type: loglikelihood
+doc_to_text: "copy {{x}} ="
+doc_to_target: " {{answer}}"
+metric_list: [{metric: perplexity}, {metric: acc}]
+""",
+}
+
+
+def test_other_task_shapes_load_and_measure(tmp_path, lm):
+    """What users' folders hold beyond the shipped examples: process_docs
+    through a !function, two filters on one metric (the first scores the
+    skill), a loglikelihood task with a perplexity (lower is better), and a
+    tag naming several tasks; data paths relative to the folder."""
+    import shutil
+
+    (tmp_path / "data").mkdir()
+    for name in ("addition.jsonl", "copy.jsonl"):
+        shutil.copy(Path(TASKS) / "data" / name, tmp_path / "data" / name)
+    for name, text in SHAPES.items():
+        (tmp_path / name).write_text(text)
+    ts = resolve_tasks([Spec("fn", "t_fn", include_path=str(tmp_path)),
+                        Spec("two", "t_two", include_path=str(tmp_path)),
+                        Spec("ll", "t_ll", include_path=str(tmp_path), metric="acc")])
+    leaves = {leaf.name: leaf for leaf in ts.leaves}
+    assert leaves["t_fn"].task.doc_to_text(leaves["t_fn"].task.eval_docs[0]).endswith(" =")  # process_docs ran
+    assert leaves["t_ll"].metrics == {"perplexity": False, "acc": True}
+    rows, _ = evaluate_tasks(ts, lm, round_=0, per_checkpoint=6, seed=0)
+    two = [r for r in rows if r["task"] == "t_two"]
+    assert [(r["scorer"], r["primary"]) for r in two] == [("exact_match/strict", True), ("exact_match/flexible", False)]
+    ppl = next(r for r in rows if r["task"] == "t_ll" and r["metric"] == "perplexity")
+    assert ppl["higher_is_better"] is False and ppl["value"] > 1 and not ppl["primary"]
+    tagged = resolve_tasks([Spec("tagged", "my_tag", include_path=str(tmp_path))])
+    assert sorted((leaf.name, leaf.skill) for leaf in tagged.leaves) == [("t_fn", "tagged"), ("t_two", "tagged")]

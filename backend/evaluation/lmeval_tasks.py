@@ -156,6 +156,8 @@ class TaskSet:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise TaskError(f"{where}: unknown lm-eval task or group {name!r}{hint}")
         try:
+            if entry.kind.name == "TAG":  # every task carrying the tag, each resolved as itself
+                return [t for member in sorted(entry.tags) for t in self.load(member, where)]
             if entry.kind.name == "GROUP":
                 children = entry.cfg.get("task") or []
                 tasks = []
