@@ -54,13 +54,31 @@ class WorkerError(RuntimeError):
 
 def create_run(store: Store, cfg: RunConfig, *, replay_schedule: dict | None = None,
                parent_run: int | None = None) -> int:
-    """Store a new run from a validated config; returns its id. Its lm-eval
-    tasks are loaded first (backend.loop.check_tasks), so a task that cannot
-    run here is refused naming the field before anything is written."""
+    """Store a new run from a validated config; returns its id. What only
+    this machine can answer is checked first (check_runnable), so a run that
+    would fail in its worker is refused naming the field before anything is
+    written."""
+    check_runnable(cfg)
+    return store.create_run(cfg.to_dict(), parent_run=parent_run, replay_schedule=replay_schedule)
+
+
+def check_runnable(cfg: RunConfig) -> None:
+    """What a config cannot say about the machine it runs on: a GPU where
+    train.device asks for one, every folder domain's folder, and every
+    lm-eval task loading offline (backend.loop.check_tasks). ConfigError
+    names the field."""
+    from backend.config import ConfigError
     from backend.loop import check_tasks
 
+    for i, d in enumerate(cfg.data.domains):
+        if d.path is not None and not Path(d.path).is_dir():
+            raise ConfigError(f"data.domains[{i}].path: no such folder {d.path!r} on this machine")
+    if cfg.train.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device: cuda, but torch sees no GPU on this machine (use auto or cpu)")
     check_tasks(cfg)
-    return store.create_run(cfg.to_dict(), parent_run=parent_run, replay_schedule=replay_schedule)
 
 
 # -- ownership: the run lock ---------------------------------------------------

@@ -174,3 +174,28 @@ def test_a_frozen_real_worker_keeps_its_run_and_a_stop_reaches_it(db):
     assert run["status"] == "stopped" and not worker_alive(run)
     assert store.pending_commands(run_id) == []
     assert cli_json("run", "--resume", run_id, db=db)["status"] == "finished"
+
+
+def test_a_run_that_would_fail_in_its_worker_is_refused_before_it_is_stored(store, tmp_path):
+    """Accepted configs run cleanly: a missing folder domain, a GPU that is
+    not there and a task that cannot load are refused naming the field, and
+    no run row is written."""
+    import torch
+
+    from backend.config import ConfigError, preset
+    from backend.worker import create_run
+
+    before = len(store.runs())
+    d = preset("tiny").to_dict()
+    d["data"]["domains"].append({"name": "mine", "source": "folder", "path": str(tmp_path / "gone")})
+    with pytest.raises(ConfigError, match=r"data.domains\[6\].path: no such folder"):
+        create_run(store, preset("tiny").replace(data=d["data"]))
+    if not torch.cuda.is_available():
+        train = {**preset("tiny").to_dict()["train"], "device": "cuda"}
+        with pytest.raises(ConfigError, match="train.device: cuda"):
+            create_run(store, preset("tiny").replace(train=train))
+    ev = {**preset("tiny").to_dict()["evaluation"], "tasks": [{"skill": "x", "task": "ex_nope",
+                                                               "include_path": "examples/tasks"}]}
+    with pytest.raises(ConfigError, match=r"evaluation.tasks\[0\].task: unknown"):
+        create_run(store, preset("tiny").replace(evaluation=ev))
+    assert len(store.runs()) == before
