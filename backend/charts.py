@@ -134,11 +134,14 @@ def _pick(frame: pd.DataFrame, bases: list[str] | None, holdout: bool) -> pd.Dat
 
 def trajectory_figure(scores: pd.DataFrame, *, x: str = "tokens_seen", bases: list[str] | None = None,
                       holdout: bool = True, band: bool = True, raw: pd.DataFrame | None = None,
+                      chance: dict[str, float] | None = None,
                       max_points: int = MAX_POINTS, title: str | None = "Capability per skill") -> go.Figure:
     """Per-skill score against `x` (tokens_seen or step), each with its 95%
     band. Colour = skill; solid = steer, dotted = held-out variant. With
     `raw` (skill_scores) the measured means are drawn as dots over the
-    lines (when `scores` is the latent estimate)."""
+    lines (when `scores` is the latent estimate). With `chance` (skill ->
+    chance level, frames.chance_levels) each shown steer skill's chance is a
+    thin dashed line in its colour: a score on it is a guess, not a skill."""
     df = _pick(scores, bases, holdout)
     if df.empty:
         return _empty(title, "no measurements yet")
@@ -164,6 +167,15 @@ def trajectory_figure(scores: pd.DataFrame, *, x: str = "tokens_seen", bases: li
                                marker=dict(size=4, color=colors.get(base, "#888"),
                                            symbol="circle" if kind == "steer" else "circle-open"),
                                hovertemplate=f"{label} measured<br>%{{x:,}}: %{{y:.3f}}<extra></extra>"))
+    x0, x1 = df[x].min(), df[x].max()
+    for skill, base in df[df["kind"] == "steer"][["skill", "base"]].drop_duplicates().itertuples(index=False):
+        level = (chance or {}).get(skill)
+        if level is None:
+            continue
+        traces.append(dict(type="scatter", x=[x0, x1], y=[level, level], mode="lines", name=f"{skill} chance",
+                           legendgroup=skill, showlegend=False, line=dict(color=colors.get(base, "#888"), width=1,
+                                                                           dash="dash"),
+                           hovertemplate=f"{skill}: chance {level:.3f}<extra></extra>"))
     fig.add_traces(traces)
     return fig
 

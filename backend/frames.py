@@ -58,6 +58,12 @@ def _bases(skill: pd.Series, skills: dict[str, dict]) -> pd.Series:
     return skill.map(base)
 
 
+def chance_levels(store, run_id: int) -> dict[str, float]:
+    """Skill -> its chance level (a uniform guess, the best constant answer,
+    or what the task declares), for the skills that have one."""
+    return {s["name"]: s["chance"] for s in store.skills(run_id) if s.get("chance") is not None}
+
+
 def capability_scores(store, run_id: int) -> pd.DataFrame:
     """The latent capability per (skill, checkpoint) that the worker
     estimates (store.capability): value = the estimate, lo / hi its 95%

@@ -88,7 +88,8 @@ def render_report(store, run_id: int) -> str:
 
     figures = [
         ("Capability", charts.headline_figure(scores)),
-        ("", charts.trajectory_figure(scores, raw=raw if scores is latent else None)),
+        ("", charts.trajectory_figure(scores, raw=raw if scores is latent else None,
+                                      chance=frames.chance_levels(store, run_id))),
         ("", charts.heatmap_figure(scores)),
         ("Held-out loss per domain", charts.domain_loss_figure(losses)),
         ("Mixture history", charts.mixture_figure(history, end_step=run["step"])),

@@ -65,10 +65,11 @@ for skill, alert in alert_lines(store, run_id):
 def live() -> None:
     stop_refresh_when_done(run, store.run(run_id))
     est = latent(store, run_id)
+    chance = frames.chance_levels(store, run_id)
     if view == "latent" and not est.empty:
         # the estimate carries each checkpoint's measured mean: the dots
         fig = charts.trajectory_figure(est, x=x, bases=chosen or None, holdout=holdout, band=band,
-                                       raw=est.assign(value=est["raw_mean"]))
+                                       raw=est.assign(value=est["raw_mean"]), chance=chance)
         shown = est
     else:
         raw = scores(store, run_id)  # read only when asked for: the largest frame of a run
@@ -78,10 +79,11 @@ def live() -> None:
         if view == "latent":
             st.caption("This run has no latent estimate: showing the raw measurements.")
         fig = charts.trajectory_figure(frames.smooth(raw, window), x=x, bases=chosen or None, holdout=holdout,
-                                       band=band)
+                                       band=band, chance=chance)
         shown = raw
     st.plotly_chart(fig, key="cap_trajectories")
-    st.caption("Solid: steer skills (the controller sees them). Dotted: held-out variants (another template "
+    st.caption("Dashed thin line: a steer skill's chance level (a uniform guess, or the best constant answer). "
+               "Solid: steer skills (the controller sees them). Dotted: held-out variants (another template "
                "and value range, never steered): a steer line rising alone means teaching to the test.")
     st.plotly_chart(charts.heatmap_figure(shown, x=x), key="cap_heatmap")
     if not est.empty:

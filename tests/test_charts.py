@@ -163,3 +163,16 @@ def test_score_axis_is_0_to_1_for_scores_and_free_for_a_loss():
     loss = pd.DataFrame({"value": [4.5, 3.1], "hi": [4.8, 3.3]})
     axis = _score_axis(loss)
     assert "range" not in axis and axis["rangemode"] == "nonnegative"
+
+
+def test_trajectory_draws_each_steer_skills_chance_level():
+    from backend import charts
+
+    df = pd.DataFrame({"skill": ["parity", "parity", "parity_holdout"], "base": ["parity"] * 3,
+                       "kind": ["steer", "steer", "holdout"], "step": [0, 10, 10], "tokens_seen": [0, 640, 640],
+                       "value": [0.5, 0.52, 0.5], "stderr": [0.05] * 3, "n": [50] * 3,
+                       "lo": [0.4, 0.42, 0.4], "hi": [0.6, 0.62, 0.6]})
+    fig = charts.trajectory_figure(df, chance={"parity": 0.5, "parity_holdout": 0.5})
+    lines = [t for t in fig.data if t.name == "parity chance"]
+    assert len(lines) == 1 and list(lines[0].y) == [0.5, 0.5] and lines[0].line.dash == "dash"
+    assert not [t for t in charts.trajectory_figure(df).data if (t.name or "").endswith("chance")]
