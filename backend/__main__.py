@@ -287,15 +287,23 @@ def cmd_export(s: Session) -> int:
 
 
 def cmd_replay(s: Session) -> int:
-    from backend.schedule import ScheduleError, parse_schedule
+    from backend import config as config_mod
+    from backend.schedule import ScheduleError, parse_replay
     from backend.worker import start_replay
 
     args = s.args
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"replay FILE: no such file {args.file!r}")
+    if args.config and args.preset:
+        raise UsageError("replay --config and --preset: give one, not both")
+    cfg = None  # a plain mixture needs the run it trains; a native schedule carries its own
+    if args.config:
+        cfg = config_mod.load(args.config)
+    elif args.preset:
+        cfg = config_mod.preset(args.preset)
     try:
-        sched = parse_schedule(path.read_bytes())
+        sched = parse_replay(path.read_bytes(), cfg)
     except ScheduleError as e:
         raise ScheduleError(f"{args.file}: {e}") from None
     run_id = start_replay(args.db, sched, source=args.file, detach=False)
@@ -392,8 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", action="append", metavar="DOMAIN=PATH",
                    help="file prefix or path of a domain's data in the trainer's format (repeatable)")
 
-    p = add("replay", cmd_replay, "start a run that follows an exported schedule")
-    p.add_argument("file")
+    p = add("replay", cmd_replay, "start a run that follows an exported schedule or a {domain: weight} mixture")
+    p.add_argument("file", help="a native schedule (export-schedule) or a plain {domain: weight} JSON mixture")
+    p.add_argument("--config", help="run config file for a plain mixture (.json or .toml)")
+    p.add_argument("--preset", help="preset run for a plain mixture: demo | gpu-small | tiny")
     p.add_argument("--detach", action="store_true")
 
     p = add("report", cmd_report, "write a standalone HTML report of a run (charts, mixture, decisions)")

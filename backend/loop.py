@@ -19,19 +19,15 @@ the real ones (torch, transformers, lm-eval); backend.testing makes fakes.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, runtime_checkable
 
-from backend import config as config_mod
-from backend import controllers, decisions, guard, vocab
+from backend import vocab
+from backend.client import RunClient, evaluation_tasks, initial_weights, task_specs
 from backend.config import RunConfig
-from backend.controllers import History
-from backend.forecast_errors import record_forecast_errors
-from backend.mixture import validate_weights
 from backend.store import Store
 
 # heartbeat and command polling interval, seconds of wall clock (tests that
@@ -246,9 +242,6 @@ def build_components(cfg: RunConfig, run_dir: Path) -> Components:
     from backend.data.domains import build_domains
     from backend.data.sampler import MixtureSampler
     from backend.data.tokenizer import check_fits, load_tokenizer, train_tokenizer
-    from backend.evaluation.harness import HarnessEvaluator
-    from backend.evaluation.lmeval_tasks import TaskEvaluator, resolve_tasks
-    from backend.evaluation.tasks import build_tasks
     from backend.model import build_model
     from backend.trainer import Trainer, pick_device
 
@@ -273,31 +266,32 @@ def build_components(cfg: RunConfig, run_dir: Path) -> Components:
         check_fits(tokenizer, model, "data.tokenizer_path" if cfg.data.tokenizer_path else "model.pretrained")
     trainer = Trainer(model, cfg.train, device)
     sampler = MixtureSampler(domains, tokenizer, cfg.data.context_length, cfg.seed)
-    parts = []
-    if cfg.steer_skills:  # the synthetic skills the domains stream
-        tasks = build_tasks(cfg.steer_skills, skill_kinds(cfg), run_dir / "evaldata",
-                            cfg.evaluation.items_per_skill, cfg.seed, cfg.evaluation.max_gen_toks,
-                            cfg.evaluation.loglikelihood, cfg.evaluation.item_rounds)
-        parts.append(HarnessEvaluator(model, tokenizer, tasks, batch_size=cfg.evaluation.batch_size,
-                                      max_length=cfg.data.context_length, device=device,
-                                      items_per_round=cfg.evaluation.items_per_skill,
-                                      rounds=cfg.evaluation.item_rounds))
-    if cfg.evaluation.tasks:  # the run's own lm-eval tasks (checked before training: check_tasks)
-        parts.append(TaskEvaluator(resolve_tasks(_task_specs(cfg)), model, tokenizer,
-                                   batch_size=cfg.evaluation.batch_size, max_length=cfg.data.context_length,
-                                   device=device, seed=cfg.seed))
-    evaluator = ModelEvaluator(parts, model, sampler.heldout(cfg.evaluation.heldout_loss_sequences), device)
+    evaluator = build_evaluator(cfg, run_dir, model, tokenizer, device, sampler)
     return Components(domains=domains, trainer=trainer, sampler=sampler, evaluator=evaluator,
                       checkpointer=FolderCheckpointer(run_dir / "checkpoints", model, trainer,
                                                      keep_last=cfg.train.keep_checkpoints, tokenizer=tokenizer),
                       background=device.type == "cuda")
 
 
-def _task_specs(cfg: RunConfig) -> list:
-    """evaluation.tasks, without held-out tasks when evaluation.holdout is off."""
-    if cfg.evaluation.holdout:
-        return list(cfg.evaluation.tasks)
-    return [dataclasses.replace(t, holdout=None) for t in cfg.evaluation.tasks]
+def build_evaluator(cfg: RunConfig, run_dir: Path, model, tokenizer, device, sampler) -> ModelEvaluator:
+    """The real Evaluator of a run on the model in memory: the synthetic
+    skills' tasks through HarnessEvaluator, evaluation.tasks through
+    TaskEvaluator, and the held-out loss on `sampler`'s fixed held-out
+    sequences (backend.data.sampler.MixtureSampler)."""
+    from backend.evaluation.harness import HarnessEvaluator
+    from backend.evaluation.lmeval_tasks import TaskEvaluator
+
+    synthetic, taskset = evaluation_tasks(cfg, run_dir)
+    parts = []
+    if synthetic:  # the synthetic skills the domains stream
+        parts.append(HarnessEvaluator(model, tokenizer, synthetic, batch_size=cfg.evaluation.batch_size,
+                                      max_length=cfg.data.context_length, device=device,
+                                      items_per_round=cfg.evaluation.items_per_skill,
+                                      rounds=cfg.evaluation.item_rounds))
+    if taskset is not None:  # the run's own lm-eval tasks (checked before training: check_tasks)
+        parts.append(TaskEvaluator(taskset, model, tokenizer, batch_size=cfg.evaluation.batch_size,
+                                   max_length=cfg.data.context_length, device=device, seed=cfg.seed))
+    return ModelEvaluator(parts, model, sampler.heldout(cfg.evaluation.heldout_loss_sequences), device)
 
 
 def check_tasks(cfg: RunConfig) -> None:
@@ -311,27 +305,9 @@ def check_tasks(cfg: RunConfig) -> None:
     from backend.evaluation.lmeval_tasks import TaskError, resolve_tasks
 
     try:
-        resolve_tasks(_task_specs(cfg))
+        resolve_tasks(task_specs(cfg))
     except TaskError as e:
         raise ConfigError(str(e)) from None
-
-
-def skill_kinds(cfg: RunConfig) -> list[str]:
-    """The skill kinds a run evaluates: steer, and holdout unless switched off."""
-    return list(vocab.SKILL_KINDS) if cfg.evaluation.holdout else ["steer"]
-
-
-def initial_weights(cfg: RunConfig, domains) -> dict[str, float]:
-    """The first mixture: uniform, natural (by domain size in tokens) or the
-    configured weights."""
-    names = [d.name for d in domains]
-    init = cfg.mixture.initial
-    if init == "uniform":
-        return {n: 1 / len(names) for n in names}
-    if init == "natural":
-        total = sum(d.size_tokens for d in domains)
-        return {d.name: d.size_tokens / total for d in domains}
-    return validate_weights(init, names)
 
 
 # -- the loop ----------------------------------------------------------------------
@@ -350,15 +326,12 @@ class ClosedLoop:
                  progress: bool = True, on_phase: Callable[[str, int], None] | None = None):
         self.store = store
         self.run_id = run_id
-        row = store.run(run_id)
-        self.cfg = config_mod.from_dict(row["config"])
-        self.replay = row["replay_schedule"]
+        self.client = RunClient(store, run_id)  # the boundary's rules, shared with outside trainers
+        self.cfg = self.client.cfg
         self.run_dir = run_dir_for(store, run_id)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.c = components(self.cfg, self.run_dir)
-        self.strategy = controllers.make_strategy(self.cfg.controller)
-        self.tokens_per_step = vocab.tokens_per_step(self.cfg.train.batch_size, self.cfg.data.context_length)
-        self.checkpoint_tokens = self.cfg.train.checkpoint_every * self.tokens_per_step
+        self.tokens_per_step = self.client.tokens_per_step
         self.progress = progress
         self.on_phase = on_phase or (lambda phase, step: None)
         self.bar = None  # the tqdm bar while run() trains, with progress=True
@@ -391,69 +364,31 @@ class ClosedLoop:
         finally:
             if self.bar is not None:
                 self.bar.close()
-        self.store.expire_open(self.run_id, f"the run finished at step {total}; no checkpoint is left to apply it")
-        self.store.update_run(self.run_id, status="finished", phase="finished", phase_started=time.time(),
-                              tokens_per_s=None)
-        self.store.log_event(self.run_id, "finished", f"finished at step {total}")
+        self.client.finish(total)
         return "finished"
 
     def _at_checkpoint(self, step: int) -> None:
-        """Evaluate, estimate, apply what was approved, propose. Idempotent."""
+        """Evaluate, then the client's boundary: estimate, apply what was
+        approved, propose. Idempotent."""
         ck = self.store.checkpoint(self.run_id, step)
         if ck["boundary_done"]:
             return
-        tokens = ck["tokens_seen"]
         if not ck["evaluated"]:
-            self._evaluate(step, tokens)
-            self.store.mark_checkpoint(self.run_id, step, evaluated=True)
+            def progress(k: int, n: int, skill: str) -> None:
+                self._phase(f"evaluating {skill} ({k + 1} of {n})")
+
+            self.client.record_evaluation(step, self.c.evaluator, on_progress=progress)
         self.on_phase("evaluate", step)
-        self._phase("estimating")
-        estimates = self._estimate_and_guard(step)
-        record_forecast_errors(self.store, self.run_id, step)  # how far the last forecast was off
-        self.on_phase("estimate", step)
-        if step < self.cfg.train.steps:  # nothing to steer after the last checkpoint
-            if self.replay is not None:
-                self._follow_replay(step, tokens)
-            else:
-                self.store.apply_approved(self.run_id, step=step, tokens_at=tokens)
-                self.on_phase("apply", step)
-                self._propose(step, tokens, estimates)
-                self.on_phase("propose", step)
-        self.store.mark_checkpoint(self.run_id, step, boundary_done=True)
+        self.client.boundary(step, on_phase=self.on_phase, on_stage=self._phase)
 
     # -- pieces ------------------------------------------------------------
     def _register(self) -> None:
         """Domains and skills (steer and held-out) of the run, into the store."""
-        from backend.data.skills import get_skill
-
         per_doc = self.c.sampler.document_tokens()
-        self.store.set_domains(self.run_id, [
+        self.client.set_domains([
             {"name": d.name, "source": d.source, "skills": d.skills, "size_tokens": d.size_tokens,
              "tokens_per_doc": per_doc.get(d.name)} for d in self.c.domains])
-        from backend.evaluation.tasks import constant_answer_rate
-
-        def tasks_of(name: str) -> list[str]:
-            return [t["task"] for t in self.c.evaluator.task_configs if t["metadata"]["skill"] == name]
-
-        rows = []
-        for base in self.cfg.steer_skills:
-            feeds = [d.name for d in self.c.domains if base in d.skills]
-            for kind in skill_kinds(self.cfg):
-                name = vocab.skill_name(base, kind)
-                rows.append({"name": name, "base": base, "kind": kind, "domains": feeds, "tasks": tasks_of(name),
-                             "difficulty": get_skill(base).difficulty, "metric": "exact_match",
-                             "higher_is_better": 1, "chance": constant_answer_rate(base, kind, self.cfg.seed)})
-        facts = {t["metadata"]["skill"]: t["metadata"] for t in self.c.evaluator.task_configs
-                 if "metric" in t["metadata"]}
-        for spec in _task_specs(self.cfg):
-            for kind in ("steer", "holdout") if spec.holdout else ("steer",):
-                name = vocab.skill_name(spec.skill, kind)
-                meta = facts.get(name, {})
-                rows.append({"name": name, "base": spec.skill, "kind": kind, "domains": list(spec.domains),
-                             "tasks": tasks_of(name), "difficulty": None, "metric": meta.get("metric"),
-                             "higher_is_better": int(meta.get("higher_is_better", True)),
-                             "chance": meta.get("chance")})
-        self.store.set_skills(self.run_id, rows)
+        self.client.set_skills(self.c.evaluator.task_configs)
 
     def _resume_or_start(self) -> None:
         """Continue from the last complete checkpoint (finishing its boundary),
@@ -480,13 +415,7 @@ class ClosedLoop:
                                  tokens_seen=ck["tokens_seen"])
             self._at_checkpoint(ck["step"])  # finish that boundary if it was cut short
             return
-        if not self.store.schedule(self.run_id):
-            if self.replay is not None:
-                weights, source = self.replay["segments"][0]["weights"], "replay"
-            else:
-                weights, source = initial_weights(self.cfg, self.c.domains), "initial"
-            self.store.add_segment(self.run_id, from_step=0, tokens_at=0, weights=weights,
-                                   source=source, proposal_id=None)
+        self.client.start(initial_weights(self.cfg, self.store.domains(self.run_id)))
         self.store.heartbeat(self.run_id, status="running", pid=os.getpid(), step=0, tokens_seen=0)
         self._checkpoint(self.store.current_weights(self.run_id))  # step 0: the untrained model
         self._at_checkpoint(0)
@@ -552,118 +481,12 @@ class ClosedLoop:
         # retention: the last train.keep_checkpoints, plus every segment's first
         # step (a schedule restarts there) and doremi's reference checkpoint
         keep = {seg["from_step"] for seg in self.store.schedule(self.run_id)} | {0}
-        ref = getattr(getattr(self.strategy, "settings", None), "reference_step", None)
+        ref = getattr(getattr(self.client.strategy, "settings", None), "reference_step", None)
         if ref is not None:
             keep.add(ref)
         for removed in self.c.checkpointer.prune(keep):
             self.store.log_event(self.run_id, "checkpoint_pruned", f"removed {removed} (train.keep_checkpoints)")
         self.on_phase("save", step)
-
-    def _evaluate(self, step: int, tokens: int) -> None:
-        """Measurements per skill and held-out loss per domain, into the store."""
-        kinds = {s["name"]: s["kind"] for s in self.store.skills(self.run_id)}
-
-        def progress(k: int, n: int, skill: str) -> None:
-            self._phase(f"evaluating {skill} ({k + 1} of {n})")
-
-        measurements, samples = self.c.evaluator.evaluate(step // self.cfg.train.checkpoint_every,
-                                                          on_progress=progress)
-        rows = [{**m, "step": step, "tokens_seen": tokens, "kind": kinds[m["skill"]]} for m in measurements]
-        for d, r in self.c.evaluator.domain_losses().items():
-            rows.append({"step": step, "tokens_seen": tokens, "domain": d, "kind": "domain_loss",
-                         "task": f"heldout_loss/{d}", "metric": "loss", "scorer": "nll", **r})
-        self.store.add_measurements(self.run_id, rows)
-        self.store.add_samples(self.run_id, step, samples)
-
-    def _estimate_and_guard(self, step: int) -> dict[str, list[dict]]:
-        """Latent capability of every skill at this checkpoint, then the
-        Goodhart guard on each steer skill against its held-out variant.
-        Returns the estimates (skill -> by step)."""
-        from backend.capability import estimate
-
-        # each skill in its own metric and direction (the skills table)
-        groups: dict[tuple[str, bool], list[str]] = {}
-        for s in self.store.skills(self.run_id):
-            key = (s["metric"] or "exact_match", s["higher_is_better"] in (None, 1))
-            groups.setdefault(key, []).append(s["name"])
-        ms = self.store.measurements(self.run_id)
-        est = {}
-        for (metric, hib), names in groups.items():
-            est.update(estimate(ms, self.checkpoint_tokens, skills=names, metric=metric, higher_is_better=hib))
-        self.store.set_capability(self.run_id, [{**e, "skill": s} for s, es in est.items()
-                                                for e in es if e["step"] == step])
-        for s in self.store.skills(self.run_id):
-            held = vocab.holdout_name(s["name"])
-            if s["kind"] != "steer" or held not in est:
-                continue
-            since = guard.last_ack_step(self.store, self.run_id, s["name"]) or 0
-            alert = guard.check(est[s["name"]], est[held], since)
-            if alert:
-                guard.raise_alert(
-                    self.store, self.run_id, step=step, skill=s["name"], data=alert,
-                    message=(f"Goodhart guard: {s['name']} rose {alert['steer_rise']:+.2f} since step "
-                             f"{alert['from_step']} but {held} only {alert['holdout_rise']:+.2f} "
-                             f"(gap {alert['gap']:.2f} > 2 x {alert['gap_sd']:.2f}); the controller "
-                             f"stops pushing {s['name']} until a person acknowledges"))
-        return est
-
-    def history(self, estimates: dict[str, list[dict]]) -> History:
-        """What the strategy may see: steer skills only, with their latent
-        `estimates` (skill -> by step). A skill no domain is declared to
-        feed, or whose metric is not a [0, 1] score where higher is better
-        (a perplexity), is measured and shown but not steered: `unsteerable`
-        says why."""
-        steer = [s for s in self.store.skills(self.run_id) if s["kind"] == "steer"]
-        unsteerable = {}
-        for s in steer:
-            metric, hib = s["metric"] or "exact_match", s["higher_is_better"] in (None, 1)
-            if not s["domains"]:
-                unsteerable[s["name"]] = "no domain is declared to feed it (evaluation.tasks[].domains)"
-            elif not hib or not vocab.is_score(metric):
-                unsteerable[s["name"]] = f"its metric {metric} is not a [0, 1] score where higher is better"
-        skills = [s for s in steer if s["name"] not in unsteerable]
-        primary = {s["name"]: s["metric"] or "exact_match" for s in skills}
-        scores = {s["name"]: [] for s in skills}
-        losses: dict[str, list] = {}
-        for m in self.store.measurements(self.run_id):
-            if m["kind"] == "steer" and m["skill"] in primary and m["metric"] == primary[m["skill"]]:
-                scores[m["skill"]].append(m)
-            elif m["kind"] == "domain_loss":
-                losses.setdefault(m["domain"], []).append(m)
-        return History(
-            domains=self.cfg.domain_names,
-            skill_domains={s["name"]: s["domains"] for s in skills},
-            scores=scores, domain_loss=losses,
-            checkpoint_tokens=self.checkpoint_tokens,
-            estimates={s["name"]: estimates.get(s["name"], []) for s in skills},
-            blocked={k: e["message"] for k, e in guard.open_alerts(self.store, self.run_id).items()},
-            mixtures=[{"step": c["step"], "tokens_seen": c["tokens_seen"], "weights": c["weights"]}
-                      for c in self.store.checkpoints(self.run_id)],
-            unsteerable=unsteerable,
-            latest={k: estimates[k][-1]["score"] for k in unsteerable if estimates.get(k)},
-        )
-
-    def _propose(self, step: int, tokens: int, estimates: dict[str, list[dict]]) -> None:
-        """The strategy's proposal through the shared guarantees, stored
-        pending; policy auto approves and applies it at once."""
-        self._phase("proposing")
-        current = self.store.current_weights(self.run_id)
-        p = controllers.propose(self.strategy, self.history(estimates), current, self.cfg.controller)
-        pid = self.store.add_proposal(self.run_id, step=step, strategy=self.strategy.name,
-                                      current_weights=current, weights=p.weights,
-                                      rationale=p.rationale, forecast=p.forecast)
-        policy = self.store.run(self.run_id)["policy"]  # a person may switch it while running
-        if policy == "auto":
-            decisions.auto_approve(self.store, pid)  # a person who decided it first keeps their decision
-            self.store.apply_approved(self.run_id, step=step, tokens_at=tokens)
-
-    def _follow_replay(self, step: int, tokens: int) -> None:
-        """A replay run switches to the schedule's next segment where it starts."""
-        for seg in self.replay["segments"]:
-            if seg["from_step"] == step and step > 0:
-                self.store.add_segment(self.run_id, from_step=step, tokens_at=tokens,
-                                       weights=seg["weights"], source="replay",
-                                       proposal_id=None, decided_by=seg.get("approved_by"))
 
     def _progress_bar(self):
         if not self.progress:

@@ -80,13 +80,7 @@ def parse_schedule(data, *, limits: Limits | None = None) -> dict:
     run, token counts that disagree with the config, and a replay record
     over limits.max_stored_schedule_bytes."""
     limits = limits or Limits.from_env()
-    try:
-        if isinstance(data, (str, bytes)):
-            data = parse_text(data, "json", max_bytes=limits.max_schedule_bytes, max_depth=limits.max_depth)
-        else:
-            check_plain(data, max_depth=limits.max_depth)
-    except InputError as e:
-        raise ScheduleError(f"schedule: {e}" if str(e).startswith("the file") else str(e)) from None
+    data = _read(data, limits)
     if not isinstance(data, dict):
         raise ScheduleError("top level: expected a JSON object")
     for key in data:
@@ -113,6 +107,60 @@ def parse_schedule(data, *, limits: Limits | None = None) -> dict:
                             f"the limit is {limits.max_stored_schedule_bytes:,} "
                             "(CLOSED_LOOP_MAX_STORED_SCHEDULE_BYTES)")
     return parsed
+
+
+def parse_replay(data, cfg=None, *, limits: Limits | None = None) -> dict:
+    """What `replay FILE` follows, parsed as parse_schedule returns it, from
+    either of two files (JSON text, bytes or plain data):
+
+    - a native schedule (an object with `format`): it carries its own run
+      config, so `cfg` must be None;
+    - a plain mixture `{domain: weight}`: one segment over the whole run of
+      `cfg` (a RunConfig, from --config or --preset), its weights checked by
+      the one weights rule (backend.mixture) against cfg's domains.
+
+    ScheduleError names the field (`weights.<domain>` for a mixture) and
+    nothing is written."""
+    limits = limits or Limits.from_env()
+    data = _read(data, limits)
+    if not isinstance(data, dict):
+        raise ScheduleError("top level: expected a JSON object (a native schedule or a {domain: weight} mixture)")
+    if not is_mixture(data):
+        parsed = parse_schedule(data, limits=limits)  # a broken schedule: its own field is named first
+        if cfg is not None:
+            raise ScheduleError("--config/--preset: a native schedule carries its own run config; "
+                                "give them only with a plain {domain: weight} mixture")
+        return parsed
+    if cfg is None:
+        raise ScheduleError("weights: a plain {domain: weight} mixture needs a run: give --config FILE or --preset NAME")
+    try:
+        weights = validate_weights(data, cfg.domain_names)
+    except WeightsError as e:
+        field = key_path("weights", e.domain) if e.domain is not None else "weights"
+        raise ScheduleError(f"{field}: {e}") from None
+    return parse_schedule({"format": FORMAT, "version": VERSION, "run": None, "config": cfg.to_dict(),
+                           "segments": [{"from_step": 0, "to_step": cfg.train.steps, "weights": weights,
+                                         "source": "manual"}]}, limits=limits)
+
+
+def _read(data, limits: Limits):
+    """JSON text or bytes parsed, or plain data checked, within the limits."""
+    try:
+        if isinstance(data, (str, bytes)):
+            return parse_text(data, "json", max_bytes=limits.max_schedule_bytes, max_depth=limits.max_depth)
+        check_plain(data, max_depth=limits.max_depth)
+        return data
+    except InputError as e:
+        raise ScheduleError(f"schedule: {e}" if str(e).startswith("the file") else str(e)) from None
+
+
+def is_mixture(data) -> bool:
+    """Whether imported data is a plain {domain: weight} mixture rather than
+    a native schedule: an object without `format` whose values are no
+    objects or lists (a broken schedule is still read as a schedule, so its
+    error names the schedule's field)."""
+    return (isinstance(data, dict) and "format" not in data
+            and not any(isinstance(v, (dict, list)) for v in data.values()))
 
 
 def replay_record(parsed: dict) -> dict:

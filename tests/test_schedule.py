@@ -14,6 +14,7 @@ from backend.schedule import (
     VERSION,
     ScheduleError,
     export_schedule,
+    parse_replay,
     parse_schedule,
     to_megatron_blend,
 )
@@ -325,3 +326,68 @@ def test_short_fuzz_through_the_store_changes_nothing_on_refusal(tmp_path):
     store = Store(tmp_path / "fuzz.db")
     assert len(store.runs()) == out["accepted"]
     store.close()
+
+
+# -- replay FILE: a native schedule or a plain {domain: weight} mixture ----------
+
+
+def test_a_plain_mixture_replays_as_one_segment_over_the_configured_run(tmp_path):
+    from backend.worker import start_replay
+
+    raw = {"strings": 3, "arithmetic": 3, "logic": 1, "recall": 1, "noise": 0.5, "code": 1.5}
+    out = parse_replay(json.dumps(raw), preset("tiny"))
+    assert out["run_config"] == preset("tiny")
+    assert [(g["from_step"], g["to_step"], g["source"]) for g in out["segments"]] == [(0, 30, "manual")]
+    assert out["segments"][0]["weights"] == pytest.approx(SKEWED)  # renormalised by the one weights rule
+    db = tmp_path / "r.db"
+    rid = start_replay(str(db), out, source="mix.json", detach=False)
+    run = Store(db).run(rid)
+    assert run["replay_schedule"]["segments"][0]["weights"] == pytest.approx(SKEWED)
+    assert run["config"]["train"]["steps"] == 30 and run["name"] == "replay-tiny"
+
+
+def test_a_native_schedule_still_replays_and_takes_no_config():
+    assert parse_replay(json.dumps(exported()))["segments"] == parse_schedule(exported())["segments"]
+    with pytest.raises(ScheduleError, match="--config/--preset: a native schedule carries its own"):
+        parse_replay(exported(), preset("tiny"))
+
+
+@pytest.mark.parametrize("data, start", [
+    ({**UNIFORM, "web": 0.1}, "weights.web: unknown domain 'web'"),
+    ({d: w for d, w in UNIFORM.items() if d != "code"}, "weights: missing weight for domain 'code'"),
+    ({**UNIFORM, "noise": -1}, "weights.noise: weight of 'noise' is negative"),
+    ({**UNIFORM, "noise": "lots"}, "weights.noise: weight of 'noise' is not a number"),
+    ({**UNIFORM, "noise": True}, "weights.noise: weight of 'noise' is not a number"),
+    (dict.fromkeys(UNIFORM, 0), "weights: all weights are zero"),
+    ({}, "weights: missing weight for domain 'strings'"),
+    ([0.5, 0.5], "top level: expected a JSON object"),
+    ({"segments": [], "config": {}}, "format: expected"),  # a broken schedule stays a schedule
+])
+def test_a_bad_mixture_is_refused_naming_the_field(data, start):
+    with pytest.raises(ScheduleError) as e:
+        parse_replay(json.dumps(data), preset("tiny"))
+    assert str(e.value).startswith(start), str(e.value)
+
+
+def test_a_mixture_without_a_run_config_is_refused():
+    with pytest.raises(ScheduleError, match="weights: a plain .* needs a run: give --config FILE or --preset"):
+        parse_replay(json.dumps(UNIFORM))
+
+
+def test_replay_cli_refuses_a_bad_mixture_and_writes_nothing(tmp_path):
+    from conftest import cli
+
+    db = tmp_path / "x.db"
+    mix = tmp_path / "mix.json"
+    cases = [
+        ({**UNIFORM, "web": 1}, ("--preset", "tiny"), "weights.web: unknown domain"),
+        (UNIFORM, (), "needs a run: give --config FILE or --preset NAME"),
+        (UNIFORM, ("--preset", "tiny", "--config", str(mix)), "give one, not both"),
+        (UNIFORM, ("--preset", "huge"), "huge"),
+        (exported(), ("--preset", "tiny"), "a native schedule carries its own run config"),
+    ]
+    for data, flags, words in cases:
+        mix.write_text(json.dumps(data))
+        p = cli("replay", mix, *flags, db=db, check=False)
+        assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, (flags, p.stderr[-400:])
+    assert not db.exists() or Store(db).runs() == []

@@ -1,0 +1,454 @@
+"""The client API: what any training script calls at a checkpoint to put its
+run under the closed loop (dashboard, proposals, approvals), without
+letting this project own training. The built-in loop (backend.loop) is
+itself a user of it: both paths share one set of rules.
+
+    client = RunClient.register(store, cfg)           # or RunClient(store, run_id)
+    weights = client.mixture_at(0)                     # train on these
+    ... train to step k ...
+    client.report_checkpoint(k, tokens_seen)
+    client.evaluate(k, model, tokenizer)               # or report_measurements(k, rows)
+    client.boundary(k)                                 # estimate, guard, apply, propose
+    weights = client.mixture_at(k)                     # train on these from step k on
+
+`boundary` is idempotent per checkpoint: the newest approved proposal is
+applied exactly once (Store.apply_approved: audited; a second call at the
+same checkpoint changes nothing), and a proposal is stored once per
+checkpoint (Store.add_proposal).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable
+
+from backend import config as config_mod
+from backend import controllers, decisions, guard, vocab
+from backend.config import ConfigError, RunConfig
+from backend.controllers import History
+from backend.forecast_errors import record_forecast_errors
+from backend.mixture import validate_weights
+from backend.store import Store, StoreError
+
+DOMAIN_KEYS = ("name", "source", "skills", "size_tokens", "tokens_per_doc")
+"""The keys of a domain row given to RunClient.register / set_domains."""
+MEASUREMENT_KEYS = ("task", "skill", "domain", "metric", "value", "stderr", "n", "prompt_variant", "decoding",
+                    "scorer")
+"""The keys of a measurement row given to RunClient.report_measurements."""
+
+
+def task_specs(cfg: RunConfig) -> list:
+    """evaluation.tasks, without held-out tasks when evaluation.holdout is off."""
+    if cfg.evaluation.holdout:
+        return list(cfg.evaluation.tasks)
+    return [dataclasses.replace(t, holdout=None) for t in cfg.evaluation.tasks]
+
+
+def skill_kinds(cfg: RunConfig) -> list[str]:
+    """The skill kinds a run evaluates: steer, and holdout unless switched off."""
+    return list(vocab.SKILL_KINDS) if cfg.evaluation.holdout else ["steer"]
+
+
+def initial_weights(cfg: RunConfig, domains: list[dict]) -> dict[str, float]:
+    """The first mixture: uniform, natural (by each domain's size_tokens) or
+    the configured weights. domains: rows with name and size_tokens."""
+    names = [d["name"] for d in domains]
+    init = cfg.mixture.initial
+    if init == "uniform":
+        return {n: 1 / len(names) for n in names}
+    if init == "natural":
+        total = sum(d["size_tokens"] for d in domains)
+        return {d["name"]: d["size_tokens"] / total for d in domains}
+    return validate_weights(init, names)
+
+
+def skill_rows(cfg: RunConfig, domains: list[dict], task_configs: list[dict]) -> list[dict]:
+    """The skills table of a run: every synthetic steer skill and every
+    evaluation.tasks skill, each with its held-out twin where evaluated, the
+    domains that feed it, its tasks (from `task_configs`: {"task", "metadata":
+    {"skill", and for lm-eval tasks "metric", "higher_is_better", "chance"}}),
+    metric, direction and chance level."""
+    from backend.data.skills import get_skill
+    from backend.evaluation.tasks import constant_answer_rate
+
+    def tasks_of(name: str) -> list[str]:
+        return [t["task"] for t in task_configs if t["metadata"]["skill"] == name]
+
+    rows = []
+    for base in cfg.steer_skills:
+        feeds = [d["name"] for d in domains if base in d["skills"]]
+        for kind in skill_kinds(cfg):
+            name = vocab.skill_name(base, kind)
+            rows.append({"name": name, "base": base, "kind": kind, "domains": feeds, "tasks": tasks_of(name),
+                         "difficulty": get_skill(base).difficulty, "metric": "exact_match",
+                         "higher_is_better": 1, "chance": constant_answer_rate(base, kind, cfg.seed)})
+    facts = {t["metadata"]["skill"]: t["metadata"] for t in task_configs if "metric" in t["metadata"]}
+    for spec in task_specs(cfg):
+        for kind in ("steer", "holdout") if spec.holdout else ("steer",):
+            name = vocab.skill_name(spec.skill, kind)
+            meta = facts.get(name, {})
+            rows.append({"name": name, "base": spec.skill, "kind": kind, "domains": list(spec.domains),
+                         "tasks": tasks_of(name), "difficulty": None, "metric": meta.get("metric"),
+                         "higher_is_better": int(meta.get("higher_is_better", True)),
+                         "chance": meta.get("chance")})
+    return rows
+
+
+def evaluation_tasks(cfg: RunConfig, run_dir: Path) -> tuple[list[dict], object | None]:
+    """The run's evaluation tasks, without a model: the synthetic skills'
+    lm-eval task configs (their items written under run_dir/evaldata) and the
+    TaskSet of evaluation.tasks (None when there are none)."""
+    from backend.evaluation.lmeval_tasks import resolve_tasks
+    from backend.evaluation.tasks import build_tasks
+
+    synthetic = []
+    if cfg.steer_skills:
+        synthetic = build_tasks(cfg.steer_skills, skill_kinds(cfg), run_dir / "evaldata",
+                                cfg.evaluation.items_per_skill, cfg.seed, cfg.evaluation.max_gen_toks,
+                                cfg.evaluation.loglikelihood, cfg.evaluation.item_rounds)
+    taskset = resolve_tasks(task_specs(cfg)) if cfg.evaluation.tasks else None
+    return synthetic, taskset
+
+
+def taskset_configs(taskset) -> list[dict]:
+    """The task configs of a TaskSet as the skills table reads them (task
+    name, skill, metric, direction, chance)."""
+    return [{"task": leaf.name, "metadata": {
+        "skill": leaf.skill, "metric": leaf.metric, "higher_is_better": leaf.higher_is_better,
+        "chance": leaf.chance}} for leaf in taskset.leaves] if taskset is not None else []
+
+
+def _no_stage(stage: str) -> None:
+    """The default on_stage: nothing to show."""
+
+
+class RunClient:
+    """One run in the store, seen from the training script that trains it.
+
+    `RunClient(store, run_id)` opens an existing run (NotFound lists the
+    runs); `RunClient.register(store, cfg)` creates one."""
+
+    def __init__(self, store: Store, run_id: int):
+        self.store = store
+        self.run_id = run_id
+        row = store.run(run_id)
+        self.cfg = config_mod.from_dict(row["config"])
+        self.replay = row["replay_schedule"]
+        self.strategy = controllers.make_strategy(self.cfg.controller)
+        self.tokens_per_step = vocab.tokens_per_step(self.cfg.train.batch_size, self.cfg.data.context_length)
+        self.checkpoint_tokens = self.cfg.train.checkpoint_every * self.tokens_per_step
+        self._evaluator = None  # (model, ModelEvaluator) built by `evaluate` on first use
+
+    # -- registering ------------------------------------------------------------
+    @classmethod
+    def register(cls, store: Store, cfg: RunConfig, *, domains: list[dict] | None = None) -> RunClient:
+        """Create a run from a validated config: its domains, its skills (the
+        synthetic skills and evaluation.tasks, with their lm-eval tasks), its
+        strategy and policy (from cfg.controller and cfg.policy), and the
+        first mixture segment at step 0. The run is `running` from here on.
+
+        :param domains: rows {"name", "source", "skills" (list), "size_tokens",
+            "tokens_per_doc" (optional)}, one per cfg.data.domains, in any
+            order; None builds them from the config (backend.data.domains).
+        :return: the client of the new run (its id: `.run_id`).
+        ConfigError naming the field when a domain row does not fit the
+        config or a task cannot run here; nothing is written then."""
+        from backend.loop import check_tasks, run_dir_for
+
+        if domains is None:
+            from backend.data.domains import build_domains
+
+            domains = [{"name": d.name, "source": d.source, "skills": list(d.skills), "size_tokens": d.size_tokens}
+                       for d in build_domains(cfg.data.domains, seed=cfg.seed)]
+        rows = _check_domains(domains, cfg)
+        check_tasks(cfg)  # a task that cannot run here is refused before anything is written
+        run_id = store.create_run(cfg.to_dict())
+        client = cls(store, run_id)
+        run_dir = run_dir_for(store, run_id)
+        synthetic, taskset = evaluation_tasks(cfg, run_dir)
+        client.set_domains(rows)
+        client.set_skills(synthetic + taskset_configs(taskset))
+        client.start(initial_weights(cfg, rows))
+        store.update_run(run_id, status="running", run_dir=str(run_dir))
+        store.log_event(run_id, "client", f"run {run_id} registered by a training script (backend.client)")
+        return client
+
+    def set_domains(self, domains: list[dict]) -> None:
+        """Write the run's domains (rows as in `register`)."""
+        self.store.set_domains(self.run_id, [{k: d.get(k) for k in DOMAIN_KEYS} for d in domains])
+
+    def set_skills(self, task_configs: list[dict]) -> None:
+        """Write the run's skills (skill_rows) from its evaluation task configs."""
+        self.store.set_skills(self.run_id, skill_rows(self.cfg, self.store.domains(self.run_id), task_configs))
+
+    def start(self, weights: dict[str, float]) -> None:
+        """The first segment at step 0 when the run has none yet: `weights`,
+        or the first segment of the schedule a replay run follows."""
+        if self.store.schedule(self.run_id):
+            return
+        source = "initial"
+        if self.replay is not None:
+            weights, source = self.replay["segments"][0]["weights"], "replay"
+        self.store.add_segment(self.run_id, from_step=0, tokens_at=0, weights=weights, source=source,
+                               proposal_id=None)
+
+    # -- reporting ----------------------------------------------------------------
+    def report_checkpoint(self, step: int, tokens_seen: int, *, train_loss: float | None = None,
+                          tokens_per_domain: dict[str, int] | None = None, path: str | None = None,
+                          weights: dict[str, float] | None = None, wall_time: float | None = None,
+                          tokens_per_s: float | None = None) -> None:
+        """Record a checkpoint the script has taken at optimizer step `step`.
+
+        :param tokens_seen: training tokens so far.
+        :param train_loss: recent mean training loss (nats/token).
+        :param tokens_per_domain: domain -> tokens trained so far (kept as an
+            audit event `tokens_per_domain`).
+        :param path: where the checkpoint's files are ("" if none).
+        :param weights: the mixture that trained the stretch ending here
+            (default: the segment in force at the previous step).
+        Idempotent: a second call for the same step only updates its path."""
+        if weights is None:
+            weights = self.store.weights_at(self.run_id, max(step - 1, 0))
+        run = self.store.run(self.run_id)
+        wall = wall_time if wall_time is not None else time.time() - run["created_at"]
+        self.store.add_checkpoint(self.run_id, step=step, tokens_seen=tokens_seen, train_loss=train_loss,
+                                  wall_time=wall, tokens_per_s=tokens_per_s if tokens_per_s is not None
+                                  else run["tokens_per_s"], path=path or "", weights=weights)
+        self.store.heartbeat(self.run_id, step=step, tokens_seen=tokens_seen)
+        if tokens_per_domain is not None:
+            self.store.log_event(self.run_id, "tokens_per_domain", f"tokens per domain at step {step}",
+                                 after=tokens_per_domain)
+
+    def report_measurements(self, step: int, rows: list[dict], samples: list[dict] | None = None) -> None:
+        """Measurements computed elsewhere, for the checkpoint at `step`
+        (report_checkpoint first).
+
+        :param rows: per skill {"skill" (a stored skill name), "task", "metric",
+            "value", "stderr" (None if unknown), "n", and the facets
+            "prompt_variant", "decoding", "scorer"}; per domain held-out loss
+            {"domain", "task", "metric": "loss", "value", "stderr", "n"}.
+        :param samples: per-item results {"task", "doc_id", "prompt", "target",
+            "response", "correct"} (optional).
+        StoreError naming the row and key for an unknown skill, domain or key;
+        nothing is written then. Marks the checkpoint evaluated."""
+        ck = self._checkpoint(step)
+        kinds = {s["name"]: s["kind"] for s in self.store.skills(self.run_id)}
+        domains = {d["name"] for d in self.store.domains(self.run_id)}
+        out = []
+        for i, r in enumerate(rows):
+            unknown = [k for k in r if k not in MEASUREMENT_KEYS]
+            if unknown:
+                raise StoreError(f"rows[{i}].{unknown[0]}: unknown key (keys: {', '.join(MEASUREMENT_KEYS)})")
+            if r.get("skill") is not None:
+                if r["skill"] not in kinds:
+                    raise StoreError(f"rows[{i}].skill: unknown skill {r['skill']!r} (skills: {', '.join(kinds)})")
+                kind = kinds[r["skill"]]
+            elif r.get("domain") in domains:
+                kind = "domain_loss"
+            else:
+                raise StoreError(f"rows[{i}].domain: {r.get('domain')!r} is not a domain of run {self.run_id} "
+                                 f"(domains: {', '.join(sorted(domains))}); a skill row needs `skill`")
+            out.append({**r, "step": step, "tokens_seen": ck["tokens_seen"], "kind": kind})
+        self.store.add_measurements(self.run_id, out)
+        if samples:
+            self.store.add_samples(self.run_id, step, samples)
+        self.store.mark_checkpoint(self.run_id, step, evaluated=True)
+
+    def record_evaluation(self, step: int, evaluator, on_progress: Callable | None = None) -> None:
+        """Evaluate with an Evaluator (backend.loop.Evaluator: per skill and
+        per-domain held-out loss) on the items of this checkpoint, and store
+        the results (report_measurements)."""
+        measurements, samples = evaluator.evaluate(step // self.cfg.train.checkpoint_every, on_progress=on_progress)
+        rows = list(measurements)
+        for d, r in evaluator.domain_losses().items():
+            rows.append({"domain": d, "task": f"heldout_loss/{d}", "metric": "loss", "scorer": "nll", **r})
+        self.report_measurements(step, rows, samples)
+
+    def evaluate(self, step: int, model, tokenizer, *, device="cpu") -> None:
+        """Evaluate the model in memory at checkpoint `step` with the run's
+        tasks, through the same lm-eval path as the built-in loop (the
+        synthetic skills with HarnessEvaluator, evaluation.tasks with
+        TaskEvaluator, per-domain held-out loss), and store the results.
+        The evaluator is built once per model and reused."""
+        if self._evaluator is None or self._evaluator[0] is not model:
+            from backend.data.domains import build_domains
+            from backend.data.sampler import MixtureSampler
+            from backend.loop import build_evaluator, run_dir_for
+
+            domains = build_domains(self.cfg.data.domains, seed=self.cfg.seed)
+            sampler = MixtureSampler(domains, tokenizer, self.cfg.data.context_length, self.cfg.seed)
+            self._evaluator = (model, build_evaluator(self.cfg, run_dir_for(self.store, self.run_id), model,
+                                                      tokenizer, device, sampler))
+        self.record_evaluation(step, self._evaluator[1])
+
+    # -- the boundary -------------------------------------------------------------
+    def boundary(self, step: int, *, on_phase: Callable[[str, int], None] | None = None,
+                 on_stage: Callable[[str], None] = _no_stage) -> None:
+        """The rest of checkpoint `step`'s boundary, after its evaluation:
+        estimate latent capability and run the Goodhart guard, score the last
+        forecast, then (before the last step) apply the newest approved
+        proposal exactly once and let the strategy propose (policy auto
+        approves and applies it at once); a replay run follows its schedule
+        instead. Idempotent: a checkpoint whose boundary is done is left alone.
+
+        on_phase(phase, step) is called after "estimate", "apply", "propose"
+        (backend.loop.PHASES); on_stage(words) when a long stage starts."""
+        on_phase = on_phase or (lambda phase, s: None)
+        ck = self._checkpoint(step)
+        if ck["boundary_done"]:
+            return
+        tokens = ck["tokens_seen"]
+        on_stage("estimating")
+        estimates = self.estimate_and_guard(step)
+        record_forecast_errors(self.store, self.run_id, step)  # how far the last forecast was off
+        on_phase("estimate", step)
+        if step < self.cfg.train.steps:  # nothing to steer after the last checkpoint
+            if self.replay is not None:
+                self.follow_replay(step, tokens)
+            else:
+                self.apply(step)
+                on_phase("apply", step)
+                on_stage("proposing")
+                self.propose(step, estimates)
+                on_phase("propose", step)
+        self.store.mark_checkpoint(self.run_id, step, boundary_done=True)
+
+    def mixture_at(self, step: int) -> dict[str, float]:
+        """The weights to train from `step` on (domain -> weight, sum 1): the
+        segment in force at `step`, after the boundary there was run."""
+        return self.store.weights_at(self.run_id, step)
+
+    def apply(self, step: int) -> dict | None:
+        """Apply the newest approved (or edited) proposal at checkpoint
+        `step` (Store.apply_approved: audited, idempotent); returns the
+        proposal that owns the segment from `step`, or None."""
+        return self.store.apply_approved(self.run_id, step=step, tokens_at=self._checkpoint(step)["tokens_seen"])
+
+    def finish(self, step: int) -> None:
+        """The run ended at `step`: what is still open expires, status finished."""
+        self.store.expire_open(self.run_id, f"the run finished at step {step}; no checkpoint is left to apply it")
+        self.store.update_run(self.run_id, status="finished", phase="finished", phase_started=time.time(),
+                              tokens_per_s=None)
+        self.store.log_event(self.run_id, "finished", f"finished at step {step}")
+
+    def _checkpoint(self, step: int) -> dict:
+        ck = self.store.checkpoint(self.run_id, step)
+        if ck is None:
+            raise StoreError(f"step: run {self.run_id} has no checkpoint at step {step} (report_checkpoint first)")
+        return ck
+
+    def estimate_and_guard(self, step: int) -> dict[str, list[dict]]:
+        """Latent capability of every skill at this checkpoint, then the
+        Goodhart guard on each steer skill against its held-out variant.
+        Returns the estimates (skill -> by step)."""
+        from backend.capability import estimate
+
+        # each skill in its own metric and direction (the skills table)
+        groups: dict[tuple[str, bool], list[str]] = {}
+        for s in self.store.skills(self.run_id):
+            key = (s["metric"] or "exact_match", s["higher_is_better"] in (None, 1))
+            groups.setdefault(key, []).append(s["name"])
+        ms = self.store.measurements(self.run_id)
+        est = {}
+        for (metric, hib), names in groups.items():
+            est.update(estimate(ms, self.checkpoint_tokens, skills=names, metric=metric, higher_is_better=hib))
+        self.store.set_capability(self.run_id, [{**e, "skill": s} for s, es in est.items()
+                                                for e in es if e["step"] == step])
+        for s in self.store.skills(self.run_id):
+            held = vocab.holdout_name(s["name"])
+            if s["kind"] != "steer" or held not in est:
+                continue
+            since = guard.last_ack_step(self.store, self.run_id, s["name"]) or 0
+            alert = guard.check(est[s["name"]], est[held], since)
+            if alert:
+                guard.raise_alert(
+                    self.store, self.run_id, step=step, skill=s["name"], data=alert,
+                    message=(f"Goodhart guard: {s['name']} rose {alert['steer_rise']:+.2f} since step "
+                             f"{alert['from_step']} but {held} only {alert['holdout_rise']:+.2f} "
+                             f"(gap {alert['gap']:.2f} > 2 x {alert['gap_sd']:.2f}); the controller "
+                             f"stops pushing {s['name']} until a person acknowledges"))
+        return est
+
+    def history(self, estimates: dict[str, list[dict]]) -> History:
+        """What the strategy may see: steer skills only, with their latent
+        `estimates` (skill -> by step). A skill no domain is declared to
+        feed, or whose metric is not a [0, 1] score where higher is better
+        (a perplexity), is measured and shown but not steered: `unsteerable`
+        says why."""
+        steer = [s for s in self.store.skills(self.run_id) if s["kind"] == "steer"]
+        unsteerable = {}
+        for s in steer:
+            metric, hib = s["metric"] or "exact_match", s["higher_is_better"] in (None, 1)
+            if not s["domains"]:
+                unsteerable[s["name"]] = "no domain is declared to feed it (evaluation.tasks[].domains)"
+            elif not hib or not vocab.is_score(metric):
+                unsteerable[s["name"]] = f"its metric {metric} is not a [0, 1] score where higher is better"
+        skills = [s for s in steer if s["name"] not in unsteerable]
+        primary = {s["name"]: s["metric"] or "exact_match" for s in skills}
+        scores = {s["name"]: [] for s in skills}
+        losses: dict[str, list] = {}
+        for m in self.store.measurements(self.run_id):
+            if m["kind"] == "steer" and m["skill"] in primary and m["metric"] == primary[m["skill"]]:
+                scores[m["skill"]].append(m)
+            elif m["kind"] == "domain_loss":
+                losses.setdefault(m["domain"], []).append(m)
+        return History(
+            domains=self.cfg.domain_names,
+            skill_domains={s["name"]: s["domains"] for s in skills},
+            scores=scores, domain_loss=losses,
+            checkpoint_tokens=self.checkpoint_tokens,
+            estimates={s["name"]: estimates.get(s["name"], []) for s in skills},
+            blocked={k: e["message"] for k, e in guard.open_alerts(self.store, self.run_id).items()},
+            mixtures=[{"step": c["step"], "tokens_seen": c["tokens_seen"], "weights": c["weights"]}
+                      for c in self.store.checkpoints(self.run_id)],
+            unsteerable=unsteerable,
+            latest={k: estimates[k][-1]["score"] for k in unsteerable if estimates.get(k)},
+        )
+
+    def propose(self, step: int, estimates: dict[str, list[dict]]) -> int:
+        """The strategy's proposal through the shared guarantees
+        (controllers.propose), stored pending; policy auto approves and
+        applies it at once. Returns the proposal id."""
+        current = self.store.current_weights(self.run_id)
+        p = controllers.propose(self.strategy, self.history(estimates), current, self.cfg.controller)
+        pid = self.store.add_proposal(self.run_id, step=step, strategy=self.strategy.name,
+                                      current_weights=current, weights=p.weights,
+                                      rationale=p.rationale, forecast=p.forecast)
+        policy = self.store.run(self.run_id)["policy"]  # a person may switch it while running
+        if policy == "auto":
+            decisions.auto_approve(self.store, pid)  # a person who decided it first keeps their decision
+            self.apply(step)
+        return pid
+
+    def follow_replay(self, step: int, tokens: int) -> None:
+        """A replay run switches to the schedule's next segment where it starts."""
+        for seg in self.replay["segments"]:
+            if seg["from_step"] == step and step > 0:
+                self.store.add_segment(self.run_id, from_step=step, tokens_at=tokens,
+                                       weights=seg["weights"], source="replay",
+                                       proposal_id=None, decided_by=seg.get("approved_by"))
+
+
+def _check_domains(domains: list[dict], cfg: RunConfig) -> list[dict]:
+    """Domain rows as register takes them, checked against the config's
+    domains; ConfigError names the row and key."""
+    if not isinstance(domains, list):
+        raise ConfigError(f"domains: expected a list of rows, got {type(domains).__name__}")
+    rows = []
+    for i, d in enumerate(domains):
+        if not isinstance(d, dict):
+            raise ConfigError(f"domains[{i}]: expected an object")
+        for k in d:
+            if k not in DOMAIN_KEYS:
+                raise ConfigError(f"domains[{i}].{k}: unknown key (keys: {', '.join(DOMAIN_KEYS)})")
+        if d.get("name") not in cfg.domain_names:
+            raise ConfigError(f"domains[{i}].name: {d.get('name')!r} is not a domain of the config "
+                              f"(data.domains: {', '.join(cfg.domain_names)})")
+        rows.append({"source": "", "skills": [], "size_tokens": None, "tokens_per_doc": None, **d})
+    missing = sorted(set(cfg.domain_names) - {r["name"] for r in rows})
+    if missing or len(rows) != len(cfg.domain_names):
+        raise ConfigError(f"domains: expected one row per data.domains entry; missing {missing or 'none'}, "
+                          f"{len(rows)} rows for {len(cfg.domain_names)} domains")
+    return rows

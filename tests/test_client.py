@@ -1,0 +1,126 @@
+"""backend/client.py: the client API on a fresh store with measurement rows
+computed "elsewhere" (here: scores that rise with the tokens a skill's
+domains received), with the real store, estimator, guard and strategies.
+The preset tiny: 30 steps, a checkpoint every 10, skills copy and add2."""
+
+import pytest
+
+from backend.client import RunClient
+from backend.config import ConfigError, preset
+from backend.decisions import decide
+from backend.store import Store, StoreError
+
+TOKENS_PER_STEP = 8 * 64
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "client.db")
+
+
+def rows(client: RunClient, level: float) -> list[dict]:
+    """A measurement row per skill (copy rises with `level`, add2 stays) and
+    a held-out loss per domain."""
+    out = []
+    for s in client.store.skills(client.run_id):
+        value = min(0.95, level) if s["base"] == "copy" else 0.1
+        out.append({"skill": s["name"], "task": f"ext_{s['name']}", "metric": "exact_match", "value": value,
+                    "stderr": 0.03, "n": 100, "prompt_variant": "p0", "decoding": "greedy",
+                    "scorer": "exact_match"})
+    for d in client.cfg.domain_names:
+        out.append({"domain": d, "task": f"heldout_loss/{d}", "metric": "loss", "value": 3.0 - level,
+                    "stderr": 0.01, "n": 4})
+    return out
+
+
+def checkpoint(client: RunClient, step: int, level: float) -> None:
+    client.report_checkpoint(step, step * client.tokens_per_step, train_loss=3.0 - level,
+                             tokens_per_domain={d: step for d in client.cfg.domain_names})
+    client.report_measurements(step, rows(client, level))
+    client.boundary(step)
+
+
+def test_register_writes_domains_skills_and_the_first_segment(store):
+    client = RunClient.register(store, preset("tiny").replace(policy="human"))
+    run = store.run(client.run_id)
+    assert run["status"] == "running" and run["policy"] == "human"
+    assert [d["name"] for d in store.domains(client.run_id)] == client.cfg.domain_names
+    names = [s["name"] for s in store.skills(client.run_id)]
+    assert names == ["copy", "copy_holdout", "add2", "add2_holdout"]
+    assert all(s["tasks"] and s["domains"] for s in store.skills(client.run_id))  # lm-eval tasks, feeding domains
+    assert client.mixture_at(0) == pytest.approx({d: 1 / 6 for d in client.cfg.domain_names})
+    # the same run, opened by id (a second process)
+    assert RunClient(store, client.run_id).mixture_at(0) == client.mixture_at(0)
+
+
+def test_register_refuses_domain_rows_that_do_not_fit_the_config(store):
+    with pytest.raises(ConfigError, match=r"domains\[0\]\.name: 'web'"):
+        RunClient.register(store, preset("tiny"), domains=[{"name": "web"}])
+    with pytest.raises(ConfigError, match=r"domains\[0\]\.weight: unknown key"):
+        RunClient.register(store, preset("tiny"), domains=[{"name": "strings", "weight": 1}])
+    with pytest.raises(ConfigError, match="missing"):
+        RunClient.register(store, preset("tiny"), domains=[{"name": "strings"}])
+    assert store.runs() == []  # nothing written
+
+
+def test_an_approved_proposal_applies_once_at_the_next_boundary(store):
+    client = RunClient.register(store, preset("tiny").replace(policy="human"))
+    rid = client.run_id
+    first = client.mixture_at(0)
+    checkpoint(client, 0, 0.1)
+    (p,) = store.proposals(rid)
+    assert p["status"] == "pending" and client.mixture_at(0) == first  # nothing applies until approved
+    checkpoint(client, 10, 0.3)
+    assert client.mixture_at(10) == first  # proposal 0 was never approved: the mixture holds
+    pending = store.proposals(rid, "pending")[-1]
+    decide(store, pending["id"], "approve", by="alice")
+    assert client.mixture_at(15) == first  # approved, not yet applied: before the boundary, the old weights
+    checkpoint(client, 20, 0.5)
+    assert client.mixture_at(20) == pending["weights"] != first
+    assert client.mixture_at(19) == first  # the stretch before the boundary trained the old weights
+    applied = store.proposal(pending["id"])
+    assert (applied["status"], applied["applied_step"]) == ("applied", 20)
+    events = [e for e in store.events(rid, "applied") if e["proposal_id"] == pending["id"]]
+    assert len(events) == 1 and events[0]["after"] == pending["weights"]  # audited
+    # a second apply at the same boundary (a resumed trainer) is a no-op
+    schedule = store.schedule(rid)
+    assert client.apply(20)["id"] == pending["id"]
+    client.boundary(20)
+    assert store.schedule(rid) == schedule
+    assert len(store.events(rid, "applied")) == 1
+    # what the dashboard reads, as for a built-in run
+    assert {c["skill"] for c in store.capability(rid)} >= {"copy", "add2"}
+    assert [c["step"] for c in store.checkpoints(rid)] == [0, 10, 20]
+    assert store.events(rid, "tokens_per_domain")[-1]["after"]["code"] == 20
+
+
+def test_policy_auto_applies_its_own_proposal_at_once(store):
+    client = RunClient.register(store, preset("tiny"))
+    checkpoint(client, 0, 0.1)
+    (p,) = store.proposals(client.run_id)
+    assert p["status"] == "applied" and client.mixture_at(0) == p["weights"]
+
+
+def test_measurement_rows_are_checked_and_nothing_is_written(store):
+    client = RunClient.register(store, preset("tiny"))
+    with pytest.raises(StoreError, match="no checkpoint at step 10"):
+        client.report_measurements(10, rows(client, 0.1))
+    client.report_checkpoint(0, 0)
+    bad = rows(client, 0.1)
+    bad[1] = {**bad[1], "skill": "poetry"}
+    with pytest.raises(StoreError, match=r"rows\[1\]\.skill: unknown skill 'poetry'"):
+        client.report_measurements(0, bad)
+    with pytest.raises(StoreError, match=r"rows\[0\]\.colour: unknown key"):
+        client.report_measurements(0, [{**rows(client, 0.1)[0], "colour": "red"}])
+    with pytest.raises(StoreError, match=r"rows\[0\]\.domain: 'web'"):
+        client.report_measurements(0, [{"domain": "web", "task": "x", "metric": "loss", "value": 1.0}])
+    assert store.measurements(client.run_id) == []
+    assert not store.checkpoint(client.run_id, 0)["evaluated"]
+
+
+def test_finish_expires_what_is_still_open(store):
+    client = RunClient.register(store, preset("tiny").replace(policy="human"))
+    checkpoint(client, 0, 0.1)
+    client.finish(30)
+    assert store.run(client.run_id)["status"] == "finished"
+    assert [p["status"] for p in store.proposals(client.run_id)] == ["expired"]
