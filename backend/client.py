@@ -405,6 +405,7 @@ class RunClient:
                       for c in self.store.checkpoints(self.run_id)],
             unsteerable=unsteerable,
             latest={k: estimates[k][-1]["score"] for k in unsteerable if estimates.get(k)},
+            chance={s["name"]: s["chance"] for s in skills if s.get("chance") is not None},
         )
 
     def propose(self, step: int, estimates: dict[str, list[dict]]) -> int:

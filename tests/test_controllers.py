@@ -339,3 +339,33 @@ def test_doremi_settings_check_the_run_they_belong_to():
         DoReMiSettings(reference_step=15).validate("controller.options", run)
     with pytest.raises(ConfigError, match=r"controller.options.reference_losses: needs exactly the domains"):
         DoReMiSettings(reference_losses={"strings": 2.0}).validate("controller.options", run)
+
+
+def test_a_constant_answer_at_chance_is_never_counted_as_risen_or_learning():
+    """The parity story: garbage at first (0), then "even" to every item
+    (about 0.5, the chance level). Without the chance level the jump reads as
+    a rise; with it, the skill is at chance and the reason says so."""
+    from backend.config import preset
+    from backend.controllers import make_strategy
+
+    deficit = make_strategy(preset("tiny").controller)
+
+    def est(score, sd=0.03, slope=0.0, slope_sd=0.02):
+        return {"score": score, "lo": max(0.0, score - 1.96 * sd), "hi": min(1.0, score + 1.96 * sd),
+                "slope": slope, "slope_lo": slope - 1.96 * slope_sd, "slope_hi": slope + 1.96 * slope_sd}
+
+    flat_at_chance = [est(0.0, 0.01), est(0.49, slope=0.49, slope_sd=0.2), est(0.51), est(0.5)]
+    blind = deficit.skill_signal(flat_at_chance)
+    assert "has risen" in blind["why"]  # what the old reasoning said
+    aware = deficit.skill_signal(flat_at_chance, chance=0.5)
+    assert "at chance" in aware["why"] and "risen" not in aware["why"].replace("never risen above chance", "")
+    assert aware["learnable"] < blind["learnable"]
+    # rising toward chance with a sure slope is not "learning" either
+    rising = deficit.skill_signal([est(0.0, 0.01), est(0.25, slope=0.25, slope_sd=0.02),
+                                   est(0.45, slope=0.2, slope_sd=0.02)], chance=0.5)
+    assert rising["why"].startswith("rising only to chance")
+    # above chance beyond noise it is learning, and a skill that rose above chance has risen
+    above = deficit.skill_signal([est(0.0, 0.01), est(0.5), est(0.7, slope=0.2, slope_sd=0.02)], chance=0.5)
+    assert above["why"] == "learning"
+    risen = deficit.skill_signal([est(0.0, 0.01), est(0.7), est(0.71)], chance=0.5)
+    assert "has risen" in risen["why"]

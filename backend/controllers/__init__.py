@@ -67,6 +67,9 @@ class History:
     why it leaves them alone."""
     latest: dict[str, float] = field(default_factory=dict)
     """Latest latent score of each unsteerable skill (for its forecast line)."""
+    chance: dict[str, float] = field(default_factory=dict)
+    """Steer skill -> its chance level (a uniform guess or the best constant
+    answer): a score there is a guess, so a rise counts only above it."""
 
     def latent(self) -> dict[str, list[dict]]:
         """`estimates`, or the latent estimates computed from `scores`."""

@@ -14,6 +14,10 @@ raw numbers, and only acts on what stands out of the noise:
                   checkpoint (some estimate's interval above the first one's:
                   data has moved it, more may move it further), else 0.1 (no
                   sign yet that data moves it; the 0.1 keeps exploring it)
+                  With the skill's chance level known (History.chance), both
+                  "learning" and "risen" need the interval above chance: a
+                  model that gives one constant answer to every item scores
+                  about chance however it jumped, and that is no skill.
     priority_s  = deficit_s * learnable_s
 
 A domain's gain is the mean priority of the steer skills it streams; one that
@@ -68,8 +72,11 @@ class Deficit:
     def __init__(self, settings: DeficitSettings):
         self.settings = settings
 
-    def skill_signal(self, series: list[dict]) -> dict:
-        """The priority of one skill from its latent estimates, with why."""
+    def skill_signal(self, series: list[dict], chance: float | None = None) -> dict:
+        """The priority of one skill from its latent estimates, with why.
+        With its chance level, a rise counts only when the skill's interval
+        stands above chance: a model giving one constant answer to every
+        item scores about chance, which is no skill, however it jumped."""
         e = series[-1]
         out = {"score": e["score"], "lo": e["lo"], "hi": e["hi"], "slope": e.get("slope"),
                "deficit": 0.0, "learnable": 0.0, "priority": 0.0, "why": ""}
@@ -82,12 +89,19 @@ class Deficit:
         out["deficit"] = max(0.0, self.settings.target - e["score"])
         if len(series) < 2:
             out.update(learnable=1.0, slope=None, why="no slope yet")
-        elif e["slope_lo"] > 0:
+        elif e["slope_lo"] > 0 and (chance is None or e["lo"] > chance):
             out.update(learnable=0.5 + 0.5 * min(1.0, e["slope"] / PROGRESS_SCALE), why="learning")
         else:
-            flat = "stalled" if e["slope_hi"] < STALLED else "slope within noise, counted as stalled"
-            if any(x["lo"] > series[0]["hi"] for x in series[1:]):
+            if e["slope_lo"] > 0:  # rising, but not yet beyond chance: that much a constant answer scores
+                flat = "rising only to chance"
+            else:
+                flat = "stalled" if e["slope_hi"] < STALLED else "slope within noise, counted as stalled"
+            floor = chance if chance is not None else float("-inf")
+            if any(x["lo"] > max(series[0]["hi"], floor) for x in series[1:]):
                 out.update(learnable=MOVED, why=f"{flat}; it has risen since its first checkpoint")
+            elif chance is not None and e["lo"] <= chance:
+                out.update(learnable=UNMOVED, why=f"{flat} at chance ({chance:.2f}: a constant answer scores "
+                                                  f"that); it has never risen above chance")
             else:
                 out.update(learnable=UNMOVED, why=f"{flat}; it has never risen since its first checkpoint")
         out["priority"] = out["deficit"] * out["learnable"]
@@ -95,7 +109,7 @@ class Deficit:
 
     def signals(self, history: History) -> dict[str, dict]:
         """skill_signal of every steer skill with estimates."""
-        return {s: self.skill_signal(v) for s, v in history.latent().items() if v}
+        return {s: self.skill_signal(v, history.chance.get(s)) for s, v in history.latent().items() if v}
 
     def propose(self, history: History, current: dict[str, float]) -> Proposal:
         """Raw weights current * exp(step_size * (gain - best gain) / scale)."""
