@@ -83,6 +83,8 @@ folders = st.text_area("Data folders (one per line; each becomes a domain of .tx
 
 data = base.to_dict()
 data["policy"] = policy
+if strategy != base.controller.strategy:  # options belong to the strategy: another starts from its defaults
+    data["controller"]["options"] = {}
 data["controller"]["strategy"] = strategy
 if seed is not None:
     data["seed"] = int(seed)
@@ -109,7 +111,11 @@ if st.button("Start run", key="new_start", type="primary", icon=":material/play_
     except DataError as e:
         st.error(f"Data folders: {e}. No run was started.")
         st.stop()
-    run_id = start_run(store, cfg)
+    try:
+        run_id = start_run(store, cfg)  # refuses what this machine cannot run (a GPU, a task's data)
+    except ConfigError as e:
+        st.error(f"This configuration cannot run here: {e}. No run was started.")
+        st.stop()
     select_run_later(run_id)
     flash(f"Run #{run_id} ({cfg.name}, policy {cfg.policy}) started in the background.")
     st.rerun()

@@ -537,3 +537,20 @@ def test_home_shows_the_phase_and_eta_of_a_working_run(db):
     line = texts(at.caption)
     assert "Phase: **evaluating copy (1 of 2)** for 7 s" in line or "Phase: **evaluating copy (1 of 2)** for 8 s" in line
     assert "next checkpoint in ~" in line and "end in ~" in line
+
+
+def test_new_run_refuses_what_this_machine_cannot_run(db):
+    """The gpu-small preset asks for cuda: on a machine without a GPU the page
+    says so and starts nothing (no traceback)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    store, _ = db
+    before = len(store.runs())
+    at = open_app("pages/new_run.py")
+    preset_box = next(s for s in at.selectbox if "preset" in str(s.label).lower())
+    preset_box.select("gpu-small").run()
+    at.button(key="new_start").click().run()
+    assert not at.exception, at.exception
+    assert "train.device: cuda" in texts(at.error) and len(store.runs()) == before
