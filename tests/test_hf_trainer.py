@@ -17,7 +17,7 @@ STEPS, EVERY, BATCH = 40, 10, 8
 
 
 @pytest.mark.slow
-def test_an_approval_from_another_process_steers_the_hf_dataset_at_the_next_checkpoint(tmp_path):
+def test_an_approval_from_another_process_steers_the_hf_dataset_at_the_next_checkpoint(tmp_path, monkeypatch):
     db, segments_out = tmp_path / "hf.db", tmp_path / "segments.json"
     proc = subprocess.Popen(
         [sys.executable, "examples/hf_trainer.py", "--db", str(db), "--preset", "tiny", "--steps", str(STEPS),
@@ -72,3 +72,16 @@ def test_an_approval_from_another_process_steers_the_hf_dataset_at_the_next_chec
     kinds = {m["kind"] for m in store.measurements(1)}
     assert kinds == {"steer", "holdout", "domain_loss"}
     assert all(c["train_loss"] is not None for c in store.checkpoints(1)[1:])
+
+    # and the dashboard shows it like a built-in run: trajectories, proposals
+    from conftest_dashboard import APP
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CLOSED_LOOP_DB", str(db))
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception, at.exception
+    for page in ("pages/mixture.py", "pages/capabilities.py"):
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert {"copy", "add2"} <= {t.get("name") for t in spec["data"]}
