@@ -227,7 +227,7 @@ def write_html(summary: dict, path: Path) -> None:
     fig.update_yaxes(title_text="exact match", row=1, col=1)
     fig.update_layout(title="Closed Loop data-efficiency benchmark", height=480, width=1200)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs="cdn")
+    fig.write_html(str(path), include_plotlyjs=True)  # inlined: the page opens offline
 
 
 def main(argv: list[str] | None = None) -> dict:
