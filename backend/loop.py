@@ -182,10 +182,22 @@ class ModelEvaluator:
         for k, (part, base) in enumerate(units):
             if on_progress is not None:
                 on_progress(k, len(units), base)
-            m, s = part.evaluate(round_index, skills=[base, vocab.holdout_name(base)])
+            with self._precision():
+                m, s = part.evaluate(round_index, skills=[base, vocab.holdout_name(base)])
             measurements += m
             samples += s
         return measurements, samples
+
+    def _precision(self):
+        """Evaluate in the precision the model trains in: bf16 autocast on a
+        GPU (as backend.trainer.Trainer), plain fp32 on the CPU."""
+        import contextlib
+
+        import torch
+
+        if getattr(self.device, "type", str(self.device)) == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def domain_losses(self) -> dict[str, dict]:
         """Evaluator.domain_losses on the fixed held-out sequences."""
