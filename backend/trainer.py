@@ -6,8 +6,10 @@ precision context (bf16 autocast on CUDA, fp32 on CPU), all decided once.
 It has state_dict / load_state_dict, so resume is not a special path.
 
 A checkpoint is a folder `step-0000100/` holding
-- model.safetensors: the model's tensors (a tied lm_head is stored once, as
-  the input embedding);
+- model.safetensors and config.json as save_pretrained writes them (a tied
+  lm_head is stored once, as the input embedding), generation_config.json,
+  and the run's tokenizer files when one is given: transformers and
+  `lm_eval --model hf` load the folder as it is;
 - trainer.safetensors: the trainer's tensors (AdamW moments and step
   counters, the CPU and CUDA RNG states as uint8 tensors);
 - trainer.json: the rest of the trainer's state (step, the optimizer's param
@@ -15,13 +17,13 @@ A checkpoint is a folder `step-0000100/` holding
   trainer.safetensors;
 - meta.json: what the caller passes (the loop: sampler state, wall time,
   weights), plus the step;
-- manifest.json: the size and sha256 of each of the four, written last.
+- manifest.json: the size and sha256 of every other file, written last.
 Nothing is pickled, so loading a checkpoint never runs code from the file.
 A checkpoint is written in `step-0000100.tmp/` and renamed into place, so a
 folder with the final name is complete when written; verify_checkpoint
 checks it against its manifest before anything is loaded (a truncated or
-altered file is named), and latest_valid_checkpoint picks the newest that
-verifies. prune_checkpoints keeps the newest few and the steps still needed.
+altered file is named; the loop resumes from the newest that verifies), and
+latest_valid_checkpoint does the same for a caller with a list of folders. prune_checkpoints keeps the newest few and the steps still needed.
 """
 
 from __future__ import annotations
