@@ -233,7 +233,7 @@ def propose(strategy: Strategy, history: History, current: dict[str, float], con
     else:
         weights = dict(raw.weights)  # static: the current mixture, exactly as it was
     latent = history.latent()
-    default_target = getattr(strategy.settings, "target", 1.0)
+    default_target = getattr(getattr(strategy, "settings", None), "target", 1.0)  # deficit's, else 1
     total = sum(max(0.0, v) for v in raw.weights.values()) or 1.0
     rationale = {}
     for d in current:
