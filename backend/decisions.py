@@ -158,7 +158,8 @@ def pin_link(store: Store, run_id: int, skill: str, domain: str, on: bool | None
 
 
 def set_objective(store: Store, run_id: int, objective: dict, *, by: str, reason: str = "") -> int:
-    """A person's objective for a run that is not over, in the shape of the
+    """A person's objective for a run that is not finished (a stopped or
+    failed one may be resumed), in the shape of the
     config's [objective] table: validated against the run's config, stored
     resolved (every default filled in), audited (event `objective`, before
     and after); the next proposal steers by it. Returns its id.
@@ -168,8 +169,8 @@ def set_objective(store: Store, run_id: int, objective: dict, *, by: str, reason
     from backend.objective import parse
 
     run = store.run(run_id)
-    if run["status"] in TERMINAL_STATES:
-        raise DecisionError(f"objective refused: run {run_id} is {run['status']}; no proposal is left to steer")
+    if run["status"] == "finished":
+        raise DecisionError(f"objective refused: run {run_id} is finished; no proposal is left to steer")
     try:
         cfg = parse(objective, from_dict(run["config"]))
     except ConfigError as e:
