@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from backend import charts, decisions
-from backend.config import ConfigError, from_dict
+from backend.config import from_dict
 from backend.decisions import DecisionError
 from backend.objective import for_run
 from pages._common import flash, get_store, require_run, show_flash, user
@@ -126,7 +126,7 @@ with st.expander("Edit the objective", icon=":material/flag:", expanded=False):
         data["skills"] = {s: g for s, g in data["skills"].items() if g}
         try:
             oid = decisions.set_objective(store, run_id, data, by=user(), reason=why.strip())
-        except (DecisionError, ConfigError) as e:
+        except DecisionError as e:
             st.error(str(e))
         else:
             flash(f"Objective {oid} saved: the next proposal steers by it.")

@@ -8,8 +8,9 @@ from conftest import check_constraints, check_rationale_lines
 
 from backend.client import RunClient
 from backend.config import ControllerConfig, preset
-from backend.config.schema import DomainShare, ObjectiveConfig, SkillGoal
+from backend.config.schema import ObjectiveConfig, SkillGoal
 from backend.controllers import History, Refused, make_strategy, propose
+from backend.decisions import set_objective
 from backend.objective import DEFAULT, Deadline, Objective, for_run, heldout_fall, violations
 
 DOMAINS = ["strings", "arithmetic", "noise"]
@@ -129,9 +130,10 @@ def test_after_the_held_out_mean_fell_a_move_further_from_the_mixture_before_it_
 # -- the client: a refused proposal is not stored ---------------------------------------
 
 
-def test_the_client_stores_no_refused_proposal_and_logs_why(store):
-    # copy within noise of saturation (deficit pushes it no more), but short of its deadline's 0.99
-    cfg = preset("tiny").replace(objective={"skills": {"copy": {"at_least": 0.99, "by_tokens": 4000}}})
+def started(store, objective: dict) -> tuple[RunClient, dict]:
+    """The client of a tiny run (policy human) with `objective`, its two
+    steer skills and a uniform mixture; and that mixture."""
+    cfg = preset("tiny").replace(policy="human", objective=objective)
     run_id = store.create_run(cfg.to_dict())
     store.set_domains(run_id, [{"name": d, "source": "synthetic", "skills": []} for d in cfg.domain_names])
     store.set_skills(run_id, [
@@ -139,7 +141,13 @@ def test_the_client_stores_no_refused_proposal_and_logs_why(store):
         {"name": "add2", "base": "add2", "kind": "steer", "domains": ["arithmetic"], "tasks": []}])
     uniform = dict.fromkeys(cfg.domain_names, 1 / len(cfg.domain_names))
     store.add_segment(run_id, from_step=0, tokens_at=0, weights=uniform, source="initial")
-    client = RunClient(store, run_id)
+    return RunClient(store, run_id), uniform
+
+
+def test_the_client_stores_no_refused_proposal_and_logs_why(store):
+    # copy within noise of saturation (deficit pushes it no more), but short of its deadline's 0.99
+    client, uniform = started(store, {"skills": {"copy": {"at_least": 0.99, "by_tokens": 4000}}})
+    run_id = client.run_id
     estimates = {"copy": est(0.89, 0.9, width=0.06, slope=0.01), "add2": est(0.1, 0.2, slope=0.1)}
     assert client.propose(10, estimates) is None
     assert store.proposals(run_id) == []
@@ -147,3 +155,15 @@ def test_the_client_stores_no_refused_proposal_and_logs_why(store):
     assert "copy >= 0.99 by 4,000 tokens" in event["message"] and event["before"] == uniform
     assert event["after"]["strings"] < uniform["strings"]
     assert store.current_weights(run_id) == uniform  # the mixture stays
+
+
+def test_the_client_steers_by_the_newest_objective_a_person_saved(store):
+    client, uniform = started(store, {"domains": {"code": {"min": 0.05}}})
+    estimates = {"copy": est(0.5, 0.55, slope=0.05), "add2": est(0.1, 0.2, slope=0.1)}
+    assert client.history(estimates).objective.shares == {"code": (0.05, 1.0)}
+    set_objective(store, client.run_id, {"domains": {"code": {"min": 0.15}}}, by="ana")
+    pid = client.propose(10, estimates)
+    p = store.proposal(pid)
+    assert p["status"] == "pending" and p["weights"]["code"] == pytest.approx(0.15)
+    assert p["rationale"]["code"].endswith("constraint: objective.domains.code.min holds it at its least share 0.150")
+    assert "objective: copy (priority 1 x gap 0.45 to target 1.00)" in p["rationale"]["strings"]
