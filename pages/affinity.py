@@ -40,7 +40,7 @@ else:
     steps = sorted(frame["step"].unique().tolist())
     step = st.select_slider("Checkpoint", steps, value=steps[-1], key=f"aff_step_{run_id}") \
         if len(steps) > 1 else steps[0]
-    st.plotly_chart(charts.affinity_figure(frame, step=step), key="affinity_matrix")
+    st.plotly_chart(charts.affinity_figure(frame, step=step, title="Affinity"), key="affinity_matrix")
     last = frame[frame["step"] == steps[-1]]
     links = [(s, d) for s, d in zip(last["skill"], last["domain"])]
     top = [tuple(r) for r in last.sort_values("mean", ascending=False).drop_duplicates("skill")[["skill", "domain"]]
