@@ -167,3 +167,22 @@ def test_the_client_steers_by_the_newest_objective_a_person_saved(store):
     assert p["status"] == "pending" and p["weights"]["code"] == pytest.approx(0.15)
     assert p["rationale"]["code"].endswith("constraint: objective.domains.code.min holds it at its least share 0.150")
     assert "objective: copy (priority 1 x gap 0.45 to target 1.00)" in p["rationale"]["strings"]
+
+
+def test_a_whole_run_of_the_loop_keeps_the_shares_and_names_the_terms(store):
+    """The real ClosedLoop with backend.testing's fakes (no torch, no lm-eval)."""
+    from backend.loop import ClosedLoop
+    from backend.testing import fake_components
+
+    cfg = preset("tiny").replace(objective={"domains": {"noise": {"max": 0.05}, "code": {"min": 0.3}},
+                                            "skills": {"copy": {"priority": 2.0}}})
+    run_id = store.create_run(cfg.to_dict())
+    assert ClosedLoop(store, run_id, components=fake_components(), progress=False).run() == "finished"
+    segments = store.schedule(run_id)[1:]
+    assert segments and all(s["weights"]["noise"] <= 0.05 + 1e-9 and s["weights"]["code"] >= 0.3 - 1e-9
+                            for s in segments)
+    for p in store.proposals(run_id):
+        assert "objective: copy (priority 2 x gap" in p["rationale"]["strings"]
+        # code feeds no steer skill: deficit would cut it, its least share holds it
+        assert p["rationale"]["code"].endswith("constraint: objective.domains.code.min holds it at its least "
+                                               "share 0.300")
