@@ -163,6 +163,7 @@ pages = [
     st.Page(home, title="Home", icon=":material/home:", default=True),
     st.Page(PAGES["capabilities"], title="Capabilities", icon=":material/monitoring:"),
     st.Page(PAGES["mixture"], title="Mixture & proposals", icon=":material/tune:"),
+    st.Page(PAGES["affinity"], title="Affinity & objective", icon=":material/hub:"),
     st.Page(PAGES["compare"], title="Compare runs", icon=":material/compare_arrows:"),
     st.Page(PAGES["schedules"], title="Schedules", icon=":material/schedule:"),
     st.Page(PAGES["new_run"], title="New run", icon=":material/add_circle:"),

@@ -336,3 +336,56 @@ def reach_figure(reach: pd.DataFrame, threshold: float, title: str | None = None
                            hovertemplate=f"{run}<br>%{{x}}: %{{y:,}} tokens<extra></extra>"))
     fig.add_traces(traces)
     return fig
+
+
+AFFINITY_COLUMNS = ["step", "skill", "domain", "mean", "lo", "hi", "prior", "source"]
+"""The affinity frame: one row per checkpoint, steer skill and domain (the
+store's `affinity` rows): how much the domain feeds the skill, its 95%
+interval lo..hi, the declared prior, and where it came from (prior,
+learned, pinned)."""
+
+
+def affinity_figure(affinity: pd.DataFrame, *, step: int | None = None,
+                    title: str | None = "Which domain feeds which skill") -> go.Figure:
+    """The affinity matrix at one checkpoint (default: the last) as a
+    heatmap: skills as rows, domains as columns, each cell showing its mean
+    and [lo, hi]; the hover adds the prior and the source."""
+    if affinity.empty:
+        return _empty(title, "no affinity estimate yet")
+    at = affinity["step"].max() if step is None else step
+    df = affinity[affinity["step"] == at]
+    skills = list(dict.fromkeys(df["skill"]))
+    domains = list(dict.fromkeys(df["domain"]))
+    cell = df.set_index(["skill", "domain"])
+
+    def grid(column: str, fill):
+        return [[cell[column].get((s, d), fill) for d in domains] for s in skills]
+
+    text = [[f"{m:.2f}<br>[{a:.2f}, {b:.2f}]" + ("<br>pinned" if src == "pinned" else "")
+             for m, a, b, src in zip(*row)]
+            for row in zip(grid("mean", np.nan), grid("lo", np.nan), grid("hi", np.nan), grid("source", ""))]
+    custom = np.stack([np.array(grid(c, np.nan), dtype="float64") for c in ("lo", "hi", "prior")], axis=-1)
+    source = np.array(grid("source", ""), dtype=object)[..., None]
+    fig = _figure(f"{title} · step {at:,}" if title else None, xaxis_title="domain",
+                  height=max(260, 80 + 48 * len(skills)), yaxis=dict(autorange="reversed", title="skill"))
+    fig.add_traces([dict(type="heatmap", z=grid("mean", np.nan), x=domains, y=skills, text=text,
+                         texttemplate="%{text}", colorscale="Blues", colorbar=dict(title="affinity"),
+                         customdata=np.concatenate([custom.astype(object), source], axis=-1),
+                         hovertemplate="%{x} feeds %{y}<br>mean %{z:.3f} [%{customdata[0]:.3f}, "
+                                       "%{customdata[1]:.3f}]<br>prior %{customdata[2]:.2f} · "
+                                       "%{customdata[3]}<extra></extra>")])
+    return fig
+
+
+def affinity_history_figure(affinity: pd.DataFrame, links: list[tuple[str, str]],
+                            title: str | None = "Affinity over checkpoints") -> go.Figure:
+    """One line per (skill, domain) link over the checkpoints, with its
+    95% band lo..hi."""
+    if affinity.empty or not links:
+        return _empty(title, "no link chosen" if not affinity.empty else "no affinity estimate yet")
+    fig = _figure(title, xaxis_title="step", yaxis_title="affinity", height=340)
+    for i, (s, d) in enumerate(links):
+        df = affinity[(affinity["skill"] == s) & (affinity["domain"] == d)].sort_values("step")
+        fig.add_traces(_series_traces(df["step"], df["mean"], df["lo"], df["hi"], name=f"{d} -> {s}",
+                                      color=_color(i)))
+    return fig

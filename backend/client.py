@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from backend import config as config_mod
-from backend import controllers, decisions, guard, vocab
+from backend import controllers, decisions, guard, objective, vocab
 from backend.config import ConfigError, RunConfig
 from backend.controllers import History
 from backend.forecast_errors import record_forecast_errors
@@ -406,14 +406,23 @@ class RunClient:
             unsteerable=unsteerable,
             latest={k: estimates[k][-1]["score"] for k in unsteerable if estimates.get(k)},
             chance={s["name"]: s["chance"] for s in skills if s.get("chance") is not None},
+            objective=objective.for_run(self.cfg, self.store.objective(self.run_id)),
+            heldout={k: v for k, v in estimates.items() if vocab.is_holdout(k)},
         )
 
-    def propose(self, step: int, estimates: dict[str, list[dict]]) -> int:
+    def propose(self, step: int, estimates: dict[str, list[dict]]) -> int | None:
         """The strategy's proposal through the shared guarantees
         (controllers.propose), stored pending; policy auto approves and
-        applies it at once. Returns the proposal id."""
+        applies it at once. Returns the proposal id, or None when it breaks
+        a constraint of the objective: then an event `refused` says which
+        and why, and the mixture stays."""
         current = self.store.current_weights(self.run_id)
-        p = controllers.propose(self.strategy, self.history(estimates), current, self.cfg.controller)
+        try:
+            p = controllers.propose(self.strategy, self.history(estimates), current, self.cfg.controller)
+        except controllers.Refused as e:
+            self.store.log_event(self.run_id, "refused", f"{self.strategy.name} at step {step}: {e}",
+                                 actor="worker", before=current, after=e.proposal.weights)
+            return None
         pid = self.store.add_proposal(self.run_id, step=step, strategy=self.strategy.name,
                                       current_weights=current, weights=p.weights,
                                       rationale=p.rationale, forecast=p.forecast)

@@ -11,6 +11,9 @@ these functions; the store only keeps what they decide.
   Store.apply_approved for what wins a checkpoint boundary).
 - `set_policy`: auto | human, audited.
 - `send_command`: pause / resume / stop, as the run's state allows.
+- `pin_link`: pin a (skill, domain) affinity link on or off, or clear it.
+- `set_objective`: a person's objective for a running run (the newest
+  applies from the next proposal on).
 
 Every refusal raises a named error (DecisionError, CommandError, or the
 store's NotFound) and changes nothing.
@@ -18,6 +21,7 @@ store's NotFound) and changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from backend.mixture import WeightsError, validate_weights
@@ -130,3 +134,45 @@ def send_command(store: Store, run_id: int, command: str, *, by: str) -> int:
     if not command_fits(status, command):
         raise CommandError(f"run {run_id} is {status}; use `run --resume {run_id}` to continue it")
     return store.add_command(run_id, command, by=by)
+
+
+def pin_link(store: Store, run_id: int, skill: str, domain: str, on: bool | None, *, by: str,
+             reason: str = "") -> None:
+    """Pin the link "domain feeds skill" on (True) or off (False), or clear
+    the pin (None): the affinity estimate then keeps that link at 1 or 0
+    whatever the run's history says. Audited (event `pin`). DecisionError
+    names an unknown steer skill or domain (nothing changed); NotFound for
+    an unknown run."""
+    store.run(run_id)
+    skills = [s["name"] for s in store.skills(run_id) if s["kind"] == "steer"]
+    domains = [d["name"] for d in store.domains(run_id)]
+    if skill not in skills:
+        raise DecisionError(f"pin refused: unknown skill {skill!r} (steer skills of run {run_id}: "
+                            f"{', '.join(skills) or 'none'})")
+    if domain not in domains:
+        raise DecisionError(f"pin refused: unknown domain {domain!r} (domains of run {run_id}: "
+                            f"{', '.join(domains) or 'none'})")
+    if on not in (True, False, None):
+        raise DecisionError(f"pin refused: on must be true, false or none (clear), got {on!r}")
+    store.set_pin(run_id, skill, domain, on, by=by, reason=reason)
+
+
+def set_objective(store: Store, run_id: int, objective: dict, *, by: str, reason: str = "") -> int:
+    """A person's objective for a run that is not finished (a stopped or
+    failed one may be resumed), in the shape of the
+    config's [objective] table: validated against the run's config, stored
+    resolved (every default filled in), audited (event `objective`, before
+    and after); the next proposal steers by it. Returns its id.
+    DecisionError names the field (objective.skills.copy.priority: ...)
+    and changes nothing."""
+    from backend.config import ConfigError, from_dict
+    from backend.objective import parse
+
+    run = store.run(run_id)
+    if run["status"] == "finished":
+        raise DecisionError(f"objective refused: run {run_id} is finished; no proposal is left to steer")
+    try:
+        cfg = parse(objective, from_dict(run["config"]))
+    except ConfigError as e:
+        raise DecisionError(f"objective refused: {e}") from None
+    return store.add_objective(run_id, dataclasses.asdict(cfg), by=by, reason=reason)

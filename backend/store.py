@@ -203,6 +203,24 @@ CREATE TABLE IF NOT EXISTS forecast_errors (
     basis TEXT,                     -- how the strategy forecast it
     PRIMARY KEY (run_id, proposal_id, skill)
 );
+CREATE TABLE IF NOT EXISTS affinity_pins (
+    run_id INTEGER NOT NULL REFERENCES runs (id),
+    skill TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    pinned INTEGER NOT NULL,        -- 1: the domain feeds the skill (on), 0: it does not (off)
+    by TEXT,
+    reason TEXT,
+    ts REAL NOT NULL,
+    PRIMARY KEY (run_id, skill, domain)
+);
+CREATE TABLE IF NOT EXISTS objectives (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs (id),
+    objective TEXT NOT NULL,        -- JSON: the [objective] table a person saved (validated); the newest applies
+    by TEXT,
+    reason TEXT,
+    ts REAL NOT NULL
+);
 CREATE INDEX IF NOT EXISTS measurements_by_skill ON measurements (run_id, skill, step);
 CREATE INDEX IF NOT EXISTS proposals_by_run ON proposals (run_id, status);
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, ts);
@@ -210,7 +228,7 @@ CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, ts);
 
 _JSON_COLUMNS = {
     "config", "skills", "domains", "tasks", "weights", "current_weights", "rationale",
-    "forecast", "final_weights", "before", "after", "replay_schedule",
+    "forecast", "final_weights", "before", "after", "replay_schedule", "objective",
 }
 
 # columns a caller may set after the row exists (anything else is a bug, named)
@@ -404,6 +422,56 @@ class Store:
     def skills(self, run_id: int) -> list[dict]:
         """The run's skills in the order they were set."""
         return self._rows("SELECT * FROM skills WHERE run_id = ? ORDER BY rowid", (run_id,))
+
+    # -- affinity pins and the objective --------------------------------------
+    def set_pin(self, run_id: int, skill: str, domain: str, pinned: bool | None, *, by: str,
+                reason: str = "") -> None:
+        """Pin a (skill, domain) link on (True) or off (False), or clear its
+        pin (None), with an audit event `pin` (before / after: the pin). The
+        names are checked by backend.decisions.pin_link."""
+        with self.transaction():
+            old = self._one("SELECT pinned FROM affinity_pins WHERE run_id = ? AND skill = ? AND domain = ?",
+                            (run_id, skill, domain))
+            before = None if old is None else bool(old["pinned"])
+            if pinned is None:
+                self.db.execute("DELETE FROM affinity_pins WHERE run_id = ? AND skill = ? AND domain = ?",
+                                (run_id, skill, domain))
+            else:
+                self.db["affinity_pins"].insert({"run_id": run_id, "skill": skill, "domain": domain,
+                                                 "pinned": int(pinned), "by": by, "reason": reason,
+                                                 "ts": time.time()}, replace=True)
+            word = {True: "on", False: "off", None: "cleared"}
+            self.log_event(run_id, "pin", f"link {skill} <- {domain} pinned {word[pinned]}"
+                           + (f": {reason}" if reason else ""), actor=by,
+                           before={"skill": skill, "domain": domain, "pinned": before},
+                           after={"skill": skill, "domain": domain, "pinned": pinned})
+
+    def pins(self, run_id: int) -> dict[tuple[str, str], bool]:
+        """(skill, domain) -> True (pinned on) / False (pinned off); links
+        without a pin are absent."""
+        return {(r["skill"], r["domain"]): bool(r["pinned"]) for r in self.pin_rows(run_id)}
+
+    def pin_rows(self, run_id: int) -> list[dict]:
+        """The run's pins with who set them, when and why, by skill and domain."""
+        return self._rows("SELECT * FROM affinity_pins WHERE run_id = ? ORDER BY skill, domain", (run_id,))
+
+    def add_objective(self, run_id: int, objective: dict, *, by: str, reason: str = "") -> int:
+        """Store a person's (already validated) objective for a running run,
+        with an audit event `objective` (before: the one it replaces, None
+        for the config's); returns its id. The newest applies."""
+        with self.transaction():
+            before = self.objective(run_id)
+            oid = self._insert("objectives", {"run_id": run_id, "objective": objective, "by": by,
+                                              "reason": reason, "ts": time.time()})
+            self.log_event(run_id, "objective", f"objective {oid} set" + (f": {reason}" if reason else ""),
+                           actor=by, before=before, after=objective)
+        return oid
+
+    def objective(self, run_id: int) -> dict | None:
+        """The newest objective a person saved for the run, or None (the
+        config's applies)."""
+        row = self._one("SELECT objective FROM objectives WHERE run_id = ? ORDER BY id DESC LIMIT 1", (run_id,))
+        return None if row is None else row["objective"]
 
     # -- checkpoints ----------------------------------------------------------
     def add_checkpoint(self, run_id: int, *, step: int, tokens_seen: int, train_loss: float | None,

@@ -26,6 +26,7 @@ from oauth2-proxy); unset, the sidebar's name field says who decides."""
 PAGES = {
     "capabilities": "pages/capabilities.py",
     "mixture": "pages/mixture.py",
+    "affinity": "pages/affinity.py",
     "compare": "pages/compare.py",
     "schedules": "pages/schedules.py",
     "new_run": "pages/new_run.py",

@@ -502,3 +502,58 @@ def test_the_depth_scan_stays_linear_on_hostile_text(text, fmt):
     with pytest.raises(ConfigError, match="^config: "):
         config.from_text(text, fmt)
     assert time.perf_counter() - start < 5.0  # a quadratic scan of 800 KB takes minutes
+
+
+# -- [objective] ---------------------------------------------------------------------
+
+
+def test_an_objective_section_parses_from_toml():
+    cfg = config.from_text(b"""
+preset = "tiny"
+[objective]
+heldout_mean_nondecreasing = true
+[objective.skills.copy]
+priority = 3
+target = 0.8
+at_least = 0.6
+by_tokens = 2_000_000
+[objective.domains.code]
+min = 0.1
+""", "toml")
+    obj = cfg.objective
+    assert obj.heldout_mean_nondecreasing
+    copy = obj.skills["copy"]
+    assert (copy.priority, copy.target, copy.at_least, copy.by_tokens) == (3.0, 0.8, 0.6, 2_000_000)
+    assert (obj.domains["code"].min, obj.domains["code"].max) == (0.1, 1.0)
+    assert from_dict(cfg.to_dict()) == cfg  # stored resolved, rebuilt the same
+
+
+def test_an_evaluation_tasks_skill_may_carry_an_objective():
+    data = tiny() | {"evaluation": {**tiny()["evaluation"], "tasks": [
+        {"skill": "arc", "task": "arc_easy", "domains": ["strings"]}]}}
+    cfg = from_dict(data | {"objective": {"skills": {"arc": {"priority": 2.0}}}})
+    assert cfg.objective.skills["arc"].priority == 2.0
+
+
+@pytest.mark.parametrize("objective, field", [
+    ({"skills": {"kopy": {}}}, "objective.skills.kopy: unknown skill 'kopy' (steer skills: copy, add2)"),
+    ({"skills": {"copy_holdout": {}}}, "objective.skills.copy_holdout: unknown skill"),
+    ({"skills": {"copy": {"priority": -0.5}}}, "objective.skills.copy.priority: must be within [0, 1000]"),
+    ({"skills": {"copy": {"target": 1.5}}}, "objective.skills.copy.target: must be within [0, 1]"),
+    ({"skills": {"copy": {"at_least": 0.6}}},
+     "objective.skills.copy.by_tokens: a deadline needs both at_least and by_tokens; only at_least is set"),
+    ({"skills": {"copy": {"by_tokens": 10}}}, "objective.skills.copy.at_least: a deadline needs both"),
+    ({"skills": {"copy": {"at_least": 0.6, "by_tokens": 0}}}, "objective.skills.copy.by_tokens: must be > 0"),
+    ({"skills": {"copy": {"weight": 2}}}, "objective.skills.copy.weight: unknown key"),
+    ({"domains": {"web": {"min": 0.1}}}, "objective.domains.web: unknown domain 'web' (domains: strings,"),
+    ({"domains": {"code": {"min": 0.5, "max": 0.4}}}, "objective.domains.code.min: 0.5 is above max 0.4"),
+    ({"domains": {"code": {"min": 0.8}}}, "objective.domains.code.min: 0.8 is above controller.cap 0.7"),
+    ({"domains": {"code": {"max": 0.01}}}, "objective.domains.code.max: 0.01 is below controller.floor 0.02"),
+    ({"domains": {"code": {"min": 0.5}, "noise": {"min": 0.5}}},
+     "objective.domains: the least shares (with controller.floor) add up to 1.080 > 1"),
+    ({"domains": {d: {"max": 0.1} for d in ("strings", "arithmetic", "logic", "recall", "noise", "code")}},
+     "objective.domains: the largest shares (with controller.cap) add up to 0.600 < 1"),
+    ({"heldout_mean_nondecreasing": "yes"}, "objective.heldout_mean_nondecreasing: expected true or false"),
+])
+def test_a_bad_objective_names_the_field(objective, field):
+    assert field in refused(tiny() | {"objective": objective})

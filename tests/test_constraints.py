@@ -130,3 +130,29 @@ if hypothesis is not None:
         hi = [min(cap, current[n] + max_change) for n in names]
         if sum(lo) <= 1 <= sum(hi) and all(a <= b for a, b in zip(lo, hi)):
             assert all(abs(w[n] - current[n]) <= max_change + 1e-9 for n in names)
+
+
+# -- the objective's shares of the mixture -------------------------------------------
+
+
+def test_a_domains_least_and_largest_share_bind_like_floor_and_cap():
+    cfg = ControllerConfig(floor=0.02, cap=0.7, max_change=1.0, smoothing=0.0)
+    current = dict.fromkeys(DOMAINS, 0.25)
+    w = apply_constraints({"a": 1.0, "b": 1.0, "c": 0.0, "d": 0.0}, current, cfg,
+                          shares={"c": (0.2, 1.0), "a": (0.0, 0.3)})
+    within_bounds(w, current, cfg)
+    assert w["c"] == pytest.approx(0.2) and w["a"] == pytest.approx(0.3)
+    assert w["b"] == pytest.approx(0.48) and w["d"] == pytest.approx(0.02)
+
+
+def test_a_share_the_current_mixture_breaks_is_reached_past_the_step_limit():
+    cfg = ControllerConfig(floor=0.0, cap=1.0, max_change=0.05, smoothing=0.0)
+    current = {"a": 0.9, "b": 0.1}
+    w = apply_constraints({"a": 1.0, "b": 0.0}, current, cfg, shares={"b": (0.3, 1.0)})
+    assert w["b"] == pytest.approx(0.3)  # a share is a bound, not a direction to drift in
+
+
+def test_shares_that_admit_no_mixture_are_refused_naming_them():
+    cfg = ControllerConfig(floor=0.0, cap=1.0, max_change=1.0, smoothing=0.0)
+    with pytest.raises(WeightsError, match=r"and the objective's shares \(a, b\) admit no mixture"):
+        apply_constraints({"a": 1.0, "b": 1.0}, {"a": 0.5, "b": 0.5}, cfg, shares={"a": (0.6, 1.0), "b": (0.6, 1.0)})

@@ -4,6 +4,7 @@ per test (threads and processes decide at once)."""
 
 import math
 import multiprocessing
+import re
 import sqlite3
 import threading
 
@@ -15,8 +16,10 @@ from backend.decisions import (
     DecisionError,
     auto_approve,
     decide,
+    pin_link,
     send_command,
     set_mixture,
+    set_objective,
     set_policy,
 )
 from backend.schedule import export_schedule
@@ -377,3 +380,87 @@ def test_auto_approval_of_a_pending_proposal(store, run_id):
     assert (p["status"], p["decided_by"], p["final_weights"]) == ("approved", "auto", PROPOSED)
     with pytest.raises(NotFound):
         auto_approve(store, pid + 1)
+
+
+# -- affinity pins and the objective ---------------------------------------------------
+
+
+@pytest.fixture
+def linked_run(store, run_id):
+    """run_id with its domains and steer skills written (what pins name)."""
+    store.set_domains(run_id, [{"name": d, "source": "synthetic", "skills": []} for d in DOMAINS])
+    store.set_skills(run_id, [{"name": s, "base": s, "kind": k, "domains": ["strings"], "tasks": []}
+                              for s, k in (("copy", "steer"), ("copy_holdout", "holdout"))])
+    return run_id
+
+
+def test_a_pin_is_set_turned_off_and_cleared_each_with_an_audit_event(store, linked_run):
+    pin_link(store, linked_run, "copy", "code", True, by="ana", reason="code has copying tasks")
+    assert store.pins(linked_run) == {("copy", "code"): True}
+    (row,) = store.pin_rows(linked_run)
+    assert (row["by"], row["reason"]) == ("ana", "code has copying tasks")
+    pin_link(store, linked_run, "copy", "code", False, by="bo")
+    assert store.pins(linked_run) == {("copy", "code"): False}
+    pin_link(store, linked_run, "copy", "code", None, by="ana", reason="let the data say")
+    assert store.pins(linked_run) == {}
+    events = store.events(linked_run, "pin")
+    assert [(e["actor"], e["before"]["pinned"], e["after"]["pinned"]) for e in events] == [
+        ("ana", None, True), ("bo", True, False), ("ana", False, None)]
+    assert events[0]["message"] == "link copy <- code pinned on: code has copying tasks"
+    assert events[2]["message"] == "link copy <- code pinned cleared: let the data say"
+
+
+@pytest.mark.parametrize("skill, domain, named", [
+    ("kopy", "code", "unknown skill 'kopy' (steer skills of run 1: copy)"),
+    ("copy_holdout", "code", "unknown skill 'copy_holdout'"),  # held out: never steered, so never linked
+    ("copy", "web", "unknown domain 'web' (domains of run 1: strings, arithmetic"),
+])
+def test_a_pin_naming_an_unknown_skill_or_domain_is_refused_and_changes_nothing(store, linked_run, skill,
+                                                                                domain, named):
+    with pytest.raises(DecisionError, match=re.escape(named)):
+        pin_link(store, linked_run, skill, domain, True, by="ana")
+    assert store.pins(linked_run) == {} and store.events(linked_run, "pin") == []
+
+
+def test_a_failed_event_write_leaves_no_pin_behind(store, linked_run, monkeypatch):
+    def broken(*a, **kw):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "log_event", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        pin_link(store, linked_run, "copy", "code", True, by="ana")
+    monkeypatch.undo()
+    assert store.pins(linked_run) == {}
+
+
+def test_an_objective_is_validated_stored_resolved_and_audited(store, run_id):
+    oid = set_objective(store, run_id, {"skills": {"copy": {"priority": 2.0}}, "domains": {"code": {"min": 0.1}}},
+                        by="ana", reason="code matters")
+    saved = store.objective(run_id)
+    assert saved["skills"]["copy"] == {"priority": 2.0, "target": None, "at_least": None, "by_tokens": None}
+    assert saved["domains"]["code"] == {"min": 0.1, "max": 1.0} and saved["heldout_mean_nondecreasing"] is False
+    (event,) = store.events(run_id, "objective")
+    assert (event["actor"], event["before"], event["after"]) == ("ana", None, saved)
+    assert event["message"] == f"objective {oid} set: code matters"
+    set_objective(store, run_id, {"heldout_mean_nondecreasing": True}, by="bo")
+    assert store.objective(run_id)["skills"] == {}  # the newest replaces it whole
+    assert store.events(run_id, "objective")[-1]["before"] == saved
+
+
+@pytest.mark.parametrize("objective, field", [
+    ({"skills": {"kopy": {}}}, "objective.skills.kopy: unknown skill 'kopy'"),
+    ({"skills": {"copy": {"priority": -1}}}, "objective.skills.copy.priority: must be within [0, 1000]"),
+    ({"domains": {"web": {"min": 0.1}}}, "objective.domains.web: unknown domain 'web'"),
+    ({"domains": {"code": {"min": "a lot"}}}, "objective.domains.code.min: expected a number"),
+    ({"weights": {}}, "objective.weights: unknown key"),
+])
+def test_a_bad_objective_is_refused_naming_the_field_and_changes_nothing(store, run_id, objective, field):
+    with pytest.raises(DecisionError, match=re.escape(f"objective refused: {field}")):
+        set_objective(store, run_id, objective, by="ana")
+    assert store.objective(run_id) is None and store.events(run_id, "objective") == []
+
+
+def test_a_finished_runs_objective_is_not_edited(store, run_id):
+    store.update_run(run_id, status="finished")
+    with pytest.raises(DecisionError, match="run 1 is finished"):
+        set_objective(store, run_id, {}, by="ana")

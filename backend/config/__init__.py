@@ -16,6 +16,7 @@ from backend.config.schema import (
     EvalConfig,
     MixtureConfig,
     ModelConfig,
+    ObjectiveConfig,
     RunConfig,
     TaskSpec,
     TrainConfig,
@@ -23,6 +24,6 @@ from backend.config.schema import (
 
 __all__ = [
     "PRESETS", "ConfigError", "ControllerConfig", "DataConfig", "DomainConfig", "EvalConfig",
-    "Limits", "MixtureConfig", "ModelConfig", "RunConfig", "TaskSpec", "TrainConfig", "check_untrusted", "data_roots",
+    "Limits", "MixtureConfig", "ModelConfig", "ObjectiveConfig", "RunConfig", "TaskSpec", "TrainConfig", "check_untrusted", "data_roots",
     "from_data", "from_dict", "from_text", "load", "merge", "preset",
 ]

@@ -26,6 +26,9 @@ INT64 = 2**63
 """Integers are stored in SQLite (int64) and handed to torch and numpy."""
 SEED_LIMIT = 2**32
 """numpy's seeds are 32-bit."""
+MAX_PRIORITY = 1000.0
+"""Largest priority weight of a skill: beyond it, one skill's ratio to
+another's means nothing more."""
 MAX_THREADS = 4096
 """torch.set_num_threads takes a C int; no machine has more cores than this."""
 
@@ -361,6 +364,99 @@ class ControllerConfig:
 
 
 @dataclass(kw_only=True)
+class SkillGoal:
+    """What the researcher wants of one steer skill (objective.skills.<name>)."""
+
+    priority: float = 1.0
+    """Weight of this skill in the controller's objective (1: as every other;
+    0: not steered toward at all)."""
+    target: float | None = None
+    """Score this skill should reach; None: the controller's own target
+    (deficit's controller.options.target)."""
+    at_least: float | None = None
+    """A deadline: the skill's latent score must reach this by `by_tokens`
+    training tokens (both or neither)."""
+    by_tokens: int | None = None
+    """The deadline of `at_least`, in training tokens seen."""
+
+    def validate(self, path: str) -> None:
+        """Ranges, and the deadline given whole; errors name `path`.field."""
+        if not 0.0 <= self.priority <= MAX_PRIORITY:
+            raise ConfigError(f"{path}.priority: must be within [0, {MAX_PRIORITY:g}], got {self.priority}")
+        for name in ("target", "at_least"):
+            if getattr(self, name) is not None:
+                _unit(self, name, path)
+        if (self.at_least is None) != (self.by_tokens is None):
+            given, missing = ("at_least", "by_tokens") if self.by_tokens is None else ("by_tokens", "at_least")
+            raise ConfigError(f"{path}.{missing}: a deadline needs both at_least and by_tokens; only {given} is set")
+        if self.by_tokens is not None and self.by_tokens <= 0:
+            raise ConfigError(f"{path}.by_tokens: must be > 0, got {self.by_tokens}")
+
+
+@dataclass(kw_only=True)
+class DomainShare:
+    """Bounds on one domain's share of the mixture (objective.domains.<name>),
+    on top of controller.floor and controller.cap."""
+
+    min: float = 0.0
+    """Least share of the mixture (0.1: at least 10%)."""
+    max: float = 1.0
+    """Largest share of the mixture."""
+
+    def validate(self, path: str) -> None:
+        """Both within [0, 1], min <= max."""
+        _unit(self, "min", path)
+        _unit(self, "max", path)
+        if self.min > self.max:
+            raise ConfigError(f"{path}.min: {self.min} is above max {self.max}")
+
+
+@dataclass(kw_only=True)
+class ObjectiveConfig:
+    """What the controller optimises beyond closing every skill's gap to one
+    target: a priority and target per skill, and constraints a proposal
+    must keep (backend/objective.py; a proposal that would break one is
+    refused with the reason)."""
+
+    heldout_mean_nondecreasing: bool = False
+    """The mean held-out score must not fall: after a checkpoint where it
+    fell beyond its noise, a proposal that moves the mixture further from the
+    one before is refused."""
+    skills: dict[str, SkillGoal] = field(default_factory=dict)
+    """Steer skill -> its priority, target and deadline (skills not named
+    keep priority 1 and the controller's target)."""
+    domains: dict[str, DomainShare] = field(default_factory=dict)
+    """Domain -> least and largest share of the mixture."""
+
+    def validate(self, path: str, run_cfg: RunConfig) -> None:
+        """Every name a steer skill or domain of the run, every range sound,
+        and the shares satisfiable together with controller.floor and cap."""
+        skills = run_cfg.all_steer_skills
+        for name, goal in self.skills.items():
+            if name not in skills:
+                raise ConfigError(f"{path}.skills.{name}: unknown skill {name!r} "
+                                  f"(steer skills: {', '.join(skills) or 'none'})")
+            goal.validate(f"{path}.skills.{name}")
+        domains = run_cfg.domain_names
+        ctl = run_cfg.controller
+        for name, share in self.domains.items():
+            where = f"{path}.domains.{name}"
+            if name not in domains:
+                raise ConfigError(f"{where}: unknown domain {name!r} (domains: {', '.join(domains)})")
+            share.validate(where)
+            if share.min > ctl.cap:
+                raise ConfigError(f"{where}.min: {share.min} is above controller.cap {ctl.cap}")
+            if share.max < ctl.floor:
+                raise ConfigError(f"{where}.max: {share.max} is below controller.floor {ctl.floor}")
+        lo = sum(max(ctl.floor, self.domains[d].min if d in self.domains else 0.0) for d in domains)
+        hi = sum(min(ctl.cap, self.domains[d].max if d in self.domains else 1.0) for d in domains)
+        if lo > 1 + 1e-9:
+            raise ConfigError(f"{path}.domains: the least shares (with controller.floor) add up to {lo:.3f} > 1")
+        if hi < 1 - 1e-9:
+            raise ConfigError(f"{path}.domains: the largest shares (with controller.cap) add up to {hi:.3f} < 1")
+
+
+@dataclass(kw_only=True)
 class TrainConfig:
     """Optimisation and cadence."""
 
@@ -428,6 +524,8 @@ class RunConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    """Priorities, targets and constraints per skill and domain (see ObjectiveConfig)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -477,6 +575,7 @@ class RunConfig:
             if t.skill in taken:
                 raise ConfigError(f"evaluation.tasks[{i}].skill: {t.skill!r} is already a skill of this run")
             taken.add(t.skill)
+        self.objective.validate("objective", self)
 
     # -- derived --------------------------------------------------------
     @property
@@ -494,6 +593,12 @@ class RunConfig:
         for d in self.data.domains:
             seen += [s for s in d.skills if s not in seen]
         return seen
+
+    @property
+    def all_steer_skills(self) -> list[str]:
+        """Every steer skill: the synthetic ones (steer_skills), then each
+        evaluation.tasks skill."""
+        return self.steer_skills + [t.skill for t in self.evaluation.tasks]
 
     def to_dict(self) -> dict:
         """The resolved config as plain JSON-ready data (what a run stores)."""

@@ -7,9 +7,12 @@ enforces what every proposal must obey, once for every strategy:
 
     raw = strategy.propose(history less the skills in history.blocked, current)
     Goodhart hold: a domain feeding a skill in history.blocked gains no weight
-    shared constraints (smoothing toward uniform, floor, cap, max change)
-    rationale line per domain: "old -> new: reason"
+    shared constraints (smoothing toward uniform, floor, cap, max change,
+    and the objective's share of each domain)
     forecast = strategy.forecast(history, current, final weights)
+    the objective's constraints (backend.objective.violations): a proposal
+    that breaks one raises Refused naming it, and is not stored
+    rationale line per domain: "old -> new: reason; objective term that drove it"
 
 Built-in strategies register with `@register_strategy(name, settings=...)`
 exactly as a user's would; `make_strategy(controller_cfg)` builds the
@@ -22,6 +25,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Protocol, runtime_checkable
 
+from backend.objective import DEFAULT, Objective, driver, share_note, violations
 from backend.registry import Registry
 
 
@@ -70,6 +74,10 @@ class History:
     chance: dict[str, float] = field(default_factory=dict)
     """Steer skill -> its chance level (a uniform guess or the best constant
     answer): a score there is a guess, so a rise counts only above it."""
+    objective: Objective | None = None  # the researcher's objective (backend.objective); None: the default
+    heldout: dict[str, list[dict]] = field(default_factory=dict)
+    """Held-out skill -> latent estimates by step: never steered by, only
+    read by the objective's held-out rule (Objective.heldout_mean_nondecreasing)."""
 
     def latent(self) -> dict[str, list[dict]]:
         """`estimates`, or the latent estimates computed from `scores`."""
@@ -195,32 +203,62 @@ FREE = Bounds()
 """Constraints that change nothing: a normalised proposal passes unchanged."""
 
 
+class Refused(Exception):
+    """A proposal that would break a constraint of the objective: the loop
+    stores no proposal and logs `reasons` (one line per broken constraint)."""
+
+    def __init__(self, reasons: list[str], proposal: Proposal):
+        super().__init__("proposal refused: " + "; ".join(reasons))
+        self.reasons = reasons
+        self.proposal = proposal
+
+
 def propose(strategy: Strategy, history: History, current: dict[str, float], constraints_cfg) -> Proposal:
     """The proposal the loop stores: the strategy's raw weights under the
     Goodhart hold and the shared constraints (`constraints_cfg`: floor, cap,
-    max_change, smoothing), each rationale line as "old -> new: reason", and
-    the strategy's forecast of the final weights."""
+    max_change, smoothing) with the objective's domain shares, each
+    rationale line as "old -> new: reason; objective term that drove it",
+    and the strategy's forecast of the final weights. Raises Refused (with
+    the proposal it refuses) when the weights break a constraint of
+    `history.objective`."""
     from backend.controllers.constraints import apply_constraints
 
+    objective = history.objective or DEFAULT
     held = held_domains(history)
     raw = strategy.propose(steerable(history), current)
     if strategy.constrained:
-        weights = apply_constraints(raw.weights, current, constraints_cfg, held=set(held))
+        weights = apply_constraints(raw.weights, current, constraints_cfg, held=set(held), shares=objective.shares)
     elif any(raw.weights[d] > current[d] for d in held):
         weights = apply_constraints(raw.weights, current, FREE, held=set(held))
     else:
         weights = dict(raw.weights)  # static: the current mixture, exactly as it was
+    latent = history.latent()
+    default_target = getattr(getattr(strategy, "settings", None), "target", 1.0)  # deficit's, else 1
+    total = sum(max(0.0, v) for v in raw.weights.values()) or 1.0
     rationale = {}
     for d in current:
         line = f"{current[d]:.3f} -> {weights[d]:.3f}: {raw.rationale[d]}"
         if d in held:
             line += f"; held back by the Goodhart guard: {', '.join(held[d])} (its weight may not rise)"
+        feeds = [s for s, ds in history.skill_domains.items() if d in ds]
+        line += "; " + (share_note(objective, d, max(0.0, raw.weights[d]) / total, weights[d])
+                        or driver(objective, d, feeds=feeds, latent=latent, default_target=default_target))
         rationale[d] = line
     forecast = strategy.forecast(history, current, weights)
     for skill, why in history.unsteerable.items():  # measured, shown, not steered: say why
         score = history.latest.get(skill)
         forecast[skill] = {"score": score, "expected": score, "basis": f"not steered: {why}"}
-    return Proposal(weights=weights, rationale=rationale, forecast=forecast)
+    proposal = Proposal(weights=weights, rationale=rationale, forecast=forecast)
+    if objective.deadlines or objective.shares or objective.heldout_mean_nondecreasing:
+        on_current = strategy.forecast(history, current, current) if objective.deadlines else {}
+        broken = violations(
+            objective, weights=weights, current=current, latent=latent,
+            expected={s: f["expected"] for s, f in forecast.items() if f.get("expected") is not None},
+            expected_now={s: f["expected"] for s, f in on_current.items() if f.get("expected") is not None},
+            heldout=history.heldout, mixtures=history.mixtures)
+        if broken:
+            raise Refused(broken, proposal)
+    return proposal
 
 
 # built-in strategies register on import, like a user's would
