@@ -329,16 +329,18 @@ def kalman(points: list[dict], tokens_per_checkpoint: float, to_score=None,
            chance: float | None = None) -> list[dict]:
     """Estimate one skill. points: [{step, tokens_seen, counts: [(k, n,
     offset)], gauss: [(y, r)], raw_mean, n_templates}] ordered by step.
-    Returns one estimate per point, its interval from the level's.
+    Returns one estimate per point (score, 95% interval lo / hi, slope).
 
-    Where every point has counts (exact match) the level is logit of the
-    score from `_segments` (chance: the skill's chance level, if known) and
-    the score is its sigmoid: the pooled answers of the templates, which is
-    what the templates ask on average. Otherwise (Gaussian looks) the level
-    is the mixture of the DYNAMICS filters, weighted by their discounted
-    predictive likelihood, and to_score maps it to the metric. The learning
-    slope is the local linear trend's (the first filter), the one whose
-    slope is the pace of learning rather than momentum expected to fade."""
+    Where every point has counts (exact match): the score is the pooled
+    share of right answers, the median of the mixture of `_segments`
+    (chance: the skill's chance level, if known) and the local linear trend,
+    weighted by SEGMENTS_PRIOR times their discounted predictive likelihood;
+    lo and hi the mixture's 2.5% and 97.5% quantiles. Otherwise (Gaussian
+    looks) the level is the mixture of the DYNAMICS filters, weighted by
+    their discounted predictive likelihood, and to_score maps it and level
+    +- Z95 sd to the metric. The learning slope is always the local linear
+    trend's, the one whose slope is the pace of learning rather than
+    momentum expected to fade."""
     if SEGMENTS and points and all(pt["counts"] for pt in points):
         trend = list(_filter(points, tokens_per_checkpoint, *DYNAMICS[0]))
         with np.errstate(divide="ignore"):  # a prior of 0 (the bench's ablation) is a weight of 0
