@@ -99,6 +99,9 @@ OFFSET_PRIOR_WEIGHT = 10.0
 # (docs/fidelity.md); 0.1 to 0.3 and 0.5 to 0.7 moved the ratio to the
 # templates' mean by under 0.01.
 HAZARD, DRIFT = 0.2, 0.6
+# Segments begun more than this many checkpoints ago are merged per kind
+# (`_merge_old`): the hypotheses stay bounded however long the run.
+SEGMENT_MEMORY = 20
 # A fresh segment is dead, at chance or anything, with these prior
 # probabilities (anything: the rest; at chance only where the chance level
 # is known), each a Beta prior on the pooled score: dead Beta(0.5,
@@ -275,30 +278,49 @@ def _segments(points: list[dict], tokens_per_checkpoint: float, chance: float | 
         fresh.append((CHANCE_PRIOR, chance * CHANCE_ITEMS, (1 - chance) * CHANCE_ITEMS))
     fresh.append((1.0 - sum(f[0] for f in fresh), *SEG_PRIOR))
     fresh = [f for f in fresh if f[0] > 0]
-    # hypotheses (log posterior weight, a, b, a0, b0): the Beta now and the kind's prior Beta
-    hyps: list[tuple[float, float, float, float, float]] = []
+    # hypotheses (log posterior weight, a, b, a0, b0, start): the Beta now, the kind's
+    # prior Beta and the checkpoint the segment began at
+    hyps: list[tuple[float, float, float, float, float, int]] = []
     prev_tokens = None
-    for pt in points:
+    for t, pt in enumerate(points):
         k = float(sum(c[0] for c in pt["counts"]))
         n = float(sum(c[1] for c in pt["counts"]))
         lse = float(np.logaddexp.reduce([h[0] for h in hyps])) if hyps else 0.0
         if prev_tokens is None:
-            hyps = [(math.log(p), a, b, a, b) for p, a, b in fresh]
+            hyps = [(math.log(p), a, b, a, b, t) for p, a, b in fresh]
         else:
             d = max(1e-9, (pt["tokens_seen"] - prev_tokens) / tokens_per_checkpoint)
             stay, keep = (1 - HAZARD) ** d, DRIFT ** d
-            hyps = [(w + math.log(stay), a0 + keep * (a - a0), b0 + keep * (b - b0), a0, b0)
-                    for w, a, b, a0, b0 in hyps] + [
-                (math.log(1 - stay) + math.log(p), a, b, a, b) for p, a, b in fresh]
+            hyps = [(w + math.log(stay), a0 + keep * (a - a0), b0 + keep * (b - b0), a0, b0, s)
+                    for w, a, b, a0, b0, s in hyps] + [
+                (math.log(1 - stay) + math.log(p), a, b, a, b, t) for p, a, b in fresh]
         # each hypothesis' predictive of the pooled counts (beta-binomial, without the
         # binomial coefficient, the same under every hypothesis), then Bayes
-        joint = [w + betaln(a + k, b + n - k) - betaln(a, b) for w, a, b, _, _ in hyps]
+        joint = [w + betaln(a + k, b + n - k) - betaln(a, b) for w, a, b, *_ in hyps]
         total = float(np.logaddexp.reduce(joint))
-        hyps = [(j - total, a + k, b + n - k, a0, b0) for j, (_, a, b, a0, b0) in zip(joint, hyps)
-                if j - total > -30]  # below e^-30 a hypothesis never matters again
+        hyps = _merge_old([(j - total, a + k, b + n - k, a0, b0, s) for j, (_, a, b, a0, b0, s) in zip(joint, hyps)
+                           if j - total > -14], t - SEGMENT_MEMORY)  # 1e-6 moves no quantile reported
         prev_tokens = pt["tokens_seen"]
         w = np.exp([h[0] for h in hyps])
         yield w / w.sum(), np.array([h[1] for h in hyps]), np.array([h[2] for h in hyps]), total - lse
+
+
+def _merge_old(hyps: list[tuple], cutoff: int) -> list[tuple]:
+    """The hypotheses of segments begun at or before checkpoint `cutoff`
+    merged, per kind, into one begun at `cutoff` (weights summed, Beta
+    parameters averaged by weight), so their number stays bounded on a long
+    run: with DRIFT 0.6 what such segments saw before is weighted 0.6^20 =
+    4e-5 of what they saw since."""
+    old: dict[tuple[float, float], list[tuple]] = defaultdict(list)
+    out = []
+    for h in hyps:
+        (old[h[3], h[4]] if h[5] <= cutoff else out).append(h)
+    for (a0, b0), hs in old.items():
+        w = np.exp([h[0] for h in hs])
+        total = float(w.sum())
+        out.append((math.log(total), float(w @ [h[1] for h in hs]) / total, float(w @ [h[2] for h in hs]) / total,
+                    a0, b0, cutoff))
+    return out
 
 
 def _mixture_quantiles(betas: tuple, normals: tuple) -> tuple[float, float, float]:
@@ -312,17 +334,16 @@ def _mixture_quantiles(betas: tuple, normals: tuple) -> tuple[float, float, floa
 
     w, a, b = betas
     u, m, v = normals
-    out = []
-    for q in (0.5, (1 - 0.95) / 2, (1 + 0.95) / 2):
-        lo, hi = -40.0, 40.0
-        for _ in range(50):  # 80 logits halved 50 times: 7e-14
-            mid = (lo + hi) / 2
-            if float(w @ betainc(a, b, _sigmoid(mid)) + u @ ndtr((mid - m) / np.sqrt(v))) < q:
-                lo = mid
-            else:
-                hi = mid
-        out.append(_sigmoid((lo + hi) / 2))
-    return out[0], out[1], out[2]
+    targets = np.array([0.5, (1 - 0.95) / 2, (1 + 0.95) / 2])
+    lo, hi = np.full(3, -40.0), np.full(3, 40.0)  # logits; the three quantiles bisected together
+    for _ in range(44):  # 80 logits halved 44 times: 5e-12
+        mid = (lo + hi) / 2
+        x = 1 / (1 + np.exp(-mid))
+        cdf = betainc(a, b, x[:, None]) @ w + ndtr((mid[:, None] - m) / np.sqrt(v)) @ u
+        below = cdf < targets
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    p, q_lo, q_hi = (_sigmoid(float(z)) for z in (lo + hi) / 2)
+    return p, q_lo, q_hi
 
 
 def kalman(points: list[dict], tokens_per_checkpoint: float, to_score=None,

@@ -212,3 +212,12 @@ def test_a_blip_near_zero_does_not_linger():
     est = estimate(plateau_rows([0.0] * 5 + [2 / 150] + [0.0] * 4), 1000)["s"]
     assert est[5]["lo"] < 2 / 150 < est[5]["hi"]
     assert all(e["score"] < 0.002 and e["hi"] < 0.01 for e in est[7:])
+
+
+def test_a_long_run_keeps_the_segment_hypotheses_bounded():
+    points = capability._binary_points(plateau_rows([None] * 80))
+    sizes = [len(w) for w, *_ in capability._segments(points, 1000, chance=0.5)]
+    # three kinds per start, starts older than SEGMENT_MEMORY checkpoints merged into one per kind
+    assert max(sizes) <= 3 * (capability.SEGMENT_MEMORY + 2)
+    est = estimate(plateau_rows([None] * 80), 1000, chance={"s": 0.5})["s"]
+    assert abs(est[-1]["score"] - 0.5) < 0.03 and est[-1]["hi"] - est[-1]["lo"] < 0.1
