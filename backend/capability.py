@@ -1,9 +1,40 @@
-"""Latent capability: a per-skill state-space estimate from noisy measurements.
+"""Latent capability: a per-skill estimate from noisy measurements.
 
 Each checkpoint measures a skill as a few exact-match counts (one per prompt
 template, n fresh items each). None of them is the capability; each is the
 capability seen through sampled items, one prompt and one scoring rule. The
-state is the skill's level in logit units:
+score estimated is what the templates ask on average: the pooled share of
+right answers.
+
+Jumps and plateaus (`_segments`). Under a mixture that keeps changing, a
+skill's score mostly sits still and then jumps when the skill clicks or the
+mixture turns. So the run is cut into segments: within one the score is
+nearly constant (the pooled counts since it began, as a Beta posterior; old
+answers count DRIFT as much per checkpoint, since the score drifts a little
+while the mixture moves), and before each checkpoint a new one begins with
+probability HAZARD. The posterior over where the current segment began is
+Bayesian online changepoint detection (Adams & MacKay 2007): a plateau
+averages all its checkpoints, one checkpoint's sampling noise moves the
+estimate toward a new segment only as far as it is surprising, and a real
+jump is followed at once. A fresh segment is one of three kinds, each a Beta
+prior: dead (the skill answers almost nothing: DEAD_ITEMS pseudo-answers
+near 0), at chance (the model guesses, or gives the most frequent answer:
+CHANCE_ITEMS pseudo-answers at the skill's chance level, as the skills table
+stores it) or anything (Jeffreys). A skill at chance is then estimated at
+chance, tightly, and a run of zeros at 0, instead of chasing noise.
+
+Smooth rises (the local linear trend). A curve that climbs steadily through
+several checkpoints is no plateau; a Kalman filter with a trend in logit
+units, observing the counts through their exact binomial likelihood
+(Laplace, `_laplace`) and each template through its difficulty offset
+(`template_offsets`, IRT-style), follows it. The two are averaged by how
+well each predicted this skill's counts so far (predictive likelihood, older
+terms discounted by FORGET per checkpoint; prior weights SEGMENTS_PRIOR and
+the rest). The estimate is the mixture's median (the number that minimises
+the expected absolute error) and its 95% interval the mixture's 2.5% and
+97.5% quantiles, computed exactly (`_mixture_quantiles`).
+
+The trend filter's state and dynamics (also the filters of other metrics):
 
     state      x_t = [level_t, slope_t]           (logit units; slope per checkpoint)
     transition level_t = level_{t-1} + phi d slope_{t-1} + w_level
@@ -11,42 +42,9 @@ state is the skill's level in logit units:
                                                      checkpoints / tokens per checkpoint)
     observe    k_j ~ Binomial(n_j, sigmoid(level_t + b_j))   per template j
 
-Facets, not noise. Template j answers with its own difficulty offset b_j
-(logit units, mean zero over the templates: IRT with the checkpoint as the
-person and the template as the item family), estimated jointly from the
-run's own history up to the checkpoint (`template_offsets`). A template that
-is systematically harder is then neither noise nor bias, and the score is
-what the templates ask on average: mean_j sigmoid(level + b_j).
-
-Counts, not logits of counts. Each update is the exact binomial likelihood
-of the counts times the Gaussian prediction, approximated at its mode
-(Laplace; `_laplace`): no pseudo-count, so a run of zero counts drives the
-estimate toward 0 as the answers accumulate, instead of sticking at the
-pseudo-count's 1/(2N).
-
-Plateaus and jumps. How a learning curve moves is itself uncertain: it rises
-smoothly (a trend carries on), or jumps when the skill clicks and then
-plateaus. So several filters run side by side (DYNAMICS: a local linear
-trend, a damped trend, a local level, and two near-constant levels that
-average a plateau over many checkpoints); each is weighted by how well it
-predicted this skill's observations so far (its predictive log-likelihood,
-older terms discounted by FORGET per checkpoint), and the estimate is their
-weighted mixture (mean, and variance including the spread between them):
-Bayesian model averaging. Every prediction is gated: an innovation beyond
-GATE predicted standard deviations grows the level's and slope's variances
-by nu^2 - S before the update, so a filter re-bases on a jump instead of
-lagging it.
-
-A second look from the scorer measured next to exact match (off by default,
-SIDE_SIGNALS). The answer's per-token loss under template 0 is continuous
-and moves before and while the skill does. Calibrated on the run's own
-history (binomial regression of the counts on its log, `calibrated_looks`),
-it is one more Gaussian look at the level, with its own variance: what the
-calibration misses, plus the fit's uncertainty, inflated when its past looks
-missed. It joins only once the history shows it tracks the skill. It helped
-on two saved runs and hurt on a third: near the ceiling the loss keeps
-falling while exact match saturates, and the log-linear calibration
-extrapolates past it.
+Every prediction is gated: an innovation beyond GATE predicted standard
+deviations grows the level's and slope's variances by nu^2 - S before the
+update, so a filter re-bases on a jump instead of lagging it.
 
 Other metrics (`estimate(..., metric=...)`): a bounded mean in [0, 1] with its
 own stderr (ll_acc, acc) is observed as a Gaussian in logit space (delta
@@ -54,15 +52,17 @@ method); a lower-is-better metric (answer_nll, perplexity, loss: positive and
 unbounded) as a Gaussian in -log(value), so that up is better on the state
 scale and the score, interval and slope come back in the metric's own units
 and direction (a falling loss has a negative slope). Any other metric is
-filtered on its own scale, higher being better.
+filtered on its own scale, higher being better. These have no counts to cut
+into Beta segments: several filters run side by side (DYNAMICS: a local
+linear trend, a damped trend, a local level, and two near-constant levels
+that average a plateau), averaged by their predictive likelihood as above.
 
 Everything is causal: the estimate at checkpoint t uses checkpoints <= t
 only, exactly what the controller could know then.
 
-Reported per checkpoint: score, a 95% interval (level +- Z95 sd mapped to
-the score), and the learning slope in score per checkpoint and per token (the
-score's derivative times the trend filter's logit slope), with its own 95%
-interval.
+Reported per checkpoint: score, a 95% interval, and the learning slope in
+score per checkpoint and per token (the score's derivative times the trend
+filter's logit slope), with its own 95% interval.
 """
 
 from __future__ import annotations
@@ -74,10 +74,12 @@ import numpy as np
 
 from backend.vocab import Z95
 
-# Dynamics of the filters averaged: (phi, level process noise per checkpoint,
-# logit units^2). phi = 1 a trend carries on, 0.5 it fades, 0 a level without
-# momentum; the last two are plateaus: levels that barely drift, so they
-# average many checkpoints' answers, and only the gate lets them jump.
+# Dynamics of the filters averaged for a Gaussian-look metric: (phi, level
+# process noise per checkpoint, logit units^2). phi = 1 a trend carries on,
+# 0.5 it fades, 0 a level without momentum; the last two are plateaus: levels
+# that barely drift, so they average many checkpoints' looks, and only the
+# gate lets them jump. The first (the local linear trend) also gives every
+# metric its slope.
 DYNAMICS = ((1.0, 0.02), (0.5, 0.02), (0.0, 0.02), (0.0, 0.002), (0.0, 0.0002))
 SLOPE_NOISE = 0.02  # per checkpoint, logit units^2
 PRIOR_SLOPE_VAR = 1.0
@@ -85,18 +87,37 @@ PRIOR_SLOPE_VAR = 1.0
 # model answers almost nothing) give or take 4 logits (sd), wide enough that
 # the first counts decide.
 PRIOR_LEVEL, PRIOR_LEVEL_VAR = -4.0, 16.0
-FORGET = 0.8  # discount per checkpoint of a dynamics' past predictive log-likelihood
+FORGET = 0.8  # discount per checkpoint of a model's past predictive log-likelihood
 GATE = 2.0  # innovations beyond this many predicted sds re-base the level (a jump)
 # Template offsets shrink toward 0 with the weight of this many binomial
 # information units (n p (1 - p): 10 is 40 answers at p = 0.5).
 OFFSET_PRIOR_WEIGHT = 10.0
-# A side signal (the answer's loss) becomes a look at the level once its
-# calibration on the run's own history has this many checkpoints and a
-# slope this many standard errors from 0.
-SIDE_MIN_POINTS, SIDE_MIN_T = 4, 3.0
-# Off: on held-out seed 3 the loss look made the estimate worse than the
-# templates' plain mean (docs/fidelity.md); "loss" turns it on.
-SIDE_SIGNALS: tuple[str, ...] = ()
+# Segments of exact match (`_segments`). A change comes before a checkpoint
+# with probability HAZARD (per checkpoint); within a segment the answers
+# seen so far count DRIFT as much at each next checkpoint (0.6: a segment
+# remembers about 2.5 checkpoints' answers). Both chosen on the tuning seeds
+# (docs/fidelity.md); 0.1 to 0.3 and 0.5 to 0.7 moved the ratio to the
+# templates' mean by under 0.01.
+HAZARD, DRIFT = 0.2, 0.6
+# Segments begun more than this many checkpoints ago are merged per kind
+# (`_merge_old`): the hypotheses stay bounded however long the run.
+SEGMENT_MEMORY = 20
+# A fresh segment is dead, at chance or anything, with these prior
+# probabilities (anything: the rest; at chance only where the chance level
+# is known), each a Beta prior on the pooled score: dead Beta(0.5,
+# DEAD_ITEMS) (mean 0.0005), at chance CHANCE_ITEMS pseudo-answers at the
+# chance level (sd 0.029 at 0.5), anything Beta(SEG_PRIOR) (Jeffreys).
+DEAD_PRIOR, DEAD_ITEMS = 0.3, 1000.0
+CHANCE_PRIOR, CHANCE_ITEMS = 0.3, 300.0
+SEG_PRIOR = (0.5, 0.5)
+# Prior weight of the segments against the local linear trend, before the
+# counts' predictive likelihood reweighs them (the trend is there for smooth
+# rises, which the saved runs rarely show: tests/test_capability.py's
+# simulated curve does).
+SEGMENTS_PRIOR = 0.95
+# False: exact match by the DYNAMICS filters' average (the estimator before
+# the segments); kept for bench/fidelity.py --ablate, which compares the two.
+SEGMENTS = True
 LOWER_IS_BETTER = frozenset({"answer_nll", "perplexity", "word_perplexity", "byte_perplexity",
                              "bits_per_byte", "loss"})
 
@@ -234,135 +255,168 @@ def _filter(points: list[dict], tokens_per_checkpoint: float, phi: float, level_
         yield x.copy(), P.copy(), loglik
 
 
-def calibrated_looks(counts: list[list[tuple[int, int, float]]], side: list[float | None]) -> list[tuple | None]:
-    """A side signal's look at the level at each checkpoint, causal: at t,
-    the counts [(k, n, offset)] and side values (None: not measured) of the
-    checkpoints s < t calibrate level = a + c side by binomial regression
-    (k ~ Binomial(n, sigmoid(a + c side + offset)), Newton), so checkpoints
-    at 0 count as what they are, not as a pseudo-count's logit. What the
-    signal misses is s2, the variance of each checkpoint's level around the
-    line (method of moments over the checkpoints, each weighted by its
-    binomial information). The look at t is (a + c side[t], s2 + the fit's
-    variance there, times the mean squared standardised miss of the past
-    looks when above 1), or None while the history has fewer than
-    SIDE_MIN_POINTS checkpoints, no spread in the signal, or a slope not
-    SIDE_MIN_T standard errors from 0 (a signal that does not yet track the
-    skill)."""
-    looks: list[tuple | None] = []
-    errors: list[float | None] = [None] * len(side)
-    for t, z in enumerate(side):
-        # checkpoints where every answer was wrong (or right) are left out: a
-        # run's first checkpoint at 0 would otherwise anchor a line through
-        # any signal that merely differs between the untrained and the
-        # trained model, whether or not it tracks the skill after that
-        hist = [(counts[s], side[s]) for s in range(t) if side[s] is not None and counts[s]
-                and 0 < sum(c[0] for c in counts[s]) < sum(c[1] for c in counts[s])]
-        zs = [h[1] for h in hist]
-        if z is None or len(hist) < SIDE_MIN_POINTS or np.ptp(zs) < 1e-12:
-            looks.append(None)
-            continue
-        zc = float(np.mean(zs))  # centred, so the intercept and the slope are nearly independent
-        beta, info = np.zeros(2), np.eye(2)
-        for _ in range(50):
-            grad, info = -1e-3 * beta, 1e-3 * np.eye(2)  # a whisper of ridge: all-zero histories stay finite
-            for cs, zz in hist:
-                x = np.array([1.0, zz - zc])
-                for k, n, b in cs:
-                    q = _sigmoid(float(x @ beta) + b)
-                    grad += (k - n * q) * x
-                    info += n * q * (1 - q) * np.outer(x, x)
-            step = np.linalg.solve(info, grad)
-            step *= min(1.0, 5.0 / max(abs(step).max(), 1e-12))
-            beta += step
-            if abs(step).max() < 1e-9:
-                break
-        cov = np.linalg.inv(info)
-        # each checkpoint's level around the line: residual^2 minus its
-        # binomial variance 1 / sum n q (1 - q), weighted by that information
-        num = den = 0.0
-        for cs, zz in hist:
-            fit = beta[0] + beta[1] * (zz - zc)
-            w = sum(n * _sigmoid(fit + b) * (1 - _sigmoid(fit + b)) for _, n, b in cs)
-            k_all, n_all = sum(c[0] for c in cs), sum(c[1] for c in cs)
-            mean_b = sum(c[2] for c in cs) / len(cs)
-            y = _logit((k_all + 0.5) / (n_all + 1)) - mean_b
-            num += w * ((y - fit) ** 2 - 1 / max(w, 1e-9))
-            den += w
-        s2 = max(0.0, num / den) if den > 0 else 0.0
-        if abs(beta[1]) < SIDE_MIN_T * math.sqrt(cov[1, 1] * (1 + s2 * den / len(hist))):
-            looks.append(None)
-            continue
-        x = np.array([1.0, z - zc])
-        # the fit's variance grows with the spread beyond binomial (s2 per checkpoint)
-        y, r = float(x @ beta), s2 + float(x @ cov @ x) * (1 + s2 * den / len(hist))
-        # and with how far the past looks missed: their squared standardised
-        # errors against their checkpoint's own counts, on average (when > 1)
-        misses = [e for e in errors if e is not None]
-        looks.append((y, r * max(1.0, float(np.mean(misses))) if misses else r))
-        errors[t] = _miss(looks[t], counts[t])
-    return looks
+def _segments(points: list[dict], tokens_per_checkpoint: float, chance: float | None = None):
+    """The score of exact match as segments. Within a segment the score is
+    nearly constant (a Beta posterior of the pooled counts, old answers
+    discounted by DRIFT per checkpoint); before each checkpoint a new one
+    begins with probability HAZARD. A fresh segment is one of three kinds:
+    dead (the skill answers almost nothing), at chance (the model guesses or
+    gives the most frequent answer: `chance`, the skill's chance level;
+    left out without one) or anything. The posterior over the current
+    segment's start and kind is Bayesian online changepoint detection
+    (Adams & MacKay 2007): a run of answers at chance averages into one
+    tight estimate, and one checkpoint's sampling noise moves the posterior
+    toward a new segment only by as much as it is surprising, where a gate
+    would re-base on every 2-sd blip. Yields per point the posterior as
+    (weights, a, b): arrays over the hypotheses, each a Beta(a, b) of the
+    score; and the log predictive likelihood of the point's counts (without
+    the binomial coefficients, like `_laplace`'s)."""
+    from scipy.special import betaln
 
-
-def _miss(look: tuple[float, float], cs: list[tuple[int, int, float]]) -> float | None:
-    """A look's squared standardised error against one checkpoint's pooled
-    counts: (logit of the counts - look)^2 over the look's variance plus the
-    counts' binomial variance at the look (None without counts)."""
-    if not cs:
-        return None
-    y, r = look
-    k_all, n_all = sum(c[0] for c in cs), sum(c[1] for c in cs)
-    obs = _logit((k_all + 0.5) / (n_all + 1)) - sum(c[2] for c in cs) / len(cs)
-    info = sum(n * _sigmoid(y + b) * (1 - _sigmoid(y + b)) for _, n, b in cs)
-    return (obs - y) ** 2 / (r + 1 / max(info, 1e-9))
-
-
-def kalman(points: list[dict], tokens_per_checkpoint: float, to_score=None,
-           sides: list[list[float | None]] = ()) -> list[dict]:
-    """Estimate one skill. points: [{step, tokens_seen, counts: [(k, n,
-    offset)], gauss: [(y, r)], raw_mean}] ordered by step. Returns one
-    estimate per point: the score (to_score(level, point), default: the mean
-    over the point's template offsets of sigmoid(level + offset); its interval
-    from the level's) from the mixture of the DYNAMICS filters, weighted by their
-    discounted predictive likelihood; the learning slope from the local linear
-    trend, the one whose slope is the pace of learning rather than momentum
-    expected to fade.
-
-    sides: signals with a value per point (None: not measured) that may track
-    the level, e.g. the log of the answer's loss; each, calibrated on the
-    run's history against the counts (`calibrated_looks`), is one more
-    Gaussian look."""
-    to_score = to_score or _template_mean
-    if sides:
-        looks = [calibrated_looks([pt["counts"] for pt in points], side) for side in sides]
-        points = [{**pt, "gauss": pt["gauss"] + [lk[t] for lk in looks if lk[t]]} for t, pt in enumerate(points)]
-    runs = [list(_filter(points, tokens_per_checkpoint, phi, q)) for phi, q in DYNAMICS]
-    trend = runs[0]
-    out, score = [], np.zeros(len(runs))
+    fresh = [(DEAD_PRIOR, SEG_PRIOR[0], DEAD_ITEMS)]
+    if chance is not None and 0 < chance < 1:
+        fresh.append((CHANCE_PRIOR, chance * CHANCE_ITEMS, (1 - chance) * CHANCE_ITEMS))
+    fresh.append((1.0 - sum(f[0] for f in fresh), *SEG_PRIOR))
+    fresh = [f for f in fresh if f[0] > 0]
+    # hypotheses (log posterior weight, a, b, a0, b0, start): the Beta now, the kind's
+    # prior Beta and the checkpoint the segment began at
+    hyps: list[tuple[float, float, float, float, float, int]] = []
+    prev_tokens = None
     for t, pt in enumerate(points):
-        score = FORGET * score + np.array([r[t][2] for r in runs])
-        w = np.exp(score - score.max())
-        w /= w.sum()
-        levels = [float(r[t][0][0]) for r in runs]
-        level = float(np.dot(w, levels))
-        var = sum(wm * (r[t][1][0, 0] + (lm - level) ** 2) for wm, lm, r in zip(w, levels, runs))
-        out.append(_summarise(pt, level, var, float(trend[t][0][1]), float(trend[t][1][1, 1]),
-                              tokens_per_checkpoint, to_score))
+        k = float(sum(c[0] for c in pt["counts"]))
+        n = float(sum(c[1] for c in pt["counts"]))
+        lse = float(np.logaddexp.reduce([h[0] for h in hyps])) if hyps else 0.0
+        if prev_tokens is None:
+            hyps = [(math.log(p), a, b, a, b, t) for p, a, b in fresh]
+        else:
+            d = max(1e-9, (pt["tokens_seen"] - prev_tokens) / tokens_per_checkpoint)
+            stay, keep = (1 - HAZARD) ** d, DRIFT ** d
+            hyps = [(w + math.log(stay), a0 + keep * (a - a0), b0 + keep * (b - b0), a0, b0, s)
+                    for w, a, b, a0, b0, s in hyps] + [
+                (math.log(1 - stay) + math.log(p), a, b, a, b, t) for p, a, b in fresh]
+        # each hypothesis' predictive of the pooled counts (beta-binomial, without the
+        # binomial coefficient, the same under every hypothesis), then Bayes
+        joint = [w + betaln(a + k, b + n - k) - betaln(a, b) for w, a, b, *_ in hyps]
+        total = float(np.logaddexp.reduce(joint))
+        hyps = _merge_old([(j - total, a + k, b + n - k, a0, b0, s) for j, (_, a, b, a0, b0, s) in zip(joint, hyps)
+                           if j - total > -14], t - SEGMENT_MEMORY)  # 1e-6 moves no quantile reported
+        prev_tokens = pt["tokens_seen"]
+        w = np.exp([h[0] for h in hyps])
+        yield w / w.sum(), np.array([h[1] for h in hyps]), np.array([h[2] for h in hyps]), total - lse
+
+
+def _merge_old(hyps: list[tuple], cutoff: int) -> list[tuple]:
+    """The hypotheses of segments begun at or before checkpoint `cutoff`
+    merged, per kind, into one begun at `cutoff` (weights summed, Beta
+    parameters averaged by weight), so their number stays bounded on a long
+    run: with DRIFT 0.6 what such segments saw before is weighted 0.6^20 =
+    4e-5 of what they saw since."""
+    old: dict[tuple[float, float], list[tuple]] = defaultdict(list)
+    out = []
+    for h in hyps:
+        (old[h[3], h[4]] if h[5] <= cutoff else out).append(h)
+    for (a0, b0), hs in old.items():
+        w = np.exp([h[0] for h in hs])
+        total = float(w.sum())
+        out.append((math.log(total), float(w @ [h[1] for h in hs]) / total, float(w @ [h[2] for h in hs]) / total,
+                    a0, b0, cutoff))
     return out
 
 
-def _summarise(pt: dict, level: float, var_level: float, slope: float, var_slope: float,
-               tokens_per_checkpoint: float, to_score) -> dict:
-    sd_level, sd_slope = math.sqrt(max(var_level, 0)), math.sqrt(max(var_slope, 0))
-    p, a, b = (to_score(x, pt) for x in (level, level - Z95 * sd_level, level + Z95 * sd_level))
-    # score change per checkpoint: the score's derivative (numeric) times the state's slope
-    g = (to_score(level + 1e-4, pt) - to_score(level - 1e-4, pt)) / 2e-4
+def _mixture_quantiles(betas: tuple, normals: tuple) -> tuple[float, float, float]:
+    """Median and 95% interval (2.5% and 97.5% quantiles) of a score that is
+    a mixture of Beta(a, b) with weights w (betas: (w, a, b) arrays) and of
+    sigmoid(N(m, v)) with weights u (normals: (u, m, v) arrays), by
+    bisection in logit space (exact near 0, where a logit-normal
+    approximation of a Beta with a < 1 puts its upper bound several times
+    too high)."""
+    from scipy.special import betainc, ndtr
+
+    w, a, b = betas
+    u, m, v = normals
+    targets = np.array([0.5, (1 - 0.95) / 2, (1 + 0.95) / 2])
+    lo, hi = np.full(3, -40.0), np.full(3, 40.0)  # logits; the three quantiles bisected together
+    for _ in range(44):  # 80 logits halved 44 times: 5e-12
+        mid = (lo + hi) / 2
+        x = 1 / (1 + np.exp(-mid))
+        cdf = betainc(a, b, x[:, None]) @ w + ndtr((mid[:, None] - m) / np.sqrt(v)) @ u
+        below = cdf < targets
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    p, q_lo, q_hi = (_sigmoid(float(z)) for z in (lo + hi) / 2)
+    return p, q_lo, q_hi
+
+
+def kalman(points: list[dict], tokens_per_checkpoint: float, to_score=None,
+           chance: float | None = None) -> list[dict]:
+    """Estimate one skill. points: [{step, tokens_seen, counts: [(k, n,
+    offset)], gauss: [(y, r)], raw_mean, n_templates}] ordered by step.
+    Returns one estimate per point (score, 95% interval lo / hi, slope).
+
+    Where every point has counts (exact match): the score is the pooled
+    share of right answers, the median of the mixture of `_segments`
+    (chance: the skill's chance level, if known) and the local linear trend,
+    weighted by SEGMENTS_PRIOR times their discounted predictive likelihood;
+    lo and hi the mixture's 2.5% and 97.5% quantiles. Otherwise (Gaussian
+    looks) the level is the mixture of the DYNAMICS filters, weighted by
+    their discounted predictive likelihood, and to_score maps it and level
+    +- Z95 sd to the metric. The learning slope is always the local linear
+    trend's, the one whose slope is the pace of learning rather than
+    momentum expected to fade."""
+    if SEGMENTS and points and all(pt["counts"] for pt in points):
+        trend = list(_filter(points, tokens_per_checkpoint, *DYNAMICS[0]))
+        with np.errstate(divide="ignore"):  # a prior of 0 (the bench's ablation) is a weight of 0
+            prior = np.log([SEGMENTS_PRIOR, 1 - SEGMENTS_PRIOR])
+        score, scores = np.zeros(2), []
+        for pt, (x, P, loglik), (ws, a, b, seg_loglik) in zip(points, trend,
+                                                              _segments(points, tokens_per_checkpoint, chance)):
+            score = FORGET * score + np.array([seg_loglik, loglik])
+            w = np.exp(prior + score - (prior + score).max())
+            w /= w.sum()
+            # the trend's level is the templates' (each through its offset): as a
+            # logit-normal of the pooled score, the delta method at the level's mean
+            pt_score, g = _mapped(pt, float(x[0]), 0.0, _template_mean)[::3]
+            m = _logit(min(max(pt_score, 1e-12), 1 - 1e-12))
+            sd = math.sqrt(max(P[0, 0], 1e-12)) * g / max(pt_score * (1 - pt_score), 1e-12)
+            p, lo, hi = _mixture_quantiles((w[0] * ws, a, b), (w[1:], np.array([m]), np.array([sd * sd])))
+            # the score's change per unit of level: d sigmoid / dx at the median
+            scores.append((p, lo, hi, p * (1 - p)))
+    else:
+        runs = [list(_filter(points, tokens_per_checkpoint, phi, q)) for phi, q in DYNAMICS]
+        trend, levels, score = runs[0], [], np.zeros(len(runs))
+        for t in range(len(points)):
+            score = FORGET * score + np.array([r[t][2] for r in runs])
+            w = np.exp(score - score.max())
+            w /= w.sum()
+            means = [float(r[t][0][0]) for r in runs]
+            level = float(np.dot(w, means))
+            levels.append((level, sum(wm * (r[t][1][0, 0] + (lm - level) ** 2)
+                                      for wm, lm, r in zip(w, means, runs))))
+        scores = [_mapped(pt, level, var, to_score or _template_mean) for pt, (level, var) in zip(points, levels)]
+    return [_summarise(pt, sc, float(tr[0][1]), float(tr[1][1, 1]), tokens_per_checkpoint)
+            for pt, sc, tr in zip(points, scores, trend)]
+
+
+def _mapped(pt: dict, level: float, var_level: float, to_score) -> tuple[float, float, float, float]:
+    """(score, lo, hi, d score / d level) of a Gaussian level: the level and
+    level +- Z95 sd mapped to the metric by to_score."""
+    sd = math.sqrt(max(var_level, 0))
+    p, a, b = (to_score(x, pt) for x in (level, level - Z95 * sd, level + Z95 * sd))
+    g = (to_score(level + 1e-4, pt) - to_score(level - 1e-4, pt)) / 2e-4  # numeric
+    return p, min(a, b), max(a, b), g
+
+
+def _summarise(pt: dict, score: tuple[float, float, float, float], slope: float, var_slope: float,
+               tokens_per_checkpoint: float) -> dict:
+    p, lo, hi, g = score
+    sd_slope = math.sqrt(max(var_slope, 0))
+    # score change per checkpoint: the score's derivative times the trend's slope (logit units)
     s_lo, s_hi = sorted((g * (slope - Z95 * sd_slope), g * (slope + Z95 * sd_slope)))
     return {
         "step": pt["step"],
         "tokens_seen": pt["tokens_seen"],
         "score": p,
-        "lo": min(a, b),
-        "hi": max(a, b),
+        "lo": lo,
+        "hi": hi,
         "slope": g * slope,
         "slope_lo": s_lo,
         "slope_hi": s_hi,
@@ -444,7 +498,8 @@ def _gaussian_points(rows: list[dict], lower_is_better: bool) -> tuple[list[dict
 
 def estimate(measurements: list[dict], tokens_per_checkpoint: float,
              skills: list[str] | None = None, metric: str = "exact_match",
-             higher_is_better: bool | None = None) -> dict[str, list[dict]]:
+             higher_is_better: bool | None = None,
+             chance: dict[str, float] | None = None) -> dict[str, list[dict]]:
     """Latent estimates per skill from store measurement rows of one metric
     (default exact match: the rows of every template are binomial counts;
     any other metric is filtered as a Gaussian look with its stderr, in its
@@ -464,25 +519,10 @@ def estimate(measurements: list[dict], tokens_per_checkpoint: float,
     out = {}
     for s, rows in grouped.items():
         if metric == "exact_match":
-            points, to_score = _binary_points(rows), _template_mean
-            sides = _side_signals(measurements, s, [pt["step"] for pt in points])
+            points, to_score = _binary_points(rows), None
         else:
-            points, to_score, sides = *_gaussian_points(rows, not higher_is_better), []
+            points, to_score = _gaussian_points(rows, not higher_is_better)
         out[s] = [{**e, "higher_is_better": higher_is_better}
-                  for e in kalman(points, tokens_per_checkpoint, to_score, sides)]
+                  for e in kalman(points, tokens_per_checkpoint, to_score, (chance or {}).get(s))]
     return out
 
-
-def _side_signals(measurements: list[dict], skill: str, steps: list[int]) -> list[list[float | None]]:
-    """The side signals of a skill per step (SIDE_SIGNALS): "loss", the log
-    of the answer's per-token loss (log nats/token) under template 0. (The
-    held-out twin's level was tried as a second one and made the estimate
-    worse: docs/fidelity.md.)"""
-    out = []
-    if "loss" in SIDE_SIGNALS:
-        loss = {m["step"]: math.log(float(m["value"])) for m in measurements
-                if m.get("metric") == "answer_nll" and m.get("skill") == skill and (m.get("value") or 0) > 0
-                and m.get("prompt_variant") in (None, "template0")}
-        if loss:
-            out.append([loss.get(st) for st in steps])
-    return out

@@ -351,9 +351,11 @@ class RunClient:
             key = (s["metric"] or "exact_match", s["higher_is_better"] in (None, 1))
             groups.setdefault(key, []).append(s["name"])
         ms = self.store.measurements(self.run_id)
+        chance = {s["name"]: s["chance"] for s in self.store.skills(self.run_id) if s.get("chance") is not None}
         est = {}
         for (metric, hib), names in groups.items():
-            est.update(estimate(ms, self.checkpoint_tokens, skills=names, metric=metric, higher_is_better=hib))
+            est.update(estimate(ms, self.checkpoint_tokens, skills=names, metric=metric, higher_is_better=hib,
+                                chance=chance))
         self.store.set_capability(self.run_id, [{**e, "skill": s} for s, es in est.items()
                                                 for e in es if e["step"] == step])
         for s in self.store.skills(self.run_id):

@@ -43,6 +43,7 @@ piece of the estimator taken out (ABLATIONS).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -109,7 +110,8 @@ def main() -> None:
         return
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
-        rows = relatent(saved["rows"], saved["measurements"], saved["tokens_per_checkpoint"])
+        rows = relatent(saved["rows"], saved["measurements"], saved["tokens_per_checkpoint"],
+                        saved["summary"]["seed"])
         report(rows, {**saved["summary"], "from_json": args.from_json}, args.out, saved["measurements"],
                saved["tokens_per_checkpoint"])
         return
@@ -154,7 +156,8 @@ def main() -> None:
 
     ms = store.measurements(run_id)
     tokens_per_ckpt = cfg.train.checkpoint_every * tokens_per_step(cfg.train.batch_size, cfg.data.context_length)
-    latent = estimate(ms, tokens_per_ckpt, skills)
+    chance = {s["name"]: s["chance"] for s in store.skills(run_id) if s.get("chance") is not None}
+    latent = estimate(ms, tokens_per_ckpt, skills, chance=chance)
     rows = []
     t1 = time.time()
     for ck in store.checkpoints(run_id):
@@ -184,11 +187,32 @@ def main() -> None:
     report(rows, summary, args.out, raw_ms, tokens_per_ckpt)
 
 
-def relatent(rows: list[dict], measurements: list[dict], tokens_per_ckpt: float) -> list[dict]:
-    """The rows with latent estimates recomputed by the current estimator."""
+@functools.cache
+def _chance(skill: str, seed: int) -> float | None:
+    from backend import vocab
+    from backend.data.skills import SKILLS
+    from backend.evaluation.tasks import constant_answer_rate
+
+    base = skill.removesuffix(vocab.HOLDOUT_SUFFIX)
+    if base not in SKILLS:
+        return None
+    return constant_answer_rate(base, "holdout" if vocab.is_holdout(skill) else "steer", seed)
+
+
+def chance_levels(measurements: list[dict], seed: int) -> dict[str, float]:
+    """Each measured synthetic skill's chance level, as a run of that seed
+    stores it in its skills table (backend.client.skill_rows), for saved
+    runs, which predate the table's column."""
+    levels = {s: _chance(s, seed) for s in {m["skill"] for m in measurements if m["skill"] is not None}}
+    return {s: c for s, c in levels.items() if c is not None}
+
+
+def relatent(rows: list[dict], measurements: list[dict], tokens_per_ckpt: float, seed: int) -> list[dict]:
+    """The rows with latent estimates recomputed by the current estimator,
+    with the chance levels a run of `seed` stores."""
     from backend.capability import estimate
 
-    est = estimate(measurements, tokens_per_ckpt)
+    est = estimate(measurements, tokens_per_ckpt, chance=chance_levels(measurements, seed))
     by = {(e["step"], s): e for s, es in est.items() for e in es}
     return [{**r, "latent": by[(r["step"], r["skill"])]["score"], "lo": by[(r["step"], r["skill"])]["lo"],
              "hi": by[(r["step"], r["skill"])]["hi"]} for r in rows]
@@ -262,14 +286,14 @@ def report(rows, summary, out, raw_ms=None, tokens_per_ckpt=None) -> None:
 
 # pieces of the estimator, each taken out by overriding backend.capability's constants
 ABLATIONS = {
-    "estimator (exact match only)": {},
-    "with the answer loss's look": {"SIDE_SIGNALS": ("loss",)},
-    "without template offsets": {"OFFSET_PRIOR_WEIGHT": 1e12},
-    "without the two plateau filters": {"DYNAMICS": ((1.0, 0.02), (0.5, 0.02), (0.0, 0.02))},
-    "prior level logit -2 (was -4)": {"PRIOR_LEVEL": -2.0},
-    "binomial counts alone (none of the three above)": {"OFFSET_PRIOR_WEIGHT": 1e12,
-                                                        "DYNAMICS": ((1.0, 0.02), (0.5, 0.02), (0.0, 0.02)),
-                                                        "PRIOR_LEVEL": -2.0},
+    "estimator": {},
+    "without the at-chance segments": {"CHANCE_PRIOR": 0.0},
+    "without the dead segments": {"DEAD_PRIOR": 0.0},
+    "no drift within a segment (DRIFT 1)": {"DRIFT": 1.0},
+    "segments alone (no trend filter beside them)": {"SEGMENTS_PRIOR": 1.0},
+    "hazard 0.1 (was 0.2)": {"HAZARD": 0.1},
+    "hazard 0.3 (was 0.2)": {"HAZARD": 0.3},
+    "Kalman filters averaged (before the segments)": {"SEGMENTS": False},
 }
 
 
@@ -283,7 +307,7 @@ def pooled_rows(preset: str, seed_list: list[int]) -> tuple[dict[int, list[dict]
             raise SystemExit(f"--seeds: no saved run for seed {seed} of preset {preset} at {path}; make it with "
                              f"python bench/fidelity.py --preset {preset} --seed {seed} --out {path}")
         saved = json.loads(path.read_text())
-        per[seed] = relatent(saved["rows"], saved["measurements"], saved["tokens_per_checkpoint"])
+        per[seed] = relatent(saved["rows"], saved["measurements"], saved["tokens_per_checkpoint"], seed)
         n_truth = saved["summary"]["truth_items"]
     return per, n_truth
 

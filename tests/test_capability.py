@@ -7,7 +7,7 @@ import random
 import pytest
 
 from backend import capability
-from backend.capability import calibrated_looks, estimate, kalman, template_offsets
+from backend.capability import estimate, kalman, template_offsets
 
 
 def curve(t: int) -> float:
@@ -144,56 +144,10 @@ def test_a_bounded_mean_metric_with_its_stderr_stays_within_0_and_1():
     assert est[-1]["score"] > est[0]["score"] + 0.5
 
 
-def with_loss(rows: list[dict], seed: int, informative: bool = True) -> list[dict]:
-    """rows plus the answer's loss per checkpoint: exp(-level / 2) (nats per
-    token) with 5% noise when informative, else noise alone."""
-    rng = random.Random(seed)
-    out = list(rows)
-    for step in sorted({r["step"] for r in rows}):
-        p = curve(step // 100)
-        x = math.log(max(p, 1e-9) / (1 - p))
-        value = math.exp(-x / 2) * math.exp(rng.gauss(0, 0.05)) if informative else math.exp(rng.gauss(0, 1))
-        out.append({"step": step, "tokens_seen": 10 * step, "skill": "s", "metric": "answer_nll",
-                    "value": value, "n": 50, "prompt_variant": "template0"})
-    return out
-
-
-def test_a_calibrated_loss_reduces_the_error_and_noise_does_not_hurt(monkeypatch):
-    monkeypatch.setattr(capability, "SIDE_SIGNALS", ("loss",))
-    err = {"counts": 0.0, "loss": 0.0, "noise": 0.0}
-    for seed in range(12):
-        rows, truth = simulate(seed, n=30, checkpoints=16)
-        for key, ms in (("counts", rows), ("loss", with_loss(rows, seed)),
-                        ("noise", with_loss(rows, seed, informative=False))):
-            est = estimate(ms, 1000)["s"]
-            err[key] += sum(abs(e["score"] - p) for e, p in zip(est, truth))
-    assert err["loss"] < 0.9 * err["counts"]
-    assert err["noise"] < 1.1 * err["counts"]
-
-
-def test_the_loss_look_is_off_by_default():
-    rows, _ = simulate(3, n=30, checkpoints=16)
-    assert estimate(with_loss(rows, 3), 1000)["s"] == estimate(rows, 1000)["s"]
-
-
-def test_calibrated_looks_wait_for_history_and_a_real_slope():
-    # a level of t - 4 logits seen through 1,000 answers, a signal of -t / 2
-    counts = [[(round(1000 / (1 + math.exp(-(t - 4)))), 1000, 0.0)] for t in range(8)]
-    looks = calibrated_looks(counts, [-0.5 * t for t in range(8)])
-    assert looks[:4] == [None] * 4  # too little history
-    y, r = looks[6]
-    assert y == pytest.approx(2.0, abs=0.05) and r < 0.01
-    assert all(x is None for x in calibrated_looks(counts, [1.0] * 8))  # a flat signal tracks nothing
-    noise = [0.3, -1.2, 0.8, 0.1, -0.4, 1.5, -0.9, 0.2]
-    assert all(x is None for x in calibrated_looks(counts, noise))  # nor does one unrelated to the level
-
-
-def test_estimate_is_causal(monkeypatch):
-    monkeypatch.setattr(capability, "SIDE_SIGNALS", ("loss",))
+def test_estimate_is_causal():
     rows, _ = simulate(7, templates=(-0.5, 0.0, 0.5))
-    rows = with_loss(rows, 7)
-    full = estimate(rows, 1000)["s"]
-    early = estimate([r for r in rows if r["step"] <= 500], 1000)["s"]
+    full = estimate(rows, 1000, chance={"s": 0.1})["s"]
+    early = estimate([r for r in rows if r["step"] <= 500], 1000, chance={"s": 0.1})["s"]
     # later checkpoints never change an earlier estimate (the loop acts on these)
     for a, b in zip(early, full):
         assert a == b
@@ -207,3 +161,63 @@ def test_other_metrics_and_unlisted_skills_are_ignored():
     assert set(estimate(rows, 1000, skills=["s"])) == {"s"}
     assert estimate(rows, 1000, skills=["s"])["s"] == estimate(rows[:-2], 1000)["s"]
     assert kalman([], 1000) == []
+
+
+def plateau_rows(scores: list[float], n: int = 50, seed: int = 0) -> list[dict]:
+    """Exact-match rows of one skill whose pooled score over 3 templates of
+    n items is given per checkpoint (each template its share of the right
+    answers; a score of None draws binomial counts at 0.5 instead)."""
+    rng = random.Random(seed)
+    rows = []
+    for t, p in enumerate(scores):
+        ks = [sum(rng.random() < 0.5 for _ in range(n)) for _ in range(3)] if p is None else \
+            [round(p * 3 * n) // 3 + (j < round(p * 3 * n) % 3) for j in range(3)]
+        rows += [{"step": 100 * t, "tokens_seen": 1000 * t, "skill": "s", "metric": "exact_match",
+                  "value": k / n, "n": n, "prompt_variant": f"template{j}"} for j, k in enumerate(ks)]
+    return rows
+
+
+def test_a_skill_at_chance_is_estimated_at_chance_with_a_tight_interval():
+    # an untrained model answers nothing, then guesses a coin flip's answer for 12 checkpoints
+    err_chance = err_blind = err_raw3 = width = 0.0
+    for seed in range(10):
+        rows = plateau_rows([0.0] + [None] * 12, seed=seed)
+        with_chance = estimate(rows, 1000, chance={"s": 0.5})["s"]
+        blind = estimate(rows, 1000)["s"]
+        for e, b in zip(with_chance[2:], blind[2:]):
+            err_chance += abs(e["score"] - 0.5)
+            err_blind += abs(b["score"] - 0.5)
+            err_raw3 += abs(e["raw_mean"] - 0.5)
+            width += (e["hi"] - e["lo"]) / 11 / 10
+    assert err_chance < 0.4 * err_raw3 and err_chance < err_blind
+    # 150 answers at 0.5 alone give a 95% interval 0.16 wide
+    assert width < 0.1
+
+
+def test_one_noisy_checkpoint_on_a_plateau_is_not_taken_for_a_jump(monkeypatch):
+    # 0.5 for eight checkpoints, then 92 of 150 (2.8 binomial sds above), then 0.5 again
+    rows = plateau_rows([0.5] * 8 + [92 / 150, 0.5])
+    est = estimate(rows, 1000)["s"]
+    # under half the way to the reading (a segment remembers about 2.5 checkpoints), and back
+    assert est[8]["score"] < 0.56 and est[8]["lo"] < 0.5 and est[9]["score"] < 0.53
+    # knowing the skill's chance is 0.5 holds it closer still
+    assert estimate(rows, 1000, chance={"s": 0.5})["s"][8]["score"] < 0.54
+    # the gated Kalman filters alone (the estimator before the segments) re-based on it
+    monkeypatch.setattr(capability, "SEGMENTS", False)
+    assert estimate(rows, 1000)["s"][8]["score"] > 0.58
+
+
+def test_a_blip_near_zero_does_not_linger():
+    # nothing right, 2 of 150 once, then nothing right again
+    est = estimate(plateau_rows([0.0] * 5 + [2 / 150] + [0.0] * 4), 1000)["s"]
+    assert est[5]["lo"] < 2 / 150 < est[5]["hi"]
+    assert all(e["score"] < 0.002 and e["hi"] < 0.01 for e in est[7:])
+
+
+def test_a_long_run_keeps_the_segment_hypotheses_bounded():
+    points = capability._binary_points(plateau_rows([None] * 80))
+    sizes = [len(w) for w, *_ in capability._segments(points, 1000, chance=0.5)]
+    # three kinds per start, starts older than SEGMENT_MEMORY checkpoints merged into one per kind
+    assert max(sizes) <= 3 * (capability.SEGMENT_MEMORY + 2)
+    est = estimate(plateau_rows([None] * 80), 1000, chance={"s": 0.5})["s"]
+    assert abs(est[-1]["score"] - 0.5) < 0.03 and est[-1]["hi"] - est[-1]["lo"] < 0.1

@@ -67,3 +67,10 @@ def test_seeds_rescore_saved_runs_and_name_a_missing_one(tmp_path, monkeypatch, 
     assert "| ratio latent / raw3" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="seed 1 of preset demo"):
         fidelity.seeds("demo", [0, 1], None)
+
+
+def test_chance_levels_are_the_skills_tables_and_skip_unknown_skills():
+    ms = [{"skill": "parity"}, {"skill": "parity_holdout"}, {"skill": "s"}, {"skill": None}]
+    levels = fidelity.chance_levels(ms, 0)
+    assert set(levels) == {"parity", "parity_holdout"}
+    assert abs(levels["parity"] - 0.5) < 0.05

@@ -86,7 +86,7 @@ class History:
         from backend.capability import estimate
 
         rows = [{**m, "skill": s, "metric": "exact_match"} for s, ms in self.scores.items() for m in ms]
-        return estimate(rows, self.checkpoint_tokens or 1)
+        return estimate(rows, self.checkpoint_tokens or 1, chance=self.chance)
 
 
 @runtime_checkable
