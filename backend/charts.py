@@ -415,7 +415,9 @@ def skill_panels_figure(scores: pd.DataFrame, *, x: str = "tokens_seen", bases: 
         return _empty(title or "Capability per skill", "no measurements yet")
     df = thin(df, max_points)
     order = list(dict.fromkeys(bases or sorted(df["base"].unique())))
-    order = [b for b in order if b in set(df["base"])]
+    by_base = dict(tuple(df.sort_values("step").groupby("base", sort=False)))
+    order = [b for b in order if b in by_base]
+    cols = min(cols, len(order))
     rows = -(-len(order) // cols)
     gap_x, gap_y = 0.04, 0.5 / max(rows, 1) * 0.35  # fractions of the figure between panels
     panel_h = 170  # px per row of panels
@@ -436,7 +438,7 @@ def skill_panels_figure(scores: pd.DataFrame, *, x: str = "tokens_seen", bases: 
                                    range=[0, x1] if x1 else None, tickfont=dict(size=9))
         layout[f"yaxis{n}"] = dict(domain=[y1d - height, y1d], anchor=f"x{n}", range=yrange, gridcolor="#ebebeb",
                                    showticklabels=c == 0, tickfont=dict(size=9))
-        s = df[df["base"] == base]
+        s = by_base[base]
         steer = s[s["kind"] == "steer"]
         name = steer["skill"].iloc[0] if len(steer) else base
         state = (badges or {}).get(name)
@@ -444,7 +446,7 @@ def skill_panels_figure(scores: pd.DataFrame, *, x: str = "tokens_seen", bases: 
                                     if state else "")
         annotations.append(dict(text=label, x=x0d, y=y1d, xref="paper", yref="paper", xanchor="left",
                                 yanchor="bottom", showarrow=False, font=dict(size=12)))
-        for (skill, kind), k in s.sort_values("step").groupby(["skill", "kind"], sort=False):
+        for (skill, kind), k in s.groupby(["skill", "kind"], sort=False):
             held = kind != "steer"
             for t in _series_traces(k[x], k["value"], k["lo"], k["hi"], color=PALETTE[1] if held else PALETTE[0],
                                     name=f"{skill} (held-out)" if held else skill, dash="dot" if held else "solid",
@@ -466,7 +468,8 @@ def forecast_check_figure(errors: pd.DataFrame, title: str | None = "Past foreca
     actual, step) as a point, forecast on x and the latent score measured
     one checkpoint later on y; on the grey diagonal the forecast was right."""
     if errors.empty:
-        return _empty(title, "no forecast scored yet: one is scored a checkpoint after its mixture applies")
+        return _empty(title, "no forecast scored yet")
+    errors = thin(errors, MAX_POINTS)  # the newest checkpoints' forecasts stay
     fig = _figure(title, height=300, xaxis=dict(title="forecast", range=[0, 1.02]),
                   yaxis=dict(title="outcome (latent score)", range=[0, 1.02]), showlegend=False)
     traces = [dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbb", dash="dash"),

@@ -41,30 +41,40 @@ def skill_states(skills: list[dict], estimates: list[dict]) -> dict[str, dict]:
             for s, e in latest.items()}
 
 
-def _skill_clause(name: str, state: dict | None) -> str:
+FLAT = 0.005  # |slope| below this (score per checkpoint) is read as flat
+
+
+def _skill_clause(name: str, state: dict | None, short: bool = False) -> str:
+    """ "kv_recall is learning, +0.12 per checkpoint", or with `short`
+    "kv_recall (learning, +0.12 per checkpoint)"."""
     if state is None:
-        return f"{name} is not estimated yet"
+        return f"{name} (not estimated yet)" if short else f"{name} is not estimated yet"
     slope = state["slope"]
-    per = f", {slope:+.2f} per checkpoint" if slope is not None else ""
-    if state["badge"] == LEARNING:
-        return f"{name} is learning{per}"
-    return f"{name} is {state['badge']} ({state['score']:.2f} vs {state['chance'] or 0:.2f}){per}"
+    per = "" if slope is None else (", flat" if abs(slope) < FLAT else f", {slope:+.2f} per checkpoint")
+    what = state["badge"]
+    if what != LEARNING:
+        what += f": {state['score']:.2f} vs {state['chance'] or 0:.2f}"
+    return f"{name} ({what}{per})" if short else f"{name} is {what}{per}"
 
 
 def _domain_skills(domain: str, skills: list[dict]) -> list[str]:
     return [s["name"] for s in skills if s["kind"] == "steer" and domain in (s.get("domains") or [])]
 
 
-def _why_down(domain: str, skills: list[dict], states: dict[str, dict]) -> str:
-    fed = _domain_skills(domain, skills)
+def _names(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _why_down(fed: list[str], states: dict[str, dict]) -> str:
+    """Why a losing domain can spare weight (the clause after its name)."""
     if not fed:
-        return f"{domain}, which streams no steer skill"
+        return "which feed no steer skill"
     badges = {states[s]["badge"] for s in fed if s in states}
     if badges and badges <= {AT_CHANCE, BELOW_CHANCE}:
-        return f"{domain}, whose skills ({', '.join(fed)}) all sit at chance"
+        return f"whose skills ({_names(fed)}) sit at chance"
     if badges == {LEARNING}:
-        return f"{domain}, whose skills ({', '.join(fed)}) are learning already"
-    return f"{domain} ({', '.join(fed)})"
+        return f"whose skills ({_names(fed)}) are learning already"
+    return f"which feed {_names(fed)}"
 
 
 def decision_sentence(proposal: dict, skills: list[dict], estimates: list[dict]) -> str:
@@ -72,8 +82,9 @@ def decision_sentence(proposal: dict, skills: list[dict], estimates: list[dict])
     the mixture it would replace, the domains' steer skills (store.skills
     rows) and their latent estimates (store.capability rows up to the
     proposal's step): e.g. "Moves +0.25 to recall: kv_recall is learning,
-    +0.12 per checkpoint; takes it from strings, whose skills (copy,
-    reverse) all sit at chance."."""
+    +0.12 per checkpoint; takes it from strings, whose skills (copy and
+    reverse) sit at chance.". The two largest gains are explained; the
+    losing domains are grouped by why they can spare weight."""
     cur, new = proposal["current_weights"], proposal["weights"]
     delta = {d: new.get(d, 0.0) - cur.get(d, 0.0) for d in cur}
     ups = sorted((d for d in delta if delta[d] >= MOVE_FLOOR), key=lambda d: -delta[d])
@@ -81,14 +92,23 @@ def decision_sentence(proposal: dict, skills: list[dict], estimates: list[dict])
     if not ups:
         return "Keeps the mixture as it is: no domain's weight changes by 0.005 or more."
     states = skill_states(skills, [e for e in estimates if e["step"] <= proposal["step"]])
-    top = ups[0]
-    fed = _domain_skills(top, skills)
-    why = "; ".join(_skill_clause(s, states.get(s)) for s in fed) or "it streams no steer skill"
-    more = f" (and {', '.join(f'{delta[d]:+.2f} to {d}' for d in ups[1:])})" if len(ups) > 1 else ""
-    line = f"Moves {delta[top]:+.2f} to {top}{more}: {why}"
-    if downs:
-        line += "; takes it from " + " and ".join(f"{_why_down(d, skills, states)} ({delta[d]:+.2f})"
-                                                  for d in downs[:2])
-        if len(downs) > 2:
-            line += f" and {len(downs) - 2} more"
+    parts = []
+    for d in ups[:2]:
+        fed = _domain_skills(d, skills)
+        if len(ups) == 1:
+            parts.append(f"{delta[d]:+.2f} to {d}: " + ("; ".join(_skill_clause(s, states.get(s)) for s in fed)
+                                                        or "it feeds no steer skill"))
+        else:
+            parts.append(f"{delta[d]:+.2f} to {d}" + (f" for {_names([_skill_clause(s, states.get(s), True) for s in fed])}"
+                                                      if fed else " (it feeds no steer skill)"))
+    line = "Moves " + " and ".join(parts)
+    if len(ups) > 2:
+        line += f", and more to {_names(ups[2:])}"
+    groups: dict[str, list[str]] = {}
+    for d in downs:
+        groups.setdefault(_why_down(_domain_skills(d, skills), states), []).append(d)
+    if groups:
+        line += "; takes it from " + "; and from ".join(
+            f"{_names([f'{d} ({delta[d]:+.2f})' for d in ds])}, "
+            + (why if len(ds) > 1 else why.replace("which feed ", "which feeds ", 1)) for why, ds in groups.items())
     return line + "."

@@ -316,14 +316,19 @@ def decision_card(store: Store, p: dict) -> None:
         return
     errors = store.forecast_errors(run_id)
     fc = frames.forecast_intervals(p["forecast"], errors)
-    left, right = st.columns([3, 2])
+    if fc["lo"].isna().all():
+        fc = fc.drop(columns=["lo", "hi", "interval"])
+    left, right = st.columns([3, 2]) if errors else (st.container(), None)
     with left:
         st.caption("Forecast per steer skill, with its 95% interval")
         st.dataframe(fc, hide_index=True, key=f"forecast_{pid}",
                      column_config=_columns(fc.columns, {c: "%.3f" for c in ("score now", "expected next", "lo", "hi")}))
         if not any(f.get("sd") is not None for f in p["forecast"].values()):
-            st.caption(f"The strategy gives no sd: the intervals are ± 1.96 x the RMS of this run's "
-                       f"{len(errors)} past forecast errors" if errors else
-                       "No interval yet: the strategy gives no sd and no forecast of this run has been scored.")
-    right.plotly_chart(charts.forecast_check_figure(
-        pd.DataFrame.from_records(errors, columns=["skill", "step", "forecast", "actual"])), key=f"forecast_check_{pid}")
+            st.caption(f"The strategy gives no sd: each interval is ± 1.96 x the root mean square of past forecast "
+                       f"errors ({len(errors)} scored in this run)." if errors else
+                       "No interval yet: the strategy gives no sd, and no forecast of this run has been scored "
+                       "(one is scored a checkpoint after its mixture applies).")
+    if right is not None:
+        right.plotly_chart(charts.forecast_check_figure(
+            pd.DataFrame.from_records(errors, columns=["skill", "step", "forecast", "actual"])),
+            key=f"forecast_check_{pid}")

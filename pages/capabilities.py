@@ -49,7 +49,7 @@ view = c3.radio("Show", ["latent", "raw"], horizontal=True,
                 help="latent: the capability estimated from all checkpoints so far (a Kalman filter over the "
                      "templates' pooled counts), with the measured means as dots. raw: each checkpoint's mean "
                      f"over prompt templates, ± {Z95} stderr", **kept("cap_view", "latent"))
-c4, c5, c6, c7 = st.columns([4, 1.6, 0.8, 0.8], vertical_alignment="bottom")
+c4, c5, c6, c7 = st.columns([3.2, 1.6, 1.2, 1.2], vertical_alignment="bottom")
 window = c4.slider("Smoothing of raw measurements (checkpoints)", 1, 10, disabled=view != "raw",
                    help="Rolling mean over this many checkpoints; the band narrows accordingly",
                    **kept("cap_smooth", 1))

@@ -46,20 +46,24 @@ def test_skill_states_take_each_steer_skills_newest_estimate():
 def test_the_sentence_names_the_move_why_and_where_from():
     p = proposal({"recall": 0.25, "strings": 0.5, "logic": 0.25}, {"recall": 0.5, "strings": 0.25, "logic": 0.25})
     assert decision_sentence(p, SKILLS, ESTIMATES) == (
-        "Moves +0.25 to recall: kv_recall is learning, +0.12 per checkpoint; takes it from strings, whose skills "
-        "(copy, reverse) all sit at chance (-0.25).")
+        "Moves +0.25 to recall: kv_recall is learning, +0.12 per checkpoint; takes it from strings (-0.25), whose "
+        "skills (copy and reverse) sit at chance.")
 
 
 def test_the_sentence_for_several_moves_and_for_none():
     p = proposal({"recall": 0.2, "strings": 0.4, "logic": 0.2, "noise": 0.2},
                  {"recall": 0.3, "strings": 0.3, "logic": 0.3, "noise": 0.1})
-    line = decision_sentence(p, SKILLS, ESTIMATES)
-    assert line.startswith("Moves +0.10 to recall (and +0.10 to logic): kv_recall is learning")
-    assert "strings, whose skills (copy, reverse) all sit at chance (-0.10)" in line
-    assert "noise, which streams no steer skill (-0.10)" in line
+    assert decision_sentence(p, SKILLS, ESTIMATES) == (
+        "Moves +0.10 to recall for kv_recall (learning, +0.12 per checkpoint) and +0.10 to logic for parity "
+        "(at chance: 0.52 vs 0.50, +0.02 per checkpoint); takes it from strings (-0.10), whose skills (copy and "
+        "reverse) sit at chance; and from noise (-0.10), which feeds no steer skill.")
+    p = proposal({"strings": 0.4, "noise": 0.3, "code": 0.3}, {"strings": 0.6, "noise": 0.2, "code": 0.2})
+    assert decision_sentence(p, SKILLS, ESTIMATES) == (
+        "Moves +0.20 to strings: copy is at chance: 0.00 vs 0.00; reverse is at chance: 0.01 vs 0.00; "
+        "takes it from noise (-0.10) and code (-0.10), which feed no steer skill.")
     same = proposal({"a": 0.5, "b": 0.5}, {"a": 0.501, "b": 0.499})
     assert decision_sentence(same, SKILLS, ESTIMATES).startswith("Keeps the mixture as it is")
     logic = proposal({"logic": 0.5, "recall": 0.5}, {"logic": 0.7, "recall": 0.3})
     assert decision_sentence(logic, SKILLS, ESTIMATES).startswith(
-        "Moves +0.20 to logic: parity is at chance (0.52 vs 0.50), +0.02 per checkpoint; takes it from recall, "
-        "whose skills (kv_recall) are learning already")
+        "Moves +0.20 to logic: parity is at chance: 0.52 vs 0.50, +0.02 per checkpoint; takes it from recall "
+        "(-0.20), whose skills (kv_recall) are learning already.")
