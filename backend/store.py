@@ -493,9 +493,12 @@ class Store:
         with self.transaction():
             self.db["forecast_errors"].insert_all(full, replace=True)
 
-    def forecast_errors(self, run_id: int, skill: str | None = None) -> list[dict]:
-        """Every scored forecast of the run, by step and skill."""
+    def forecast_errors(self, run_id: int, skill: str | None = None, since_step: int | None = None) -> list[dict]:
+        """Every scored forecast of the run, by step and skill; optionally
+        one skill, or only those scored at steps >= since_step."""
         sql, params = "SELECT * FROM forecast_errors WHERE run_id = ?", [run_id]
+        if since_step is not None:
+            sql, params = sql + " AND step >= ?", params + [since_step]
         if skill:
             sql, params = sql + " AND skill = ?", params + [skill]
         return self._rows(sql + " ORDER BY step, skill", params)

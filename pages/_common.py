@@ -270,6 +270,8 @@ def rerun_when(check, run: dict) -> None:
 
 # -- the decision card ------------------------------------------------------------------
 
+FORECAST_CHECKPOINTS = 20  # the decision card scores forecasts over this many recent checkpoints
+
 TERMS = {
     "current": "The weight each domain trains with now: its share of training tokens (weights sum to 1).",
     "proposed": "The weight the proposal would train with from the next checkpoint on.",
@@ -283,7 +285,7 @@ TERMS = {
     "expected next": "What the strategy forecasts at the next checkpoint if the proposal is applied.",
     "lo": "Lower end of the forecast's 95% interval (see `interval`).",
     "hi": "Upper end of the forecast's 95% interval.",
-    "interval": "Where the interval comes from: the forecast's own sd, or the root mean square of this run's past "
+    "interval": "Where the interval comes from: the forecast's own sd, or the root mean square of this run's recent "
                 "forecast errors (outcome - forecast, scored one checkpoint after each proposal applied).",
     "basis": "How the strategy forecast it.",
 }
@@ -302,7 +304,8 @@ def decision_card(store: Store, p: dict) -> None:
     run's past forecasts compared with what followed."""
     pid, run_id = p["id"], p["run_id"]
     skills = store.skills(run_id)
-    st.markdown(f"**{decision_sentence(p, skills, store.capability(run_id, since_step=0))}**",
+    # the estimates the proposal was made from: written at its checkpoint
+    st.markdown(f"**{decision_sentence(p, skills, store.capability(run_id, since_step=p['step']))}**",
                 help="Built from the proposal's weight changes and the latest latent estimate of each steer skill "
                      "the domains feed: learning = its 95% interval lies above its chance level.")
     table = frames.weights_table(p["current_weights"], p["weights"])
@@ -314,7 +317,9 @@ def decision_card(store: Store, p: dict) -> None:
     st.markdown("\n".join(f"- **{d}**: {p['rationale'].get(d, '')}" for d in p["current_weights"]))
     if not p["forecast"]:
         return
-    errors = store.forecast_errors(run_id)
+    # the recent forecasts: how the strategy forecasts now, and a chart that stays readable
+    every = store.run(run_id)["config"]["train"]["checkpoint_every"]
+    errors = store.forecast_errors(run_id, since_step=p["step"] - FORECAST_CHECKPOINTS * every)
     fc = frames.forecast_intervals(p["forecast"], errors)
     if fc["lo"].isna().all():
         fc = fc.drop(columns=["lo", "hi", "interval"])
@@ -325,7 +330,7 @@ def decision_card(store: Store, p: dict) -> None:
                      column_config=_columns(fc.columns, {c: "%.3f" for c in ("score now", "expected next", "lo", "hi")}))
         if not any(f.get("sd") is not None for f in p["forecast"].values()):
             st.caption(f"The strategy gives no sd: each interval is ± 1.96 x the root mean square of past forecast "
-                       f"errors ({len(errors)} scored in this run)." if errors else
+                       f"errors ({len(errors)} scored over the last {FORECAST_CHECKPOINTS} checkpoints)." if errors else
                        "No interval yet: the strategy gives no sd, and no forecast of this run has been scored "
                        "(one is scored a checkpoint after its mixture applies).")
     if right is not None:
