@@ -195,6 +195,8 @@ def test_the_phase_moves_while_a_worker_trains_then_a_finished_run_waits_for_not
     page.get_by_text("no pending proposal").first.wait_for(timeout=15_000)
     assert not page.get_by_text("waiting for you").count()
     assert page.get_by_text(re.compile(r"^finished · \d+ s of training in all")).count()
+    page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=15_000)
+    settle(page, f"Run #{run_id}")
     page.screenshot(path=str(shots / "finished.png"), full_page=True)
     assert store.proposals(run_id, status="pending") == []
     page.goto(f"{url}/mixture")
