@@ -162,6 +162,7 @@ def controls(run: dict) -> None:
 pages = [
     st.Page(home, title="Home", icon=":material/home:", default=True),
     st.Page(PAGES["capabilities"], title="Capabilities", icon=":material/monitoring:"),
+    st.Page(PAGES["training"], title="Training", icon=":material/show_chart:"),
     st.Page(PAGES["mixture"], title="Mixture & proposals", icon=":material/tune:"),
     st.Page(PAGES["affinity"], title="Affinity & objective", icon=":material/hub:"),
     st.Page(PAGES["compare"], title="Compare runs", icon=":material/compare_arrows:"),
@@ -178,6 +179,11 @@ if identity is not None:
     ss["user_name"] = identity
 if "pending_run_id" in ss:
     ss["run_id"] = ss.pop("pending_run_id")
+linked = st.query_params.get("run")  # a shared link (?run=ID) selects its run, once
+if linked is not None and linked != ss.get("run_linked"):
+    ss["run_linked"] = linked
+    if linked.isdigit() and any(r["id"] == int(linked) for r in runs):
+        ss["run_id"] = int(linked)
 with st.sidebar:
     if runs:
         labels = {r["id"]: run_label(r) for r in runs}

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from backend.frames import thin
+from backend.explain import AT_CHANCE, LEARNING
+from backend.frames import ema, thin
 from backend.vocab import Z95, is_holdout
 
 MAX_POINTS = 300  # checkpoints per trajectory trace, after thinning
@@ -237,12 +238,15 @@ def heatmap_figure(scores: pd.DataFrame, *, x: str = "step", max_columns: int = 
 
 
 def domain_loss_figure(losses: pd.DataFrame, *, x: str = "tokens_seen", max_points: int = MAX_POINTS,
+                       log_y: bool = False, height: int | None = None,
                        title: str | None = "Held-out loss per domain") -> go.Figure:
-    """Per-domain held-out loss (nats per token) against `x`."""
+    """Per-domain held-out loss (nats per token) against `x` (log y axis
+    with `log_y`)."""
     if losses.empty:
         return _empty(title, "no measurements yet")
     df = thin(losses, max_points).sort_values("step")
-    fig = _figure(title, xaxis_title=X_LABELS.get(x, x), yaxis_title="loss (nats/token)")
+    fig = _figure(title, xaxis_title=X_LABELS.get(x, x), height=height,
+                  yaxis=dict(title="loss (nats/token)", type="log" if log_y else "linear"))
     traces = []
     for i, (d, s) in enumerate(df.groupby("domain", sort=True)):
         traces.append(dict(type="scatter", x=s[x], y=s["value"], mode="lines", name=d,
@@ -388,4 +392,145 @@ def affinity_history_figure(affinity: pd.DataFrame, links: list[tuple[str, str]]
         df = affinity[(affinity["skill"] == s) & (affinity["domain"] == d)].sort_values("step")
         fig.add_traces(_series_traces(df["step"], df["mean"], df["lo"], df["hi"], name=f"{d} -> {s}",
                                       color=_color(i)))
+    return fig
+
+
+# -- training curves -------------------------------------------------------------
+
+CURVES = {  # train_log column -> (title, y axis title)
+    "loss": ("Training loss", "loss (nats/token)"),
+    "lr": ("Learning rate", "learning rate"),
+    "grad_norm": ("Gradient norm (before clipping)", "global L2 norm"),
+    "tokens_per_s": ("Throughput", "training tokens / s"),
+}
+
+
+def curve_figure(curves: pd.DataFrame, column: str, *, x: str = "step", smoothing: float = 0.0,
+                 log_y: bool = False, max_points: int = 2 * MAX_POINTS, height: int | None = 300,
+                 title: str | None = None) -> go.Figure:
+    """One training curve (frames.train_curves column `column`) against `x`,
+    as TensorBoard draws it: the logged values faint, their EMA
+    (`smoothing` in [0, 1), frames.ema) solid; a log y axis with `log_y`.
+    The EMA runs over every row before the series is thinned to
+    `max_points` rows."""
+    name, axis = CURVES.get(column, (column, column))
+    title = name if title is None else title
+    df = curves.dropna(subset=[column]) if column in curves.columns else curves.iloc[:0]
+    if df.empty:
+        return _empty(title, "nothing logged yet")
+    df = df.assign(smooth=ema(df[column], smoothing))
+    df = thin(df, max_points)
+    fig = _figure(title, xaxis_title=X_LABELS.get(x, x), height=height, showlegend=False,
+                  yaxis=dict(title=axis, type="log" if log_y else "linear",
+                             exponentformat="power" if column == "lr" else "B"))
+    fmt = ".2e" if column == "lr" else ".4g"
+    traces = []
+    if smoothing > 0:
+        traces.append(dict(type="scatter", x=df[x], y=df[column], mode="lines", name=f"{name} (logged)",
+                           line=dict(color=_rgba(PALETTE[0], 0.3), width=1),
+                           hovertemplate=f"%{{x:,}}: %{{y:{fmt}}} logged<extra></extra>"))
+    traces.append(dict(type="scatter", x=df[x], y=df["smooth"], mode="lines", name=name,
+                       line=dict(color=PALETTE[0], width=2),
+                       hovertemplate=f"%{{x:,}}: %{{y:{fmt}}}<extra>{name}</extra>"))
+    fig.add_traces(traces)
+    return fig
+
+
+def tokens_per_domain_figure(tokens: pd.DataFrame, title: str | None = "Tokens per domain") -> go.Figure:
+    """Training tokens each domain has been given (frames.tokens_per_domain)
+    as stacked areas over steps."""
+    if tokens.empty:
+        return _empty(title, "no mixture yet")
+    fig = _figure(title, xaxis_title="step", yaxis_title="training tokens", height=300, hovermode="x unified")
+    fig.add_traces([dict(type="scatter", x=s["step"], y=s["tokens"], mode="lines", name=d, stackgroup="tokens",
+                         line=dict(width=0.5, color=_color(i)), hovertemplate=f"{d}: %{{y:,.0f}}<extra></extra>")
+                    for i, (d, s) in enumerate(tokens.sort_values("step").groupby("domain", sort=False))])
+    return fig
+
+
+# -- capabilities at a glance ------------------------------------------------------
+
+BADGE_COLORS = {LEARNING: "#1CA71C", AT_CHANCE: "#888888"}
+
+
+def skill_panels_figure(scores: pd.DataFrame, *, x: str = "tokens_seen", bases: list[str] | None = None,
+                        holdout: bool = True, band: bool = True, chance: dict[str, float] | None = None,
+                        badges: dict[str, str] | None = None, cols: int = 4, max_points: int = MAX_POINTS,
+                        title: str | None = None) -> go.Figure:
+    """Small multiples: one panel per skill (base), its steer line solid
+    and its held-out variant dotted, each with its 95% band, the chance
+    level dashed grey, and the panel's title carrying the badge (`badges`:
+    steer skill -> explain.badge; green when learning). Every panel shares
+    the score range [0, 1]; axes are laid out by hand (no make_subplots:
+    50 panels in milliseconds)."""
+    df = _pick(scores, bases, holdout)
+    if df.empty:
+        return _empty(title or "Capability per skill", "no measurements yet")
+    df = thin(df, max_points)
+    order = list(dict.fromkeys(bases or sorted(df["base"].unique())))
+    by_base = dict(tuple(df.sort_values("step").groupby("base", sort=False)))
+    order = [b for b in order if b in by_base]
+    cols = min(cols, len(order))
+    rows = -(-len(order) // cols)
+    gap_x, gap_y = 0.04, 0.5 / max(rows, 1) * 0.35  # fractions of the figure between panels
+    panel_h = 170  # px per row of panels
+    width = (1 - gap_x * (cols - 1)) / cols
+    height = (1 - gap_y * (rows - 1)) / rows
+    layout: dict = {}
+    annotations, traces = [], []
+    top = max((df[c].max() for c in ("value", "hi")), default=1.0)
+    yrange = [-0.02, 1.02] if pd.isna(top) or top <= 1.0 else [0, float(top) * 1.05]
+    x1 = df[x].max()
+    for i, base in enumerate(order):
+        r, c = divmod(i, cols)
+        n = "" if i == 0 else str(i + 1)
+        x0d = c * (width + gap_x)
+        y1d = 1 - r * (height + gap_y)
+        layout[f"xaxis{n}"] = dict(domain=[x0d, x0d + width], anchor=f"y{n}", rangemode="nonnegative",
+                                   gridcolor="#ebebeb", showticklabels=r == rows - 1 or i + cols >= len(order),
+                                   range=[0, x1] if x1 else None, tickfont=dict(size=9))
+        layout[f"yaxis{n}"] = dict(domain=[y1d - height, y1d], anchor=f"x{n}", range=yrange, gridcolor="#ebebeb",
+                                   showticklabels=c == 0, tickfont=dict(size=9))
+        s = by_base[base]
+        steer = s[s["kind"] == "steer"]
+        name = steer["skill"].iloc[0] if len(steer) else base
+        state = (badges or {}).get(name)
+        label = f"<b>{base}</b>" + (f" · <span style='color:{BADGE_COLORS.get(state, '#FB0D0D')}'>{state}</span>"
+                                    if state else "")
+        annotations.append(dict(text=label, x=x0d, y=y1d, xref="paper", yref="paper", xanchor="left",
+                                yanchor="bottom", showarrow=False, font=dict(size=12)))
+        for (skill, kind), k in s.groupby(["skill", "kind"], sort=False):
+            held = kind != "steer"
+            for t in _series_traces(k[x], k["value"], k["lo"], k["hi"], color=PALETTE[1] if held else PALETTE[0],
+                                    name=f"{skill} (held-out)" if held else skill, dash="dot" if held else "solid",
+                                    band=band, showlegend=False):
+                traces.append({**t, "xaxis": f"x{n}", "yaxis": f"y{n}"})
+        level = (chance or {}).get(name)
+        if level is not None:
+            traces.append(dict(type="scatter", x=[0, x1], y=[level, level], mode="lines", name=f"{name} chance",
+                               showlegend=False, line=dict(color="#555", width=1, dash="dash"),
+                               xaxis=f"x{n}", yaxis=f"y{n}", hovertemplate=f"chance {level:.3f}<extra></extra>"))
+    fig = _figure(title, height=rows * panel_h + 60, showlegend=False, annotations=annotations,
+                  margin=dict(l=40, r=10, t=40 if title else 24, b=30), **layout)
+    fig.add_traces(traces)
+    return fig
+
+
+def forecast_check_figure(errors: pd.DataFrame, title: str | None = "Past forecasts against outcomes") -> go.Figure:
+    """Each scored forecast (store.forecast_errors rows: skill, forecast,
+    actual, step) as a point, forecast on x and the latent score measured
+    one checkpoint later on y; on the grey diagonal the forecast was right."""
+    if errors.empty:
+        return _empty(title, "no forecast scored yet")
+    errors = thin(errors, MAX_POINTS)  # the newest checkpoints' forecasts stay
+    fig = _figure(title, height=300, xaxis=dict(title="forecast", range=[0, 1.02]),
+                  yaxis=dict(title="outcome (latent score)", range=[0, 1.02]), showlegend=False)
+    traces = [dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbb", dash="dash"),
+                   hoverinfo="skip", name="right")]
+    for i, (skill, s) in enumerate(errors.groupby("skill", sort=True)):
+        traces.append(dict(type="scatter", x=s["forecast"], y=s["actual"], mode="markers", name=skill,
+                           marker=dict(size=7, color=_color(i)), customdata=s["step"],
+                           hovertemplate=f"{skill} at step %{{customdata}}<br>forecast %{{x:.3f}}, "
+                                         f"outcome %{{y:.3f}}<extra></extra>"))
+    fig.add_traces(traces)
     return fig

@@ -6,6 +6,7 @@ itself a user of it: both paths share one set of rules.
     client = RunClient.register(store, cfg)           # or RunClient(store, run_id)
     weights = client.mixture_at(0)                     # train on these
     ... train to step k ...
+    client.report_steps([{"step": s, "loss": ..., "lr": ...}, ...])  # optional: training curves
     client.report_checkpoint(k, tokens_seen)
     client.evaluate(k, model, tokenizer)               # or report_measurements(k, rows)
     client.boundary(k)                                 # estimate, guard, apply, propose
@@ -30,13 +31,17 @@ from backend.config import ConfigError, RunConfig
 from backend.controllers import History
 from backend.forecast_errors import record_forecast_errors
 from backend.mixture import validate_weights
-from backend.store import Store, StoreError
+from backend.store import TRAIN_LOG_KEYS, Store, StoreError
 
 DOMAIN_KEYS = ("name", "source", "skills", "size_tokens", "tokens_per_doc")
 """The keys of a domain row given to RunClient.register / set_domains."""
 MEASUREMENT_KEYS = ("task", "skill", "domain", "metric", "value", "stderr", "n", "prompt_variant", "decoding",
                     "scorer")
 """The keys of a measurement row given to RunClient.report_measurements."""
+TRAIN_LOG_ROWS = 2_000
+"""Training-curve rows a run keeps at most (about): StepLog sums each
+window of ceil(train.steps / TRAIN_LOG_ROWS) steps into one row, so a
+10,000-step run logs every 5th step's window and a demo logs every step."""
 
 
 def task_specs(cfg: RunConfig) -> list:
@@ -122,6 +127,57 @@ def taskset_configs(taskset) -> list[dict]:
 
 def _no_stage(stage: str) -> None:
     """The default on_stage: nothing to show."""
+
+
+class StepLog:
+    """Per-step training values, summed into one train_log row per window
+    of `every` optimizer steps (mean loss, mean grad norm, the lr at the
+    window's last step, tokens per wall second over the window) and
+    written through `RunClient.report_steps` about every `flush_s` seconds.
+
+    The grad norm may be a 0-dim tensor: it is averaged as given and turned
+    into a float once per window, so a GPU syncs once per window, not per
+    step. Build one per training stretch (`RunClient.step_log`): its clock
+    starts when built, so the time between stretches (evaluation) is not
+    counted as training, and `close()` at the stretch's end writes the
+    last, partial window."""
+
+    def __init__(self, client: RunClient, every: int, flush_s: float = 1.0):
+        self.client, self.every, self.flush_s = client, max(1, every), flush_s
+        self.rows: list[dict] = []  # closed windows not yet written
+        self.window: list[tuple] = []  # (loss, grad_norm) of the open window's steps
+        self.step, self.lr = None, None  # the open window's last step and its lr
+        self.started = self.flushed = time.perf_counter()  # wall seconds
+
+    def add(self, step: int, loss: float, *, lr: float | None = None, grad_norm=None) -> None:
+        """One optimizer step just done: `step` is the step count after it."""
+        self.window.append((loss, grad_norm))
+        self.step, self.lr = step, lr
+        if step % self.every == 0:
+            self._close_window()
+        if self.rows and time.perf_counter() - self.flushed >= self.flush_s:
+            self._write()
+
+    def close(self) -> None:
+        """Write everything, the open window included."""
+        self._close_window()
+        self._write()
+
+    def _close_window(self) -> None:
+        if not self.window:
+            return
+        now = time.perf_counter()
+        norms = [g for _, g in self.window if g is not None]
+        self.rows.append({
+            "step": self.step, "loss": sum(l for l, _ in self.window) / len(self.window), "lr": self.lr,
+            "grad_norm": float(sum(norms) / len(norms)) if norms else None,
+            "tokens_per_s": len(self.window) * self.client.tokens_per_step / max(now - self.started, 1e-9)})
+        self.window, self.started = [], now
+
+    def _write(self) -> None:
+        if self.rows:
+            self.client.report_steps(self.rows)
+        self.rows, self.flushed = [], time.perf_counter()
 
 
 class RunClient:
@@ -220,6 +276,33 @@ class RunClient:
         if tokens_per_domain is not None:
             self.store.log_event(self.run_id, "tokens_per_domain", f"tokens per domain at step {step}",
                                  after=tokens_per_domain)
+
+    def report_steps(self, rows: list[dict]) -> None:
+        """Training-curve rows for the Training page, at any cadence (each
+        optimizer step, or one row per logging window).
+
+        :param rows: {"step" (optimizer step, required), "tokens_seen"
+            (default step x tokens per step), "loss" (mean training loss over
+            the window, nats/token), "lr", "grad_norm" (global norm before
+            clipping), "tokens_per_s" (training tokens per wall second)};
+            a missing value is None.
+        StoreError naming the row and key for an unknown key or a missing
+        step; nothing is written then. A row for a step already logged
+        replaces it (a resumed run retrains a stretch)."""
+        out = []
+        for i, r in enumerate(rows):
+            unknown = [k for k in r if k not in TRAIN_LOG_KEYS]
+            if unknown:
+                raise StoreError(f"rows[{i}].{unknown[0]}: unknown key (keys: {', '.join(TRAIN_LOG_KEYS)})")
+            if not isinstance(r.get("step"), int) or r["step"] < 0:
+                raise StoreError(f"rows[{i}].step: an optimizer step (int >= 0) is required, got {r.get('step')!r}")
+            out.append({"tokens_seen": r["step"] * self.tokens_per_step, **r})
+        self.store.add_train_log(self.run_id, out)
+
+    def step_log(self) -> StepLog:
+        """A StepLog for one training stretch, its window sized so that the
+        whole run keeps about TRAIN_LOG_ROWS rows."""
+        return StepLog(self, -(-self.cfg.train.steps // TRAIN_LOG_ROWS))
 
     def report_measurements(self, step: int, rows: list[dict], samples: list[dict] | None = None) -> None:
         """Measurements computed elsewhere, for the checkpoint at `step`

@@ -64,6 +64,18 @@ def chance_levels(store, run_id: int) -> dict[str, float]:
     return {s["name"]: s["chance"] for s in store.skills(run_id) if s.get("chance") is not None}
 
 
+def skill_badges(scores: pd.DataFrame, chance: dict[str, float]) -> dict[str, str]:
+    """Steer skill -> its badge at its newest checkpoint (explain.badge:
+    learning, at chance, below chance) from a score frame's band."""
+    from backend.explain import badge
+
+    steer = scores[scores["kind"] == "steer"]
+    if steer.empty:
+        return {}
+    last = steer.sort_values("step").groupby("skill").tail(1)
+    return {r.skill: badge(r.lo, r.hi, chance.get(r.skill)) for r in last.itertuples()}
+
+
 def capability_scores(store, run_id: int) -> pd.DataFrame:
     """The latent capability per (skill, checkpoint) that the worker
     estimates (store.capability): value = the estimate, lo / hi its 95%
@@ -143,6 +155,53 @@ def domain_losses(store, run_id: int) -> pd.DataFrame:
         tokens_seen=("tokens_seen", "max"), value=("value", "mean"), stderr=("stderr", "mean"))
 
 
+TRAIN_COLUMNS = ["step", "tokens_seen", "loss", "lr", "grad_norm", "tokens_per_s"]
+
+
+def train_curves(store, run_id: int) -> pd.DataFrame:
+    """The run's training curves (store.train_log): one row per logged
+    window of steps (backend.client.StepLog), by step. Columns:
+    TRAIN_COLUMNS (loss in nats/token, tokens_per_s in training tokens per
+    wall second)."""
+    rows = store.train_log(run_id)
+    return pd.DataFrame.from_records(rows, columns=TRAIN_COLUMNS).astype(
+        {"step": "int64", "tokens_seen": "int64", "loss": "float64", "lr": "float64", "grad_norm": "float64",
+         "tokens_per_s": "float64"})
+
+
+def ema(values: pd.Series, weight: float) -> pd.Series:
+    """TensorBoard's smoothing: an exponential moving average with
+    `weight` in [0, 1) on the previous value (0: none), debiased so the
+    first points are not pulled towards 0; missing values are skipped."""
+    if weight <= 0 or values.empty:
+        return values
+    v = values.to_numpy(dtype="float64")
+    out = np.full_like(v, np.nan)
+    acc, norm = 0.0, 0.0
+    for i, y in enumerate(v):
+        if np.isnan(y):
+            continue
+        acc, norm = acc * weight + (1 - weight) * y, norm * weight + (1 - weight)
+        out[i] = acc / norm
+    return pd.Series(out, index=values.index)
+
+
+def tokens_per_domain(history: pd.DataFrame, tokens_per_step: int, end_step: int) -> pd.DataFrame:
+    """Training tokens each domain has been given by the mixture, summed at
+    every segment boundary up to `end_step`: weight x steps x tokens per
+    step (what the mixture asks for; the sampler draws close to it).
+    `history` is mixture_history. Columns: step, domain, tokens."""
+    cols = ["step", "domain", "tokens"]
+    if history.empty:
+        return pd.DataFrame(columns=cols)
+    segs = history.assign(to_step=history["to_step"].fillna(end_step).clip(upper=end_step))
+    segs = segs[segs["from_step"] < segs["to_step"]]
+    segs = segs.assign(tokens=(segs["to_step"] - segs["from_step"]) * tokens_per_step * segs["weight"])
+    out = segs.sort_values("to_step").assign(tokens=lambda d: d.groupby("domain")["tokens"].cumsum())
+    start = history[history["from_step"] == history["from_step"].min()][["domain"]].assign(step=0, tokens=0.0)
+    return pd.concat([start, out.rename(columns={"to_step": "step"})[cols]], ignore_index=True)[cols]
+
+
 def mixture_history(schedule: list[dict], end_step: int | None = None) -> pd.DataFrame:
     """Schedule segments (store.schedule rows) in long form: one row per
     (segment, domain). Columns: from_step, to_step, tokens_at, source,
@@ -169,12 +228,36 @@ def weights_table(current: dict[str, float], proposed: dict[str, float] | None =
     return df
 
 
-def forecast_table(forecast: dict[str, dict]) -> pd.DataFrame:
-    """A proposal's forecast: per steer skill the score now and expected at
-    the next checkpoint."""
-    rows = [{"skill": s, "score now": f.get("score"), "expected next": f.get("expected"),
-             "basis": f.get("basis", "")} for s, f in forecast.items()]
-    return pd.DataFrame(rows, columns=["skill", "score now", "expected next", "basis"])
+FORECAST_COLUMNS = ["skill", "score now", "expected next", "lo", "hi", "interval", "basis"]
+
+
+def forecast_intervals(forecast: dict[str, dict], errors: list[dict], min_errors: int = 3) -> pd.DataFrame:
+    """A proposal's forecast with a 95% interval per skill: expected +- Z95
+    x sd, where sd is the forecast's own ("sd" in its entry) or else the
+    root mean square of the run's past forecast errors (`errors`:
+    store.forecast_errors rows) of that skill when it has `min_errors`, else
+    of every skill. The `interval` column says which; a run with no scored
+    forecast yet gives no interval (NaN). Columns: FORECAST_COLUMNS."""
+    errs = pd.DataFrame.from_records(errors, columns=["skill", "error"])
+    pooled = float(np.sqrt((errs["error"] ** 2).mean())) if len(errs) else math.nan
+    per = errs.groupby("skill")["error"].agg(lambda e: np.sqrt((e ** 2).mean()) if len(e) >= min_errors
+                                             else math.nan)
+    rows = []
+    for s, f in forecast.items():
+        exp = f.get("expected")
+        if f.get("sd") is not None:
+            sd, how = float(f["sd"]), "the forecast's own sd"
+        elif not math.isnan(per.get(s, math.nan)):
+            sd, how = float(per[s]), f"RMS of {int((errs['skill'] == s).sum())} past errors of {s}"
+        elif len(errs):
+            sd, how = pooled, f"RMS of {len(errs)} past errors, all skills"
+        else:
+            sd, how = math.nan, "no forecast scored yet"
+        lo = hi = math.nan
+        if exp is not None and not math.isnan(sd):
+            lo, hi = max(0.0, exp - Z95 * sd), min(1.0, exp + Z95 * sd)
+        rows.append([s, f.get("score"), exp, lo, hi, how, f.get("basis", "")])
+    return pd.DataFrame(rows, columns=FORECAST_COLUMNS)
 
 
 def decisions_table(proposals: list[dict]) -> pd.DataFrame:

@@ -445,8 +445,10 @@ class ClosedLoop:
         n = end - c.trainer.step
         batches = c.sampler.batches(weights, self.cfg.train.batch_size, n, background=c.background)
         state = {"last_poll": time.time(), "steps": 0}
+        curves = self.client.step_log()  # the Training page's loss, lr, grad norm, tokens/s
 
         def on_step(loss: float) -> None:
+            curves.add(c.trainer.step, loss, lr=c.trainer.last_lr, grad_norm=c.trainer.last_grad_norm)
             state["steps"] += 1
             if self.bar is not None:
                 self.bar.update(1)
@@ -459,6 +461,7 @@ class ClosedLoop:
                     self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
 
         losses = train_stretch(c.trainer, batches, n, on_step)
+        curves.close()
         self.last_loss = sum(losses[-10:]) / len(losses[-10:])
 
     def _poll(self, **fields) -> None:

@@ -221,6 +221,16 @@ CREATE TABLE IF NOT EXISTS objectives (
     reason TEXT,
     ts REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS train_log (
+    run_id INTEGER NOT NULL REFERENCES runs (id),
+    step INTEGER NOT NULL,          -- last optimizer step of the window the row sums up
+    tokens_seen INTEGER NOT NULL,   -- training tokens at `step`
+    loss REAL,                      -- mean training loss over the window (nats/token)
+    lr REAL,                        -- learning rate at `step`
+    grad_norm REAL,                 -- mean global gradient norm before clipping over the window
+    tokens_per_s REAL,              -- training tokens per wall second over the window (evaluation excluded)
+    PRIMARY KEY (run_id, step)
+);
 CREATE INDEX IF NOT EXISTS measurements_by_skill ON measurements (run_id, skill, step);
 CREATE INDEX IF NOT EXISTS proposals_by_run ON proposals (run_id, status);
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, ts);
@@ -239,6 +249,8 @@ ADDED_COLUMNS = (
     ("runs", "phase", "TEXT"), ("runs", "phase_started", "REAL"), ("domains", "tokens_per_doc", "REAL"),
     ("skills", "metric", "TEXT"), ("skills", "higher_is_better", "INTEGER"), ("skills", "chance", "REAL"),
 )
+TRAIN_LOG_KEYS = ("step", "tokens_seen", "loss", "lr", "grad_norm", "tokens_per_s")
+"""The keys of a train_log row (Store.add_train_log, RunClient.report_steps)."""
 CHECKPOINT_FLAGS = ("evaluated", "boundary_done")
 DECISION_FIELDS = ("status", "decision", "decided_by", "decided_at", "decision_reason", "final_weights")
 
@@ -549,12 +561,32 @@ class Store:
         with self.transaction():
             self.db["forecast_errors"].insert_all(full, replace=True)
 
-    def forecast_errors(self, run_id: int, skill: str | None = None) -> list[dict]:
-        """Every scored forecast of the run, by step and skill."""
+    def forecast_errors(self, run_id: int, skill: str | None = None, since_step: int | None = None) -> list[dict]:
+        """Every scored forecast of the run, by step and skill; optionally
+        one skill, or only those scored at steps >= since_step."""
         sql, params = "SELECT * FROM forecast_errors WHERE run_id = ?", [run_id]
+        if since_step is not None:
+            sql, params = sql + " AND step >= ?", params + [since_step]
         if skill:
             sql, params = sql + " AND skill = ?", params + [skill]
         return self._rows(sql + " ORDER BY step, skill", params)
+
+    def add_train_log(self, run_id: int, rows: list[dict]) -> None:
+        """Insert or replace training-curve rows (TRAIN_LOG_KEYS; one per
+        window of steps, keyed by its last step), so a resumed worker that
+        retrains a stretch overwrites what it logged before."""
+        full = [{**{k: r.get(k) for k in TRAIN_LOG_KEYS}, "run_id": run_id} for r in rows]
+        with self.transaction():
+            self.db["train_log"].insert_all(full, replace=True)
+
+    def train_log(self, run_id: int, since_step: int | None = None) -> list[dict]:
+        """The run's training-curve rows by step (step, tokens_seen, loss,
+        lr, grad_norm, tokens_per_s); optionally only steps >= since_step."""
+        sql, params = ("SELECT step, tokens_seen, loss, lr, grad_norm, tokens_per_s FROM train_log "
+                       "WHERE run_id = ?", [run_id])
+        if since_step is not None:
+            sql, params = sql + " AND step >= ?", params + [since_step]
+        return self._rows(sql + " ORDER BY step", params)
 
     def add_samples(self, run_id: int, step: int, rows: list[dict]) -> None:
         """Per-item results of one checkpoint (which items fail)."""

@@ -51,12 +51,15 @@ class FakeTrainer:
         self.step = 0
         self.context_length = context_length
         self.tokens = dict.fromkeys(domains, 0)
+        self.last_lr: float | None = None
+        self.last_grad_norm: float | None = None
 
     def train_step(self, batch: dict[str, int]) -> float:
         """batch: domain -> sequences. Returns a loss that falls with steps."""
         for d, n in batch.items():
             self.tokens[d] += n * self.context_length
         self.step += 1
+        self.last_lr, self.last_grad_norm = 1e-3, 1.0 / (1.0 + 0.05 * self.step)  # as Trainer keeps them
         return 5.0 / (1.0 + 0.1 * self.step)
 
     def state_dict(self) -> dict:

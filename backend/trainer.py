@@ -75,6 +75,8 @@ class Trainer:
             torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
         )
         self.step = 0
+        self.last_grad_norm: torch.Tensor | None = None  # pre-clip global grad norm of the last step (0-dim)
+        self.last_lr: float | None = None  # learning rate the last step used
 
     def _lr_factor(self, step: int) -> float:
         c = self.cfg
@@ -92,8 +94,9 @@ class Trainer:
             logits = self.model(input_ids=x).logits  # (B, T, V)
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
         loss.backward()
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        # the norm stays a tensor (no sync here); max_norm inf only measures it
+        self.last_grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

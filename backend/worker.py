@@ -283,7 +283,8 @@ def spawn(db_path: str, run_id: int) -> int:
     run_dir, lock = _own(store, run_id)
     try:
         # before the child exists: a child that fails at once records `failed` after this
-        store.update_run(run_id, status="running", heartbeat=time.time(), run_dir=str(run_dir))
+        store.update_run(run_id, status="running", heartbeat=time.time(), run_dir=str(run_dir),
+                         phase="starting", phase_started=time.time())  # not the phase it stopped in
         with open(run_dir / "worker.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "backend", "worker", str(run_id), "--db", str(db_path),

@@ -7,7 +7,10 @@ N checkpoints x S skills (half steer, half their held-out variants) x D
 domains: per skill and checkpoint three templates' exact match and a latent
 capability estimate, a held-out loss per domain and checkpoint, a proposal
 decided and applied at every checkpoint (as an auto run makes them; the
-last one left pending) and a Goodhart alert. Then renders each page
+last one left pending) with its forecasts scored at the next checkpoint, a
+Goodhart alert, and the training curves as the loop logs them (one
+train_log row per window of ceil(steps / TRAIN_LOG_ROWS) steps, plus the
+partial window at each checkpoint). Then renders each page
 with streamlit.testing's AppTest and prints seconds per page: `cold` is the
 first render in this process (frames not cached yet), `warm` the median of
 the next renders. Goal: every page under 1 s.
@@ -28,13 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from backend.client import TRAIN_LOG_ROWS  # noqa: E402
 from backend.config import preset  # noqa: E402
 from backend.decisions import decide  # noqa: E402
 from backend.guard import raise_alert  # noqa: E402
 from backend.store import Store  # noqa: E402
 from backend.vocab import holdout_name  # noqa: E402
 
-PAGES = [None, "pages/capabilities.py", "pages/mixture.py", "pages/compare.py", "pages/schedules.py",
+PAGES = [None, "pages/capabilities.py", "pages/training.py", "pages/mixture.py", "pages/compare.py", "pages/schedules.py",
          "pages/new_run.py"]
 
 
@@ -98,6 +102,25 @@ def fill(store: Store, *, checkpoints: int, skills: int, domains: int, seed: int
         store.mark_checkpoint(run_id, step, evaluated=True, boundary_done=True)
     store.add_measurements(run_id, rows)
     store.set_capability(run_id, latent)
+    # every applied proposal's forecasts, scored one checkpoint later (record_forecast_errors' rows)
+    truth = {(r["step"], r["skill"]): r["score"] for r in latent}
+    errors = []
+    for p in store.proposals(run_id, status="applied"):
+        step = p["applied_step"] + every
+        for b in bases:
+            if (step, b) in truth:
+                forecast = truth[(p["applied_step"], b)] + rng.gauss(0.01, 0.02)
+                errors.append({"proposal_id": p["id"], "skill": b, "step": step, "proposal_step": p["step"],
+                               "applied_step": p["applied_step"], "score": truth[(p["applied_step"], b)],
+                               "forecast": forecast, "actual": truth[(step, b)],
+                               "error": truth[(step, b)] - forecast, "basis": "bench"})
+    store.add_forecast_errors(run_id, errors)
+    window = -(-checkpoints * every // TRAIN_LOG_ROWS)  # steps per train_log row (backend.client.StepLog)
+    ends = sorted({s for s in range(window, checkpoints * every + 1, window)} | {k * every for k in range(1, checkpoints)})
+    store.add_train_log(run_id, [{"step": s, "tokens_seen": s * tokens_per_step,
+                                  "loss": 2 + 3 * math.exp(-3 * s / (checkpoints * every)) + rng.gauss(0, 0.05),
+                                  "lr": 3e-4 * min(1.0, s / 1000), "grad_norm": abs(rng.gauss(1.0, 0.3)),
+                                  "tokens_per_s": 5e4 + rng.gauss(0, 2e3)} for s in ends])
     raise_alert(store, run_id, step=(checkpoints - 1) * every, skill=bases[0],
                 message=f"Goodhart guard: {bases[0]} rose beyond its held-out variant.", data={})
     store.update_run(run_id, status="finished", step=checkpoints * every - every,

@@ -13,7 +13,8 @@ import os
 import pandas as pd
 import streamlit as st
 
-from backend import frames, guard, worker
+from backend import charts, frames, guard, worker
+from backend.explain import decision_sentence
 from backend.status import is_live
 from backend.store import DEFAULT_DB, Store
 
@@ -25,6 +26,7 @@ dashboard runs behind an authenticating reverse proxy (e.g. X-Forwarded-User
 from oauth2-proxy); unset, the sidebar's name field says who decides."""
 PAGES = {
     "capabilities": "pages/capabilities.py",
+    "training": "pages/training.py",
     "mixture": "pages/mixture.py",
     "affinity": "pages/affinity.py",
     "compare": "pages/compare.py",
@@ -168,6 +170,18 @@ def _losses(path: str, run_id: int, version: tuple) -> pd.DataFrame:
     return frames.domain_losses(_open_store(path), run_id)
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def _curves(path: str, run_id: int, version: tuple) -> pd.DataFrame:
+    return frames.train_curves(_open_store(path), run_id)
+
+
+def curves(store: Store, run_id: int) -> pd.DataFrame:
+    """The training curves (frames.train_curves), cached until the run's
+    step moves (the worker logs them as it trains)."""
+    run = store.run(run_id)
+    return _curves(store.path, run_id, (run["step"], run["status"], run["heartbeat"]))
+
+
 def scores(store: Store, run_id: int) -> pd.DataFrame:
     """The raw measured scores (frames.skill_scores), cached per (run, data version)."""
     return _scores(store.path, run_id, frames.data_version(store, run_id))
@@ -188,6 +202,24 @@ def capability(store: Store, run_id: int) -> pd.DataFrame:
 def losses(store: Store, run_id: int) -> pd.DataFrame:
     """Held-out loss per domain (frames.domain_losses), cached."""
     return _losses(store.path, run_id, frames.data_version(store, run_id))
+
+
+# -- settings that survive navigation ---------------------------------------------------
+
+
+def _remember(key: str) -> None:
+    st.session_state[f"kept:{key}"] = st.session_state[key]
+
+
+def kept(key: str, default) -> dict:
+    """Keyword arguments for a widget whose value survives a visit to
+    another page: Streamlit forgets a widget's state once a run does not
+    draw it, so its value is copied to a plain key on change and given back
+    when the page is drawn again. `st.radio("x", opts, **kept("cap_x", "step"))`."""
+    ss = st.session_state
+    if key not in ss:
+        ss[key] = ss.get(f"kept:{key}", default)
+    return {"key": key, "on_change": _remember, "args": (key,)}
 
 
 # -- messages and actions -----------------------------------------------------------
@@ -235,3 +267,74 @@ def rerun_when(check, run: dict) -> None:
             st.rerun()
 
     _poll()
+
+
+# -- the decision card ------------------------------------------------------------------
+
+FORECAST_CHECKPOINTS = 20  # the decision card scores forecasts over this many recent checkpoints
+
+TERMS = {
+    "current": "The weight each domain trains with now: its share of training tokens (weights sum to 1).",
+    "proposed": "The weight the proposal would train with from the next checkpoint on.",
+    "change": "proposed - current: a share of training tokens moved to (+) or from (-) the domain.",
+    "reason": "The strategy's numbers per domain. gain: how much the domain's steer skills need data and can use "
+              "it (deficit: distance below the top score; learnable: 1 when the skill has risen beyond noise "
+              "above chance, less when it has not), averaged over the skills the domain feeds; mean: that gain "
+              "averaged over the current mixture, so a domain above the mean grows. Each skill is given as score "
+              "[95% interval] and slope (latent score change per checkpoint).",
+    "score now": "The latent capability estimate at the proposal's checkpoint (exact match, 0 to 1).",
+    "expected next": "What the strategy forecasts at the next checkpoint if the proposal is applied.",
+    "lo": "Lower end of the forecast's 95% interval (see `interval`).",
+    "hi": "Upper end of the forecast's 95% interval.",
+    "interval": "Where the interval comes from: the forecast's own sd, or the root mean square of this run's recent "
+                "forecast errors (outcome - forecast, scored one checkpoint after each proposal applied).",
+    "basis": "How the strategy forecast it.",
+}
+"""Every column of the decision card, defined (shown as tooltips)."""
+
+
+def _columns(names, formats: dict[str, str]) -> dict:
+    return {c: st.column_config.Column(help=TERMS[c]) if c not in formats else
+            st.column_config.NumberColumn(format=formats[c], help=TERMS[c]) for c in names if c in TERMS}
+
+
+def decision_card(store: Store, p: dict) -> None:
+    """A proposal's decision, read top to bottom: one sentence that states
+    it (explain.decision_sentence), the per-domain detail with every term
+    defined in a tooltip, the forecasts with 95% intervals, and how the
+    run's past forecasts compared with what followed."""
+    pid, run_id = p["id"], p["run_id"]
+    skills = store.skills(run_id)
+    # the estimates the proposal was made from: written at its checkpoint
+    st.markdown(f"**{decision_sentence(p, skills, store.capability(run_id, since_step=p['step']))}**",
+                help="Built from the proposal's weight changes and the latest latent estimate of each steer skill "
+                     "the domains feed: learning = its 95% interval lies above its chance level.")
+    table = frames.weights_table(p["current_weights"], p["weights"])
+    left, right = st.columns([2, 3])
+    left.dataframe(table, hide_index=True, key=f"table_{pid}",
+                   column_config=_columns(table.columns, {"current": "%.3f", "proposed": "%.3f", "change": "%+.3f"}))
+    right.plotly_chart(charts.weights_figure(table), key=f"bars_{pid}")
+    st.markdown("**Why, per domain**", help=TERMS["reason"])
+    st.markdown("\n".join(f"- **{d}**: {p['rationale'].get(d, '')}" for d in p["current_weights"]))
+    if not p["forecast"]:
+        return
+    # the recent forecasts: how the strategy forecasts now, and a chart that stays readable
+    every = store.run(run_id)["config"]["train"]["checkpoint_every"]
+    errors = store.forecast_errors(run_id, since_step=p["step"] - FORECAST_CHECKPOINTS * every)
+    fc = frames.forecast_intervals(p["forecast"], errors)
+    if fc["lo"].isna().all():
+        fc = fc.drop(columns=["lo", "hi", "interval"])
+    left, right = st.columns([3, 2]) if errors else (st.container(), None)
+    with left:
+        st.caption("Forecast per steer skill, with its 95% interval")
+        st.dataframe(fc, hide_index=True, key=f"forecast_{pid}",
+                     column_config=_columns(fc.columns, {c: "%.3f" for c in ("score now", "expected next", "lo", "hi")}))
+        if not any(f.get("sd") is not None for f in p["forecast"].values()):
+            st.caption(f"The strategy gives no sd: each interval is ± 1.96 x the root mean square of past forecast "
+                       f"errors ({len(errors)} scored over the last {FORECAST_CHECKPOINTS} checkpoints)." if errors else
+                       "No interval yet: the strategy gives no sd, and no forecast of this run has been scored "
+                       "(one is scored a checkpoint after its mixture applies).")
+    if right is not None:
+        right.plotly_chart(charts.forecast_check_figure(
+            pd.DataFrame.from_records(errors, columns=["skill", "step", "forecast", "actual"])),
+            key=f"forecast_check_{pid}")

@@ -1,7 +1,9 @@
-"""Capabilities: per-skill trajectories with their intervals (the latent
-estimate over the measured points, or the raw measurements), steer vs
-held-out, Goodhart alerts, a skill x checkpoint heatmap, learning slopes,
-one skill's raw measurements."""
+"""Capabilities at a glance: one small panel per skill (steer and its
+held-out variant, their 95% bands, the chance level, a "learning" or "at
+chance" badge), or every skill on one chart; Goodhart alerts, a skill x
+checkpoint heatmap, learning slopes, one skill's raw measurements. The
+settings survive a visit to another page, and `?skill=NAME&run=ID` opens a
+skill's drill-down (the link is shown beside it)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import pandas as pd
 import streamlit as st
 
 from backend import charts, frames
+from backend.explain import LEARNING
 from backend.vocab import Z95
 from pages._common import (
     alert_lines,
     get_store,
+    kept,
     latent,
     losses,
     refresh_every,
@@ -21,8 +25,6 @@ from pages._common import (
     scores,
     stop_refresh_when_done,
 )
-
-DEFAULT_SKILLS = 8  # more lines than this are unreadable in one chart
 
 ss = st.session_state
 store = get_store()
@@ -38,22 +40,23 @@ if not skills:
 
 # -- choices ---------------------------------------------------------------------
 bases = list(dict.fromkeys(s["base"] for s in skills))
-chosen_key = f"cap_skills_{run_id}"
-if chosen_key not in ss:
-    ss[chosen_key] = bases[:DEFAULT_SKILLS]
 c1, c2, c3 = st.columns([4, 1.6, 1.6], vertical_alignment="bottom")
-chosen = c1.multiselect("Skills", bases, key=chosen_key, placeholder="all skills")
-x = c2.radio("x axis", ["tokens_seen", "step"], key="cap_x", horizontal=True, format_func=charts.X_LABELS.get)
-view = c3.radio("Show", ["latent", "raw"], key="cap_view", horizontal=True,
+chosen = c1.multiselect("Skills", bases, placeholder="all skills", **kept(f"cap_skills_{run_id}", bases))
+x = c2.radio("x axis", ["tokens_seen", "step"], horizontal=True, format_func=charts.X_LABELS.get,
+             **kept("cap_x", "tokens_seen"))
+view = c3.radio("Show", ["latent", "raw"], horizontal=True,
                 format_func={"latent": "latent estimate", "raw": "raw measurements"}.get,
                 help="latent: the capability estimated from all checkpoints so far (a Kalman filter over the "
                      "templates' pooled counts), with the measured means as dots. raw: each checkpoint's mean "
-                     f"over prompt templates, ± {Z95} stderr")
-c4, c5, c6 = st.columns([4, 1.6, 1.6], vertical_alignment="bottom")
-window = c4.slider("Smoothing of raw measurements (checkpoints)", 1, 10, 1, key="cap_smooth",
-                   disabled=view != "raw", help="Rolling mean over this many checkpoints; the band narrows accordingly")
-holdout = c5.toggle("held-out variants", value=True, key="cap_holdout")
-band = c6.toggle("95% bands", value=True, key="cap_band")
+                     f"over prompt templates, ± {Z95} stderr", **kept("cap_view", "latent"))
+c4, c5, c6, c7 = st.columns([3.2, 1.6, 1.2, 1.2], vertical_alignment="bottom")
+window = c4.slider("Smoothing of raw measurements (checkpoints)", 1, 10, disabled=view != "raw",
+                   help="Rolling mean over this many checkpoints; the band narrows accordingly",
+                   **kept("cap_smooth", 1))
+layout = c5.radio("Layout", ["panels", "one chart"], horizontal=True, **kept("cap_layout", "panels"),
+                  help="panels: one small chart per skill; one chart: every skill on one axis")
+holdout = c6.toggle("held-out", **kept("cap_holdout", True), help="Draw each skill's held-out variant (dotted)")
+band = c7.toggle("95% bands", **kept("cap_band", True))
 
 for skill, alert in alert_lines(store, run_id):
     st.warning(f"**Goodhart alert on {skill}**: {alert['message']} "
@@ -66,11 +69,10 @@ def live() -> None:
     stop_refresh_when_done(run, store.run(run_id))
     est = latent(store, run_id)
     chance = frames.chance_levels(store, run_id)
+    dots = None
     if view == "latent" and not est.empty:
-        # the estimate carries each checkpoint's measured mean: the dots
-        fig = charts.trajectory_figure(est, x=x, bases=chosen or None, holdout=holdout, band=band,
-                                       raw=est.assign(value=est["raw_mean"]), chance=chance)
         shown = est
+        dots = est.assign(value=est["raw_mean"])  # the estimate carries each checkpoint's measured mean
     else:
         raw = scores(store, run_id)  # read only when asked for: the largest frame of a run
         if raw.empty:
@@ -78,13 +80,25 @@ def live() -> None:
             return
         if view == "latent":
             st.caption("This run has no latent estimate: showing the raw measurements.")
-        fig = charts.trajectory_figure(frames.smooth(raw, window), x=x, bases=chosen or None, holdout=holdout,
-                                       band=band, chance=chance)
-        shown = raw
+        shown = frames.smooth(raw, window)
+    badges = frames.skill_badges(shown, chance)
+    learning = sum(b == LEARNING for b in badges.values())
+    st.markdown(f"**{learning} of {len(badges)} steer skills are learning** (their 95% interval lies above "
+                "chance); the others are at chance.",
+                help="learning: the whole 95% interval of the newest estimate is above the skill's chance level "
+                     "(the score of a uniform guess or of the best constant answer). at chance: the interval "
+                     "reaches down to it.")
+    if layout == "panels":
+        fig = charts.skill_panels_figure(shown, x=x, bases=chosen or bases, holdout=holdout, band=band,
+                                         chance=chance, badges=badges)
+    else:
+        fig = charts.trajectory_figure(shown, x=x, bases=chosen or None, holdout=holdout, band=band, raw=dots,
+                                       chance=chance)
     st.plotly_chart(fig, key="cap_trajectories")
-    st.caption("Dashed thin line: a steer skill's chance level (a uniform guess, or the best constant answer). "
-               "Solid: steer skills (the controller sees them). Dotted: held-out variants (another template "
-               "and value range, never steered): a steer line rising alone means teaching to the test.")
+    st.caption("Dashed grey (thin dashed in the skill's colour on one chart): the skill's chance level (a uniform "
+               "guess, or the best constant answer). Solid: steer skills (the controller sees them). Dotted: "
+               "held-out variants (another template and value range, never steered): a steer line rising alone "
+               "means teaching to the test.")
     st.plotly_chart(charts.heatmap_figure(shown, x=x), key="cap_heatmap")
     if not est.empty:
         st.subheader("Learning slope at the latest checkpoint")
@@ -103,7 +117,14 @@ live()
 # -- drill down: one skill's measurements ------------------------------------------
 st.header("Measurements of one skill")
 names = [s["name"] for s in skills]
-skill = st.selectbox("Skill", names, key=f"cap_drill_{run_id}")
+drill_key = f"cap_drill_{run_id}"
+linked = st.query_params.get("skill")
+if linked in names and ss.get("cap_drill_linked") != (run_id, linked):  # a shared link opens its skill once
+    ss[drill_key] = ss[f"kept:{drill_key}"] = linked
+    ss["cap_drill_linked"] = (run_id, linked)
+skill = st.selectbox("Skill", names, **kept(drill_key, names[0]))
+st.query_params.update(skill=skill, run=str(run_id))  # the address bar is the link to share
+st.caption(f"Link to this skill: `/capabilities?skill={skill}&run={run_id}`")
 meta = next(s for s in skills if s["name"] == skill)
 st.caption(f"{meta['kind']} skill · base `{meta['base']}` · fed by domains: {', '.join(meta['domains']) or '-'}"
            f" · tasks: {', '.join(meta['tasks'])}")

@@ -13,6 +13,7 @@ from backend.status import apply_note
 from backend.store import StoreError
 from pages._common import (
     alert_lines,
+    decision_card,
     flash,
     get_store,
     refresh_every,
@@ -105,20 +106,7 @@ def proposal_card(p: dict, reason_key: str) -> None:
     pid = p["id"]
     with st.container(border=True):
         st.subheader(f"Proposal #{pid} · {p['strategy']} · from the checkpoint at step {p['step']}")
-        table = frames.weights_table(p["current_weights"], p["weights"])
-        left, right = st.columns([2, 3])
-        left.dataframe(table, hide_index=True, key=f"table_{pid}", column_config={
-            "current": st.column_config.NumberColumn(format="%.3f"),
-            "proposed": st.column_config.NumberColumn(format="%.3f"),
-            "change": st.column_config.NumberColumn(format="%+.3f")})
-        right.plotly_chart(charts.weights_figure(table), key=f"bars_{pid}")
-        st.markdown("**Why, per domain**\n\n" + "\n".join(
-            f"- **{d}**: {p['rationale'].get(d, '')}" for d in p["current_weights"]))
-        if p["forecast"]:
-            st.caption("Forecast per steer skill")
-            st.dataframe(frames.forecast_table(p["forecast"]), hide_index=True, key=f"forecast_{pid}",
-                         column_config={"score now": st.column_config.NumberColumn(format="%.3f"),
-                                        "expected next": st.column_config.NumberColumn(format="%.3f")})
+        decision_card(store, p)
 
         approve, reject = st.columns([1, 3], vertical_alignment="bottom")
         approve.button("Approve", key=f"approve_{pid}", type="primary", icon=":material/check:",

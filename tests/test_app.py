@@ -28,7 +28,7 @@ from backend.decisions import decide, set_policy
 from backend.guard import open_alerts, raise_alert
 from backend.store import Store
 
-PAGES = ["pages/capabilities.py", "pages/mixture.py", "pages/compare.py", "pages/schedules.py",
+PAGES = ["pages/capabilities.py", "pages/training.py", "pages/mixture.py", "pages/compare.py", "pages/schedules.py",
          "pages/new_run.py"]
 
 
@@ -132,6 +132,88 @@ def test_capabilities_choices_and_drill_down(db):
     latest = table[(table["step"] == 20) & table["metric"].isin(["exact_match", "ll_acc"])]
     assert sorted(plotly_values(points["y"])) == pytest.approx(sorted(latest["value"]))
     assert any("latent" in a["text"] for a in spec["layout"]["annotations"])
+
+
+def spec_of(at: AppTest, key: str) -> dict:
+    """The plotly figure spec of the chart drawn with `key`."""
+    return next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if c.proto.id.endswith(key)
+                or key in c.proto.id)
+
+
+def test_capabilities_panels_badges_and_chance(db):
+    store, run_id = db
+    at = open_app("pages/capabilities.py")
+    assert at.radio(key="cap_layout").value == "panels"
+    spec = spec_of(at, "cap_trajectories")
+    titles = [a["text"] for a in spec["layout"]["annotations"]]
+    assert [t.split("</b>")[0] for t in titles] == ["<b>copy", "<b>add2"]  # every skill, one panel each
+    assert all("learning" in t or "at chance" in t for t in titles)
+    chance = {s["name"]: s["chance"] for s in store.skills(run_id)}
+    lines = {t["name"]: plotly_values(t["y"]) for t in spec["data"] if t["name"].endswith(" chance")}
+    assert lines == {f"{s} chance": [chance[s]] * 2 for s in ("copy", "add2")}
+    assert "steer skills are learning" in texts(at.markdown)
+
+
+def test_capabilities_settings_survive_navigation(db):
+    store, run_id = db
+    at = open_app("pages/capabilities.py")
+    at.radio(key="cap_x").set_value("step")
+    at.radio(key="cap_layout").set_value("one chart")
+    at.multiselect(key=f"cap_skills_{run_id}").set_value(["add2"])
+    at.run()
+    at.switch_page("pages/mixture.py").run()
+    at.switch_page("pages/capabilities.py").run()
+    assert not at.exception, at.exception
+    assert at.radio(key="cap_x").value == "step" and at.radio(key="cap_layout").value == "one chart"
+    assert at.multiselect(key=f"cap_skills_{run_id}").value == ["add2"]
+
+
+def test_a_shared_link_opens_the_skills_drill_down(db):
+    store, run_id = db
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["skill"] = "add2_holdout"
+    at.query_params["run"] = str(run_id)
+    at.run()
+    at.switch_page("pages/capabilities.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key=f"cap_drill_{run_id}").value == "add2_holdout"
+    assert f"?skill=add2_holdout&run={run_id}" in texts(at.caption)
+    at.selectbox(key=f"cap_drill_{run_id}").set_value("copy").run()  # the link follows the choice
+    assert at.query_params["skill"] == "copy" and at.selectbox(key=f"cap_drill_{run_id}").value == "copy"
+
+
+def test_training_page_draws_the_logged_curves(db):
+    store, run_id = db
+    logged = store.train_log(run_id)
+    assert [r["step"] for r in logged] == list(range(1, 21))  # the tiny run logs every step
+    at = open_app("pages/training.py")
+    loss = spec_of(at, "train_loss")
+    assert plotly_values(loss["data"][0]["y"]) == pytest.approx([r["loss"] for r in logged])  # logged, faint
+    assert len(loss["data"]) == 2  # and its EMA (smoothing 0.6 by default)
+    for key in ("train_lr", "train_grad_norm", "train_throughput", "train_domain_loss", "train_tokens_per_domain"):
+        assert not spec_of(at, key)["layout"].get("annotations"), f"{key} is empty"
+    at.slider(key="train_smoothing").set_value(0.0)
+    at.toggle(key="train_log_y").set_value(True)
+    at.run()
+    loss = spec_of(at, "train_loss")
+    assert len(loss["data"]) == 1 and loss["layout"]["yaxis"]["type"] == "log"
+
+
+def test_the_proposal_card_states_the_decision_first(db):
+    store, run_id = db
+    p = pending(store, run_id)
+    store.add_forecast_errors(run_id, [{"proposal_id": p["id"], "skill": "copy", "step": 20, "proposal_step": 10,
+                                        "applied_step": 10, "score": 0.1, "forecast": 0.2, "actual": 0.3,
+                                        "error": 0.1, "forecast_change": 0.1, "actual_change": 0.2, "basis": "x"}])
+    at = open_app("pages/mixture.py")
+    sentence = next(m.value for m in at.markdown if m.value.startswith(("**Moves", "**Keeps")))
+    up = max(p["weights"], key=lambda d: p["weights"][d] - p["current_weights"][d])
+    assert sentence.startswith(f"**Moves {p['weights'][up] - p['current_weights'][up]:+.2f} to {up}")
+    fc = frame_with(at, "expected next")
+    assert list(fc.columns) == ["skill", "score now", "expected next", "lo", "hi", "interval", "basis"]
+    assert fc["interval"].str.startswith("RMS of 1 past errors").all() and (fc["lo"] <= fc["expected next"]).all()
+    check = spec_of(at, f"forecast_check_{p['id']}")
+    assert plotly_values(check["data"][1]["x"]) == [0.2] and plotly_values(check["data"][1]["y"]) == [0.3]
 
 
 # -- deciding proposals ----------------------------------------------------------------

@@ -1,7 +1,10 @@
 """The served dashboard in a real browser: Debian's headless Chromium driven
-by Playwright. Opens every page (a screenshot of each under the test's tmp
-dir), approves a proposal through the UI, and opens the HTML report with
-the network cut off."""
+by Playwright. Opens every page (a screenshot of each under
+$SCREENSHOT_DIR, else the test's tmp dir), checks the chance lines and the
+training-loss chart are drawn, approves a proposal through the UI, watches
+Home's phase label while a real worker trains and evaluates to the end (a
+finished run shows no pending proposal), and opens the HTML report with the
+network cut off."""
 
 from __future__ import annotations
 
@@ -26,8 +29,8 @@ ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-net
 ROOT = Path(__file__).resolve().parent.parent
 # capabilities first: a first visit straight to a page (not /) must still go
 # through app.py (sidebar, selected run); see pages/_common.leave_pages_folder_mode
-PAGES = {"capabilities": "capabilities", "home": "", "mixture": "mixture", "compare": "compare",
-         "schedules": "schedules", "new_run": "new_run"}
+PAGES = {"capabilities": "capabilities", "home": "", "training": "training", "mixture": "mixture",
+         "compare": "compare", "schedules": "schedules", "new_run": "new_run"}
 
 pytestmark = [
     pytest.mark.browser,
@@ -88,6 +91,23 @@ def browser():
             b.close()
 
 
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    """Where screenshots go: $SCREENSHOT_DIR (CI keeps it as an artifact), else the test's tmp dir."""
+    out = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path / "screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def figures(page) -> list[dict]:
+    """Every plotly figure on the page as {title, traces: [{name, points}]}
+    (from plotly's own graph divs, so only what was drawn; _fullData holds
+    the arrays decoded from their base64 form)."""
+    return page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].map(g => ({
+        title: (g.layout && g.layout.title && g.layout.title.text) || '',
+        traces: (g._fullData || []).map(t => ({name: t.name || '', points: t.y ? t.y.length : 0}))}))""")
+
+
 def settle(page, heading: str) -> None:
     """Wait until the page shows `heading` and its script run is over."""
     page.get_by_role("heading", name=heading).first.wait_for(timeout=30_000)
@@ -95,7 +115,7 @@ def settle(page, heading: str) -> None:
     page.wait_for_timeout(300)  # let plotly draw
 
 
-def test_pages_render_and_a_proposal_is_approved_in_the_browser(served, browser, tmp_path):
+def test_pages_render_and_a_proposal_is_approved_in_the_browser(served, browser, shots):
     url, store, run_id = served
     (p,) = store.proposals(run_id, status="pending")
     page = browser.new_page(viewport={"width": 1400, "height": 1600})
@@ -106,18 +126,25 @@ def test_pages_render_and_a_proposal_is_approved_in_the_browser(served, browser,
     page.route(re.compile(r"^(?!https?://127\.0\.0\.1[:/])[a-z]+://"),
                lambda route: (external.append(route.request.url), route.abort()))
 
-    headings = {"home": f"Run #{run_id}", "capabilities": "Capabilities", "mixture": "Mixture & proposals",
-                "compare": "Compare runs", "schedules": "Schedules", "new_run": "New run"}
+    headings = {"home": f"Run #{run_id}", "capabilities": "Capabilities", "training": "Training",
+                "mixture": "Mixture & proposals", "compare": "Compare runs", "schedules": "Schedules",
+                "new_run": "New run"}
     for name, path in PAGES.items():
         page.goto(f"{url}/{path}")
         settle(page, headings[name])
         assert not page.locator("[data-testid='stException']").count(), name
-        if name in ("home", "capabilities", "mixture"):
+        if name in ("home", "capabilities", "training", "mixture"):
             page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=15_000)
         if name != "new_run":
             page.get_by_text("Your name (kept with each decision)").first.wait_for(timeout=10_000)  # sidebar
-        page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
-    assert all((tmp_path / f"{n}.png").stat().st_size > 10_000 for n in PAGES)
+        if name == "capabilities":  # each skill's panel draws its chance level
+            chance = [t for f in figures(page) for t in f["traces"] if t["name"].endswith(" chance")]
+            assert {t["name"] for t in chance} == {"copy chance", "add2 chance"} and all(t["points"] == 2 for t in chance)
+        if name == "training":
+            (loss,) = [f for f in figures(page) if re.search(r"\bTraining loss\b", f["title"])]  # Streamlit bolds titles
+            assert loss["traces"] and all(t["points"] == 20 for t in loss["traces"])  # steps 1..20, logged and EMA
+        page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+    assert all((shots / f"{n}.png").stat().st_size > 10_000 for n in PAGES)
 
     # approve through the UI, under a name typed into the sidebar
     page.goto(f"{url}/mixture")
@@ -128,12 +155,53 @@ def test_pages_render_and_a_proposal_is_approved_in_the_browser(served, browser,
     page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
     page.get_by_role("button", name="Approve").click()
     page.get_by_text(f"Proposal #{p['id']} approved").wait_for(timeout=30_000)
-    page.screenshot(path=str(tmp_path / "approved.png"), full_page=True)
+    page.screenshot(path=str(shots / "approved.png"), full_page=True)
     now = store.proposal(p["id"])
     assert now["status"] == "approved" and now["decided_by"] == "browser-test"
     assert not errors, errors
     assert not external, sorted(set(external))
     assert not page.get_by_role("button", name="Deploy").count()  # client.toolbarMode
+
+
+def test_the_phase_moves_while_a_worker_trains_then_a_finished_run_waits_for_nothing(served, browser, shots):
+    """The stopped run resumes in a real worker (steps 20 to 30, then the last
+    checkpoint's evaluation): Home's phase label follows it, and once it has
+    finished no proposal waits (its open one expired)."""
+    from backend import worker
+
+    url, store, run_id = served
+    assert store.proposals(run_id, status="pending")
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    worker.spawn(store.path, run_id)  # the run is live from here on: Home polls it
+    page.goto(url)
+    settle(page, f"Run #{run_id}")
+    phases: list[str] = []
+    captions = page.locator("[data-testid='stCaptionContainer']")
+    deadline = time.time() + 240
+    while store.run(run_id)["status"] in ("running", "created") and time.time() < deadline:
+        for text in captions.all_inner_texts():
+            label = re.match(r"Phase: (.+?)(?: for \d+ s)? ·", text)
+            if label and (not phases or phases[-1] != label.group(1)):
+                phases.append(label.group(1))
+                if label.group(1).startswith("evaluating") and not (shots / "evaluating.png").exists():
+                    page.screenshot(path=str(shots / "evaluating.png"), full_page=True)
+        page.wait_for_timeout(250)
+    run = store.run(run_id)
+    assert run["status"] == "finished", (run["status"], run["error"], phases)
+    assert "training" in phases and phases[-1] != "training", phases  # it trained, then moved on
+    assert any(p.startswith("evaluating") for p in phases[phases.index("training"):]), phases
+    page.reload()
+    settle(page, f"Run #{run_id}")
+    page.get_by_text("no pending proposal").first.wait_for(timeout=15_000)
+    assert not page.get_by_text("waiting for you").count()
+    assert page.get_by_text(re.compile(r"^finished · \d+ s of training in all")).count()
+    page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=15_000)
+    settle(page, f"Run #{run_id}")
+    page.screenshot(path=str(shots / "finished.png"), full_page=True)
+    assert store.proposals(run_id, status="pending") == []
+    page.goto(f"{url}/mixture")
+    settle(page, "Mixture & proposals")
+    page.get_by_text("No proposal is waiting").first.wait_for(timeout=15_000)
 
 
 def test_html_report_opens_without_network(human_run, browser, tmp_path):

@@ -176,3 +176,52 @@ def test_trajectory_draws_each_steer_skills_chance_level():
     lines = [t for t in fig.data if t.name == "parity chance"]
     assert len(lines) == 1 and list(lines[0].y) == [0.5, 0.5] and lines[0].line.dash == "dash"
     assert not [t for t in charts.trajectory_figure(df).data if (t.name or "").endswith("chance")]
+
+
+def test_skill_panels_one_per_skill_with_chance_and_badge():
+    df = scores_df(skills=("copy", "add2", "sort"))
+    fig = charts.skill_panels_figure(df, chance={"copy": 0.25}, badges={"copy": "learning", "add2": "at chance"},
+                                     cols=2)
+    axes = {t.xaxis for t in fig.data}
+    assert axes == {"x", "x2", "x3"}  # one panel per base skill
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[0].startswith("<b>add2</b>") and "at chance" in titles[0]  # sorted by name
+    assert "copy" in titles[1] and "learning" in titles[1] and titles[2] == "<b>sort</b>"
+    (chance,) = [t for t in fig.data if t.name == "copy chance"]
+    assert list(chance.y) == [0.25, 0.25] and chance.line.dash == "dash" and chance.xaxis == "x2"
+    held = [t for t in fig.data if t.name == "add2_holdout (held-out)" and t.fill != "toself"]
+    assert held[0].line.dash == "dot" and held[0].xaxis == "x"
+    assert fig.layout.yaxis3.range == (-0.02, 1.02) and fig.layout.xaxis.range[0] == 0
+    only = charts.skill_panels_figure(df, bases=["sort"], holdout=False, band=False)
+    assert {t.name for t in only.data} == {"sort"}
+
+
+def test_skill_panels_stay_fast_at_50_skills():
+    import time
+
+    df = scores_df(skills=[f"s{i}" for i in range(50)], steps=range(0, 1000, 1))
+    t0 = time.perf_counter()
+    fig = charts.skill_panels_figure(df, chance={f"s{i}": 0.1 for i in range(50)})
+    fig.to_json()
+    assert time.perf_counter() - t0 < 2.0  # shared CI cores; about 0.2 s alone
+    assert len({t.xaxis for t in fig.data}) == 50
+
+
+def test_curve_figure_smooths_and_logs():
+    curves = pd.DataFrame({"step": [1, 2, 3, 4], "tokens_seen": [10, 20, 30, 40], "loss": [4.0, 2.0, 3.0, 1.0],
+                           "lr": [1e-3] * 4, "grad_norm": [np.nan] * 4, "tokens_per_s": [5.0] * 4})
+    raw = charts.curve_figure(curves, "loss")
+    assert len(raw.data) == 1 and list(raw.data[0].y) == [4.0, 2.0, 3.0, 1.0]
+    sm = charts.curve_figure(curves, "loss", smoothing=0.9, log_y=True, x="tokens_seen")
+    logged, smooth = sm.data
+    assert list(logged.y) == [4.0, 2.0, 3.0, 1.0] and smooth.y[-1] > 1.0  # the EMA lags the last drop
+    assert sm.layout.yaxis.type == "log" and list(smooth.x) == [10, 20, 30, 40]
+    assert charts.curve_figure(curves, "grad_norm").layout.annotations[0].text == "nothing logged yet"
+
+
+def test_forecast_check_figure_points_and_diagonal():
+    errs = pd.DataFrame({"skill": ["copy", "copy", "add2"], "forecast": [0.2, 0.3, 0.5], "actual": [0.25, 0.3, 0.4],
+                         "step": [10, 20, 20]})
+    fig = charts.forecast_check_figure(errs)
+    assert list(fig.data[0].x) == [0, 1] and {t.name for t in fig.data[1:]} == {"copy", "add2"}
+    assert charts.forecast_check_figure(errs.iloc[:0]).layout.annotations

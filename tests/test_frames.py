@@ -58,8 +58,52 @@ def test_mixture_history_and_decisions(scored_run):
     assert d.iloc[0]["decided by"] == "ada"
     assert d["proposal"].dtype == "Int64" and d.iloc[0]["proposal"] == pid  # an id, never 1.000
     assert (d["decided at"] == d["decided at"].dt.floor("s")).all()  # whole seconds
-    f = frames.forecast_table(s.proposal(pid)["forecast"])
-    assert f.iloc[0].to_dict()["expected next"] == 0.5
+    f = frames.forecast_intervals(s.proposal(pid)["forecast"], [])
+    assert f.iloc[0]["expected next"] == 0.5 and math.isnan(f.iloc[0]["lo"])
+    assert f.iloc[0]["interval"] == "no forecast scored yet"
+
+
+def test_forecast_intervals_come_from_own_sd_else_past_errors():
+    forecast = {"copy": {"score": 0.4, "expected": 0.5}, "add2": {"score": 0.1, "expected": 0.2},
+                "sort": {"score": 0.3, "expected": 0.3, "sd": 0.01}}
+    errors = [{"skill": "copy", "error": e} for e in (0.1, -0.1, 0.1)] + [{"skill": "add2", "error": 0.4}]
+    f = frames.forecast_intervals(forecast, errors).set_index("skill")
+    assert f.loc["copy", "lo"] == pytest.approx(0.5 - 1.96 * 0.1)  # its own 3 errors: RMS 0.1
+    assert f.loc["copy", "interval"] == "RMS of 3 past errors of copy"
+    pooled = math.sqrt((3 * 0.01 + 0.16) / 4)  # add2 has 1 error (< 3): every skill's
+    assert f.loc["add2", "hi"] == pytest.approx(min(1.0, 0.2 + 1.96 * pooled))
+    assert f.loc["add2", "lo"] == 0.0  # clipped
+    assert f.loc["sort", "hi"] == pytest.approx(0.3 + 1.96 * 0.01)
+
+
+def test_train_curves_and_ema(scored_run):
+    s, run_id = scored_run
+    assert list(frames.train_curves(s, run_id).columns) == frames.TRAIN_COLUMNS
+    s.add_train_log(run_id, [{"step": k, "tokens_seen": 64 * k, "loss": 4.0 - k / 10, "lr": 1e-3,
+                              "grad_norm": None, "tokens_per_s": 100.0} for k in (1, 2, 3)])
+    df = frames.train_curves(s, run_id)
+    assert df["step"].tolist() == [1, 2, 3] and df["grad_norm"].isna().all()
+    y = pd.Series([1.0, 2.0, np.nan, 4.0])
+    assert frames.ema(y, 0.0) is y
+    sm = frames.ema(y, 0.5)
+    assert sm[0] == 1.0  # debiased: the first point is its own value, not pulled to 0
+    assert sm[1] == pytest.approx((0.25 * 1 + 0.5 * 2) / 0.75) and math.isnan(sm[2])
+
+
+def test_tokens_per_domain_sums_weight_times_steps():
+    h = frames.mixture_history([{"from_step": 0, "tokens_at": 0, "weights": {"a": 0.5, "b": 0.5}, "source": "initial"},
+                                {"from_step": 10, "tokens_at": 100, "weights": {"a": 1.0, "b": 0.0}, "source": "manual"}],
+                               end_step=None)
+    t = frames.tokens_per_domain(h, tokens_per_step=10, end_step=15)
+    last = t[t["step"] == 15].set_index("domain")["tokens"]
+    assert last["a"] == 10 * 10 * 0.5 + 5 * 10 * 1.0 and last["b"] == 50
+    assert (t[t["step"] == 0]["tokens"] == 0).all()
+
+
+def test_skill_badges_against_chance():
+    df = scores_df(skills=("copy", "add2"), steps=[0, 40])  # copy 0.4 +- 0.098, add2 0.5 +- 0.098
+    b = frames.skill_badges(df, {"copy": 0.35, "add2": 0.1})
+    assert b == {"copy": "at chance", "add2": "learning"}
 
 
 def test_weights_table():

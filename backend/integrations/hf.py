@@ -117,9 +117,12 @@ class ClosedLoopCallback(TrainerCallback):
         self._boundary(state.global_step, model, path="")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        """Keep the training loss for the next checkpoint."""
+        """Keep the training loss for the next checkpoint, and log it (with
+        the learning rate and grad norm HF logs beside it) as a training-curve row."""
         if logs and "loss" in logs:
             self.losses.append(float(logs["loss"]))
+            self.client.report_steps([{"step": state.global_step, "loss": float(logs["loss"]),
+                                       "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}])
 
     def on_save(self, args, state, control, model=None, **kwargs):
         """The checkpoint HF just wrote: report it, evaluate, run the boundary."""
