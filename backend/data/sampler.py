@@ -80,7 +80,7 @@ class MixtureSampler:
         """The next global sequence index."""
         self.domain_tokens = dict.fromkeys(self.names, 0)
         """Domain -> training tokens (targets: context_length per sequence)
-        of the sequences [0, counted) (`count`)."""
+        of the sequences [0, counted) (`usage`)."""
         self.counted = 0
 
     # -- state --------------------------------------------------------------
@@ -99,24 +99,25 @@ class MixtureSampler:
         self.domain_tokens = {n: int(state.get("domain_tokens", {}).get(n, 0)) for n in self.names}
         self.counted = int(state.get("counted", self.sequences_drawn))
 
-    def count(self, weights: dict[str, float]) -> dict[str, int]:
-        """Add the sequences [counted, sequences_drawn), drawn with
-        `weights`, to domain_tokens (their domains alone are computed: cheap,
-        and the same on every rank whichever slice it drew); returns
-        domain_tokens."""
+    def usage(self, weights: dict[str, float]) -> dict[str, dict]:
+        """Domain -> {"tokens": training tokens (context_length a sequence)
+        of the sequences drawn so far, "epochs": passes over its training
+        tokens, "train_tokens": their number} (epochs and train_tokens None
+        for an endless stream). The sequences drawn since the last call
+        count as drawn with `weights`; only their domains are computed
+        (cheap, and the same on every rank whichever slice it drew)."""
         for a in range(self.counted, self.sequences_drawn, 1 << 20):  # 1M sequences (8 MB) at a time
             idx = np.arange(a, min(a + (1 << 20), self.sequences_drawn), dtype=np.uint64)
             picks = np.bincount(self._domains(idx, weights), minlength=len(self.names))
             for name, n in zip(self.names, picks):
                 self.domain_tokens[name] += int(n) * self.context_length
         self.counted = self.sequences_drawn
-        return dict(self.domain_tokens)
-
-    def epochs(self, domain_tokens: dict[str, int] | None = None) -> dict[str, float | None]:
-        """Domain -> passes over its training tokens (None: an endless stream)."""
-        tokens = self.domain_tokens if domain_tokens is None else domain_tokens
-        return {d.name: (tokens.get(d.name, 0) / len(d.train_tokens)
-                         if getattr(d, "train_tokens", None) is not None else None) for d in self.domains}
+        out = {}
+        for d in self.domains:
+            size = len(d.train_tokens) if getattr(d, "train_tokens", None) is not None else None
+            tokens = self.domain_tokens[d.name]
+            out[d.name] = {"tokens": tokens, "epochs": tokens / size if size else None, "train_tokens": size}
+        return out
 
     # -- drawing --------------------------------------------------------------
     def _domains(self, idx: np.ndarray, weights: dict[str, float]) -> np.ndarray:
