@@ -143,8 +143,9 @@ class MixtureSampler:
             if getattr(d, "train_tokens", None) is not None:
                 out[rows] = self._windows(d.train_tokens, hash64(self.seed, idx[rows], _START))
             else:
+                # ~2 characters a token in the synthetic texts: most rows fill in one round
                 out[rows] = self._stream(d, [random.Random(f"seq/{self.seed}/{i}") for i in idx[rows].tolist()],
-                                         "train")
+                                         "train", chars_ahead=2 * self.length)
         return out, tokens
 
     def batch(self, weights: dict[str, float], batch_size: int) -> tuple[np.ndarray, dict[str, int]]:
@@ -156,19 +157,29 @@ class MixtureSampler:
         return out, {d: t // self.context_length for d, t in tokens.items()}
 
     def batches(self, weights: dict[str, float], batch_size: int, n: int, *, background: bool) -> Iterator:
-        """n (B, T+1) torch int64 batches. With background=True (a GPU
+        """The next n batches as (B, T+1) torch int64 tensors; the state
+        advances by B as each is taken. With background=True (a GPU
         computes: the CPU is free) each is drawn in a thread while the trainer
-        works on the one before; on the CPU the cores are busy with the
-        training step itself, and a drawing thread only fights torch's threads
-        for them, so batches are drawn in line."""
+        works on the one before. On the CPU a thread only fights the training
+        step for the interpreter lock, so they are drawn ahead in a forked,
+        niced process (prefetch_process) that runs while the step leaves a
+        core idle (its single-threaded Python stretches)."""
         import torch
 
-        def make():
-            return torch.from_numpy(self.batch(weights, batch_size)[0])
-
         if background:
-            return prefetch(make, n)
-        return (make() for _ in range(n))
+            return prefetch(lambda: torch.from_numpy(self.batch(weights, batch_size)[0]), n)
+        start = self.sequences_drawn
+
+        def make(k: int) -> np.ndarray:
+            a = start + k * batch_size
+            return self.sequences(np.arange(a, a + batch_size, dtype=np.uint64), weights)[0]
+
+        def take():
+            for rows in prefetch_process(make, n):
+                self.sequences_drawn += batch_size
+                yield torch.from_numpy(rows)
+
+        return take()
 
     def _windows(self, tokens: np.ndarray, h: np.ndarray) -> np.ndarray:
         """(n, T+1) int64 windows of `tokens` starting at h mod its length,
@@ -182,18 +193,29 @@ class MixtureSampler:
             return tokens[np.where(pos >= n, pos - n, pos)].astype(np.int64)
         return tokens[(start[:, None] + np.arange(self.length)) % n].astype(np.int64)
 
-    def _stream(self, domain, rngs: list[random.Random], split: str) -> np.ndarray:
+    def _stream(self, domain, rngs: list[random.Random], split: str, chars_ahead: int = 0) -> np.ndarray:
         """(len(rngs), T+1) int64: each row packed from documents of a
         stream domain drawn from its own generator, EOS-separated; every
-        round of documents is tokenized in one call."""
+        round of documents is tokenized in one call. Each round draws, per
+        row, documents until chars_ahead characters (at least one): drawing
+        ahead changes no row (a row is the prefix of its documents in
+        order), it only saves rounds; a generator shared across rows
+        (heldout) must draw none ahead."""
         rows: list[list[int]] = [[] for _ in rngs]
         todo = list(range(len(rngs)))
         while todo:
-            # ~8 characters per token is generous; a short window is topped up
-            texts = [domain.document(rngs[r], split, max_chars=self.length * 8) for r in todo]
-            for r, enc in zip(todo, self._tokenizer.encode_batch(texts, add_special_tokens=False)):
-                rows[r] += enc.ids[: self.length * 2]
-                rows[r].append(self.eos)
+            texts, owners = [], []
+            for r in todo:
+                chars = 0
+                while not texts or owners[-1] != r or chars < chars_ahead:
+                    # ~8 characters per token is generous; a short window is topped up
+                    texts.append(domain.document(rngs[r], split, max_chars=self.length * 8))
+                    owners.append(r)
+                    chars += len(texts[-1])
+            for r, enc in zip(owners, self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)):
+                if len(rows[r]) < self.length:
+                    rows[r] += enc.ids[: self.length * 2]
+                    rows[r].append(self.eos)
             todo = [r for r in todo if len(rows[r]) < self.length]
         return np.array([r[: self.length] for r in rows], dtype=np.int64)
 
@@ -210,7 +232,7 @@ class MixtureSampler:
                 continue
             rng = random.Random(f"doclen/{self.seed}/{d.name}")
             texts = [d.document(rng, "train", max_chars=200_000) for _ in range(n_docs)]
-            sizes = [len(e.ids) + 1 for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+            sizes = [len(e.ids) + 1 for e in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
             out[d.name] = sum(sizes) / len(sizes)
         return out
 
@@ -259,6 +281,46 @@ def cap_weights(weights: dict[str, float], trained: dict[str, int], train_tokens
                 raise ValueError(f"every domain of the mixture reaches its max_epochs: {', '.join(sorted(over))}")
             return (new if over else dict(weights)), over
         capped.update(more)
+
+
+def prefetch_process(make: Callable[[int], np.ndarray], n: int, ahead: int = 4) -> Iterator[np.ndarray]:
+    """Yield make(0) ... make(n - 1), computed up to `ahead` items early in a
+    forked child process at lower priority (nice 10), so drawing never holds
+    the training process's interpreter lock. The child is ended when the
+    iterator is closed; an error in it is raised here."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # the child inherits the sampler: caches stay memory-mapped, shared
+    recv, send = ctx.Pipe(duplex=False)
+    room = ctx.Semaphore(ahead)
+
+    def child() -> None:
+        os.nice(10)
+        try:
+            for k in range(n):
+                room.acquire()
+                send.send(make(k))
+        except BaseException as e:  # surfaces in the consumer
+            send.send(RuntimeError(f"drawing batches failed: {type(e).__name__}: {e}"))
+
+    proc = ctx.Process(target=child, daemon=True, name="closed-loop-batches")
+    proc.start()
+    send.close()
+    try:
+        for _ in range(n):
+            try:
+                item = recv.recv()
+            except EOFError:
+                raise RuntimeError(f"the batch-drawing process ended (exit code {proc.exitcode})") from None
+            if isinstance(item, BaseException):
+                raise item
+            room.release()
+            yield item
+    finally:
+        recv.close()
+        if proc.is_alive():
+            proc.terminate()
+        proc.join()
 
 
 def prefetch(make: Callable[[], object], n: int) -> Iterator:
