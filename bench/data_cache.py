@@ -124,7 +124,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from backend.config import DomainConfig
-    from backend.data.cache import token_cache
+    from backend.data.cache import PARALLEL_MIN_BYTES, token_cache
     from backend.data.domains import build_domains
     from backend.data.tokenizer import load_tokenizer, train_tokenizer
 
@@ -147,7 +147,8 @@ def main() -> None:
         cache = token_cache("big", domains[1].shards(), tokenizer, cache_dir)
         build = time.perf_counter() - t
         n = len(cache.tokens)
-        print(f"cache build: {build:.1f} s for {n:,} tokens ({n / build:,.0f} tokens/s, {os.cpu_count()} processes), "
+        procs = os.cpu_count() if size >= PARALLEL_MIN_BYTES else 1
+        print(f"cache build: {build:.1f} s for {n:,} tokens ({n / build:,.0f} tokens/s, {procs} processes), "
               f"{cache.tokens.dtype}, {cache.n_docs} documents")
 
         small = train(work, work / "small", work / "tok", cache_dir, args.steps, "small")

@@ -71,6 +71,9 @@ class MixtureSampler:
         self.length = context_length + 1  # inputs and shifted targets
         self.seed = seed
         self.eos = tokenizer.eos_token_id
+        # tokenizers' own thread pool would fight torch's threads for the cores, and
+        # after it has run, every fork (prefetch_process) prints a warning
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         # the raw `tokenizers` object: ~10x less overhead per call than the wrapper
         self._tokenizer = tokenizer.backend_tokenizer
         for d in self.domains:
