@@ -82,7 +82,7 @@ name = "strings"
 source = "synthetic"
 skills = ["copy"]
 [[data.domains]]
-name = "big"
+name = "{name}"
 source = "folder"
 path = "{corpus}"
 [evaluation]

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from backend import frames
 from backend.config import DomainConfig, preset
 from backend.data import cache as cache_mod
 from backend.data import tokenizer as tokenizer_mod
@@ -287,6 +288,12 @@ def test_every_checkpoint_records_tokens_and_epochs_per_domain(tmp_path):
     capped = [c for c in cks[1:] if c["weights"]["code"] < store.weights_at(rid, c["step"] - 10)["code"] - 1e-12]
     assert capped
     assert cks[-1]["domain_usage"]["code"]["epochs"] <= 1.0 + 3 * 48 / 240
+    # the Mixture page's table: requested (the schedule) vs sampled shares, tokens, epochs
+    table = frames.domain_usage(store, rid).set_index("domain")
+    assert table["requested"].sum() == pytest.approx(1.0) and table["sampled"].sum() == pytest.approx(1.0)
+    assert table.loc["code", "sampled"] < table.loc["code", "requested"]  # capped below the schedule's share
+    assert table.loc["code", "tokens"] == cks[-1]["domain_usage"]["code"]["tokens"]
+    assert np.isnan(table.loc["strings", "epochs"]) and table.loc["code", "epochs"] > 0
 
 
 def test_refuse_stops_the_run_with_an_event_naming_the_domain(tmp_path):

@@ -230,3 +230,23 @@ def test_background_batches_raise_the_drawing_threads_error(domains, tokenizer, 
     it = s.batches(WEIGHTS, 2, 3, background=True)
     with pytest.raises(OSError, match="vanished"):  # in the consumer, not lost in the thread
         next(it)
+
+
+def test_batches_drawn_ahead_in_a_process_raise_its_error_and_end_it(domains, tokenizer, monkeypatch):
+    import multiprocessing
+
+    s = sampler(domains, tokenizer)
+
+    def broken(indices, weights):
+        raise OSError("data folder vanished")
+
+    monkeypatch.setattr(s, "sequences", broken)  # the forked child inherits the broken sampler
+    it = s.batches(WEIGHTS, 2, 3, background=False)
+    with pytest.raises(RuntimeError, match="drawing batches failed: OSError: data folder vanished"):
+        next(it)
+    monkeypatch.undo()
+    it = s.batches(WEIGHTS, 2, 50, background=False)
+    next(it)
+    it.close()  # a stretch cut short (stop command): the drawing process ends with it
+    assert not [p for p in multiprocessing.active_children() if p.name == "closed-loop-batches"]
+    assert s.sequences_drawn == 2  # only what was taken counts
