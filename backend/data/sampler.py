@@ -297,11 +297,15 @@ def prefetch_process(make: Callable[[int], np.ndarray], n: int, ahead: int = 4) 
     recv, send = ctx.Pipe(duplex=False)
     room = ctx.Semaphore(ahead)
 
+    parent = os.getpid()
+
     def child() -> None:
         os.nice(10)
         try:
             for k in range(n):
-                room.acquire()
+                while not room.acquire(timeout=1.0):
+                    if os.getppid() != parent:  # the trainer was killed (SIGKILL): no orphan left waiting
+                        return
                 send.send(make(k))
         except BaseException as e:  # surfaces in the consumer
             send.send(RuntimeError(f"drawing batches failed: {type(e).__name__}: {e}"))
