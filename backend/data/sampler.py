@@ -19,6 +19,7 @@ background thread while a GPU trains on the batch before.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import random
@@ -308,7 +309,8 @@ def prefetch_process(make: Callable[[int], np.ndarray], n: int, ahead: int = 4) 
                         return
                 send.send(make(k))
         except BaseException as e:  # surfaces in the consumer
-            send.send(RuntimeError(f"drawing batches failed: {type(e).__name__}: {e}"))
+            with contextlib.suppress(OSError):  # unless the consumer is gone
+                send.send(RuntimeError(f"drawing batches failed: {type(e).__name__}: {e}"))
 
     proc = ctx.Process(target=child, daemon=True, name="closed-loop-batches")
     proc.start()
