@@ -135,7 +135,7 @@ class DomainConfig:
         if self.path is not None and "\x00" in self.path:
             raise ConfigError(f"{path}.path: a path cannot hold a NUL character")
         if self.path is not None and not getattr(entry, "needs_path", False):
-            raise ConfigError(f"{path}.path: source {self.source!r} reads no folder; only folder sources take a path")
+            raise ConfigError(f"{path}.path: source {self.source!r} reads no files; only folder and saved sources take a path")
         if self.size_tokens is not None and self.size_tokens <= 0:
             raise ConfigError(f"{path}.size_tokens: must be > 0, got {self.size_tokens}")
         if not self.text_field:
