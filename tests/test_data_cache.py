@@ -305,3 +305,14 @@ def test_refuse_stops_the_run_with_an_event_naming_the_domain(tmp_path):
     (event,) = store.events(rid, "max_epochs")
     last = store.checkpoints(rid)[-1]["step"]
     assert f"mixture refused for steps {last}-{last + 10}" in event["message"]  # nothing trained past it
+
+
+def test_an_untrusted_config_writes_token_caches_only_inside_the_data_roots(tmp_path):
+    from backend.config import ConfigError
+    from backend.config.limits import check_untrusted
+
+    cfg = preset("tiny")
+    inside = cfg.replace(data={**cfg.to_dict()["data"], "cache_dir": str(tmp_path / "caches")})
+    check_untrusted(inside, roots=[tmp_path])
+    with pytest.raises(ConfigError, match=r"data\.cache_dir: .* is outside the data roots"):
+        check_untrusted(inside, roots=[tmp_path / "elsewhere"])
