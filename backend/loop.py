@@ -464,8 +464,9 @@ class ClosedLoop:
         if not over:
             return weights
         said = "; ".join(f"{d} would reach {e:.2f} epochs (max_epochs {limits[d]:g})" for d, e in over.items())
-        if self.cfg.data.on_max_epochs == "refuse":
-            msg = f"mixture refused for steps {self.c.trainer.step}-{end}: {said} (data.on_max_epochs = refuse)"
+        if self.cfg.data.on_max_epochs == "refuse" or capped is None:
+            why = "data.on_max_epochs = refuse" if capped is not None else "no other domain can take the rest"
+            msg = f"mixture refused for steps {self.c.trainer.step}-{end}: {said} ({why})"
             self.store.log_event(self.run_id, "max_epochs", msg, before=weights)
             raise EpochLimitError(msg)
         self.store.log_event(self.run_id, "max_epochs", f"mixture capped for steps {self.c.trainer.step}-{end}: "

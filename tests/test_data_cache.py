@@ -247,8 +247,8 @@ def test_cap_weights_gives_a_capped_domain_what_its_epochs_allow():
     capped, over = cap_weights(w, {"a": 900}, {"a": 1000}, {"a": 1.0}, 1000)
     assert capped["a"] == pytest.approx(0.1) and sum(capped.values()) == pytest.approx(1.0)
     assert capped["b"] / capped["c"] == pytest.approx(1.5) and over == {"a": pytest.approx(1.4)}
-    with pytest.raises(ValueError, match="every domain"):
-        cap_weights({"a": 1.0}, {"a": 1000}, {"a": 1000}, {"a": 1.0}, 1000)
+    # nothing can take the rest: no weights (the loop refuses even when told to cap)
+    assert cap_weights({"a": 1.0}, {"a": 1000}, {"a": 1000}, {"a": 1.0}, 1000) == (None, {"a": 2.0})
 
 
 # -- the loop: per-domain data at every checkpoint, max_epochs --------------------------

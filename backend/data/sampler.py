@@ -255,7 +255,7 @@ class MixtureSampler:
 
 
 def cap_weights(weights: dict[str, float], trained: dict[str, int], train_tokens: dict[str, int],
-                max_epochs: dict[str, float], stretch_tokens: int) -> tuple[dict[str, float], dict[str, float]]:
+                max_epochs: dict[str, float], stretch_tokens: int) -> tuple[dict[str, float] | None, dict[str, float]]:
     """Weights for a stretch of `stretch_tokens` training tokens under which
     no domain with a max_epochs passes it: a domain whose share would take
     it past max_epochs x its train_tokens gets the share that reaches it
@@ -263,7 +263,7 @@ def cap_weights(weights: dict[str, float], trained: dict[str, int], train_tokens
 
     :return: (weights, over): over is domain -> the epochs `weights` would
         have reached, for each capped domain (empty: nothing capped; the
-        weights come back as given). ValueError when every domain with
+        weights come back as given). weights is None when every domain with
         weight is capped (nothing can take the rest)."""
     capped: dict[str, float] = {}
     over: dict[str, float] = {}
@@ -282,7 +282,7 @@ def cap_weights(weights: dict[str, float], trained: dict[str, int], train_tokens
                 over[d] = (trained.get(d, 0) + new[d] * stretch_tokens) / train_tokens[d]
         if not more:
             if over and not any(new[d] > 0 for d in weights if d not in capped):
-                raise ValueError(f"every domain of the mixture reaches its max_epochs: {', '.join(sorted(over))}")
+                return None, over
             return (new if over else dict(weights)), over
         capped.update(more)
 
