@@ -86,6 +86,7 @@ class MixtureSampler:
         """Domain -> training tokens (targets: context_length per sequence)
         of the sequences [0, counted) (`usage`)."""
         self.counted = 0
+        """The global index up to which domain_tokens counts."""
 
     # -- state --------------------------------------------------------------
     def state_dict(self) -> dict:
