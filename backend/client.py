@@ -356,14 +356,16 @@ class RunClient:
         TaskEvaluator, per-domain held-out loss), and store the results.
         The evaluator is built once per model and reused."""
         if self._evaluator is None or self._evaluator[0] is not model:
+            from backend.data.cache import cache_root
             from backend.data.domains import build_domains
             from backend.data.sampler import MixtureSampler
             from backend.loop import build_evaluator, run_dir_for
 
+            run_dir = run_dir_for(self.store, self.run_id)
             domains = build_domains(self.cfg.data.domains, seed=self.cfg.seed)
-            sampler = MixtureSampler(domains, tokenizer, self.cfg.data.context_length, self.cfg.seed)
-            self._evaluator = (model, build_evaluator(self.cfg, run_dir_for(self.store, self.run_id), model,
-                                                      tokenizer, device, sampler))
+            sampler = MixtureSampler(domains, tokenizer, self.cfg.data.context_length, self.cfg.seed,
+                                     cache_dir=cache_root(self.cfg.data.cache_dir, run_dir))
+            self._evaluator = (model, build_evaluator(self.cfg, run_dir, model, tokenizer, device, sampler))
         self.record_evaluation(step, self._evaluator[1])
 
     # -- the boundary -------------------------------------------------------------

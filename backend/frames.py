@@ -216,6 +216,33 @@ def mixture_history(schedule: list[dict], end_step: int | None = None) -> pd.Dat
     return pd.DataFrame(out, columns=cols)
 
 
+def domain_usage(store, run_id: int) -> pd.DataFrame:
+    """Per domain, up to the last checkpoint that counted its data: the
+    share of training tokens the schedule requested (its segments' weights
+    over the steps each was in force), the share actually sampled, the
+    tokens trained and the epochs over its training tokens (NaN: an endless
+    stream). Columns: domain, requested, sampled, tokens, epochs; empty
+    before the first such checkpoint."""
+    cols = ["domain", "requested", "sampled", "tokens", "epochs"]
+    cks = [c for c in store.checkpoints(run_id) if c.get("domain_usage")]
+    schedule = store.schedule(run_id)
+    if not cks or not schedule:
+        return pd.DataFrame(columns=cols)
+    last = cks[-1]
+    steps = [c["step"] for c in store.checkpoints(run_id) if c["step"] <= last["step"]]
+    requested: dict[str, float] = {}
+    for a, b in zip(steps, steps[1:]):  # each stretch trained the segment in force at its start
+        seg = [s for s in schedule if s["from_step"] <= a][-1]
+        for d, w in seg["weights"].items():
+            requested[d] = requested.get(d, 0.0) + w * (b - a)
+    total_req = sum(requested.values())
+    usage = last["domain_usage"]
+    total = sum(u["tokens"] for u in usage.values())
+    return pd.DataFrame([(d, requested.get(d, 0.0) / total_req if total_req else math.nan,
+                          u["tokens"] / total if total else math.nan, u["tokens"],
+                          math.nan if u["epochs"] is None else u["epochs"]) for d, u in usage.items()], columns=cols)
+
+
 def weights_table(current: dict[str, float], proposed: dict[str, float] | None = None,
                   rationale: dict[str, str] | None = None) -> pd.DataFrame:
     """Current (and proposed) weight per domain, the change, the reason."""

@@ -42,6 +42,11 @@ class Stopped(Exception):
     """A stop command arrived; the run ends at its last checkpoint."""
 
 
+class EpochLimitError(ValueError):
+    """The mixture would repeat a domain past its max_epochs and
+    data.on_max_epochs is refuse; the message names the domain."""
+
+
 # -- what the loop drives --------------------------------------------------------
 
 
@@ -78,6 +83,12 @@ class Sampler(Protocol):
 
     def document_tokens(self) -> dict[str, float]:
         """Domain -> mean tokens per whole document (for document-sampling exports)."""
+        ...
+
+    def usage(self, weights: dict[str, float]) -> dict[str, dict]:
+        """Domain -> {"tokens" trained so far, "epochs" (None: an endless
+        stream), "train_tokens" (None: endless)}; sequences drawn since the
+        last call count as drawn with `weights`."""
         ...
 
 
@@ -251,6 +262,7 @@ def build_components(cfg: RunConfig, run_dir: Path) -> Components:
     lm-eval tasks; device and threads decided here, once."""
     import torch
 
+    from backend.data.cache import cache_root
     from backend.data.domains import build_domains
     from backend.data.sampler import MixtureSampler
     from backend.data.tokenizer import check_fits, load_tokenizer, train_tokenizer
@@ -277,7 +289,8 @@ def build_components(cfg: RunConfig, run_dir: Path) -> Components:
     if cfg.model.pretrained:
         check_fits(tokenizer, model, "data.tokenizer_path" if cfg.data.tokenizer_path else "model.pretrained")
     trainer = Trainer(model, cfg.train, device)
-    sampler = MixtureSampler(domains, tokenizer, cfg.data.context_length, cfg.seed)
+    sampler = MixtureSampler(domains, tokenizer, cfg.data.context_length, cfg.seed,
+                             cache_dir=cache_root(cfg.data.cache_dir, run_dir), progress=True)
     evaluator = build_evaluator(cfg, run_dir, model, tokenizer, device, sampler)
     return Components(domains=domains, trainer=trainer, sampler=sampler, evaluator=evaluator,
                       checkpointer=FolderCheckpointer(run_dir / "checkpoints", model, trainer,
@@ -364,8 +377,10 @@ class ClosedLoop:
                 # the segment in force at this step (after a fallback resume a
                 # later segment may exist already: it starts at its own step)
                 weights = self.store.weights_at(self.run_id, self.c.trainer.step)
+                end = vocab.next_boundary(self.c.trainer.step, every, total)
+                weights = self._within_max_epochs(weights, end)
                 self._phase("training")
-                self._train_stretch(weights, vocab.next_boundary(self.c.trainer.step, every, total))
+                self._train_stretch(weights, end)
                 self._checkpoint(weights)
                 self._at_checkpoint(self.c.trainer.step)
         except Stopped:
@@ -432,6 +447,32 @@ class ClosedLoop:
         self._checkpoint(self.store.current_weights(self.run_id))  # step 0: the untrained model
         self._at_checkpoint(0)
 
+    def _within_max_epochs(self, weights: dict[str, float], end: int) -> dict[str, float]:
+        """The weights to train to step `end`: `weights`, unless a domain
+        would pass its max_epochs by then; then (data.on_max_epochs) refuse:
+        an event and EpochLimitError, or cap: the weights of
+        backend.data.sampler.cap_weights, with an event."""
+        from backend.data.sampler import cap_weights
+
+        limits = {d.name: d.max_epochs for d in self.cfg.data.domains if d.max_epochs is not None}
+        if not limits:
+            return weights
+        usage = self.c.sampler.usage(weights)
+        stretch = (end - self.c.trainer.step) * self.tokens_per_step
+        capped, over = cap_weights(weights, {d: u["tokens"] for d, u in usage.items()},
+                                   {d: u["train_tokens"] for d, u in usage.items()}, limits, stretch)
+        if not over:
+            return weights
+        said = "; ".join(f"{d} would reach {e:.2f} epochs (max_epochs {limits[d]:g})" for d, e in over.items())
+        if self.cfg.data.on_max_epochs == "refuse" or capped is None:
+            why = "data.on_max_epochs = refuse" if capped is not None else "no other domain can take the rest"
+            msg = f"mixture refused for steps {self.c.trainer.step}-{end}: {said} ({why})"
+            self.store.log_event(self.run_id, "max_epochs", msg, before=weights)
+            raise EpochLimitError(msg)
+        self.store.log_event(self.run_id, "max_epochs", f"mixture capped for steps {self.c.trainer.step}-{end}: "
+                             f"{said}", before=weights, after=capped)
+        return capped
+
     def _phase(self, phase: str) -> None:
         """What the worker does now, for Home, `show` and the progress bar."""
         self.store.update_run(self.run_id, phase=phase, phase_started=time.time())
@@ -486,12 +527,13 @@ class ClosedLoop:
         the weights that trained the stretch ending here."""
         step = self.c.trainer.step
         wall = self.wall_offset + time.time() - self.started
+        usage = {d: {"tokens": u["tokens"], "epochs": u["epochs"]} for d, u in self.c.sampler.usage(weights).items()}
         path = self.c.checkpointer.save(step, {"sampler": self.c.sampler.state_dict(), "wall_time": wall,
                                                "weights": weights})
         self.store.add_checkpoint(self.run_id, step=step, tokens_seen=step * self.tokens_per_step,
                                   train_loss=self.last_loss, wall_time=wall,
                                   tokens_per_s=self.store.run(self.run_id)["tokens_per_s"],
-                                  path=path, weights=weights)
+                                  path=path, weights=weights, domain_usage=usage)
         self.store.heartbeat(self.run_id, step=step, tokens_seen=step * self.tokens_per_step)
         # retention: the last train.keep_checkpoints, plus every segment's first
         # step (a schedule restarts there) and doremi's reference checkpoint

@@ -89,6 +89,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     tokens_per_s REAL,
     path TEXT,
     weights TEXT,                   -- JSON mixture trained up to this step
+    domain_usage TEXT,              -- JSON {domain: {"tokens": trained so far, "epochs": passes (null: endless)}}
     evaluated INTEGER NOT NULL DEFAULT 0,
     boundary_done INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
@@ -238,7 +239,7 @@ CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, ts);
 
 _JSON_COLUMNS = {
     "config", "skills", "domains", "tasks", "weights", "current_weights", "rationale",
-    "forecast", "final_weights", "before", "after", "replay_schedule", "objective",
+    "forecast", "final_weights", "before", "after", "replay_schedule", "objective", "domain_usage",
 }
 
 # columns a caller may set after the row exists (anything else is a bug, named)
@@ -248,6 +249,7 @@ RUN_FIELDS = ("status", "policy", "pid", "heartbeat", "step", "tokens_seen", "to
 ADDED_COLUMNS = (
     ("runs", "phase", "TEXT"), ("runs", "phase_started", "REAL"), ("domains", "tokens_per_doc", "REAL"),
     ("skills", "metric", "TEXT"), ("skills", "higher_is_better", "INTEGER"), ("skills", "chance", "REAL"),
+    ("checkpoints", "domain_usage", "TEXT"),
 )
 TRAIN_LOG_KEYS = ("step", "tokens_seen", "loss", "lr", "grad_norm", "tokens_per_s")
 """The keys of a train_log row (Store.add_train_log, RunClient.report_steps)."""
@@ -488,16 +490,18 @@ class Store:
     # -- checkpoints ----------------------------------------------------------
     def add_checkpoint(self, run_id: int, *, step: int, tokens_seen: int, train_loss: float | None,
                        wall_time: float, tokens_per_s: float | None, path: str,
-                       weights: dict) -> None:
+                       weights: dict, domain_usage: dict | None = None) -> None:
         """Record a checkpoint whose files are complete on disk (idempotent:
-        a second call for the same step only updates its path)."""
+        a second call for the same step only updates its path and
+        domain_usage: {domain: {"tokens", "epochs"}} trained up to it)."""
         with self.transaction():
             self.db.execute(
                 "INSERT INTO checkpoints (run_id, step, tokens_seen, train_loss, wall_time, "
-                "tokens_per_s, path, weights, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (run_id, step) DO UPDATE SET path = excluded.path",
+                "tokens_per_s, path, weights, domain_usage, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (run_id, step) DO UPDATE SET path = excluded.path, "
+                "domain_usage = coalesce(excluded.domain_usage, domain_usage)",
                 (run_id, step, tokens_seen, train_loss, wall_time, tokens_per_s, path,
-                 _dumps(weights), time.time()),
+                 _dumps(weights), _dumps(domain_usage), time.time()),
             )
 
     def mark_checkpoint(self, run_id: int, step: int, **flags: bool) -> None:

@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 
 from backend import vocab
 from backend.config import RunConfig
+from backend.data.domains import SOURCES
 from backend.loop import Components
 
 FAKE_TEXT_TOKENS = 1_000_000  # size of a text domain whose config gives none (natural mixture)
@@ -92,10 +93,14 @@ class FakeSampler:
     """Sequence i's domain is drawn from random.Random(f"seq/{seed}/{i}"),
     as in MixtureSampler; a batch is {domain: sequences}."""
 
-    def __init__(self, domains: list[str], seed: int):
+    def __init__(self, domains: list[str], seed: int, context_length: int = 1,
+                 train_tokens: dict[str, int] | None = None):
         self.names = list(domains)
         self.seed = seed
         self.sequences_drawn = 0
+        self.context_length = context_length
+        self.train_tokens = train_tokens or {}  # text domains' sizes (the others stream endlessly)
+        self.sequences = dict.fromkeys(self.names, 0)  # drawn per domain
 
     def batch(self, weights: dict[str, float], batch_size: int) -> dict[str, int]:
         """Sequences per domain of one batch."""
@@ -109,6 +114,7 @@ class FakeSampler:
                 if u < acc:
                     break
             counts[n] += 1
+            self.sequences[n] += 1
             self.sequences_drawn += 1
         return counts
 
@@ -117,12 +123,21 @@ class FakeSampler:
         return _Batches(self.batch(weights, batch_size) for _ in range(n))
 
     def state_dict(self) -> dict:
-        """Sequences drawn so far."""
-        return {"sequences_drawn": self.sequences_drawn, "seed": self.seed}
+        """Sequences drawn so far, in all and per domain."""
+        return {"sequences_drawn": self.sequences_drawn, "seed": self.seed, "sequences": dict(self.sequences)}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a state_dict."""
         self.sequences_drawn = state["sequences_drawn"]
+        self.sequences = dict(state.get("sequences", self.sequences))
+
+    def usage(self, weights: dict[str, float]) -> dict[str, dict]:
+        """Sampler.usage from the sequences drawn per domain."""
+        out = {}
+        for n in self.names:
+            tokens, size = self.sequences[n] * self.context_length, self.train_tokens.get(n)
+            out[n] = {"tokens": tokens, "epochs": tokens / size if size else None, "train_tokens": size}
+        return out
 
     def document_tokens(self) -> dict[str, float]:
         """Sampler.document_tokens: every fake document is 100 tokens."""
@@ -224,7 +239,9 @@ def fake_components(**evaluator_options) -> Callable[[RunConfig, Path], Componen
                    for d in cfg.data.domains]
         names = [d.name for d in domains]
         trainer = FakeTrainer(names, cfg.data.context_length)
-        return Components(domains=domains, trainer=trainer, sampler=FakeSampler(names, cfg.seed),
+        sized = {d.name: d.size_tokens or FAKE_TEXT_TOKENS for d in cfg.data.domains if SOURCES.get(d.source).sized}
+        return Components(domains=domains, trainer=trainer,
+                          sampler=FakeSampler(names, cfg.seed, cfg.data.context_length, sized),
                           evaluator=FakeEvaluator(cfg, domains, trainer, **evaluator_options),
                           checkpointer=FakeCheckpointer(run_dir / "checkpoints", trainer))
 

@@ -6,8 +6,10 @@ PyTorch loop on the same model and batch size, side by side in one run.
 Both loops train the same Llama (same init) with AdamW, the same learning
 rate schedule and gradient clipping. The bare loop trains on one fixed
 pre-built batch; the project's stretch draws every batch from the mixture
-sampler (MixtureSampler.batches: tokenizing documents on the fly; in a
-background thread on a GPU) through backend.loop.train_stretch, with a real store heartbeat once a second. The
+sampler (MixtureSampler.batches: text domains as windows of their token
+caches, synthetic ones generated and tokenized on the fly, drawn ahead in a
+forked process on the CPU, in a background thread on a GPU) through
+backend.loop.train_stretch, with a real store heartbeat once a second. The
 rounds alternate (project, bare, project, ...) so machine noise hits both;
 the median tokens/s of each and their ratio are printed, the ratio last.
 """
@@ -55,7 +57,7 @@ def main() -> None:
     model = build_model(cfg.model, len(tokenizer), cfg.data.context_length,
                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seed=cfg.seed)
     bare_model = copy.deepcopy(model)
-    sampler = MixtureSampler(domains, tokenizer, cfg.data.context_length, cfg.seed)
+    sampler = MixtureSampler(domains, tokenizer, cfg.data.context_length, cfg.seed, cache_dir=tmp / "token-cache")
     weights = {d.name: 1 / len(domains) for d in domains}
     B, T = cfg.train.batch_size, cfg.data.context_length
     tokens_per_step = B * T

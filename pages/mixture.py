@@ -191,6 +191,19 @@ def live() -> None:
     history = frames.mixture_history(store.schedule(run_id), end_step=max(now["step"], 1))
     right.plotly_chart(charts.mixture_figure(history, end_step=now["step"]), key="mixture_history")
 
+    st.subheader("Data trained, per domain")
+    usage = frames.domain_usage(store, run_id)
+    if usage.empty:
+        st.caption("No checkpoint has counted its data yet.")
+    else:
+        st.caption("Requested: the share of training tokens the schedule asked for. Sampled: the share drawn. "
+                   "Epochs: passes over a text domain's training tokens (blank: an endless stream).")
+        st.dataframe(usage, hide_index=True, key="domain_usage", column_config={
+            "requested": st.column_config.NumberColumn(format="%.3f"),
+            "sampled": st.column_config.NumberColumn(format="%.3f"),
+            "tokens": st.column_config.NumberColumn(format="%d"),
+            "epochs": st.column_config.NumberColumn(format="%.3f")})
+
     st.subheader("Decisions")
     table = frames.decisions_table(props)
     if table.empty:

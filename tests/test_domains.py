@@ -36,8 +36,8 @@ def test_every_source_declares_what_config_checks():
         cls = SOURCES.get(name)
         assert all(isinstance(getattr(cls, a), bool) for a in ("streams_skills", "sized"))
     assert [n for n in SOURCES if SOURCES.get(n).streams_skills] == ["synthetic"]
-    assert [n for n in SOURCES if getattr(SOURCES.get(n), "needs_path", False)] == ["folder"]
-    assert {n for n in SOURCES if SOURCES.get(n).sized} == {"stdlib", "shakespeare", "folder"}
+    assert [n for n in SOURCES if getattr(SOURCES.get(n), "needs_path", False)] == ["folder", "saved"]
+    assert {n for n in SOURCES if SOURCES.get(n).sized} == {"stdlib", "shakespeare", "folder", "saved"}
 
 
 def test_folder_reads_txt_jsonl_and_parquet(tmp_path):
@@ -50,37 +50,25 @@ def test_folder_reads_txt_jsonl_and_parquet(tmp_path):
     write_parquet(sub / "c.parquet", "text", ["parquet one", None, "parquet two"])
     (tmp_path / "notes.md").write_text("ignored: not a data file")
     d = folder(tmp_path)
-    docs = d.train_docs + d.holdout_docs
-    assert sorted(docs) == sorted(["plain text file\n", "json one", "json two ü", "parquet one", "parquet two"])
-    # the held-out split is the last document(s), never also trained on
-    assert len(d.holdout_docs) == 1 and not set(d.holdout_docs) & set(d.train_docs)
-    assert d.size_tokens == sum(len(x) for x in docs) // 4
-    # documents come from the requested split
-    rng = random.Random(0)
-    assert {d.document(rng, "holdout") for _ in range(20)} == set(d.holdout_docs)
-    assert {d.document(rng, "train") for _ in range(200)} == set(d.train_docs)
+    assert list(d.documents()) == ["plain text file\n", "json one", "json two ü", "parquet one", "parquet two"]
+    # until its token cache counts them, the size is the bytes on disk / 4
+    assert d.size_tokens == sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".md") // 4
 
 
 def test_folder_reads_files_in_sorted_order(tmp_path):
     for name in ("c.txt", "a.txt", "b.txt"):
         (tmp_path / name).write_text(name)
-    assert folder(tmp_path).documents() == ["a.txt", "b.txt", "c.txt"]
+    assert list(folder(tmp_path).documents()) == ["a.txt", "b.txt", "c.txt"]
 
 
-def test_one_document_is_both_train_and_holdout(tmp_path):
-    (tmp_path / "only.txt").write_text("just one")
-    d = folder(tmp_path)
-    assert d.train_docs == d.holdout_docs == ["just one"]
-
-
-def test_long_documents_are_windowed(tmp_path):
+def test_sample_text_takes_windows_of_long_documents(tmp_path):
     letters = random.Random(0)
     (tmp_path / "long.txt").write_text("".join(letters.choice("ab") for _ in range(20_000)))
     (tmp_path / "short.txt").write_text("x")
     d = folder(tmp_path)
-    rng = random.Random(3)
-    pieces = [d.document(rng) for _ in range(10)]
-    assert all(len(p) <= 4000 for p in pieces) and len(set(pieces)) > 1
+    text = d.sample_text(10_000, seed=0)
+    assert text.endswith("\nx") and len(text) == 4000 + 2  # one 4000-character window, then the short one
+    assert text == d.sample_text(10_000, seed=0) and text != d.sample_text(10_000, seed=1)
 
 
 def test_size_tokens_from_config_wins(tmp_path):
@@ -89,9 +77,10 @@ def test_size_tokens_from_config_wins(tmp_path):
     assert d.size_tokens == 1234
 
 
-def assert_data_error(tmp_path, *names):
+def assert_data_error(tmp_path, *names, text_field="text"):
     with pytest.raises(DataError) as e:
-        folder(tmp_path)
+        list(build_domain(DomainConfig(name="mine", source="folder", path=str(tmp_path),
+                                       text_field=text_field)).documents())
     for n in names:
         assert n in str(e.value), str(e.value)
     return str(e.value)
@@ -103,27 +92,28 @@ def test_missing_folder(tmp_path):
 
 def test_folder_without_data_files(tmp_path):
     (tmp_path / "readme.md").write_text("no data here")
-    assert_data_error(tmp_path, str(tmp_path), "no .txt")
+    assert_data_error(tmp_path, str(tmp_path), "no .txt", ".jsonl.zst")
 
 
 def test_folder_with_only_blank_text(tmp_path):
     (tmp_path / "a.txt").write_text("  \n\n")
-    assert_data_error(tmp_path, "'mine'", "no text")
+    with pytest.raises(DataError, match="'mine': no text found"):
+        folder(tmp_path).sample_text(100, seed=0)
 
 
-def test_jsonl_line_without_text_names_file_and_line(tmp_path):
+def test_jsonl_line_without_text_names_file_and_row(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"text": "ok"}\n{"body": "no text field"}\n')
-    assert_data_error(tmp_path, str(tmp_path / "a.jsonl") + ":2", "'text'")
+    assert_data_error(tmp_path, str(tmp_path / "a.jsonl") + ": row 2", "'text'")
 
 
 def test_jsonl_text_must_be_a_string(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"text": 5}\n')
-    assert_data_error(tmp_path, "a.jsonl:1")
+    assert_data_error(tmp_path, "a.jsonl: row 1", "'text' must be a string")
 
 
 def test_invalid_json_names_the_file(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"text": "ok"}\n{"text": "unterminated\n')
-    assert_data_error(tmp_path, str(tmp_path / "a.jsonl"), "invalid JSON")
+    assert_data_error(tmp_path, str(tmp_path / "a.jsonl"), "unreadable")
 
 
 def test_broken_parquet_names_the_file(tmp_path):
@@ -139,7 +129,7 @@ def test_parquet_without_text_column_names_the_columns(tmp_path):
 @pytest.mark.parametrize("name", ["a.txt", "a.jsonl"])
 def test_non_utf8_names_the_file(tmp_path, name):
     (tmp_path / name).write_bytes(b'{"text": "caf\xe9"}\n')
-    assert_data_error(tmp_path, str(tmp_path / name), "UTF-8")
+    assert_data_error(tmp_path, str(tmp_path / name))
 
 
 def test_folder_source_needs_a_path_in_config():
@@ -153,9 +143,8 @@ def test_folder_source_needs_a_path_in_config():
 def test_stdlib_domain_loads_python_source():
     d = build_domain(DomainConfig(name="code", source="stdlib"))
     assert isinstance(d, StdlibDomain)
-    assert len(d.train_docs) > 10 and d.holdout_docs
-    assert d.size_tokens > 100_000
-    text = d.document(random.Random(0))
+    assert len(d.shards()) > 10 and d.size_tokens > 100_000
+    text = next(d.documents())
     assert "def " in text or "import " in text or "class " in text
 
 

@@ -54,7 +54,7 @@ def test_the_three_registries_name_their_kind(registry, kind):
 
 
 def test_sources_declare_what_the_config_may_ask_of_them():
-    assert {n for n in SOURCES if SOURCES.get(n).sized} == {"stdlib", "shakespeare", "folder"}
+    assert {n for n in SOURCES if SOURCES.get(n).sized} == {"stdlib", "shakespeare", "folder", "saved"}
     assert {n for n in SOURCES if SOURCES.get(n).streams_skills} == {"synthetic"}
 
 

@@ -10,6 +10,7 @@ from backend.data.domains import build_domains
 from backend.data.sampler import MixtureSampler
 
 CONTEXT = 24
+CACHE: dict = {}  # the module's token-cache folder (fixture cache_dir)
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,13 @@ def tok_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tok")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def cache_dir(tmp_path_factory):
+    """Token caches of this module's samplers (not the user's default folder)."""
+    CACHE["dir"] = tmp_path_factory.mktemp("token-cache")
+    return CACHE["dir"]
+
+
 @pytest.fixture(scope="module")
 def tokenizer(domains, tok_dir):
     with pytest.MonkeyPatch.context() as mp:
@@ -38,7 +46,7 @@ def tokenizer(domains, tok_dir):
 
 
 def sampler(domains, tokenizer, seed=0):
-    return MixtureSampler(domains, tokenizer, CONTEXT, seed)
+    return MixtureSampler(domains, tokenizer, CONTEXT, seed, cache_dir=CACHE["dir"])
 
 
 WEIGHTS = {"strings": 0.4, "arithmetic": 0.3, "noise": 0.2, "prose": 0.1}
@@ -191,10 +199,9 @@ def test_heldout_is_deterministic_and_independent_of_training_draws(domains, tok
         assert ha[name].shape == (3, CONTEXT + 1) and ha[name].dtype == np.int64
         assert np.array_equal(ha[name], hb[name])
     # text domains draw held-out sequences from their held-out documents only
-    prose = domains[3]
     text = tokenizer.decode(ha["prose"][0])
-    assert prose.holdout_docs[0][:20] in text
-    assert not any(doc[:20] in text for doc in prose.train_docs if doc[:20] != prose.holdout_docs[0][:20])
+    assert "document number 3" in text  # the last of 4 documents is held out
+    assert not any(f"document number {i}" in text for i in range(3))
 
 
 # -- batches for a training stretch --------------------------------------------------
@@ -223,3 +230,23 @@ def test_background_batches_raise_the_drawing_threads_error(domains, tokenizer, 
     it = s.batches(WEIGHTS, 2, 3, background=True)
     with pytest.raises(OSError, match="vanished"):  # in the consumer, not lost in the thread
         next(it)
+
+
+def test_batches_drawn_ahead_in_a_process_raise_its_error_and_end_it(domains, tokenizer, monkeypatch):
+    import multiprocessing
+
+    s = sampler(domains, tokenizer)
+
+    def broken(indices, weights):
+        raise OSError("data folder vanished")
+
+    monkeypatch.setattr(s, "sequences", broken)  # the forked child inherits the broken sampler
+    it = s.batches(WEIGHTS, 2, 3, background=False)
+    with pytest.raises(RuntimeError, match="drawing batches failed: OSError: data folder vanished"):
+        next(it)
+    monkeypatch.undo()
+    it = s.batches(WEIGHTS, 2, 50, background=False)
+    next(it)
+    it.close()  # a stretch cut short (stop command): the drawing process ends with it
+    assert not [p for p in multiprocessing.active_children() if p.name == "closed-loop-batches"]
+    assert s.sequences_drawn == 2  # only what was taken counts

@@ -141,6 +141,8 @@ def check_untrusted(cfg: RunConfig, limits: Limits | None = None, roots: list | 
         _confined(cfg.model.pretrained, "model.pretrained", roots)
     if cfg.data.tokenizer_path:
         _confined(cfg.data.tokenizer_path, "data.tokenizer_path", roots)
+    if cfg.data.cache_dir:  # token caches are written there
+        _confined(cfg.data.cache_dir, "data.cache_dir", roots)
     m, t = cfg.model, cfg.train
     _at_most("model.num_layers", m.num_layers, limits, "max_layers")
     _at_most("data.context_length", cfg.data.context_length, limits, "max_context")

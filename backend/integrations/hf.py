@@ -53,12 +53,15 @@ class MixtureDataset(torch.utils.data.IterableDataset):
     def for_run(cls, client: RunClient, tokenizer) -> MixtureDataset:
         """The dataset of a run: its configured domains, the run's seed and
         context length, drawing from the mixture in force at step 0."""
+        from backend.data.cache import cache_root
         from backend.data.domains import build_domains
         from backend.data.sampler import MixtureSampler
+        from backend.loop import run_dir_for
 
         cfg = client.cfg
         domains = build_domains(cfg.data.domains, seed=cfg.seed)
-        sampler = MixtureSampler(domains, tokenizer, cfg.data.context_length, cfg.seed)
+        sampler = MixtureSampler(domains, tokenizer, cfg.data.context_length, cfg.seed,
+                                 cache_dir=cache_root(cfg.data.cache_dir, run_dir_for(client.store, client.run_id)))
         return cls(sampler, client.mixture_at(0))
 
     def set_weights(self, weights: dict[str, float], step: int) -> None:
