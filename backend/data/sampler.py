@@ -50,17 +50,26 @@ class MixtureSampler:
     # -- drawing --------------------------------------------------------------
     def batch(self, weights: dict[str, float], batch_size: int) -> tuple[np.ndarray, dict[str, int]]:
         """(batch_size, context_length + 1) int64 token ids and sequences per domain."""
+        first = self.sequences_drawn
+        out, tokens = self.sequences(np.arange(first, first + batch_size), weights)
+        self.sequences_drawn += batch_size
+        return out, {n: t // (self.length - 1) for n, t in tokens.items()}
+
+    def sequences(self, indices: np.ndarray, weights: dict[str, float]) -> tuple[np.ndarray, dict[str, int]]:
+        """The sequences at these global indices, (len(indices), context_length
+        + 1) int64, each a pure function of (seed, index, weights), and the
+        tokens trained per domain (context_length per sequence). The state
+        does not move."""
         p = np.array([weights.get(n, 0.0) for n in self.names], dtype=np.float64)
         cum = np.cumsum(p / p.sum())
-        out = np.empty((batch_size, self.length), dtype=np.int64)
-        counts = dict.fromkeys(self.names, 0)
-        for b in range(batch_size):
-            rng = random.Random(f"seq/{self.seed}/{self.sequences_drawn}")
+        out = np.empty((len(indices), self.length), dtype=np.int64)
+        tokens = dict.fromkeys(self.names, 0)
+        for b, i in enumerate(indices):
+            rng = random.Random(f"seq/{self.seed}/{int(i)}")
             j = min(int(np.searchsorted(cum, rng.random(), side="right")), len(self.names) - 1)
             out[b] = self.pack(self.domains[j], rng, "train")
-            counts[self.names[j]] += 1
-            self.sequences_drawn += 1
-        return out, counts
+            tokens[self.names[j]] += self.length - 1
+        return out, tokens
 
     def batches(self, weights: dict[str, float], batch_size: int, n: int, *, background: bool) -> Iterator:
         """n (B, T+1) torch int64 batches. With background=True (a GPU
