@@ -68,6 +68,9 @@ def cmd_run(s: Session) -> int:
 
     args = s.args
     store = s.store
+    if args.nproc > 1 and args.detach:
+        raise UsageError("--nproc: runs in the foreground (--detach starts one process); "
+                         "use nohup or a terminal multiplexer to leave it running")
     if args.resume is not None:
         if args.preset or args.config:
             raise UsageError("run --resume: continues an existing run; do not pass --preset/--config")
@@ -106,10 +109,9 @@ def _torchrun(args, run_id: int, what: str) -> int:
     from backend.distributed import torchrun_command
     from backend.store import Store
 
-    if args.detach:
-        raise UsageError("--nproc: runs in the foreground (--detach starts one process); "
-                         "use nohup or a terminal multiplexer to leave it running")
-    code = subprocess.run(torchrun_command(args.nproc, ["worker", str(run_id), "--db", str(args.db)])).returncode
+    # the ranks' output goes to stderr: stdout holds this command's answer (--json)
+    code = subprocess.run(torchrun_command(args.nproc, ["worker", str(run_id), "--db", str(args.db)]),
+                          stdout=sys.stderr).returncode
     store = Store(args.db)
     try:
         status = store.run(run_id)["status"]

@@ -27,6 +27,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, runtime_checkable
 
@@ -582,7 +583,8 @@ def ranked_stretch(c: Components, dist: Dist, weights: dict[str, float], end: in
     """One stretch on this rank (every rank runs it with the same weights
     and end): this rank's rows of each global batch, then the global batch's
     per-step losses, also appended to run_dir/train-log-rank<R>.jsonl with
-    the weights trained. poll(loss) (rank 0: heartbeat and commands) returns
+    the weights trained and this process's pid (a resumed run appends the
+    stretches it trains again). poll(loss) (rank 0: heartbeat and commands) returns
     True to stop; every rank then raises Stopped after the same step."""
     first = c.trainer.step
     n = end - first
@@ -597,18 +599,19 @@ def ranked_stretch(c: Components, dist: Dist, weights: dict[str, float], end: in
 
     losses = dist.mean(train_stretch(c.trainer, batches, n, on_step))
     with open(run_dir / f"train-log-rank{dist.rank}.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"from_step": first, "to_step": end, "world_size": dist.world_size,
+        fh.write(json.dumps({"from_step": first, "to_step": end, "world_size": dist.world_size, "pid": os.getpid(),
                              "weights": weights, "losses": losses}) + "\n")
     return losses
 
 
 def follow(cfg: RunConfig, run_dir: Path, dist: Dist,
-           components: Callable[..., Components] = build_components) -> str:
+           components: Callable[[RunConfig, Path], Components] | None = None) -> str:
     """A rank other than 0 of a torchrun job: train what rank 0 sends (the
     checkpoint to resume, then each stretch's weights and end) until it
     sends stop or finish; returns stopped or finished. Never opens the store
-    nor writes a checkpoint."""
-    c = components(cfg, run_dir, dist)
+    nor writes a checkpoint. components: build_components for this rank by
+    default."""
+    c = (components or partial(build_components, dist=dist))(cfg, run_dir)
     while True:
         message = dist.send()
         if "resume" in message:

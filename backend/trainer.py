@@ -63,7 +63,9 @@ class Trainer:
     steps run through `self.forward`: the model wrapped in
     DistributedDataParallel when `dist` has more than one rank, then
     torch.compile'd when train.compile is set (DDP first, so compile sees
-    DDP's gradient buckets)."""
+    DDP's gradient buckets). Both wrap at the first step: DDP's construction
+    is a collective every rank must reach, and rank 0 reaches it only after
+    building the run (its tokenizer) and evaluating checkpoint 0."""
 
     def __init__(self, model, cfg: TrainConfig, device: torch.device, dist=None):
         self.model = model.to(device)
@@ -80,17 +82,9 @@ class Trainer:
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
         )
+        self.dist = dist
         self.ddp = None
-        self.forward = self.model
-        if dist is not None and dist.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            # DDP broadcasts rank 0's parameters now: every rank starts equal
-            self.ddp = DistributedDataParallel(
-                self.model, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
-            self.forward = self.ddp
-        if cfg.compile:
-            self.forward = torch.compile(self.forward)
+        self.forward = None  # the model as the steps call it (_wrap, at the first step)
         self.step = 0
         self.last_grad_norm: torch.Tensor | None = None  # of the last step, before clipping (0-dim)
         self.last_lr: float | None = None  # the learning rate the last step used
@@ -102,11 +96,25 @@ class Trainer:
         progress = min(1.0, (step - c.warmup_steps) / max(1, c.steps - c.warmup_steps))
         return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
+    def _wrap(self) -> None:
+        self.forward = self.model
+        if self.dist is not None and self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # DDP broadcasts rank 0's parameters here: every rank starts equal
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[torch.cuda.current_device()] if self.device.type == "cuda" else None)
+            self.forward = self.ddp
+        if self.cfg.compile:
+            self.forward = torch.compile(self.forward)
+
     def train_step(self, batch: torch.Tensor) -> torch.Tensor:
         """One optimizer step on a (B, T+1) batch of token ids (B: this
         process's rows of the global batch), in train.grad_accum equal
         micro-batches; returns the mean loss (nats/token) as a 0-dim tensor,
         so that a GPU is never waited for: float() it only to report it."""
+        if self.forward is None:
+            self._wrap()
         self.model.train()
         if batch.device != self.device:
             if self.device.type == "cuda":  # pinned: the copy is queued, the host goes on

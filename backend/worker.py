@@ -388,15 +388,12 @@ def _follow(d) -> str:
     """A rank other than 0: the config and run folder from rank 0, then
     backend.loop.follow. SIGTERM is ignored: torchrun sends it to every
     rank, and rank 0 stops them all at one step."""
-    from functools import partial
-
     from backend.config import from_dict
-    from backend.loop import build_components, follow
+    from backend.loop import follow
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     setup = d.send()
     if "error" in setup:
         raise WorkerError(f"rank {d.rank}: rank 0 did not start the run: {setup['error']}")
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    return follow(from_dict(setup["config"]), Path(setup["run_dir"]), d,
-                  components=partial(build_components, dist=d))
+    return follow(from_dict(setup["config"]), Path(setup["run_dir"]), d)
