@@ -151,7 +151,8 @@ class Components:
     """Domains with name, source, skills, size_tokens (backend.data.domains)."""
     trainer: Trainer
     sampler: Sampler
-    evaluator: Evaluator
+    evaluator: Evaluator | None
+    """None on the ranks other than 0 (they never evaluate)."""
     checkpointer: Checkpointer
     background: bool = False
     """Draw batches in a background thread (a GPU trains: the CPU is free)."""
@@ -584,8 +585,8 @@ def ranked_stretch(c: Components, dist: Dist, weights: dict[str, float], end: in
     and end): this rank's rows of each global batch, then the global batch's
     per-step losses, also appended to run_dir/train-log-rank<R>.jsonl with
     the weights trained and this process's pid (a resumed run appends the
-    stretches it trains again). poll(loss) (rank 0: heartbeat and commands) returns
-    True to stop; every rank then raises Stopped after the same step."""
+    stretches it trains again). poll(loss) (rank 0: heartbeat and commands)
+    returns True to stop; every rank then raises Stopped after the same step."""
     first = c.trainer.step
     n = end - first
     if dist.world_size == 1:
