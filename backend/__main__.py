@@ -68,6 +68,9 @@ def cmd_run(s: Session) -> int:
 
     args = s.args
     store = s.store
+    if args.nproc > 1 and args.detach:
+        raise UsageError("--nproc: runs in the foreground (--detach starts one process); "
+                         "use nohup or a terminal multiplexer to leave it running")
     if args.resume is not None:
         if args.preset or args.config:
             raise UsageError("run --resume: continues an existing run; do not pass --preset/--config")
@@ -87,6 +90,8 @@ def _start(args, run_id: int, what: str) -> int:
     a background worker, printing its run id."""
     from backend.worker import spawn, work
 
+    if getattr(args, "nproc", 1) > 1:
+        return _torchrun(args, run_id, what)
     if args.detach:
         pid = spawn(args.db, run_id)
         _print({"run": run_id, "pid": pid}, args.json, str(run_id))
@@ -94,6 +99,26 @@ def _start(args, run_id: int, what: str) -> int:
     status = work(args.db, run_id, progress=not args.json)
     _print({"run": run_id, "status": status}, args.json, f"{what} {run_id}: {status}")
     return 0
+
+
+def _torchrun(args, run_id: int, what: str) -> int:
+    """`run --nproc N`: the run's worker as N processes under torchrun
+    (backend.distributed), in the foreground; torchrun's exit status is ours."""
+    import subprocess
+
+    from backend.distributed import torchrun_command
+    from backend.store import Store
+
+    # the ranks' output goes to stderr: stdout holds this command's answer (--json)
+    code = subprocess.run(torchrun_command(args.nproc, ["worker", str(run_id), "--db", str(args.db)]),
+                          stdout=sys.stderr).returncode
+    store = Store(args.db)
+    try:
+        status = store.run(run_id)["status"]
+    finally:
+        store.close()
+    _print({"run": run_id, "status": status, "nproc": args.nproc}, args.json, f"{what} {run_id}: {status}")
+    return code
 
 
 def cmd_worker(s: Session) -> int:
@@ -331,6 +356,16 @@ def cmd_validate(s: Session) -> int:
     return 0
 
 
+def _nproc(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a process count >= 1, got {text!r}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m backend", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -350,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="override train.steps")
     p.add_argument("--resume", type=int, metavar="RUN", help="continue a stopped or crashed run")
     p.add_argument("--detach", action="store_true", help="start a background worker, print the run id")
+    p.add_argument("--nproc", type=_nproc, default=1, metavar="N",
+                   help="train in N processes under torchrun (DDP: one per GPU, or gloo on CPU)")
 
     p = add("worker", cmd_worker, "process entry of a background worker (used by --detach)")
     p.add_argument("run", type=int)

@@ -150,7 +150,8 @@ class StepLog:
         self.started = self.flushed = time.perf_counter()  # wall seconds
 
     def add(self, step: int, loss: float, *, lr: float | None = None, grad_norm=None) -> None:
-        """One optimizer step just done: `step` is the step count after it."""
+        """One optimizer step just done: `step` is the step count after it;
+        `loss` and `grad_norm` may stay 0-dim tensors (read once per window)."""
         self.window.append((loss, grad_norm))
         self.step, self.lr = step, lr
         if step % self.every == 0:
@@ -169,7 +170,7 @@ class StepLog:
         now = time.perf_counter()
         norms = [g for _, g in self.window if g is not None]
         self.rows.append({
-            "step": self.step, "loss": sum(l for l, _ in self.window) / len(self.window), "lr": self.lr,
+            "step": self.step, "loss": float(sum(l for l, _ in self.window) / len(self.window)), "lr": self.lr,
             "grad_norm": float(sum(norms) / len(norms)) if norms else None,
             "tokens_per_s": len(self.window) * self.client.tokens_per_step / max(now - self.started, 1e-9)})
         self.window, self.started = [], now

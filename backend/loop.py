@@ -15,19 +15,26 @@ finished, and ends with the same schedule as a run never killed.
 What the loop drives (trainer, sampler, evaluator, checkpointer) comes in
 as `Components`, behind the small protocols below: `build_components` makes
 the real ones (torch, transformers, lm-eval); backend.testing makes fakes.
+
+Under torchrun (backend.distributed) ClosedLoop runs on rank 0 and sends the
+other ranks, which run `follow`, each decision they act on: the checkpoint
+resumed, each stretch's weights and end, stop or finish.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, runtime_checkable
 
 from backend import vocab
 from backend.client import RunClient, evaluation_tasks, initial_weights, task_specs
 from backend.config import RunConfig
+from backend.distributed import Dist, rank_batches
 from backend.store import Store
 
 # heartbeat and command polling interval, seconds of wall clock (tests that
@@ -57,9 +64,10 @@ class Trainer(Protocol):
     step: int
     """Optimizer steps taken so far."""
 
-    def train_step(self, batch) -> float:
+    def train_step(self, batch):
         """One optimizer step on one batch from Sampler.batches; returns the
-        training loss (nats/token); step += 1."""
+        training loss (nats/token): a float, or a 0-dim tensor that float()
+        reads (a GPU is waited for only when a loss is reported); step += 1."""
         ...
 
 
@@ -154,7 +162,8 @@ class Components:
     """Domains with name, source, skills, size_tokens (backend.data.domains)."""
     trainer: Trainer
     sampler: Sampler
-    evaluator: Evaluator
+    evaluator: Evaluator | None
+    """None on the ranks other than 0 (they never evaluate)."""
     checkpointer: Checkpointer
     background: bool = False
     """Draw batches in a background thread (a GPU trains: the CPU is free)."""
@@ -257,9 +266,11 @@ class FolderCheckpointer:
         return [str(p) for p in prune_checkpoints(self.root, self.keep_last, keep_steps)]
 
 
-def build_components(cfg: RunConfig, run_dir: Path) -> Components:
+def build_components(cfg: RunConfig, run_dir: Path, dist: Dist | None = None) -> Components:
     """The real components: domains, tokenizer, model, trainer, sampler,
-    lm-eval tasks; device and threads decided here, once."""
+    lm-eval tasks; device and threads decided here, once. With `dist` (under
+    torchrun) the trainer wraps the model in DDP, and only rank 0 builds an
+    evaluator (the others find the tokenizer rank 0 trained in the run folder)."""
     import torch
 
     from backend.data.cache import cache_root
@@ -288,10 +299,11 @@ def build_components(cfg: RunConfig, run_dir: Path) -> Components:
                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seed=cfg.seed)
     if cfg.model.pretrained:
         check_fits(tokenizer, model, "data.tokenizer_path" if cfg.data.tokenizer_path else "model.pretrained")
-    trainer = Trainer(model, cfg.train, device)
+    trainer = Trainer(model, cfg.train, device, dist=dist)
     sampler = MixtureSampler(domains, tokenizer, cfg.data.context_length, cfg.seed,
                              cache_dir=cache_root(cfg.data.cache_dir, run_dir), progress=True)
-    evaluator = build_evaluator(cfg, run_dir, model, tokenizer, device, sampler)
+    evaluator = (build_evaluator(cfg, run_dir, model, tokenizer, device, sampler)
+                 if dist is None or dist.is_main else None)
     return Components(domains=domains, trainer=trainer, sampler=sampler, evaluator=evaluator,
                       checkpointer=FolderCheckpointer(run_dir / "checkpoints", model, trainer,
                                                      keep_last=cfg.train.keep_checkpoints, tokenizer=tokenizer),
@@ -344,15 +356,19 @@ class ClosedLoop:
     components: builds the Components from the run's config and folder (the
     real ones by default). on_phase(phase, step): called after each phase of
     a checkpoint boundary (PHASES), where a worker would renew its lease and
-    a test injects a crash."""
+    a test injects a crash. dist: this process is rank 0 of a torchrun job
+    (backend.distributed); the other ranks `follow` what it sends them."""
 
     def __init__(self, store: Store, run_id: int, *,
                  components: Callable[[RunConfig, Path], Components] = build_components,
-                 progress: bool = True, on_phase: Callable[[str, int], None] | None = None):
+                 progress: bool = True, on_phase: Callable[[str, int], None] | None = None,
+                 dist: Dist | None = None):
+        self.dist = dist or Dist()
         self.store = store
         self.run_id = run_id
         self.client = RunClient(store, run_id)  # the boundary's rules, shared with outside trainers
         self.cfg = self.client.cfg
+        self.dist.check_batch(self.cfg.train.batch_size, self.cfg.train.grad_accum)
         self.run_dir = run_dir_for(store, run_id)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.c = components(self.cfg, self.run_dir)
@@ -363,11 +379,40 @@ class ClosedLoop:
         self.started = time.time()  # wall clock of this worker's training (seconds)
         self.wall_offset = 0.0  # wall seconds of earlier workers, from the checkpoint resumed
         self.last_loss: float | None = None  # mean training loss of the last steps trained
+        self.resumed_from: str | None = None  # the checkpoint this worker resumed from
+        self._in_stretch = False
+        self._stop_requested = False  # a SIGTERM that waits for the step's end (request_stop)
+        self._followers_told = False  # the other ranks know the run stopped
 
     def run(self) -> str:
-        """Returns the final status: finished or stopped."""
+        """Returns the final status: finished or stopped. The other ranks,
+        if any, are sent stop or finish however it ends (a crash ends them
+        through torchrun)."""
+        try:
+            status = self._run()
+        except Stopped:
+            self._release_followers("stop")
+            raise
+        self._release_followers("stop" if status == "stopped" else "finish")
+        return status
+
+    def request_stop(self) -> None:
+        """Stop like the stop command (SIGTERM): at once, or, mid-stretch in
+        a job of several ranks, after this step, so every rank stops at it."""
+        if self.dist.world_size > 1 and self._in_stretch:
+            self._stop_requested = True
+            return
+        raise Stopped()
+
+    def _release_followers(self, what: str) -> None:
+        if self.dist.world_size > 1 and not self._followers_told:
+            self._followers_told = True
+            self.dist.send({what: True})
+
+    def _run(self) -> str:
         self._register()
         self._resume_or_start()
+        self.dist.send({"resume": self.resumed_from})
         total, every = self.cfg.train.steps, self.cfg.train.checkpoint_every
         self.started = time.time()
         self.bar = self._progress_bar()
@@ -379,6 +424,7 @@ class ClosedLoop:
                 weights = self.store.weights_at(self.run_id, self.c.trainer.step)
                 end = vocab.next_boundary(self.c.trainer.step, every, total)
                 weights = self._within_max_epochs(weights, end)
+                self.dist.send({"train": weights, "end": end})
                 self._phase("training")
                 self._train_stretch(weights, end)
                 self._checkpoint(weights)
@@ -434,6 +480,7 @@ class ClosedLoop:
             self.store.log_event(self.run_id, "checkpoint_skipped",
                                  f"checkpoint at step {row['step']} skipped on resume: {problem}")
         if ck is not None:
+            self.resumed_from = ck["path"]
             meta = self.c.checkpointer.load(ck["path"])
             self.c.sampler.load_state_dict(meta["sampler"])
             self.wall_offset = meta.get("wall_time", 0.0)
@@ -482,27 +529,36 @@ class ClosedLoop:
     def _train_stretch(self, weights: dict[str, float], end: int) -> None:
         """Train from the trainer's step to `end` on `weights`, beating and
         obeying commands about every POLL_SECONDS."""
-        c = self.c
-        n = end - c.trainer.step
-        batches = c.sampler.batches(weights, self.cfg.train.batch_size, n, background=c.background)
         state = {"last_poll": time.time(), "steps": 0}
         curves = self.client.step_log()  # the Training page's loss, lr, grad norm, tokens/s
 
-        def on_step(loss: float) -> None:
-            curves.add(c.trainer.step, loss, lr=c.trainer.last_lr, grad_norm=c.trainer.last_grad_norm)
+        def poll(loss) -> bool:  # True: stop after this step
+            trainer = self.c.trainer
+            curves.add(trainer.step, loss, lr=trainer.last_lr, grad_norm=trainer.last_grad_norm)
             state["steps"] += 1
             if self.bar is not None:
                 self.bar.update(1)
             now = time.time()
             if now - state["last_poll"] >= POLL_SECONDS:
                 tps = state["steps"] * self.tokens_per_step / (now - state["last_poll"])
-                self._poll(tokens_per_s=tps)
+                try:
+                    self._poll(tokens_per_s=tps)
+                except Stopped:
+                    return True
                 state["last_poll"], state["steps"] = now, 0
                 if self.bar is not None:
                     self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+            return self._stop_requested
 
-        losses = train_stretch(c.trainer, batches, n, on_step)
-        curves.close()
+        self._in_stretch = True
+        try:
+            losses = ranked_stretch(self.c, self.dist, weights, end, self.cfg.train.batch_size, self.run_dir, poll)
+        except Stopped:
+            self._followers_told = True  # they stopped at the same step
+            raise
+        finally:
+            self._in_stretch = False
+            curves.close()
         self.last_loss = sum(losses[-10:]) / len(losses[-10:])
 
     def _poll(self, **fields) -> None:
@@ -556,11 +612,62 @@ class ClosedLoop:
 
 def train_stretch(trainer: Trainer, batches, n: int, on_step=None) -> list[float]:
     """n optimizer steps on batches from an iterator; the training stretch
-    between two checkpoints (bench/throughput.py times this same function)."""
+    between two checkpoints (bench/throughput.py times this same function).
+    on_step(loss) gets each step's loss as train_step returns it; the losses
+    are read (float) once, at the end."""
     losses = []
     for _ in range(n):
         losses.append(trainer.train_step(next(batches)))
         if on_step is not None:
             on_step(losses[-1])
     batches.close()
+    return [float(loss) for loss in losses]
+
+
+def ranked_stretch(c: Components, dist: Dist, weights: dict[str, float], end: int, batch_size: int,
+                   run_dir: Path, poll: Callable[[object], bool] = lambda loss: False) -> list[float]:
+    """One stretch on this rank (every rank runs it with the same weights
+    and end): this rank's rows of each global batch, then the global batch's
+    per-step losses, also appended to run_dir/train-log-rank<R>.jsonl with
+    the weights trained and this process's pid (a resumed run appends the
+    stretches it trains again). poll(loss) (rank 0: heartbeat and commands)
+    returns True to stop; every rank then raises Stopped after the same step."""
+    first = c.trainer.step
+    n = end - first
+    if dist.world_size == 1:
+        batches = c.sampler.batches(weights, batch_size, n, background=c.background)
+    else:
+        batches = rank_batches(c.sampler, weights, batch_size, n, dist, background=c.background)
+
+    def on_step(loss) -> None:
+        if dist.agree_stop(poll(loss)):
+            raise Stopped()
+
+    losses = dist.mean(train_stretch(c.trainer, batches, n, on_step))
+    with open(run_dir / f"train-log-rank{dist.rank}.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"from_step": first, "to_step": end, "world_size": dist.world_size, "pid": os.getpid(),
+                             "weights": weights, "losses": losses}) + "\n")
     return losses
+
+
+def follow(cfg: RunConfig, run_dir: Path, dist: Dist,
+           components: Callable[[RunConfig, Path], Components] | None = None) -> str:
+    """A rank other than 0 of a torchrun job: train what rank 0 sends (the
+    checkpoint to resume, then each stretch's weights and end) until it
+    sends stop or finish; returns stopped or finished. Never opens the store
+    nor writes a checkpoint. components: build_components for this rank by
+    default."""
+    c = (components or partial(build_components, dist=dist))(cfg, run_dir)
+    while True:
+        message = dist.send()
+        if "resume" in message:
+            if message["resume"] is not None:
+                meta = c.checkpointer.load(message["resume"])
+                c.sampler.load_state_dict(meta["sampler"])
+        elif "train" in message:
+            try:
+                ranked_stretch(c, dist, message["train"], message["end"], cfg.train.batch_size, run_dir)
+            except Stopped:
+                return "stopped"
+        else:
+            return "finished" if "finish" in message else "stopped"

@@ -57,9 +57,17 @@ def pick_device(setting: str) -> torch.device:
 
 
 class Trainer:
-    """Optimizer, LR schedule, clipping and precision around one model."""
+    """Optimizer, LR schedule, clipping and precision around one model.
 
-    def __init__(self, model, cfg: TrainConfig, device: torch.device):
+    `model` stays the plain module (checkpoints and evaluation use it); the
+    steps run through `self.forward`: the model wrapped in
+    DistributedDataParallel when `dist` has more than one rank, then
+    torch.compile'd when train.compile is set (DDP first, so compile sees
+    DDP's gradient buckets). Both wrap at the first step: DDP's construction
+    is a collective every rank must reach, and rank 0 reaches it only after
+    building the run (its tokenizer) and evaluating checkpoint 0."""
+
+    def __init__(self, model, cfg: TrainConfig, device: torch.device, dist=None):
         self.model = model.to(device)
         self.cfg = cfg
         self.device = device
@@ -74,9 +82,12 @@ class Trainer:
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
         )
+        self.dist = dist
+        self.ddp = None
+        self.forward = None  # the model as the steps call it (_wrap, at the first step)
         self.step = 0
-        self.last_grad_norm: torch.Tensor | None = None  # pre-clip global grad norm of the last step (0-dim)
-        self.last_lr: float | None = None  # learning rate the last step used
+        self.last_grad_norm: torch.Tensor | None = None  # of the last step, before clipping (0-dim)
+        self.last_lr: float | None = None  # the learning rate the last step used
 
     def _lr_factor(self, step: int) -> float:
         c = self.cfg
@@ -85,15 +96,42 @@ class Trainer:
         progress = min(1.0, (step - c.warmup_steps) / max(1, c.steps - c.warmup_steps))
         return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    def train_step(self, batch: torch.Tensor) -> float:
-        """One optimizer step on a (B, T+1) batch of token ids; returns the loss."""
+    def _wrap(self) -> None:
+        self.forward = self.model
+        if self.dist is not None and self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # DDP broadcasts rank 0's parameters here: every rank starts equal
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[torch.cuda.current_device()] if self.device.type == "cuda" else None)
+            self.forward = self.ddp
+        if self.cfg.compile:
+            self.forward = torch.compile(self.forward)
+
+    def train_step(self, batch: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on a (B, T+1) batch of token ids (B: this
+        process's rows of the global batch), in train.grad_accum equal
+        micro-batches; returns the mean loss (nats/token) as a 0-dim tensor,
+        so that a GPU is never waited for: float() it only to report it."""
+        if self.forward is None:
+            self._wrap()
         self.model.train()
-        batch = batch.to(self.device, non_blocking=True)
-        x, y = batch[:, :-1], batch[:, 1:]  # (B, T) each
-        with self.autocast:
-            logits = self.model(input_ids=x).logits  # (B, T, V)
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-        loss.backward()
+        if batch.device != self.device:
+            if self.device.type == "cuda":  # pinned: the copy is queued, the host goes on
+                batch = batch.pin_memory()
+            batch = batch.to(self.device, non_blocking=True)
+        accum = self.cfg.grad_accum
+        total = None
+        for k, micro in enumerate(batch.chunk(accum)):
+            x, y = micro[:, :-1], micro[:, 1:]  # (B / grad_accum, T) each
+            # DDP averages gradients over ranks on the last micro-batch only
+            sync = self.ddp is None or k == accum - 1
+            with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self.autocast:
+                logits = self.forward(input_ids=x).logits  # (b, T, V)
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+            # equal micro-batches: the mean of their means is the batch's mean
+            (loss / accum if accum > 1 else loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
         # the norm stays a tensor (no sync here); max_norm inf only measures it
         self.last_grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
         self.last_lr = self.optimizer.param_groups[0]["lr"]
@@ -101,7 +139,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return loss.item()
+        return total / accum if accum > 1 else total
 
     def state_dict(self) -> dict:
         """Everything resume needs besides the model: optimizer, scheduler,

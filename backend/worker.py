@@ -18,6 +18,10 @@ the loop takes commands at every poll while training and at every checkpoint;
 when a stop stays untaken for STOP_GRACE_SECONDS (a long evaluation) the
 heartbeat thread sends SIGTERM to its own process, which stops like the
 command. By hand, `kill -TERM PID` with the pid from worker.lock does the same.
+
+Under torchrun (`torchrun --nproc_per_node N -m backend worker RUN`, or
+`run --nproc N`) rank 0 is the owner above, alone; the other ranks take no
+lock, open no store and train what rank 0 sends them (backend.distributed).
 """
 
 from __future__ import annotations
@@ -310,20 +314,46 @@ def work(db_path: str, run_id: int, *, progress: bool = False, lock_fd: int | No
 
     Takes the run's lock before writing anything (or adopts `lock_fd`, the
     one `spawn` took); WorkerError names the owner when another worker has
-    the run."""
-    from backend.loop import POLL_SECONDS, ClosedLoop, Stopped
+    the run. Under torchrun (backend.distributed) rank 0 does all of that and
+    the other ranks train what it sends them."""
+    from backend import distributed
+
+    d = distributed.init()
+    try:
+        if not d.is_main:
+            return _follow(d)
+        told = []  # the other ranks got the run's config (or must hear why not)
+        try:
+            return _lead(db_path, run_id, d, progress=progress, lock_fd=lock_fd, ready=told.append)
+        except BaseException as e:
+            if d.world_size > 1 and not told:
+                d.send({"error": f"{type(e).__name__}: {e}"})
+            raise
+    finally:
+        distributed.shutdown(d)
+
+
+def _lead(db_path: str, run_id: int, d, *, progress: bool, lock_fd: int | None, ready) -> str:
+    """Rank 0 (or the only process): own the run and run its ClosedLoop;
+    ready(message) once the other ranks have been sent the config."""
+    from functools import partial
+
+    from backend.loop import POLL_SECONDS, ClosedLoop, Stopped, build_components
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # offline: backend/__init__.py
     store = Store(db_path)
     run_dir, lock = _own(store, run_id, inherited_fd=lock_fd)
     worker_pid = os.getpid()
+    loop = None
 
     def on_term(signum, frame):  # SIGTERM: stop like the stop command
         if os.getpid() != worker_pid:
             # a forked helper process (lm-eval, datasets) inherited this
             # handler: it must simply exit, not unwind the worker's loop
             os._exit(128 + signum)
-        raise Stopped()
+        if loop is None:
+            raise Stopped()
+        loop.request_stop()
 
     previous = signal.getsignal(signal.SIGTERM)
     try:
@@ -332,7 +362,11 @@ def work(db_path: str, run_id: int, *, progress: bool = False, lock_fd: int | No
         signal.signal(signal.SIGTERM, on_term)
         with beating(store, run_id, every=POLL_SECONDS):
             try:
-                return ClosedLoop(store, run_id, progress=progress).run()
+                components = partial(build_components, dist=d) if d.world_size > 1 else build_components
+                loop = ClosedLoop(store, run_id, progress=progress, dist=d, components=components)
+                # the tokenizer is in the run folder now: the other ranks build theirs
+                ready(d.send({"config": loop.cfg.to_dict(), "run_dir": str(run_dir)}))
+                return loop.run()
             except (Stopped, KeyboardInterrupt):
                 store.update_run(run_id, status="stopped")
                 store.log_event(run_id, "stopped", "worker interrupted; resumes from the last checkpoint")
@@ -349,3 +383,18 @@ def work(db_path: str, run_id: int, *, progress: bool = False, lock_fd: int | No
             store.take_commands(run_id)
         signal.signal(signal.SIGTERM, previous)
         lock.release()
+
+
+def _follow(d) -> str:
+    """A rank other than 0: the config and run folder from rank 0, then
+    backend.loop.follow. SIGTERM is ignored: torchrun sends it to every
+    rank, and rank 0 stops them all at one step."""
+    from backend.config import from_dict
+    from backend.loop import follow
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    setup = d.send()
+    if "error" in setup:
+        raise WorkerError(f"rank {d.rank}: rank 0 did not start the run: {setup['error']}")
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return follow(from_dict(setup["config"]), Path(setup["run_dir"]), d)

@@ -538,3 +538,47 @@ def test_a_run_checkpoint_loads_in_transformers_and_in_the_lm_eval_cli(tiny_run,
     assert p.returncode == 0, p.stderr[-3000:]
     results = json.loads(next(out.rglob("results*.json")).read_text())["results"]["ex_addition"]
     assert 0.0 <= results["acc,none"] <= 1.0
+
+
+# -- fast training: gradient accumulation, compile -----------------------------------
+
+
+def test_grad_accum_takes_the_same_step_as_one_batch():
+    one, four = tiny_model(0), tiny_model(0)
+    t1 = Trainer(one, train_cfg(batch_size=8), CPU)
+    t4 = Trainer(four, train_cfg(batch_size=8, grad_accum=4), CPU)  # 4 micro-batches of 2 sequences
+    for i in range(3):
+        l1, l4 = t1.train_step(batch(i, b=8)), t4.train_step(batch(i, b=8))
+        assert float(l4) == pytest.approx(float(l1), rel=1e-5)
+    for k, v in one.state_dict().items():
+        torch.testing.assert_close(four.state_dict()[k], v, rtol=1e-4, atol=1e-6)
+    assert t4.step == 3
+
+
+def test_grad_accum_must_divide_the_batch():
+    from backend.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^train\.grad_accum: must divide batch_size 8, got 3"):
+        train_cfg(batch_size=8, grad_accum=3).validate("train")
+
+
+def test_train_step_returns_the_loss_as_a_tensor_and_keeps_grad_norm_and_lr():
+    trainer = Trainer(tiny_model(), train_cfg(), CPU)
+    loss = trainer.train_step(batch())
+    assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and not loss.requires_grad
+    assert float(trainer.last_grad_norm) > 0
+    assert trainer.last_lr == pytest.approx(1e-2 * 1 / 2)  # warmup step 1 of 2
+
+
+@pytest.mark.slow
+def test_a_compiled_model_trains_like_the_eager_one():
+    # inductor compiles C++ for the CPU here (gcc): the first step takes ~a minute
+    pytest.importorskip("torch._inductor")
+    eager, compiled = tiny_model(0), tiny_model(0)
+    te = Trainer(eager, train_cfg(), CPU)
+    tc = Trainer(compiled, train_cfg(compile=True), CPU)
+    for i in range(3):
+        assert float(tc.train_step(batch(i))) == pytest.approx(float(te.train_step(batch(i))), rel=1e-4)
+    assert "OptimizedModule" in type(tc.forward).__name__
+    for k, v in eager.state_dict().items():  # checkpoints see the plain module's keys
+        torch.testing.assert_close(compiled.state_dict()[k], v, rtol=1e-3, atol=1e-5)

@@ -516,10 +516,17 @@ class TrainConfig:
     complete checkpoints plus those a schedule still needs (each segment's
     first step, doremi's reference); older ones are pruned. At least 2, so a
     corrupt last checkpoint can fall back to the one before."""
+    compile: bool = False
+    """torch.compile the model (inductor: the first steps compile for a
+    minute or more; then faster steps, on a GPU above all)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step: batch_size sequences are split into
+    grad_accum equal parts (per process, under torchrun), their gradients
+    summed; batch_size must be divisible by it."""
 
     def validate(self, path: str) -> None:
         """Check ranges and cadence; errors name `path`.field."""
-        for name in ("steps", "checkpoint_every", "batch_size", "lr"):
+        for name in ("steps", "checkpoint_every", "batch_size", "lr", "grad_accum"):
             _positive(self, name, path)
         if self.checkpoint_every > self.steps:
             raise ConfigError(
@@ -537,6 +544,8 @@ class TrainConfig:
             raise ConfigError(f"{path}.threads: at most {MAX_THREADS} (torch takes a C int), got {self.threads}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"{path}.device: must be auto, cpu or cuda, got {self.device!r}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"{path}.grad_accum: must divide batch_size {self.batch_size}, got {self.grad_accum}")
 
 
 @dataclass(kw_only=True)
