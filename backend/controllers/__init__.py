@@ -8,7 +8,8 @@ enforces what every proposal must obey, once for every strategy:
     raw = strategy.propose(history less the skills in history.blocked, current)
     Goodhart hold: a domain feeding a skill in history.blocked gains no weight
     shared constraints (smoothing toward uniform, floor, cap, max change)
-    rationale line per domain: "old -> new: reason"
+    rationale line per domain: "old -> new: reason", and a flag for each
+        skill it feeds that gives one constant answer to every item
     forecast = strategy.forecast(history, current, final weights)
 
 Built-in strategies register with `@register_strategy(name, settings=...)`
@@ -70,6 +71,10 @@ class History:
     chance: dict[str, float] = field(default_factory=dict)
     """Steer skill -> its chance level (a uniform guess or the best constant
     answer): a score there is a guess, so a rise counts only above it."""
+    constant: dict[str, str] = field(default_factory=dict)
+    """Steer skill -> the one answer it gave to every item at the latest
+    checkpoint (backend.evaluation.tasks.constant_response): no skill, a
+    guess scoring about chance; each proposal's rationale says so."""
 
     def latent(self) -> dict[str, list[dict]]:
         """`estimates`, or the latent estimates computed from `scores`."""
@@ -215,6 +220,8 @@ def propose(strategy: Strategy, history: History, current: dict[str, float], con
         line = f"{current[d]:.3f} -> {weights[d]:.3f}: {raw.rationale[d]}"
         if d in held:
             line += f"; held back by the Goodhart guard: {', '.join(held[d])} (its weight may not rise)"
+        line += "".join(f"; {s} answers {history.constant[s]!r} to every item (at chance)"
+                        for s in sorted(history.constant) if d in history.skill_domains.get(s, []))
         rationale[d] = line
     forecast = strategy.forecast(history, current, weights)
     for skill, why in history.unsteerable.items():  # measured, shown, not steered: say why
