@@ -426,3 +426,30 @@ def test_a_constant_answer_is_flagged_by_every_strategy_and_counted_as_risen_by_
     assert law.laws(blind.latent(), blind)[0]["parity"]["a"] > 0  # the trap: a "rise" in the logit
     laws, last = law.laws(flagged.latent(), flagged)
     assert "parity" not in laws and "parity" not in last and "brackets" in laws
+
+
+def test_the_loop_carries_a_constant_answer_from_the_stored_samples_to_the_rationale(tmp_path):
+    """RunClient.history reads the latest checkpoint's per-item samples: copy
+    answering "a b" to every item is flagged on the domain that streams it;
+    at the checkpoint before, when its answers differed, it was not."""
+    from backend.client import RunClient
+    from backend.config import preset
+    from backend.store import Store
+
+    store = Store(tmp_path / "cl.db")
+    client = RunClient.register(store, preset("tiny"))
+    skills = store.skills(client.run_id)
+    task = next(s for s in skills if s["name"] == "copy")["tasks"][0]
+    for step, responses in ((0, ["a b", "c d", "b"]), (10, ["a b", "a b", " a b"])):
+        client.report_checkpoint(step, step * client.tokens_per_step)
+        rows = [{"skill": s["name"], "task": f"ext_{s['name']}", "metric": "exact_match", "value": 0.02,
+                 "stderr": 0.02, "n": 36, "prompt_variant": "p0", "decoding": "greedy", "scorer": "exact_match"}
+                for s in skills]
+        samples = [{"task": task, "doc_id": i, "prompt": f"copy {x} =", "target": x, "response": r, "correct": 0}
+                   for i, (x, r) in enumerate(zip(["a c", "b d", "e f"], responses))]
+        client.report_measurements(step, rows, samples)
+        client.boundary(step)
+    first, last = store.proposals(client.run_id)
+    assert "every item" not in " ".join(first["rationale"].values())
+    assert "copy answers 'a b' to every item (at chance)" in last["rationale"]["strings"]
+    assert "every item" not in last["rationale"]["arithmetic"]
