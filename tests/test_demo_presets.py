@@ -8,7 +8,7 @@ from conftest import cli_json
 from backend.config import preset
 from backend.store import Store
 
-LEAKED = "mul1"  # the skill whose steer items demo-leak streams
+LEAKED = "parity"  # the skill whose steer items demo-leak streams
 
 
 def test_demo_leak_is_the_demo_plus_one_domain_that_streams_the_test():
@@ -35,7 +35,7 @@ def latest_scores(store: Store, run: int) -> dict[str, dict]:
 @pytest.mark.slow
 def test_demo_leak_raises_the_goodhart_alert_on_the_leaked_skill(tmp_path):
     """A shortened demo-leak (the first 1,500 steps; the preset's own
-    cadence): the steer items of mul1 are memorised while its held-out
+    cadence): the steer items of parity are memorised while its held-out
     variant stays at chance, and the guard says so."""
     cfg = tmp_path / "leak.toml"
     cfg.write_text('preset = "demo-leak"\n[train]\nsteps = 1500\n')
