@@ -496,7 +496,26 @@ class RunClient:
             chance={s["name"]: s["chance"] for s in skills if s.get("chance") is not None},
             objective=objective.for_run(self.cfg, self.store.objective(self.run_id)),
             heldout={k: v for k, v in estimates.items() if vocab.is_holdout(k)},
+            constant=self.constant_answers(skills, estimates),
         )
+
+    def constant_answers(self, skills: list[dict], estimates: dict[str, list[dict]]) -> dict[str, str]:
+        """Skill -> the one answer it gave to every item at the latest
+        estimated checkpoint, for the `skills` (rows) that did."""
+        from backend.evaluation.tasks import constant_response
+
+        last = max((e["step"] for es in estimates.values() for e in es), default=None)
+        if last is None:
+            return {}
+        by_task: dict[str, list[dict]] = {}
+        for r in self.store.samples(self.run_id, last):
+            by_task.setdefault(r["task"], []).append(r)
+        out = {}
+        for s in skills:
+            answer = constant_response([r for t in s["tasks"] for r in by_task.get(t, [])])
+            if answer is not None:
+                out[s["name"]] = answer
+        return out
 
     def propose(self, step: int, estimates: dict[str, list[dict]]) -> int | None:
         """The strategy's proposal through the shared guarantees

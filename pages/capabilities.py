@@ -148,6 +148,12 @@ items = [r for task in meta["tasks"] for r in store.samples(run_id, step, task)]
 if items:
     right = sum(bool(r["correct"]) for r in items)
     st.caption(f"{right} of {len(items)} items right at step {step}")
+    from backend.evaluation.tasks import constant_response
+
+    if (answer := constant_response(items)) is not None:  # a guess, however the score moved
+        chance = f", {meta['chance']:.2f}" if meta.get("chance") is not None else ""
+        st.caption(f":warning: answers {answer!r} to every item at step {step} (at chance{chance}): "
+                   "one constant answer, no skill")
     st.dataframe(pd.DataFrame.from_records(items, columns=["task", "doc_id", "prompt", "target", "response",
                                                            "correct"]),
                  hide_index=True, key="cap_items")

@@ -313,7 +313,7 @@ def test_a_user_registered_source_is_accepted_and_classified_by_its_class():
 def test_a_path_on_a_source_that_reads_no_folder_is_refused():
     d = tiny()
     d["data"]["domains"][5]["path"] = "examples/prose"
-    assert refused(d).startswith("data.domains[5].path: source 'stdlib' reads no folder")
+    assert refused(d).startswith("data.domains[5].path: source 'stdlib' reads no files; only folder and saved sources take a path")
 
 
 @pytest.fixture

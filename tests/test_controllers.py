@@ -369,3 +369,87 @@ def test_a_constant_answer_at_chance_is_never_counted_as_risen_or_learning():
     assert above["why"] == "learning"
     risen = deficit.skill_signal([est(0.0, 0.01), est(0.7), est(0.71)], chance=0.5)
     assert "has risen" in risen["why"]
+
+
+# -- a constant answer to every item ------------------------------------------------
+
+
+def parity_answering_even(constant: bool) -> History:
+    """parity (chance 0.5) answering "even" to every item: 0 at step 0, then
+    a little above chance (more "even" items than odd in those samples), with
+    150 items a checkpoint; brackets, on the same domain, learns."""
+    def counts(*values, n=150):
+        return [{"step": 10 * i, "tokens_seen": 1000 * i, "value": v, "stderr": math.sqrt(max(v * (1 - v), 1e-4) / n),
+                 "n": n} for i, v in enumerate(values)]
+
+    weights = {"logic": 0.5, "noise": 0.5}
+    return History(
+        domains=["logic", "noise"], skill_domains={"parity": ["logic"], "brackets": ["logic"]},
+        scores={"parity": counts(0.0, 0.58, 0.6, 0.6, 0.61), "brackets": counts(0.0, 0.3, 0.5, 0.7, 0.8)},
+        checkpoint_tokens=1000, chance={"parity": 0.5, "brackets": 0.5},
+        mixtures=[{"step": 10 * i, "tokens_seen": 1000 * i, "weights": weights} for i in range(5)],
+        constant={"parity": "even"} if constant else {})
+
+
+def test_a_constant_answer_is_flagged_by_every_strategy_and_counted_as_risen_by_none():
+    """The planted case: parity's samples at the last checkpoint are all
+    "even" and its score sits near chance, a little above. Every strategy's
+    rationale flags it on the domain that feeds it; neither strategy that
+    reasons about rises (deficit, mixing-law) counts it as one, though
+    both would without the flag."""
+    from backend.controllers.deficit import UNMOVED
+    from backend.evaluation.tasks import constant_response
+
+    samples = [{"task": "cl_parity_t0", "target": ("even", "odd")[i % 2], "response": "even"} for i in range(150)]
+    samples += [{"task": "cl_parity_ll_t0", "target": "even", "response": f"loglik -0.{i}"} for i in range(10)]
+    assert constant_response(samples) == "even"
+
+    flagged, blind = parity_answering_even(True), parity_answering_even(False)
+    current = {"logic": 0.5, "noise": 0.5}
+    for name in STRATEGIES:
+        p = propose(make_strategy(ControllerConfig(strategy=name)), flagged, current, ControllerConfig())
+        assert "parity answers 'even' to every item (at chance)" in p.rationale["logic"], name
+        assert "every item" not in p.rationale["noise"], name
+        check_rationale_lines(p, current)
+        clean = propose(make_strategy(ControllerConfig(strategy=name)), blind, current, ControllerConfig())
+        assert "every item" not in clean.rationale["logic"], name
+
+    deficit = make_strategy(ControllerConfig(strategy="deficit"))
+    was = deficit.signals(blind)["parity"]
+    assert "risen" in was["why"].replace("never risen", "") or was["why"] == "learning"  # the trap
+    now = deficit.signals(flagged)["parity"]
+    assert now["learnable"] == UNMOVED and "guess, not a rise" in now["why"]
+    assert "risen" not in now["why"] and "learning" not in now["why"]
+    assert deficit.signals(flagged)["brackets"] == deficit.signals(blind)["brackets"]  # others untouched
+
+    law = make_strategy(ControllerConfig(strategy="mixing-law"))
+    assert law.laws(blind.latent(), blind)[0]["parity"]["a"] > 0  # the trap: a "rise" in the logit
+    laws, last = law.laws(flagged.latent(), flagged)
+    assert "parity" not in laws and "parity" not in last and "brackets" in laws
+
+
+def test_the_loop_carries_a_constant_answer_from_the_stored_samples_to_the_rationale(tmp_path):
+    """RunClient.history reads the latest checkpoint's per-item samples: copy
+    answering "a b" to every item is flagged on the domain that streams it;
+    at the checkpoint before, when its answers differed, it was not."""
+    from backend.client import RunClient
+    from backend.config import preset
+    from backend.store import Store
+
+    store = Store(tmp_path / "cl.db")
+    client = RunClient.register(store, preset("tiny"))
+    skills = store.skills(client.run_id)
+    task = next(s for s in skills if s["name"] == "copy")["tasks"][0]
+    for step, responses in ((0, ["a b", "c d", "b"]), (10, ["a b", "a b", " a b"])):
+        client.report_checkpoint(step, step * client.tokens_per_step)
+        rows = [{"skill": s["name"], "task": f"ext_{s['name']}", "metric": "exact_match", "value": 0.02,
+                 "stderr": 0.02, "n": 36, "prompt_variant": "p0", "decoding": "greedy", "scorer": "exact_match"}
+                for s in skills]
+        samples = [{"task": task, "doc_id": i, "prompt": f"copy {x} =", "target": x, "response": r, "correct": 0}
+                   for i, (x, r) in enumerate(zip(["a c", "b d", "e f"], responses))]
+        client.report_measurements(step, rows, samples)
+        client.boundary(step)
+    first, last = store.proposals(client.run_id)
+    assert "every item" not in " ".join(first["rationale"].values())
+    assert "copy answers 'a b' to every item (at chance)" in last["rationale"]["strings"]
+    assert "every item" not in last["rationale"]["arithmetic"]

@@ -106,3 +106,23 @@ def test_lm_eval_loads_each_config_from_its_local_file(tmp_path):
         assert task.doc_to_text(docs[0]) == docs[0]["prompt"]
         expected_target = docs[0]["answer"] if cfg["output_type"] == "generate_until" else " " + docs[0]["answer"]
         assert task.doc_to_target(docs[0]) == expected_target
+
+
+def test_constant_response_flags_one_answer_to_every_item_and_nothing_else():
+    from backend.evaluation.tasks import constant_response
+
+    def rows(responses, targets):
+        return [{"task": "cl_parity_t0", "response": r, "target": t} for r, t in zip(responses, targets)]
+
+    targets = ["even", "odd"] * 5
+    assert constant_response(rows([" even"] * 10, targets)) == "even"  # whitespace around is ignored
+    assert constant_response(rows([""] * 10, targets)) == ""  # saying nothing to every item is one answer too
+    assert constant_response(rows(["even"] * 9 + ["odd"], targets)) is None
+    # right on every item is no guess: every target is that one answer
+    assert constant_response(rows(["3"] * 10, ["3"] * 10)) is None
+    assert constant_response(rows(["even"], ["odd"])) is None  # one item says nothing
+    assert constant_response([]) is None
+    # a loglikelihood scorer's rows hold no answer: left out
+    ll = [{"task": "cl_parity_ll_t0", "response": f"loglik -0.{i}", "target": "even"} for i in range(10)]
+    assert constant_response(rows(["odd"] * 10, targets) + ll) == "odd"
+    assert constant_response(ll) is None

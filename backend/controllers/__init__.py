@@ -12,7 +12,8 @@ enforces what every proposal must obey, once for every strategy:
     forecast = strategy.forecast(history, current, final weights)
     the objective's constraints (backend.objective.violations): a proposal
     that breaks one raises Refused naming it, and is not stored
-    rationale line per domain: "old -> new: reason; objective term that drove it"
+    rationale line per domain: "old -> new: reason; objective term that drove it",
+        and a flag for each skill it feeds that gives one constant answer to every item
 
 Built-in strategies register with `@register_strategy(name, settings=...)`
 exactly as a user's would; `make_strategy(controller_cfg)` builds the
@@ -78,6 +79,10 @@ class History:
     heldout: dict[str, list[dict]] = field(default_factory=dict)
     """Held-out skill -> latent estimates by step: never steered by, only
     read by the objective's held-out rule (Objective.heldout_mean_nondecreasing)."""
+    constant: dict[str, str] = field(default_factory=dict)
+    """Steer skill -> the one answer it gave to every item at the latest
+    checkpoint (backend.evaluation.tasks.constant_response): no skill, a
+    guess scoring about chance; each proposal's rationale says so."""
 
     def latent(self) -> dict[str, list[dict]]:
         """`estimates`, or the latent estimates computed from `scores`."""
@@ -243,6 +248,8 @@ def propose(strategy: Strategy, history: History, current: dict[str, float], con
         feeds = [s for s, ds in history.skill_domains.items() if d in ds]
         line += "; " + (share_note(objective, d, max(0.0, raw.weights[d]) / total, weights[d])
                         or driver(objective, d, feeds=feeds, latent=latent, default_target=default_target))
+        line += "".join(f"; {s} answers {history.constant[s]!r} to every item (at chance)"
+                        for s in sorted(history.constant) if d in history.skill_domains.get(s, []))
         rationale[d] = line
     forecast = strategy.forecast(history, current, weights)
     for skill, why in history.unsteerable.items():  # measured, shown, not steered: say why

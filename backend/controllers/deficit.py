@@ -72,11 +72,13 @@ class Deficit:
     def __init__(self, settings: DeficitSettings):
         self.settings = settings
 
-    def skill_signal(self, series: list[dict], chance: float | None = None) -> dict:
+    def skill_signal(self, series: list[dict], chance: float | None = None, constant: str | None = None) -> dict:
         """The priority of one skill from its latent estimates, with why.
         With its chance level, a rise counts only when the skill's interval
         stands above chance: a model giving one constant answer to every
-        item scores about chance, which is no skill, however it jumped."""
+        item scores about chance, which is no skill, however it jumped.
+        `constant` (that one answer, at the latest checkpoint) never counts
+        as learning or as risen, whatever the interval says."""
         e = series[-1]
         out = {"score": e["score"], "lo": e["lo"], "hi": e["hi"], "slope": e.get("slope"),
                "deficit": 0.0, "learnable": 0.0, "priority": 0.0, "why": ""}
@@ -89,7 +91,7 @@ class Deficit:
         out["deficit"] = max(0.0, self.settings.target - e["score"])
         if len(series) < 2:
             out.update(learnable=1.0, slope=None, why="no slope yet")
-        elif e["slope_lo"] > 0 and (chance is None or e["lo"] > chance):
+        elif e["slope_lo"] > 0 and constant is None and (chance is None or e["lo"] > chance):
             out.update(learnable=0.5 + 0.5 * min(1.0, e["slope"] / PROGRESS_SCALE), why="learning")
         else:
             if e["slope_lo"] > 0:  # rising, but not yet beyond chance: that much a constant answer scores
@@ -97,19 +99,23 @@ class Deficit:
             else:
                 flat = "stalled" if e["slope_hi"] < STALLED else "slope within noise, counted as stalled"
             floor = chance if chance is not None else float("-inf")
-            if any(x["lo"] > max(series[0]["hi"], floor) for x in series[1:]):
+            if constant is not None:
+                out.update(learnable=UNMOVED, why=f"{flat}; one answer to every item is a guess, not a rise")
+            elif any(x["lo"] > max(series[0]["hi"], floor) for x in series[1:]):
                 out.update(learnable=MOVED, why=f"{flat}; it has risen since its first checkpoint")
             elif chance is not None and e["lo"] <= chance:
                 out.update(learnable=UNMOVED, why=f"{flat} at chance ({chance:.2f}: a constant answer scores "
-                                                  f"that); it has never risen above chance")
+                                                  f"that); it has never risen above chance: out of reach so far")
             else:
-                out.update(learnable=UNMOVED, why=f"{flat}; it has never risen since its first checkpoint")
+                out.update(learnable=UNMOVED, why=f"{flat}; it has never risen since its first checkpoint: "
+                                                  f"out of reach so far")
         out["priority"] = out["deficit"] * out["learnable"]
         return out
 
     def signals(self, history: History) -> dict[str, dict]:
         """skill_signal of every steer skill with estimates."""
-        return {s: self.skill_signal(v, history.chance.get(s)) for s, v in history.latent().items() if v}
+        return {s: self.skill_signal(v, history.chance.get(s), history.constant.get(s))
+                for s, v in history.latent().items() if v}
 
     def propose(self, history: History, current: dict[str, float]) -> Proposal:
         """Raw weights current * exp(step_size * (gain - best gain) / scale)."""

@@ -135,11 +135,13 @@ class MixingLaw:
 
     def laws(self, latent: dict[str, list[dict]], history: History) -> tuple[dict[str, dict], dict[str, dict]]:
         """(laws, last estimate) per steer skill; a skill with fewer than
-        MIN_STRETCHES stretches gets no law."""
+        MIN_STRETCHES stretches gets no law, and one giving a constant answer
+        to every item (History.constant) neither."""
         mixtures = {m["step"]: m["weights"] for m in history.mixtures}
         laws, last = {}, {}
         for s, series in latent.items():
-            if not series or s not in history.skill_domains:
+            # one answer to every item is a guess flipping, not a rise: no law, no forecast
+            if not series or s not in history.skill_domains or s in history.constant:
                 continue
             last[s] = series[-1]
             W, y = stretches(series, mixtures, history.domains, history.checkpoint_tokens)

@@ -111,3 +111,25 @@ def constant_answer_rate(base: str, kind: str, seed: int, n: int = 2000) -> floa
     template = STEER_TEMPLATES[0] if kind == "steer" else HOLDOUT_TEMPLATE
     answers = Counter(it["answer"] for it in eval_items(base, split, n, seed, template))
     return answers.most_common(1)[0][1] / n
+
+
+LOGLIK_PREFIX = "loglik "
+"""A loglikelihood scorer's sample holds "loglik -1.23" as its response (the
+answer's log-probability, backend.evaluation.harness), not an answer."""
+
+
+def constant_response(samples: list[dict]) -> str | None:
+    """The one answer a skill gave to every item at a checkpoint, or None.
+
+    samples: the skill's per-item rows at one checkpoint (any of its tasks;
+    {"response", "target"}); loglikelihood rows are left out, they hold no
+    answer. A constant answer is flagged only over at least two items whose
+    targets differ: then it cannot be right on every item, and its score is
+    the share of items whose answer it happens to be (about chance; parity's
+    "even" to every item). Whitespace around a response is ignored."""
+    rows = [r for r in samples if not str(r.get("response") or "").startswith(LOGLIK_PREFIX)]
+    answers = {str(r.get("response") or "").strip() for r in rows}
+    targets = {str(r.get("target") or "").strip() for r in rows}
+    if len(rows) < 2 or len(answers) != 1 or len(targets) < 2:
+        return None
+    return answers.pop()
