@@ -55,7 +55,7 @@ def test_demo_leak_raises_the_goodhart_alert_on_the_leaked_skill(tmp_path):
     assert after and all("Goodhart guard" in p["rationale"]["leaky"] for p in after)
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_the_demo_learns_most_steer_skills_above_chance_and_says_which_are_out_of_reach(tmp_path):
     """The full demo: at the end ABOVE_CHANCE steer skills sit above chance
     by more than their 95% interval, they rose at different checkpoints, and
