@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from backend import config as config_mod
-from backend import controllers, decisions, guard, vocab
+from backend import affinity, controllers, decisions, guard, vocab
 from backend.config import ConfigError, RunConfig
 from backend.controllers import History
 from backend.forecast_errors import record_forecast_errors
@@ -287,8 +287,8 @@ class RunClient:
     def boundary(self, step: int, *, on_phase: Callable[[str, int], None] | None = None,
                  on_stage: Callable[[str], None] = _no_stage) -> None:
         """The rest of checkpoint `step`'s boundary, after its evaluation:
-        estimate latent capability and run the Goodhart guard, score the last
-        forecast, then (before the last step) apply the newest approved
+        estimate latent capability and run the Goodhart guard, estimate and
+        record the affinity (Store.record_affinity), score the last forecast, then (before the last step) apply the newest approved
         proposal exactly once and let the strategy propose (policy auto
         approves and applies it at once); a replay run follows its schedule
         instead. Idempotent: a checkpoint whose boundary is done is left alone.
@@ -302,6 +302,8 @@ class RunClient:
         tokens = ck["tokens_seen"]
         on_stage("estimating")
         estimates = self.estimate_and_guard(step)
+        history = self.history(estimates)
+        self.store.record_affinity(self.run_id, step, affinity.rows(history.affinity))
         record_forecast_errors(self.store, self.run_id, step)  # how far the last forecast was off
         on_phase("estimate", step)
         if step < self.cfg.train.steps:  # nothing to steer after the last checkpoint
@@ -311,7 +313,7 @@ class RunClient:
                 self.apply(step)
                 on_phase("apply", step)
                 on_stage("proposing")
-                self.propose(step, estimates)
+                self.propose(step, history)
                 on_phase("propose", step)
         self.store.mark_checkpoint(self.run_id, step, boundary_done=True)
 
@@ -371,17 +373,26 @@ class RunClient:
                              f"stops pushing {s['name']} until a person acknowledges"))
         return est
 
+    @property
+    def declared_links(self) -> bool:
+        """Whether the strategy reads the declared links as its affinity
+        prior (its `links` setting; "learned" hides them)."""
+        return getattr(self.strategy.settings, "links", "declared") != "learned"
+
     def history(self, estimates: dict[str, list[dict]]) -> History:
         """What the strategy may see: steer skills only, with their latent
-        `estimates` (skill -> by step). A skill no domain is declared to
-        feed, or whose metric is not a [0, 1] score where higher is better
-        (a perplexity), is measured and shown but not steered: `unsteerable`
-        says why."""
+        `estimates` (skill -> by step) and the affinity estimated from them
+        (backend.affinity, the run's pins applied). A skill no domain is
+        declared to feed (unless the strategy learns its links), or whose
+        metric is not a [0, 1] score where higher is better (a perplexity),
+        is measured and shown but not steered: `unsteerable` says why. With
+        the declared links hidden, `skill_domains` holds none."""
+        declared = self.declared_links
         steer = [s for s in self.store.skills(self.run_id) if s["kind"] == "steer"]
         unsteerable = {}
         for s in steer:
             metric, hib = s["metric"] or "exact_match", s["higher_is_better"] in (None, 1)
-            if not s["domains"]:
+            if declared and not s["domains"]:
                 unsteerable[s["name"]] = "no domain is declared to feed it (evaluation.tasks[].domains)"
             elif not hib or not vocab.is_score(metric):
                 unsteerable[s["name"]] = f"its metric {metric} is not a [0, 1] score where higher is better"
@@ -394,9 +405,9 @@ class RunClient:
                 scores[m["skill"]].append(m)
             elif m["kind"] == "domain_loss":
                 losses.setdefault(m["domain"], []).append(m)
-        return History(
+        history = History(
             domains=self.cfg.domain_names,
-            skill_domains={s["name"]: s["domains"] for s in skills},
+            skill_domains={s["name"]: s["domains"] if declared else [] for s in skills},
             scores=scores, domain_loss=losses,
             checkpoint_tokens=self.checkpoint_tokens,
             estimates={s["name"]: estimates.get(s["name"], []) for s in skills},
@@ -407,13 +418,16 @@ class RunClient:
             latest={k: estimates[k][-1]["score"] for k in unsteerable if estimates.get(k)},
             chance={s["name"]: s["chance"] for s in skills if s.get("chance") is not None},
         )
+        pins = self.store.pins(self.run_id) if hasattr(self.store, "pins") else {}
+        history.affinity = affinity.estimate(history, pins, declared=declared)
+        return history
 
-    def propose(self, step: int, estimates: dict[str, list[dict]]) -> int:
-        """The strategy's proposal through the shared guarantees
-        (controllers.propose), stored pending; policy auto approves and
-        applies it at once. Returns the proposal id."""
+    def propose(self, step: int, history: History) -> int:
+        """The strategy's proposal from `history` (RunClient.history) through
+        the shared guarantees (controllers.propose), stored pending; policy
+        auto approves and applies it at once. Returns the proposal id."""
         current = self.store.current_weights(self.run_id)
-        p = controllers.propose(self.strategy, self.history(estimates), current, self.cfg.controller)
+        p = controllers.propose(self.strategy, history, current, self.cfg.controller)
         pid = self.store.add_proposal(self.run_id, step=step, strategy=self.strategy.name,
                                       current_weights=current, weights=p.weights,
                                       rationale=p.rationale, forecast=p.forecast)

@@ -70,6 +70,11 @@ class History:
     chance: dict[str, float] = field(default_factory=dict)
     """Steer skill -> its chance level (a uniform guess or the best constant
     answer): a score there is a guess, so a rise counts only above it."""
+    affinity: dict[str, dict[str, dict]] = field(default_factory=dict)
+    """Steer skill -> domain -> {mean, lo, hi, sd, prior, source}: how much
+    each domain feeds each skill (backend.affinity: declared links are its
+    prior, the run's history refines it, pins override). Computed from the
+    declared links and the history when empty."""
 
     def latent(self) -> dict[str, list[dict]]:
         """`estimates`, or the latent estimates computed from `scores`."""
@@ -79,6 +84,15 @@ class History:
 
         rows = [{**m, "skill": s, "metric": "exact_match"} for s, ms in self.scores.items() for m in ms]
         return estimate(rows, self.checkpoint_tokens or 1)
+
+    def links(self) -> dict[str, dict[str, dict]]:
+        """`affinity`, or the affinity estimated from the declared links and
+        the history (backend.affinity.estimate, no pins)."""
+        if self.affinity:
+            return self.affinity
+        from backend.affinity import estimate
+
+        return estimate(self)
 
 
 @runtime_checkable

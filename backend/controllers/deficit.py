@@ -20,8 +20,15 @@ raw numbers, and only acts on what stands out of the noise:
                   about chance however it jumped, and that is no skill.
     priority_s  = deficit_s * learnable_s
 
-A domain's gain is the mean priority of the steer skills it streams; one that
-streams no steer skill has gain 0. Gains are divided by
+A domain's gain is what it is expected to do for the steer skills, read
+from the affinity matrix (History.links(), backend.affinity: how much each
+domain feeds each skill, with an interval; declared links are its prior):
+
+    gain_j = sum over steer skills s of priority_s * A_sj / PRIOR
+
+With the declared links alone (no history yet) A_sj = PRIOR / n_j for the n_j
+skills domain j is declared to stream, so gain_j is the mean priority of
+those skills; a link nobody declared starts at 0. Gains are divided by
 scale = max(max_i gain_i, GAIN_FLOOR): when every priority is small (early on,
 all skills at 0 and none risen yet), the contrast between domains that feed
 steer skills and domains that feed none still moves weight at a useful pace,
@@ -30,8 +37,14 @@ deficits is amplified (4x at most). Then
 
     w_j <- w_j * exp(step_size * (gain_j - max_i gain_i) / scale)
 
-and the loop applies the Goodhart hold and the shared constraints
-(smoothing, floor, cap, max change), as for every strategy.
+Exploration: while a steer skill with priority > 0 has no domain clearly
+first (backend.affinity.identified: the mixture has barely varied, so the
+history cannot tell its domains apart), `explore` of the mixture (0.1 by
+default, a budget per checkpoint) goes to the domain whose links to those
+skills are most uncertain (sum of priority x posterior sd; a tie goes to the
+domain trained least), and that domain's rationale says so. The loop then
+applies the Goodhart hold and the shared constraints (smoothing, floor, cap,
+max change), as for every strategy.
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from backend import affinity
 from backend.controllers import History, Proposal, register_strategy
 from backend.controllers.forecast import slope_forecast
 from backend.controllers.settings import check_positive, check_unit
@@ -48,6 +62,7 @@ STALLED = 0.25 * PROGRESS_SCALE  # a slope surely below this counts as not movin
 MOVED = 0.5  # learnability of a skill that data has moved before, now flat
 UNMOVED = 0.1  # learnability of a skill that has never risen: exploration only
 GAIN_FLOOR = 0.25  # gains are scaled by max(best gain, this)
+SHOWN = 3  # affinities named per rationale line (the largest contributions)
 
 
 @dataclass(kw_only=True)
@@ -60,11 +75,18 @@ class DeficitSettings:
     """Score a steer skill should reach; deficit = target - score."""
     saturation: float = 0.95
     """A skill at or above this score counts as saturated."""
+    explore: float = 0.1
+    """Share of the mixture added to the least-known domain while a steer
+    skill's feeding domain is not identifiable (0: never explore)."""
+    links: str = "declared"
+    """"declared": the declared links are the affinity's prior; "learned":
+    they are hidden, and the affinity is learned from the run alone."""
 
     def validate(self, path: str, run_cfg=None) -> None:
         """Raise ConfigError naming the field (`path`.field) that is out of range."""
         check_positive(self, "step_size", path)
-        check_unit(self, ("target", "saturation"), path)
+        check_unit(self, ("target", "saturation", "explore"), path)
+        affinity.check_links(self, path)
 
 
 @register_strategy("deficit", settings=DeficitSettings)
@@ -72,7 +94,7 @@ class Deficit:
     def __init__(self, settings: DeficitSettings):
         self.settings = settings
 
-    def skill_signal(self, series: list[dict], chance: float | None = None) -> dict:
+    def skill_signal(self, series: list[dict], chance: float | None = None, target: float | None = None) -> dict:
         """The priority of one skill from its latent estimates, with why.
         With its chance level, a rise counts only when the skill's interval
         stands above chance: a model giving one constant answer to every
@@ -86,7 +108,7 @@ class Deficit:
         if e["hi"] >= self.settings.saturation:
             out.update(priority=0.0, why="deficit within noise of saturation")
             return out
-        out["deficit"] = max(0.0, self.settings.target - e["score"])
+        out["deficit"] = max(0.0, (self.settings.target if target is None else target) - e["score"])
         if len(series) < 2:
             out.update(learnable=1.0, slope=None, why="no slope yet")
         elif e["slope_lo"] > 0 and (chance is None or e["lo"] > chance):
@@ -108,38 +130,70 @@ class Deficit:
         return out
 
     def signals(self, history: History) -> dict[str, dict]:
-        """skill_signal of every steer skill with estimates."""
-        return {s: self.skill_signal(v, history.chance.get(s)) for s, v in history.latent().items() if v}
+        """skill_signal of every steer skill with estimates; with the
+        researcher's objective (History.objective), each skill's own target
+        and its priority weight (multiplying its priority)."""
+        objective = getattr(history, "objective", None)
+        out = {}
+        for s, v in history.latent().items():
+            if not v:
+                continue
+            if objective is None:
+                out[s] = self.skill_signal(v, history.chance.get(s))
+                continue
+            out[s] = self.skill_signal(v, history.chance.get(s), objective.target(s, self.settings.target))
+            out[s]["priority"] *= objective.priority(s)
+        return out
 
     def propose(self, history: History, current: dict[str, float]) -> Proposal:
-        """Raw weights current * exp(step_size * (gain - best gain) / scale)."""
+        """Raw weights current * exp(step_size * (gain - best gain) / scale),
+        plus `explore` of the mixture for the least-known domain while a
+        skill's links are not identifiable."""
         skills = self.signals(history)
-        gain, feeds = {}, {}
-        for d in history.domains:
-            fed = [s for s, ds in history.skill_domains.items() if d in ds and s in skills]
-            feeds[d] = fed
-            gain[d] = sum(skills[s]["priority"] for s in fed) / len(fed) if fed else 0.0
+        links = history.links()
+        skills = {s: k for s, k in skills.items() if s in links}
+        contrib = {d: {s: k["priority"] * links[s][d]["mean"] / affinity.PRIOR for s, k in skills.items()}
+                   for d in history.domains}
+        gain = {d: sum(contrib[d].values()) for d in history.domains}
         mean_gain = sum(current[d] * gain[d] for d in history.domains)
         top = max(gain.values())  # subtracting the max never overflows
         scale = max(top, GAIN_FLOOR)
         raw = {d: current[d] * math.exp(self.settings.step_size * (gain[d] - top) / scale)
                for d in history.domains}
 
+        unknown = sorted(s for s, k in skills.items() if k["priority"] > 0 and not affinity.identified(links[s]))
+        explored = None
+        if unknown and self.settings.explore > 0:
+            spread = {d: sum(skills[s]["priority"] * links[s][d]["sd"] for s in unknown) for d in history.domains}
+            explored = max(history.domains, key=lambda d: (spread[d], -current[d]))
+            raw[explored] += self.settings.explore * sum(raw.values())
+
         rationale = {}
         for d in history.domains:
-            if not feeds[d]:
-                rationale[d] = f"streams no steer skill (gain 0 vs mean {mean_gain:.3f})"
-                continue
-            parts = []
-            for s in feeds[d]:
-                k = skills[s]
-                slope = "n/a" if k["slope"] is None else f"{k['slope']:+.3f}/ckpt"
-                parts.append(f"{s} {k['score']:.2f} [{k['lo']:.2f}, {k['hi']:.2f}] slope {slope}: {k['why']}")
-            rationale[d] = f"gain {gain[d]:.3f} vs mean {mean_gain:.3f}; " + "; ".join(parts)
+            used = sorted((s for s in skills if links[s][d]["mean"] > 0),
+                          key=lambda s: (-contrib[d][s], -links[s][d]["mean"]))
+            if not used:
+                rationale[d] = f"streams no steer skill by the affinity estimate so far (gain 0 vs mean {mean_gain:.3f})"
+            else:
+                parts = []
+                for s in used[:SHOWN]:
+                    k = skills[s]
+                    slope = "n/a" if k["slope"] is None else f"{k['slope']:+.3f}/ckpt"
+                    parts.append(f"{s} {k['score']:.2f} [{k['lo']:.2f}, {k['hi']:.2f}] slope {slope}: {k['why']}; "
+                                 f"affinity {affinity.describe(links[s][d])}")
+                more = f"; {len(used) - SHOWN} more skills add {sum(contrib[d][s] for s in used[SHOWN:]):.3f}" \
+                    if len(used) > SHOWN else ""
+                rationale[d] = f"gain {gain[d]:.3f} vs mean {mean_gain:.3f}; " + "; ".join(parts) + more
+            if d == explored:
+                rationale[d] += (f"; exploring: +{self.settings.explore:.2f} of the mixture, the history cannot "
+                                 f"yet tell which domain feeds {', '.join(unknown)} (this domain's links are "
+                                 f"the least known)")
         return Proposal(weights=raw, rationale=rationale)
 
     def forecast(self, history: History, current: dict[str, float], weights: dict[str, float]) -> dict[str, dict]:
-        """The latent slope, scaled by how much more (or less) of the skill's
-        domains `weights` trains on (backend.controllers.forecast)."""
-        return {s: slope_forecast(k["score"], k["slope"], history.skill_domains[s], current, weights)
-                for s, k in self.signals(history).items()}
+        """The latent slope, scaled by how much more (or less) `weights`
+        trains of the skill's domains, each counted by its affinity
+        (backend.controllers.forecast)."""
+        links = history.links()
+        return {s: slope_forecast(k["score"], k["slope"], links[s], current, weights)
+                for s, k in self.signals(history).items() if s in links}
