@@ -27,8 +27,14 @@ tokens), with sd TAU; a link nobody declared has mean 0 and the smaller sd
 TAU_UNDECLARED: the data can still find it, but a few confounded stretches
 do not invent it. The posterior is Gaussian;
 its mean clipped at 0 (a domain is taken not to un-teach a skill) and
-mean +- Z95 sd clipped at 0 is the interval. `source` is "learned" once the
-data have narrowed a link (sd below LEARNED x its prior sd), else "prior".
+mean +- Z95 sd clipped at 0 is the interval. The weights sum to 1, so the
+history cannot tell the common level of a skill's links (a skill that learns
+from everything looks like one that learns from nothing in particular): the
+prior sets that level, and sd is that of the link relative to the skill's
+other links, which the history does narrow. `source` is "learned" once the
+history holds at least as much information about a link as its prior
+(sum over stretches of (w_jk - wbar_j)^2 / var_k >= 1 / prior sd^2), else
+"prior".
 
 Pins (a person's word, audited by the store's owner): pinned off -> 0
 [0, 0]; pinned on -> at least the declared prior PRIOR / max(n_j, 1), lo
@@ -56,8 +62,8 @@ PRIOR = 0.2  # above-chance score per checkpoint per unit weight of a domain dec
 TAU = 0.5  # prior sd of a declared link (same units): one stretch with 0.1 more weight can move it
 TAU_UNDECLARED = 0.2  # prior sd of a link nobody declared, next to declared ones (prior mean 0)
 NOISE_FLOOR = 0.01  # sd of a stretch's gain, at least (score per checkpoint)
-LEARNED = 0.6  # a link whose posterior sd fell below this fraction of its prior sd counts as learned
 SEPARATION = 2.0  # the top domain's affinity over the runner-up's that counts as identified
+NEGLIGIBLE = 0.005  # an affinity below this feeds the skill too little to count (0.05 score over 10 ckpts at full weight)
 SOURCES = ("prior", "learned", "pinned")
 LINKS = ("declared", "learned")
 """What a controller's affinity prior starts from (its `links` setting)."""
@@ -109,18 +115,25 @@ def stretches(series: list[dict], mixtures: dict[int, dict], domains: list[str],
 
 
 def fit(W: np.ndarray, y: np.ndarray, var: np.ndarray, mean0: np.ndarray,
-        sd0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior (mean, sd) of A in y = a + A.(w - wbar) + e, A ~ N(mean0,
-    diag sd0^2), a flat, e ~ N(0, var): weighted centring eliminates a."""
+        sd0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Posterior of A in y = a + A.(w - wbar) + e, A ~ N(mean0, diag sd0^2),
+    a flat, e ~ N(0, var) (weighted centring eliminates a): (mean, sd of
+    each link relative to the skill's other links, information the history
+    holds about each link). The weights sum to 1, so the history cannot
+    tell the common level of a skill's links: the prior sets it, and the sd
+    is that of the contrast A_j - mean_i A_i, which data do narrow."""
+    k = len(mean0)
     if len(y) == 0:
-        return mean0.copy(), sd0.copy()
-    p = 1 / var
-    wbar = p @ W / p.sum()
-    X = W - wbar
-    r = y - p @ y / p.sum() - X @ mean0
-    cov = np.linalg.inv((X.T * p) @ X + np.diag(1 / sd0 ** 2))
-    mean = mean0 + cov @ ((X.T * p) @ r)
-    return mean, np.sqrt(np.clip(np.diag(cov), 0, None))
+        cov, info, mean = np.diag(sd0 ** 2), np.zeros(k), mean0.copy()
+    else:
+        p = 1 / var
+        wbar = p @ W / p.sum()
+        X = W - wbar
+        r = y - p @ y / p.sum() - X @ mean0
+        cov = np.linalg.inv((X.T * p) @ X + np.diag(1 / sd0 ** 2))
+        mean, info = mean0 + cov @ ((X.T * p) @ r), p @ X ** 2
+    T = np.eye(k) - np.full((k, k), 1 / k)  # A -> A - mean(A)
+    return mean, np.sqrt(np.clip(np.diag(T @ cov @ T.T), 0, None)), info
 
 
 def estimate(history, pins: dict[tuple[str, str], bool] | None = None, *,
@@ -139,13 +152,13 @@ def estimate(history, pins: dict[tuple[str, str], bool] | None = None, *,
             continue
         mean0, sd0 = prior(domains, history.skill_domains, s, declared)
         chance = history.chance.get(s) or 0.0
-        mean, sd = fit(*stretches(series, mixtures, domains, history.checkpoint_tokens, chance), mean0, sd0)
+        mean, sd, info = fit(*stretches(series, mixtures, domains, history.checkpoint_tokens, chance), mean0, sd0)
         links = {}
         for j, d in enumerate(domains):
-            m = max(float(mean[j]), 0.0)
+            m = float(mean[j]) if mean[j] > NEGLIGIBLE else 0.0
             row = {"mean": m, "lo": max(float(mean[j]) - Z95 * sd[j], 0.0),
                    "hi": max(float(mean[j]) + Z95 * sd[j], 0.0), "sd": float(sd[j]), "prior": float(mean0[j]),
-                   "source": "learned" if sd[j] < LEARNED * sd0[j] else "prior"}
+                   "source": "learned" if info[j] * sd0[j] ** 2 >= 1 else "prior"}
             pin = pins.get((s, d))
             if pin is False:
                 row.update(mean=0.0, lo=0.0, hi=0.0, sd=0.0, source="pinned")
@@ -187,12 +200,17 @@ def ranked(links: dict[str, dict]) -> list[str]:
 
 def identified(links: dict[str, dict]) -> bool:
     """Whether the estimate ranks one domain clearly first for the skill:
-    its mean at least SEPARATION times the runner-up's (or the only one
-    above 0)."""
+    its mean above 0 and either its interval above the runner-up's mean
+    (the history tells them apart) or, for a declared link (prior > 0), at
+    least SEPARATION times the runner-up's mean (the declaration stands
+    until the history says otherwise)."""
     order = ranked(links)
+    if not order or links[order[0]]["mean"] <= 0:
+        return False
     if len(order) < 2:
         return True
-    return links[order[0]]["mean"] >= SEPARATION * links[order[1]]["mean"] and links[order[0]]["mean"] > 0
+    top, second = links[order[0]], links[order[1]]["mean"]
+    return top["lo"] > second or (top["prior"] > 0 and top["mean"] >= SEPARATION * second)
 
 
 def describe(v: dict) -> str:

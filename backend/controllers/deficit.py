@@ -39,9 +39,9 @@ deficits is amplified (4x at most). Then
 
 Exploration: while a steer skill with priority > 0 has no domain clearly
 first (backend.affinity.identified: the mixture has barely varied, so the
-history cannot tell its domains apart), `explore` of the mixture (0.1 by
-default, a budget per checkpoint) goes to the domain whose links to those
-skills are most uncertain (sum of priority x posterior sd; a tie goes to the
+history cannot tell its domains apart), the domain whose links to those
+skills are most uncertain keeps at least its current share and gains
+`explore` of the mixture on top (0.1 by default, a budget per checkpoint) (sum of priority x posterior sd; a tie goes to the
 domain trained least), and that domain's rationale says so. The loop then
 applies the Goodhart hold and the shared constraints (smoothing, floor, cap,
 max change), as for every strategy.
@@ -166,7 +166,8 @@ class Deficit:
         if unknown and self.settings.explore > 0:
             spread = {d: sum(skills[s]["priority"] * links[s][d]["sd"] for s in unknown) for d in history.domains}
             explored = max(history.domains, key=lambda d: (spread[d], -current[d]))
-            raw[explored] += self.settings.explore * sum(raw.values())
+            total = sum(raw.values())  # the explored domain keeps at least its current share, plus `explore`
+            raw[explored] = max(raw[explored], current[explored] * total) + self.settings.explore * total
 
         rationale = {}
         for d in history.domains:
