@@ -5,7 +5,8 @@ mixtures people use now, for the same token budget?
     python bench/data_efficiency.py --quick              # tiny model, 1 seed: CI-sized
     python bench/data_efficiency.py --seeds 0 1 2 --budget-tokens 921600 \
         --methods natural,deficit --suite configs/efficiency.toml --jobs 2
-    python bench/data_efficiency.py --links learned --reuse OLD.db   # declared links hidden
+    python bench/data_efficiency.py --links learned --reuse OLD.db   # declared links hidden;
+                                                     # natural, uniform, doremi, odm from OLD.db
 
 Methods (each a real closed-loop run of the suite's model, policy auto):
   natural     the mixture held at weights proportional to domain size
@@ -21,8 +22,9 @@ Methods (each a real closed-loop run of the suite's model, policy auto):
 --links learned hides the declared links from every controller that reads
 them (deficit, mixing-law: their `links` setting): each learns the affinity
 of domains to skills from its own run (backend/affinity.py). natural,
-uniform, doremi and odm read no links, so --reuse DB takes their finished
-runs from an earlier benchmark database when the run config matches (same
+uniform, doremi and odm read no links, so --reuse DB [DB ...] takes their
+finished runs (and those of any method run before with the same links
+setting) from earlier benchmark databases when the run config matches (same
 seed, budget, checkpoints, suite); the table marks them "reused".
 
 The suite (--suite, a run config file like `run --config` takes: model,
@@ -132,19 +134,21 @@ SAME_RUN = ("seed", "model", "data", "evaluation", "mixture")
 """The config sections two runs of one method must share for one to stand in for the other."""
 
 
-def reusable(old, cfg) -> dict | None:
-    """The finished run of `old` (a Store of an earlier benchmark) with the
-    config `cfg` would get (same name, SAME_RUN sections, train steps and
-    checkpoints, strategy), or None."""
+def reusable(olds: list, cfg) -> tuple[object, dict] | None:
+    """(store, run) of the first finished run in `olds` (Stores of earlier
+    benchmarks) with the config `cfg` would get: same name, SAME_RUN
+    sections, train steps and checkpoints, strategy, and links setting."""
     want = cfg.to_dict()
-    for r in old.runs():
-        c = r["config"]
-        if (r["name"] == cfg.name and r["status"] == "finished"
-                and all(c.get(k) == want.get(k) for k in SAME_RUN)
-                and (c["train"]["steps"], c["train"]["checkpoint_every"]) ==
-                (cfg.train.steps, cfg.train.checkpoint_every)
-                and c["controller"]["strategy"] == cfg.controller.strategy):
-            return r
+    for old in olds:
+        for r in old.runs():
+            c = r["config"]
+            if (r["name"] == cfg.name and r["status"] == "finished"
+                    and all(c.get(k) == want.get(k) for k in SAME_RUN)
+                    and (c["train"]["steps"], c["train"]["checkpoint_every"]) ==
+                    (cfg.train.steps, cfg.train.checkpoint_every)
+                    and c["controller"]["strategy"] == cfg.controller.strategy
+                    and c["controller"]["options"].get("links") == want["controller"]["options"].get("links")):
+                return old, r
     return None
 
 
@@ -334,8 +338,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--db", help="SQLite file for the runs (default: a new temporary one)")
     ap.add_argument("--links", choices=("declared", "learned"), default="declared",
                     help="learned: hide the declared links from every controller that reads them")
-    ap.add_argument("--reuse", help="SQLite file of an earlier benchmark: its finished runs of methods "
-                                    "that read no links stand in for new ones where the config matches")
+    ap.add_argument("--reuse", nargs="+", default=[],
+                    help="SQLite files of earlier benchmarks: their finished runs stand in for new ones where the "
+                         "config matches (links setting included)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "data_efficiency.json"))
     ap.add_argument("--html", default=str(ROOT / "docs" / "data_efficiency.html"))
     args = ap.parse_args(argv)
@@ -370,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     db = args.db or str(Path(tempfile.mkdtemp(prefix="efficiency-")) / "efficiency.db")
     store = Store(db)
-    old = Store(args.reuse) if args.reuse else None
+    olds = [Store(p) for p in args.reuse]
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     print(f"{len(methods)} methods x {len(seeds)} seeds, {steps} steps x {per_step} tokens = {budget:,} tokens "
           f"per run, {checkpoints} checkpoints; {args.jobs} jobs x {threads} threads; runs in {db}", flush=True)
@@ -378,17 +383,16 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     runs: dict[str, dict[int, dict]] = {m: {} for m in methods}
     run_ids: dict[tuple[str, int], int] = {}
-    reused: set[str] = set()
-    if old is not None:  # methods that read no links: an earlier benchmark's runs stand in
-        for m in methods:
-            found = {s: reusable(old, method_config(suite, m, s, steps, checkpoint_every, threads))
-                     for s in seeds} if not reads_links(m) else {}
-            if found and all(found.values()):
-                reused.add(m)
-                for s, r in found.items():
-                    ck = old.checkpoints(r["id"])
-                    runs[m][s] = {"run_id": r["id"], "seconds": ck[-1]["wall_time"], "curve": curves(old, r["id"])}
-                print(f"  {m:<11} reused runs {[r['id'] for r in found.values()]} of {args.reuse}", flush=True)
+    reused: dict[str, object] = {}  # method -> the Store its runs come from
+    for m in methods if olds else []:  # an earlier benchmark's runs stand in
+        found = {s: reusable(olds, method_config(suite, m, s, steps, checkpoint_every, threads, links=args.links))
+                 for s in seeds}
+        if all(found.values()) and len({id(f[0]) for f in found.values()}) == 1:
+            old = reused[m] = next(iter(found.values()))[0]
+            for s, (_, r) in found.items():
+                ck = old.checkpoints(r["id"])
+                runs[m][s] = {"run_id": r["id"], "seconds": ck[-1]["wall_time"], "curve": curves(old, r["id"])}
+            print(f"  {m:<11} reused runs {[f[1]['id'] for f in found.values()]} of {old.path}", flush=True)
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
         pending: dict[cf.Future, tuple[str, int]] = {}
@@ -427,10 +431,11 @@ def main(argv: list[str] | None = None) -> dict:
     ranks = {}
     for m in methods:
         if reads_links(m):
-            got = [ranking(store, runs[m][s]["run_id"]) for s in seeds]
+            got = [ranking(reused.get(m, store), runs[m][s]["run_id"]) for s in seeds]
             ranks[m] = {"right": sum(g[0] for g in got), "moved": sum(g[1] for g in got),
                         "misranked": [w for g in got for w in g[2]]}
-    summary.update(links=args.links, ranking=ranks, reuse=args.reuse, budget_tokens=budget, steps=steps, checkpoints=checkpoints, suite=suite.to_dict(),
+    summary.update(links=args.links, ranking=ranks, reused={m: o.path for m, o in reused.items()},
+                   budget_tokens=budget, steps=steps, checkpoints=checkpoints, suite=suite.to_dict(),
                    quick=args.quick, jobs=args.jobs, threads_per_job=threads, seconds_total=round(time.time() - t0),
                    db=db, run_ids={f"{m}/{s}": r for (m, s), r in run_ids.items()})
     print_table(summary)

@@ -229,3 +229,45 @@ def checkpoints_to_target(priorities: dict[str, float], target: float = 0.6, lim
 def test_the_skill_given_the_higher_priority_reaches_its_target_first(first, second):
     reached = checkpoints_to_target({first: 4.0, second: 1.0})
     assert reached[first] < reached[second]
+
+
+# -- the client boundary records it; the command line shows it ---------------------------
+
+
+def client_run(store: Store, *, links: str = "declared"):
+    """A tiny-preset run through RunClient: copy's score rises with the
+    checkpoint, add2's stays; four checkpoints of 10 steps, policy auto."""
+    from backend.client import RunClient
+
+    cfg = preset("tiny")
+    cfg = cfg.replace(controller={**cfg.to_dict()["controller"], "options": {"links": links}})
+    client = RunClient.register(store, cfg)
+    for k, step in enumerate((0, 10, 20, 30)):
+        rows = [{"skill": s["name"], "task": f"ext_{s['name']}", "metric": "exact_match",
+                 "value": 0.1 + 0.2 * k if s["base"] == "copy" else 0.1, "stderr": 0.03, "n": 100}
+                for s in store.skills(client.run_id)]
+        client.report_checkpoint(step, step * client.tokens_per_step)
+        client.report_measurements(step, rows)
+        client.boundary(step)
+    return client
+
+
+def test_the_boundary_records_the_affinity_at_every_checkpoint(store):
+    client = client_run(store)
+    rows = store.affinity(client.run_id)
+    domains = client.cfg.domain_names
+    assert sorted({r["step"] for r in rows}) == [0, 10, 20, 30]
+    assert len(store.affinity(client.run_id, 30)) == 2 * len(domains)  # steer skills copy, add2 x domains
+    declared = {s["name"]: s["domains"] for s in store.skills(client.run_id)}
+    first = affinity.matrix(store.affinity(client.run_id, 0))
+    assert {d for d, v in first["copy"].items() if v["prior"] > 0} == set(declared["copy"])
+    # the proposal's lines name the affinities they used
+    assert any("affinity" in line for line in store.proposals(client.run_id)[-1]["rationale"].values())
+
+
+def test_with_links_learned_the_declared_links_are_hidden(store):
+    client = client_run(store, links="learned")
+    first = affinity.matrix(store.affinity(client.run_id, 0))
+    assert all(v["prior"] == 0 for links in first.values() for v in links.values())
+    # nothing told the controller which domain feeds what, so it explores, and says so
+    assert any("exploring" in line for line in store.proposals(client.run_id)[0]["rationale"].values())
