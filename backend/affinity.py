@@ -40,7 +40,7 @@ Pins (a person's word, audited by the store's owner): pinned off -> 0
 [0, 0]; pinned on -> at least the declared prior PRIOR / max(n_j, 1), lo
 included. `source` "pinned".
 
-With `declared=False` (a controller's `links = "learned"`) the declared
+With `declared=False` (controller.links = "learned") the declared
 links are hidden: every link starts at mean 0, sd TAU, and only the run's
 history tells the domains apart.
 
@@ -65,16 +65,6 @@ NOISE_FLOOR = 0.01  # sd of a stretch's gain, at least (score per checkpoint)
 SEPARATION = 2.0  # the top domain's affinity over the runner-up's that counts as identified
 NEGLIGIBLE = 0.005  # an affinity below this feeds the skill too little to count (0.05 score over 10 ckpts at full weight)
 SOURCES = ("prior", "learned", "pinned")
-LINKS = ("declared", "learned")
-"""What a controller's affinity prior starts from (its `links` setting)."""
-
-
-def check_links(settings, path: str) -> None:
-    """Raise ConfigError naming `path`.links unless it is one of LINKS."""
-    from backend.config import ConfigError
-
-    if settings.links not in LINKS:
-        raise ConfigError(f"{path}.links: {settings.links!r} is not one of {', '.join(LINKS)}")
 
 
 def prior(domains: list[str], skill_domains: dict[str, list[str]], skill: str,

@@ -373,21 +373,15 @@ class RunClient:
                              f"stops pushing {s['name']} until a person acknowledges"))
         return est
 
-    @property
-    def declared_links(self) -> bool:
-        """Whether the strategy reads the declared links as its affinity
-        prior (its `links` setting; "learned" hides them)."""
-        return getattr(self.strategy.settings, "links", "declared") != "learned"
-
     def history(self, estimates: dict[str, list[dict]]) -> History:
         """What the strategy may see: steer skills only, with their latent
         `estimates` (skill -> by step) and the affinity estimated from them
         (backend.affinity, the run's pins applied). A skill no domain is
-        declared to feed (unless the strategy learns its links), or whose
+        declared to feed (unless controller.links is "learned"), or whose
         metric is not a [0, 1] score where higher is better (a perplexity),
         is measured and shown but not steered: `unsteerable` says why. With
         the declared links hidden, `skill_domains` holds none."""
-        declared = self.declared_links
+        declared = self.cfg.controller.links == "declared"
         steer = [s for s in self.store.skills(self.run_id) if s["kind"] == "steer"]
         unsteerable = {}
         for s in steer:

@@ -20,7 +20,7 @@ Methods (each a real closed-loop run of the suite's model, policy auto):
   mixing-law  per-skill law fitted on the run's history, from the natural mixture
 
 --links learned hides the declared links from every controller that reads
-them (deficit, mixing-law: their `links` setting): each learns the affinity
+them (deficit, mixing-law: controller.links = "learned"): each learns the affinity
 of domains to skills from its own run (backend/affinity.py). natural,
 uniform, doremi and odm read no links, so --reuse DB [DB ...] takes their
 finished runs (and those of any method run before with the same links
@@ -93,13 +93,11 @@ QUICK = {"preset": "tiny", "skills": ["parity", "brackets"], "budget_tokens": 8 
 
 
 def reads_links(method: str) -> bool:
-    """Whether the method's strategy reads the declared links (has a `links` setting)."""
-    import dataclasses
-
+    """Whether the method's strategy reads the links of domains to skills
+    (its class says `reads_links`)."""
     from backend.controllers import STRATEGIES
 
-    cls = STRATEGIES.get(METHODS[method][0]).settings_class
-    return any(f.name == "links" for f in dataclasses.fields(cls))
+    return getattr(STRATEGIES.get(METHODS[method][0]), "reads_links", False)
 
 
 def method_config(suite, method: str, seed: int, steps: int, checkpoint_every: int, threads: int,
@@ -112,9 +110,8 @@ def method_config(suite, method: str, seed: int, steps: int, checkpoint_every: i
     options = d["controller"]["options"] if strategy == suite.controller.strategy else {}
     if reference_losses is not None:
         options = {**options, "reference_losses": reference_losses}
-    if reads_links(method):
-        options = {**options, "links": links}
-    d["controller"] = {**d["controller"], "strategy": strategy, "options": options}
+    d["controller"] = {**d["controller"], "strategy": strategy, "options": options,
+                       "links": links if reads_links(method) else "declared"}
     d["train"] = {**d["train"], "steps": steps, "checkpoint_every": checkpoint_every, "threads": threads}
     from backend.config import from_dict
 
@@ -134,6 +131,13 @@ SAME_RUN = ("seed", "model", "data", "evaluation", "mixture")
 """The config sections two runs of one method must share for one to stand in for the other."""
 
 
+def stored_links(config: dict) -> str:
+    """The links setting of a stored run config (controller.links; a run
+    stored before it existed read the declared links)."""
+    c = config["controller"]
+    return c.get("links") or c["options"].get("links") or "declared"
+
+
 def reusable(olds: list, cfg) -> tuple[object, dict] | None:
     """(store, run) of the first finished run in `olds` (Stores of earlier
     benchmarks) with the config `cfg` would get: same name, SAME_RUN
@@ -147,7 +151,7 @@ def reusable(olds: list, cfg) -> tuple[object, dict] | None:
                     and (c["train"]["steps"], c["train"]["checkpoint_every"]) ==
                     (cfg.train.steps, cfg.train.checkpoint_every)
                     and c["controller"]["strategy"] == cfg.controller.strategy
-                    and c["controller"]["options"].get("links") == want["controller"]["options"].get("links")):
+                    and stored_links(c) == want["controller"]["links"]):
                 return old, r
     return None
 

@@ -178,8 +178,10 @@ def test_mixing_law_names_the_affinities_it_used():
 def test_links_setting_is_checked():
     from backend.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"controller.options.links: 'guessed' is not one of declared, learned"):
-        ControllerConfig(options={"links": "guessed"}).validate("controller")
+    with pytest.raises(ConfigError, match=r"controller.links: 'guessed' is not one of declared, learned"):
+        ControllerConfig(links="guessed").validate("controller")
+    cfg = preset("tiny").replace(controller={**preset("tiny").to_dict()["controller"], "links": "learned"})
+    assert cfg.controller.links == "learned" and cfg.to_dict()["controller"]["links"] == "learned"
 
 
 # -- priorities: a closed loop of the real deficit controller over a simulated world -------
@@ -240,7 +242,7 @@ def client_run(store: Store, *, links: str = "declared"):
     from backend.client import RunClient
 
     cfg = preset("tiny")
-    cfg = cfg.replace(controller={**cfg.to_dict()["controller"], "options": {"links": links}})
+    cfg = cfg.replace(controller={**cfg.to_dict()["controller"], "links": links})
     client = RunClient.register(store, cfg)
     for k, step in enumerate((0, 10, 20, 30)):
         rows = [{"skill": s["name"], "task": f"ext_{s['name']}", "metric": "exact_match",

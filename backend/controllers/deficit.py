@@ -41,7 +41,7 @@ Exploration: while a steer skill with priority > 0 has no domain clearly
 first (backend.affinity.identified: the mixture has barely varied, so the
 history cannot tell its domains apart), the domain whose links to those
 skills are most uncertain keeps at least its current share and gains
-`explore` of the mixture on top (0.1 by default, a budget per checkpoint) (sum of priority x posterior sd; a tie goes to the
+EXPLORE = 0.1 of the mixture on top (the budget, per checkpoint) (sum of priority x posterior sd; a tie goes to the
 domain trained least), and that domain's rationale says so. The loop then
 applies the Goodhart hold and the shared constraints (smoothing, floor, cap,
 max change), as for every strategy.
@@ -63,6 +63,7 @@ MOVED = 0.5  # learnability of a skill that data has moved before, now flat
 UNMOVED = 0.1  # learnability of a skill that has never risen: exploration only
 GAIN_FLOOR = 0.25  # gains are scaled by max(best gain, this)
 SHOWN = 3  # affinities named per rationale line (the largest contributions)
+EXPLORE = 0.1  # share of the mixture added, per checkpoint, to the least-known domain while a link is unknown
 
 
 @dataclass(kw_only=True)
@@ -75,22 +76,16 @@ class DeficitSettings:
     """Score a steer skill should reach; deficit = target - score."""
     saturation: float = 0.95
     """A skill at or above this score counts as saturated."""
-    explore: float = 0.1
-    """Share of the mixture added to the least-known domain while a steer
-    skill's feeding domain is not identifiable (0: never explore)."""
-    links: str = "declared"
-    """"declared": the declared links are the affinity's prior; "learned":
-    they are hidden, and the affinity is learned from the run alone."""
 
     def validate(self, path: str, run_cfg=None) -> None:
         """Raise ConfigError naming the field (`path`.field) that is out of range."""
         check_positive(self, "step_size", path)
-        check_unit(self, ("target", "saturation", "explore"), path)
-        affinity.check_links(self, path)
+        check_unit(self, ("target", "saturation"), path)
 
 
 @register_strategy("deficit", settings=DeficitSettings)
 class Deficit:
+    reads_links = True  # it steers by the affinity (History.links())
     def __init__(self, settings: DeficitSettings):
         self.settings = settings
 
@@ -147,7 +142,7 @@ class Deficit:
 
     def propose(self, history: History, current: dict[str, float]) -> Proposal:
         """Raw weights current * exp(step_size * (gain - best gain) / scale),
-        plus `explore` of the mixture for the least-known domain while a
+        plus EXPLORE of the mixture for the least-known domain while a
         skill's links are not identifiable."""
         skills = self.signals(history)
         links = history.links()
@@ -163,11 +158,11 @@ class Deficit:
 
         unknown = sorted(s for s, k in skills.items() if k["priority"] > 0 and not affinity.identified(links[s]))
         explored = None
-        if unknown and self.settings.explore > 0:
+        if unknown:
             spread = {d: sum(skills[s]["priority"] * links[s][d]["sd"] for s in unknown) for d in history.domains}
             explored = max(history.domains, key=lambda d: (spread[d], -current[d]))
             total = sum(raw.values())  # the explored domain keeps at least its current share, plus `explore`
-            raw[explored] = max(raw[explored], current[explored] * total) + self.settings.explore * total
+            raw[explored] = max(raw[explored], current[explored] * total) + EXPLORE * total
 
         rationale = {}
         for d in history.domains:
@@ -186,7 +181,7 @@ class Deficit:
                     if len(used) > SHOWN else ""
                 rationale[d] = f"gain {gain[d]:.3f} vs mean {mean_gain:.3f}; " + "; ".join(parts) + more
             if d == explored:
-                rationale[d] += (f"; exploring: +{self.settings.explore:.2f} of the mixture, the history cannot "
+                rationale[d] += (f"; exploring: +{EXPLORE:.2f} of the mixture, the history cannot "
                                  f"yet tell which domain feeds {', '.join(unknown)} (this domain's links are "
                                  f"the least known)")
         return Proposal(weights=raw, rationale=rationale)

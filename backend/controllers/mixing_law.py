@@ -128,18 +128,15 @@ class MixingLawSettings:
 
     step_size: float = 2.0
     """eta of the KL-proximal step w_j ∝ c_j exp(eta g_j)."""
-    links: str = "declared"
-    """"declared": the declared links are the affinity's prior; "learned":
-    they are hidden, and the affinity is learned from the run alone."""
 
     def validate(self, path: str, run_cfg=None) -> None:
-        """Raise ConfigError naming the field (`path`.step_size, `path`.links) that is out of range."""
+        """Raise ConfigError naming the field (`path`.step_size) if not > 0."""
         check_positive(self, "step_size", path)
-        affinity.check_links(self, path)
 
 
 @register_strategy("mixing-law", settings=MixingLawSettings)
 class MixingLaw:
+    reads_links = True  # its law's prior is the affinity (History.links())
     def __init__(self, settings: MixingLawSettings):
         self.settings = settings
 
