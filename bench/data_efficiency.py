@@ -387,16 +387,17 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     runs: dict[str, dict[int, dict]] = {m: {} for m in methods}
     run_ids: dict[tuple[str, int], int] = {}
-    reused: dict[str, object] = {}  # method -> the Store its runs come from
+    reused: dict[str, dict[int, object]] = {}  # method -> seed -> the Store its run comes from
     for m in methods if olds else []:  # an earlier benchmark's runs stand in
         found = {s: reusable(olds, method_config(suite, m, s, steps, checkpoint_every, threads, links=args.links))
                  for s in seeds}
-        if all(found.values()) and len({id(f[0]) for f in found.values()}) == 1:
-            old = reused[m] = next(iter(found.values()))[0]
-            for s, (_, r) in found.items():
+        if all(found.values()):
+            reused[m] = {s: old for s, (old, _) in found.items()}
+            for s, (old, r) in found.items():
                 ck = old.checkpoints(r["id"])
                 runs[m][s] = {"run_id": r["id"], "seconds": ck[-1]["wall_time"], "curve": curves(old, r["id"])}
-            print(f"  {m:<11} reused runs {[f[1]['id'] for f in found.values()]} of {old.path}", flush=True)
+            print(f"  {m:<11} reused " + ", ".join(f"run {r['id']} of {old.path}" for old, r in found.values()),
+                  flush=True)
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
         pending: dict[cf.Future, tuple[str, int]] = {}
@@ -435,10 +436,11 @@ def main(argv: list[str] | None = None) -> dict:
     ranks = {}
     for m in methods:
         if reads_links(m):
-            got = [ranking(reused.get(m, store), runs[m][s]["run_id"]) for s in seeds]
+            got = [ranking(reused.get(m, {}).get(s, store), runs[m][s]["run_id"]) for s in seeds]
             ranks[m] = {"right": sum(g[0] for g in got), "moved": sum(g[1] for g in got),
                         "misranked": [w for g in got for w in g[2]]}
-    summary.update(links=args.links, ranking=ranks, reused={m: o.path for m, o in reused.items()},
+    summary.update(links=args.links, ranking=ranks,
+                   reused={f"{m}/{s}": o.path for m, by_seed in reused.items() for s, o in by_seed.items()},
                    budget_tokens=budget, steps=steps, checkpoints=checkpoints, suite=suite.to_dict(),
                    quick=args.quick, jobs=args.jobs, threads_per_job=threads, seconds_total=round(time.time() - t0),
                    db=db, run_ids={f"{m}/{s}": r for (m, s), r in run_ids.items()})
