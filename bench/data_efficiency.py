@@ -447,9 +447,12 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(summary)
     print(f"total {summary['seconds_total']} s")
     for m, k in ranks.items():
-        pct = 100 * k["right"] / k["moved"] if k["moved"] else float("nan")
-        print(f"{m}: {args.links} matrix ranks the true feeding domain first for {pct:.0f}% of skills that moved "
-              f"({k['right']}/{k['moved']} over seeds{'; wrong: ' + ', '.join(k['misranked']) if k['misranked'] else ''})")
+        if not k["moved"]:
+            print(f"{m}: no skill moved with an affinity recorded (runs from before it was estimated?)")
+            continue
+        wrong = "; wrong: " + ", ".join(k["misranked"]) if k["misranked"] else ""
+        print(f"{m}: {args.links} matrix ranks the true feeding domain first for {100 * k['right'] / k['moved']:.0f}% "
+              f"of skills that moved ({k['right']}/{k['moved']} over seeds{wrong})")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(summary, indent=1))
