@@ -93,7 +93,8 @@ class Deficit:
         """The priority of one skill from its latent estimates, with why.
         With its chance level, a rise counts only when the skill's interval
         stands above chance: a model giving one constant answer to every
-        item scores about chance, which is no skill, however it jumped."""
+        item scores about chance, which is no skill, however it jumped.
+        `target` (default: the settings' target) sets the deficit."""
         e = series[-1]
         out = {"score": e["score"], "lo": e["lo"], "hi": e["hi"], "slope": e.get("slope"),
                "deficit": 0.0, "learnable": 0.0, "priority": 0.0, "why": ""}
@@ -133,11 +134,10 @@ class Deficit:
         for s, v in history.latent().items():
             if not v:
                 continue
-            if objective is None:
-                out[s] = self.skill_signal(v, history.chance.get(s))
-                continue
-            out[s] = self.skill_signal(v, history.chance.get(s), objective.target(s, self.settings.target))
-            out[s]["priority"] *= objective.priority(s)
+            target = objective.target(s, self.settings.target) if objective is not None else None
+            out[s] = self.skill_signal(v, history.chance.get(s), target)
+            if objective is not None:
+                out[s]["priority"] *= objective.priority(s)
         return out
 
     def propose(self, history: History, current: dict[str, float]) -> Proposal:
@@ -161,7 +161,7 @@ class Deficit:
         if unknown:
             spread = {d: sum(skills[s]["priority"] * links[s][d]["sd"] for s in unknown) for d in history.domains}
             explored = max(history.domains, key=lambda d: (spread[d], -current[d]))
-            total = sum(raw.values())  # the explored domain keeps at least its current share, plus `explore`
+            total = sum(raw.values())  # the explored domain keeps at least its current share, plus EXPLORE
             raw[explored] = max(raw[explored], current[explored] * total) + EXPLORE * total
 
         rationale = {}
