@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"total {summary['seconds_total']} s")
     for m, k in ranks.items():
         if not k["moved"]:
-            print(f"{m}: no skill moved with an affinity recorded (runs from before it was estimated?)")
+            print(f"{m}: {args.links} matrix: no skill moved with an affinity recorded, nothing to rank")
             continue
         wrong = "; wrong: " + ", ".join(k["misranked"]) if k["misranked"] else ""
         print(f"{m}: {args.links} matrix ranks the true feeding domain first for {100 * k['right'] / k['moved']:.0f}% "

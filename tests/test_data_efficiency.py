@@ -69,7 +69,8 @@ def test_quick_mode_runs_every_method_and_writes_the_table(tmp_path, capsys):
         assert 0.0 <= r["final_steer"] <= 1.0 and r["wall_s"] > 0
     assert {r["method"]: r["overhead_tokens"] for r in summary["rows"]}["doremi"] == summary["budget_tokens"]
     assert set(summary["ranking"]) == {"deficit", "mixing-law"}  # the methods that read links
-    assert "matrix ranks the true feeding domain first for" in printed
+    # the tiny model moves no skill in 40 steps: the ranking line says there is nothing to rank
+    assert "declared matrix: no skill moved with an affinity recorded, nothing to rank" in printed
     for c in summary["curves"].values():
         assert len(c["tokens"]) == summary["checkpoints"] + 1 and c["tokens"][-1] == summary["budget_tokens"]
     assert json.loads(out.read_text())["rows"] == summary["rows"]
