@@ -269,6 +269,28 @@ def cmd_alerts(s: Session) -> int:
     return 0
 
 
+def cmd_affinity(s: Session) -> int:
+    from backend import affinity
+
+    args = s.args
+    s.store.run(args.run)  # an unknown run: NotFound names it
+    rows = s.store.affinity(args.run)
+    if not rows:
+        _print({"run": args.run, "step": None, "affinity": {}}, args.json,
+               f"run {args.run}: no affinity estimated yet (it is estimated at each checkpoint)")
+        return 0
+    step = rows[-1]["step"]
+    matrix = affinity.matrix([r for r in rows if r["step"] == step])
+    lines = [f"run {args.run}: affinity at step {step}, domain by domain, the strongest first "
+             f"(above-chance score per checkpoint per unit weight, mean [95% interval] source)"]
+    width = max(len(k) for k in matrix)
+    for skill, links in matrix.items():
+        lines.append(f"  {skill:<{width}}  " + "; ".join(f"{d} {affinity.describe(links[d])}"
+                                                       for d in affinity.ranked(links)))
+    _print({"run": args.run, "step": step, "affinity": matrix}, args.json, "\n".join(lines))
+    return 0
+
+
 def cmd_ack(s: Session) -> int:
     from backend.guard import acknowledge
 
@@ -421,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", default="cli")
 
     p = add("alerts", cmd_alerts, "open Goodhart alerts of a run")
+    p.add_argument("run", type=int)
+
+    p = add("affinity", cmd_affinity, "how much each domain feeds each skill: the latest estimate with intervals")
     p.add_argument("run", type=int)
 
     p = add("ack-alert", cmd_ack, "acknowledge a skill's Goodhart alert (the controller may push it again)")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from backend import config as config_mod
-from backend import controllers, decisions, guard, objective, vocab
+from backend import affinity, controllers, decisions, guard, objective, vocab
 from backend.config import ConfigError, RunConfig
 from backend.controllers import History
 from backend.forecast_errors import record_forecast_errors
@@ -373,8 +373,8 @@ class RunClient:
     def boundary(self, step: int, *, on_phase: Callable[[str, int], None] | None = None,
                  on_stage: Callable[[str], None] = _no_stage) -> None:
         """The rest of checkpoint `step`'s boundary, after its evaluation:
-        estimate latent capability and run the Goodhart guard, score the last
-        forecast, then (before the last step) apply the newest approved
+        estimate latent capability and run the Goodhart guard, estimate and
+        record the affinity (Store.record_affinity), score the last forecast, then (before the last step) apply the newest approved
         proposal exactly once and let the strategy propose (policy auto
         approves and applies it at once); a replay run follows its schedule
         instead. Idempotent: a checkpoint whose boundary is done is left alone.
@@ -388,6 +388,8 @@ class RunClient:
         tokens = ck["tokens_seen"]
         on_stage("estimating")
         estimates = self.estimate_and_guard(step)
+        history = self.history(estimates)
+        self.store.record_affinity(self.run_id, step, affinity.rows(history.affinity))
         record_forecast_errors(self.store, self.run_id, step)  # how far the last forecast was off
         on_phase("estimate", step)
         if step < self.cfg.train.steps:  # nothing to steer after the last checkpoint
@@ -397,7 +399,7 @@ class RunClient:
                 self.apply(step)
                 on_phase("apply", step)
                 on_stage("proposing")
-                self.propose(step, estimates)
+                self.propose(step, history)
                 on_phase("propose", step)
         self.store.mark_checkpoint(self.run_id, step, boundary_done=True)
 
@@ -461,15 +463,18 @@ class RunClient:
 
     def history(self, estimates: dict[str, list[dict]]) -> History:
         """What the strategy may see: steer skills only, with their latent
-        `estimates` (skill -> by step). A skill no domain is declared to
-        feed, or whose metric is not a [0, 1] score where higher is better
-        (a perplexity), is measured and shown but not steered: `unsteerable`
-        says why."""
+        `estimates` (skill -> by step) and the affinity estimated from them
+        (backend.affinity, the run's pins applied). A skill no domain is
+        declared to feed (unless controller.links is "learned"), or whose
+        metric is not a [0, 1] score where higher is better (a perplexity),
+        is measured and shown but not steered: `unsteerable` says why. With
+        the declared links hidden, `skill_domains` holds none."""
+        declared = self.cfg.controller.links == "declared"
         steer = [s for s in self.store.skills(self.run_id) if s["kind"] == "steer"]
         unsteerable = {}
         for s in steer:
             metric, hib = s["metric"] or "exact_match", s["higher_is_better"] in (None, 1)
-            if not s["domains"]:
+            if declared and not s["domains"]:
                 unsteerable[s["name"]] = "no domain is declared to feed it (evaluation.tasks[].domains)"
             elif not hib or not vocab.is_score(metric):
                 unsteerable[s["name"]] = f"its metric {metric} is not a [0, 1] score where higher is better"
@@ -482,9 +487,9 @@ class RunClient:
                 scores[m["skill"]].append(m)
             elif m["kind"] == "domain_loss":
                 losses.setdefault(m["domain"], []).append(m)
-        return History(
+        history = History(
             domains=self.cfg.domain_names,
-            skill_domains={s["name"]: s["domains"] for s in skills},
+            skill_domains={s["name"]: s["domains"] if declared else [] for s in skills},
             scores=scores, domain_loss=losses,
             checkpoint_tokens=self.checkpoint_tokens,
             estimates={s["name"]: estimates.get(s["name"], []) for s in skills},
@@ -498,6 +503,9 @@ class RunClient:
             heldout={k: v for k, v in estimates.items() if vocab.is_holdout(k)},
             constant=self.constant_answers(skills, estimates),
         )
+        pins = self.store.pins(self.run_id)
+        history.affinity = affinity.estimate(history, pins, declared=declared)
+        return history
 
     def constant_answers(self, skills: list[dict], estimates: dict[str, list[dict]]) -> dict[str, str]:
         """Skill -> the one answer it gave to every item at the latest
@@ -517,15 +525,15 @@ class RunClient:
                 out[s["name"]] = answer
         return out
 
-    def propose(self, step: int, estimates: dict[str, list[dict]]) -> int | None:
-        """The strategy's proposal through the shared guarantees
-        (controllers.propose), stored pending; policy auto approves and
-        applies it at once. Returns the proposal id, or None when it breaks
-        a constraint of the objective: then an event `refused` says which
-        and why, and the mixture stays."""
+    def propose(self, step: int, history: History) -> int | None:
+        """The strategy's proposal from `history` (RunClient.history) through
+        the shared guarantees (controllers.propose), stored pending; policy
+        auto approves and applies it at once. Returns the proposal id, or
+        None when it breaks a constraint of the objective: then an event
+        `refused` says which and why, and the mixture stays."""
         current = self.store.current_weights(self.run_id)
         try:
-            p = controllers.propose(self.strategy, self.history(estimates), current, self.cfg.controller)
+            p = controllers.propose(self.strategy, history, current, self.cfg.controller)
         except controllers.Refused as e:
             self.store.log_event(self.run_id, "refused", f"{self.strategy.name} at step {step}: {e}",
                                  actor="worker", before=current, after=e.proposal.weights)

@@ -232,6 +232,18 @@ CREATE TABLE IF NOT EXISTS train_log (
     tokens_per_s REAL,              -- training tokens per wall second over the window (evaluation excluded)
     PRIMARY KEY (run_id, step)
 );
+CREATE TABLE IF NOT EXISTS affinity (
+    run_id INTEGER NOT NULL REFERENCES runs (id),
+    step INTEGER NOT NULL,          -- checkpoint it was estimated at
+    skill TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    mean REAL NOT NULL,             -- how much the domain feeds the skill (backend/affinity.py)
+    lo REAL NOT NULL,               -- 95% interval
+    hi REAL NOT NULL,
+    prior REAL NOT NULL,            -- the prior mean (declared link or not)
+    source TEXT NOT NULL,           -- prior | learned | pinned
+    PRIMARY KEY (run_id, step, skill, domain)
+);
 CREATE INDEX IF NOT EXISTS measurements_by_skill ON measurements (run_id, skill, step);
 CREATE INDEX IF NOT EXISTS proposals_by_run ON proposals (run_id, status);
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, ts);
@@ -557,6 +569,25 @@ class Store:
         if skill:
             sql, params = sql + " AND skill = ?", params + [skill]
         return self._rows(sql + " ORDER BY step, skill", params)
+
+    def record_affinity(self, run_id: int, step: int, rows: list[dict]) -> None:
+        """Replace the affinity estimate of checkpoint `step` with `rows`
+        ({skill, domain, mean, lo, hi, prior, source}, backend/affinity.py),
+        in one transaction."""
+        keys = ("skill", "domain", "mean", "lo", "hi", "prior", "source")
+        full = [{**{k: r[k] for k in keys}, "run_id": run_id, "step": step} for r in rows]
+        with self.transaction():
+            self.db.execute("DELETE FROM affinity WHERE run_id = ? AND step = ?", [run_id, step])
+            if full:
+                self.db["affinity"].insert_all(full)
+
+    def affinity(self, run_id: int, step: int | None = None) -> list[dict]:
+        """The affinity rows of a run at checkpoint `step` (None: every
+        checkpoint), by step, skill and domain."""
+        sql, params = "SELECT * FROM affinity WHERE run_id = ?", [run_id]
+        if step is not None:
+            sql, params = sql + " AND step = ?", params + [step]
+        return self._rows(sql + " ORDER BY step, skill, domain", params)
 
     def add_forecast_errors(self, run_id: int, rows: list[dict]) -> None:
         """Insert or replace scored forecasts (one row per proposal and skill),

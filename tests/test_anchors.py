@@ -400,7 +400,7 @@ def test_mixing_law_falls_back_with_too_little_history():
     assert p.weights == pytest.approx(apply_constraints(current, current, cfg))
     assert all("current mixture kept, too little history to fit a mixing law" in line
                for line in p.rationale.values())
-    assert {f["basis"] for f in p.forecast.values()} == {SLOPE_BASIS}
+    assert all(f["basis"].startswith(SLOPE_BASIS) for f in p.forecast.values())
     # without the mixtures trained, the changes cannot be tied to weights either
     h.scores = {"copy": series(0.1, 0.3, 0.4, 0.5), "add2": series(0.1, 0.2, 0.3, 0.4)}
     h.mixtures = []

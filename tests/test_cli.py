@@ -69,3 +69,25 @@ def test_refusals_exit_2_naming_the_flag(tmp_path):
         p = cli(*args, db=db, check=False)
         assert p.returncode == 2, (args, p.returncode, p.stderr[-500:])
         assert words in p.stderr and "Traceback" not in p.stderr, (args, p.stderr[-500:])
+
+
+def test_affinity_prints_the_latest_matrix_with_intervals(tmp_path, capsys):
+    import json
+
+    from test_affinity import client_run
+
+    from backend.__main__ import main
+    from backend.store import Store
+
+    db = tmp_path / "a.db"
+    run = client_run(Store(db)).run_id
+    assert main(["affinity", str(run), "--db", str(db)]) == 0
+    text = capsys.readouterr().out
+    assert f"run {run}: affinity at step 30" in text
+    copy = next(line for line in text.splitlines() if line.strip().startswith("copy "))
+    assert re.search(r"strings \d\.\d\d \[\d\.\d\d, \d\.\d\d\] (prior|learned)", copy)
+    out = json.loads(cli("affinity", run, "--json", db=db).stdout)
+    assert out["step"] == 30 and set(out["affinity"]) == {"copy", "add2"}
+    assert set(out["affinity"]["copy"]["strings"]) == {"mean", "lo", "hi", "prior", "source"}
+    p = cli("affinity", 99, db=db, check=False)
+    assert p.returncode == 2 and "no run 99" in p.stderr

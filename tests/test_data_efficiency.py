@@ -63,11 +63,14 @@ def test_quick_mode_runs_every_method_and_writes_the_table(tmp_path, capsys):
         ["natural", "uniform", "deficit", "doremi", "odm", "mixing-law"]
     for r in summary["rows"]:
         assert f"\n{r['method']:<11} " in printed
-        assert set(r) >= {"tokens_to_reach", "speedup", "speedup_per_seed", "final_steer", "worst_steer",
+        assert set(r) >= {"tokens_to_reach", "speedup", "speedup_per_seed", "at_budget", "final_steer", "worst_steer",
                           "final_holdout", "wall_s", "overhead_tokens"}
         assert len(r["speedup_per_seed"]) == 1
         assert 0.0 <= r["final_steer"] <= 1.0 and r["wall_s"] > 0
     assert {r["method"]: r["overhead_tokens"] for r in summary["rows"]}["doremi"] == summary["budget_tokens"]
+    assert set(summary["ranking"]) == {"deficit", "mixing-law"}  # the methods that read links
+    # the tiny model moves no skill in 40 steps: the ranking line says there is nothing to rank
+    assert "declared matrix: no skill moved with an affinity recorded, nothing to rank" in printed
     for c in summary["curves"].values():
         assert len(c["tokens"]) == summary["checkpoints"] + 1 and c["tokens"][-1] == summary["budget_tokens"]
     assert json.loads(out.read_text())["rows"] == summary["rows"]
@@ -78,3 +81,40 @@ def test_unknown_method_is_refused(capsys):
     with pytest.raises(SystemExit):
         de.main(["--quick", "--methods", "natural,greedy"])
     assert "unknown ['greedy']" in capsys.readouterr().err
+
+
+def test_speedup_divides_by_naturals_first_reach_of_its_own_final_score():
+    # natural plateaus at 0.4 after 100 tokens: its budget (400) would make it "4x" against itself
+    runs = {
+        "natural": {0: run_of([0.0, 0.4, 0.4, 0.4, 0.4])},
+        "uniform": {0: run_of([0.0, 0.2, 0.4, 0.5, 0.6])},
+        "doremi": {0: run_of([0.0, 0.8, 0.8, 0.8, 0.8])},
+    }
+    s = de.summarise(runs, budget=400)
+    rows = {r["method"]: r for r in s["rows"]}
+    assert s["t_natural"] == pytest.approx(100)
+    assert rows["natural"]["speedup"] == pytest.approx(1.0) and rows["natural"]["speedup_per_seed"] == [1.0]
+    assert rows["uniform"]["speedup"] == pytest.approx(0.5)  # reaches 0.4 at 200 tokens
+    # the score at equal budget: the reference run of doremi spends the whole budget
+    assert rows["uniform"]["at_budget"] == pytest.approx(0.6) and rows["doremi"]["at_budget"] == 0.0
+    assert de.score_at([0, 100, 200], [0.0, 0.2, 0.6], 150) == pytest.approx(0.4)
+
+
+def test_reuse_takes_a_finished_run_with_the_same_config_and_links(tmp_path):
+    from backend import config as config_mod
+    from backend.store import Store
+
+    suite = config_mod.load(de.ROOT / "configs" / "efficiency.toml")
+    old = Store(tmp_path / "old.db")
+    made = {}
+    for m, links in (("natural", "declared"), ("deficit", "declared")):
+        cfg = de.method_config(suite, m, 0, 900, 75, 1, links=links)
+        made[m] = old.create_run(cfg.to_dict())
+        old.update_run(made[m], status="finished")
+    natural = de.method_config(suite, "natural", 0, 900, 75, 1, links="learned")
+    assert de.reusable([old], natural)[1]["id"] == made["natural"]  # natural reads no links
+    assert de.reusable([old], de.method_config(suite, "natural", 1, 900, 75, 1)) is None  # another seed
+    assert de.reusable([old], de.method_config(suite, "natural", 0, 960, 80, 1)) is None  # another budget
+    assert de.reusable([old], de.method_config(suite, "deficit", 0, 900, 75, 1, links="learned")) is None
+    assert de.reusable([old], de.method_config(suite, "deficit", 0, 900, 75, 1))[1]["id"] == made["deficit"]
+    assert de.reads_links("deficit") and de.reads_links("mixing-law") and not de.reads_links("odm")

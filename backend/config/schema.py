@@ -312,6 +312,10 @@ class ControllerConfig:
     """Largest change of one domain's weight in one proposal."""
     smoothing: float = 0.1
     """Share of the uniform mixture blended into every proposal."""
+    links: str = "declared"
+    """What the affinity of domains to skills starts from (backend.affinity):
+    "declared", the declared links (its prior); "learned", none: they are
+    hidden from every strategy, which learns them from the run alone."""
     options: dict[str, typing.Any] = field(default_factory=dict)
     """The strategy's own settings (its `settings` dataclass, e.g. step_size
     for deficit, reference_step for doremi); validated against it and stored
@@ -374,6 +378,8 @@ class ControllerConfig:
             _unit(self, name, path)
         if self.floor > self.cap:
             raise ConfigError(f"{path}.floor: {self.floor} is above cap {self.cap}")
+        if self.links not in ("declared", "learned"):
+            raise ConfigError(f"{path}.links: {self.links!r} is not one of declared, learned")
         settings = self.settings
         check = getattr(settings, "validate", None)
         if check is not None:

@@ -83,6 +83,11 @@ class History:
     """Steer skill -> the one answer it gave to every item at the latest
     checkpoint (backend.evaluation.tasks.constant_response): no skill, a
     guess scoring about chance; each proposal's rationale says so."""
+    affinity: dict[str, dict[str, dict]] = field(default_factory=dict)
+    """Steer skill -> domain -> {mean, lo, hi, sd, prior, source}: how much
+    each domain feeds each skill (backend.affinity: declared links are its
+    prior, the run's history refines it, pins override). Computed from the
+    declared links and the history when empty."""
 
     def latent(self) -> dict[str, list[dict]]:
         """`estimates`, or the latent estimates computed from `scores`."""
@@ -92,6 +97,30 @@ class History:
 
         rows = [{**m, "skill": s, "metric": "exact_match"} for s, ms in self.scores.items() for m in ms]
         return estimate(rows, self.checkpoint_tokens or 1, chance=self.chance)
+
+    def feeders(self) -> dict[str, list[str]]:
+        """Steer skill -> the domains that feed it: its declared links, or,
+        where none are declared (links learned), the affinity's first-ranked
+        domain and every domain whose interval stands above
+        affinity.NEGLIGIBLE. What the Goodhart hold holds back and what the
+        rationale names."""
+        from backend.affinity import NEGLIGIBLE, ranked
+
+        out = {s: list(ds) for s, ds in self.skill_domains.items() if ds}
+        for s, links in self.links().items():
+            if s not in out and links:
+                top = ranked(links)[0]
+                out[s] = [d for d in links if d == top or links[d]["lo"] > NEGLIGIBLE]
+        return out
+
+    def links(self) -> dict[str, dict[str, dict]]:
+        """`affinity`, or the affinity estimated from the declared links and
+        the history (backend.affinity.estimate, no pins)."""
+        if self.affinity:
+            return self.affinity
+        from backend.affinity import estimate
+
+        return estimate(self)
 
 
 @runtime_checkable
@@ -177,8 +206,9 @@ def make_strategy(controller_cfg) -> Strategy:
 def held_domains(history: History) -> dict[str, list[str]]:
     """Domain -> the blocked skills it feeds (only domains that feed one)."""
     held: dict[str, list[str]] = {}
+    feeders = history.feeders() if history.blocked else {}
     for s in sorted(history.blocked):
-        for d in history.skill_domains.get(s, []):
+        for d in feeders.get(s, []):
             held.setdefault(d, []).append(s)
     return held
 
@@ -241,15 +271,16 @@ def propose(strategy: Strategy, history: History, current: dict[str, float], con
     default_target = getattr(getattr(strategy, "settings", None), "target", 1.0)  # deficit's, else 1
     total = sum(max(0.0, v) for v in raw.weights.values()) or 1.0
     rationale = {}
+    feeders = history.feeders()
     for d in current:
         line = f"{current[d]:.3f} -> {weights[d]:.3f}: {raw.rationale[d]}"
         if d in held:
             line += f"; held back by the Goodhart guard: {', '.join(held[d])} (its weight may not rise)"
-        feeds = [s for s, ds in history.skill_domains.items() if d in ds]
+        feeds = [s for s, ds in feeders.items() if d in ds]
         line += "; " + (share_note(objective, d, max(0.0, raw.weights[d]) / total, weights[d])
                         or driver(objective, d, feeds=feeds, latent=latent, default_target=default_target))
         line += "".join(f"; {s} answers {history.constant[s]!r} to every item (at chance)"
-                        for s in sorted(history.constant) if d in history.skill_domains.get(s, []))
+                        for s in sorted(history.constant) if d in feeders.get(s, []))
         rationale[d] = line
     forecast = strategy.forecast(history, current, weights)
     for skill, why in history.unsteerable.items():  # measured, shown, not steered: say why

@@ -198,4 +198,4 @@ class DoReMi:
     def forecast(self, history: History, current: dict[str, float], weights: dict[str, float]) -> dict[str, dict]:
         """The latent slope scaled by the change in data share (DoReMi has no
         model of skills)."""
-        return slope_forecasts(history.latent(), history.skill_domains, current, weights)
+        return slope_forecasts(history.latent(), history.links(), current, weights)

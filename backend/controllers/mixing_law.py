@@ -20,10 +20,13 @@ linear-in-weights form with the latent capability in place of the loss:
   (History.mixtures); wbar is the mean of those weights. Centring makes a_s
   the mean change, identifiable even though the weights always sum to 1.
 - ridge (RIDGE) toward a prior rather than toward 0: the skill's mean rise
-  (if it rises) spread over the domains that stream it, b0_sj = max(mean
-  dlogit_s, 0) / share_s(wbar) for j in the skill's domains, else 0. With
-  little variation in the weights the law says "a skill rises in proportion
-  to the share of its domains"; as the mixture varies, the data take over.
+  (if it rises) spread over the domains that feed it, each by its affinity
+  (History.links(), backend.affinity; declared links are its prior):
+  f_sj = A_sj / max_i A_si, b0_sj = f_sj max(mean dlogit_s, 0) / (f_s . wbar).
+  With little variation in the weights the law says "a skill rises in
+  proportion to the affinity-weighted share of its domains"; as the mixture
+  varies, the data take over. Each rationale line names the affinities the
+  prior used, with their intervals.
   Aioli instead measures A_t each round on short perturbed runs; we spend no
   extra training, so the law learns only from the mixtures the run trains.
   RIDGE = 0.01 weight^2 is sigma^2 / tau^2 for a noise of ~0.5 logit in one
@@ -37,7 +40,8 @@ linear-in-weights form with the latent capability in place of the loss:
 The step maximises the predicted mean steer score at the next checkpoint,
 linearised at the current mixture c, minus a KL proximity term to c:
 
-    g_j = mean over steer skills s of p_s (1 - p_s) b_sj,
+    g_j = mean over steer skills s of p_s (1 - p_s) b_sj   (weighted by the
+          researcher's priority of each skill where the objective gives one),
           p_s = sigmoid(logit(score_s) + dlogit_s(c))   (d score / d w_j)
     w   = argmax_w  g.w - KL(w || c) / eta   =>   w_j ∝ c_j exp(eta g_j)
 
@@ -63,6 +67,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from backend import affinity
 from backend.controllers import History, Proposal, register_strategy
 from backend.controllers.forecast import slope_forecasts
 from backend.controllers.settings import check_positive
@@ -100,7 +105,8 @@ def stretches(series: list[dict], mixtures: dict[int, dict], domains: list[str],
 
 def fit_law(W: np.ndarray, y: np.ndarray, feeds: np.ndarray, ridge: float = RIDGE) -> dict:
     """Ridge fit of y = a + b.(w - wbar), b shrunk toward the prior b0 (the
-    mean rise spread over the skill's domains, `feeds` a 0/1 mask)."""
+    mean rise spread over the skill's domains, `feeds` each domain's
+    relative affinity in [0, 1])."""
     wbar = W.mean(axis=0)
     X = W - wbar
     mean = float(y.mean())
@@ -130,6 +136,7 @@ class MixingLawSettings:
 
 @register_strategy("mixing-law", settings=MixingLawSettings)
 class MixingLaw:
+    reads_links = True  # its law's prior is the affinity (History.links())
     def __init__(self, settings: MixingLawSettings):
         self.settings = settings
 
@@ -138,17 +145,18 @@ class MixingLaw:
         MIN_STRETCHES stretches gets no law, and one giving a constant answer
         to every item (History.constant) neither."""
         mixtures = {m["step"]: m["weights"] for m in history.mixtures}
+        links = history.links()
         laws, last = {}, {}
         for s, series in latent.items():
             # one answer to every item is a guess flipping, not a rise: no law, no forecast
-            if not series or s not in history.skill_domains or s in history.constant:
+            if not series or s not in links or s in history.constant:
                 continue
             last[s] = series[-1]
             W, y = stretches(series, mixtures, history.domains, history.checkpoint_tokens)
             if len(y) < MIN_STRETCHES:
                 continue
-            feeds = np.array([float(d in history.skill_domains[s]) for d in history.domains])
-            laws[s] = fit_law(W, y, feeds)
+            a = np.array([links[s][d]["mean"] for d in history.domains])
+            laws[s] = fit_law(W, y, a / a.max() if a.max() > 0 else a)
         return laws, last
 
     def propose(self, history: History, current: dict[str, float]) -> Proposal:
@@ -164,19 +172,22 @@ class MixingLaw:
             return Proposal(weights=dict(current), rationale={d: f"current mixture kept, {why}" for d in names})
 
         c = np.array([current[d] for d in names])
+        objective = history.objective  # the researcher's priority weight per skill
+        weight = {s: objective.priority(s) if objective is not None else 1.0 for s in laws}
         g = np.zeros(len(names))
         for s in laws:
             p = _sigmoid(_logit(last[s]["score"]) + predict(laws[s], c))
-            g += p * (1 - p) * laws[s]["b"]
-        g /= len(laws)
+            g += weight[s] * p * (1 - p) * laws[s]["b"]
+        g /= sum(weight.values()) or 1.0
         # w_j ∝ c_j exp(eta g_j): the KL-proximal maximiser of g.w (max subtracted: no overflow)
         raw = {d: current[d] * math.exp(self.settings.step_size * (g[i] - g.max())) for i, d in enumerate(names)}
 
         mean_g = float(c @ g)
         unfit = sorted(s for s in last if s not in laws)
+        links = history.links()
         rationale = {}
         for i, d in enumerate(names):
-            parts = [f"{s} b {laws[s]['b'][i]:+.2f}" for s in laws]
+            parts = [f"{s} b {laws[s]['b'][i]:+.2f} (affinity {affinity.describe(links[s][d])})" for s in laws]
             line = (f"predicted gain {g[i]:+.4f} mean steer score per checkpoint per unit weight "
                     f"(mixture mean {mean_g:+.4f}); law dlogit/ckpt per unit weight: " + ", ".join(parts))
             if unfit:
@@ -190,13 +201,13 @@ class MixingLaw:
         latent = history.latent()
         laws, last = self.laws(latent, history)
         unfit = {s: latent[s] for s in last if s not in laws}
-        forecast = slope_forecasts(unfit, history.skill_domains, current, weights)
+        forecast = slope_forecasts(unfit, history.links(), current, weights)
         w_new = np.array([weights[d] for d in history.domains])
         for s, law in laws.items():
             forecast[s] = {
                 "score": last[s]["score"],
                 "expected": _sigmoid(_logit(last[s]["score"]) + predict(law, w_new)),
                 "basis": (f"mixing law fitted on {law['n']} stretches: dlogit = {law['a']:+.2f} + "
-                          f"b.(w - wbar), ridge {RIDGE} toward the skill's domain share"),
+                          f"b.(w - wbar), ridge {RIDGE} toward the skill's affinity-weighted domain share"),
             }
         return forecast

@@ -123,4 +123,4 @@ class ODM:
     def forecast(self, history: History, current: dict[str, float], weights: dict[str, float]) -> dict[str, dict]:
         """The latent slope scaled by the change in data share (ODM has no
         model of skills)."""
-        return slope_forecasts(history.latent(), history.skill_domains, current, weights)
+        return slope_forecasts(history.latent(), history.links(), current, weights)
