@@ -149,7 +149,7 @@ def test_the_client_stores_no_refused_proposal_and_logs_why(store):
     client, uniform = started(store, {"skills": {"copy": {"at_least": 0.99, "by_tokens": 4000}}})
     run_id = client.run_id
     estimates = {"copy": est(0.89, 0.9, width=0.06, slope=0.01), "add2": est(0.1, 0.2, slope=0.1)}
-    assert client.propose(10, estimates) is None
+    assert client.propose(10, client.history(estimates)) is None
     assert store.proposals(run_id) == []
     (event,) = store.events(run_id, "refused")
     assert "copy >= 0.99 by 4,000 tokens" in event["message"] and event["before"] == uniform
@@ -162,7 +162,7 @@ def test_the_client_steers_by_the_newest_objective_a_person_saved(store):
     estimates = {"copy": est(0.5, 0.55, slope=0.05), "add2": est(0.1, 0.2, slope=0.1)}
     assert client.history(estimates).objective.shares == {"code": (0.05, 1.0)}
     set_objective(store, client.run_id, {"domains": {"code": {"min": 0.15}}}, by="ana")
-    pid = client.propose(10, estimates)
+    pid = client.propose(10, client.history(estimates))
     p = store.proposal(pid)
     assert p["status"] == "pending" and p["weights"]["code"] == pytest.approx(0.15)
     assert p["rationale"]["code"].endswith("constraint: objective.domains.code.min holds it at its least share 0.150")
