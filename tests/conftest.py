@@ -31,14 +31,14 @@ pytest_plugins = ["conftest_dashboard"]
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs of the real loop (run once in the default suite)")
     config.addinivalue_line("markers", "browser: drives the served dashboard in headless Chromium")
-    config.addinivalue_line("markers", "demo: the whole demo preset (about 5 minutes on 2 quiet cores): "
+    config.addinivalue_line("markers", "demo: runs of the demo presets themselves (minutes each on 2 quiet cores): "
                                        "beyond CI's 10-minute suite, run with CLOSED_LOOP_FULL_DEMO=1")
 
 
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("CLOSED_LOOP_FULL_DEMO") == "1":
         return
-    skip = pytest.mark.skip(reason="the whole demo run: set CLOSED_LOOP_FULL_DEMO=1")
+    skip = pytest.mark.skip(reason="a run of a demo preset: set CLOSED_LOOP_FULL_DEMO=1")
     for item in items:
         if "demo" in item.keywords:
             item.add_marker(skip)

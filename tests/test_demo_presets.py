@@ -34,7 +34,7 @@ def latest_scores(store: Store, run: int) -> dict[str, dict]:
     return est
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_demo_leak_raises_the_goodhart_alert_on_the_leaked_skill(tmp_path):
     """A shortened demo-leak (the first 1,500 steps; the preset's own
     cadence): the steer items of mul1 are memorised while its held-out
