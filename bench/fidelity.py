@@ -140,7 +140,8 @@ def main() -> None:
         store = Store(Path(tempfile.mkdtemp()) / "fidelity.db")
         base = config_mod.preset("demo")
         cfg = base.replace(name=args.preset, seed=args.seed, policy="auto",
-                           train={**base.to_dict()["train"], **PRESETS[args.preset], "threads": args.threads})
+                           train={**base.to_dict()["train"], **PRESETS[args.preset], "threads": args.threads},
+                           controller={**base.to_dict()["controller"], "cap": 0.7})  # as when the runs were saved
         run_id = create_run(store, cfg)
         print(f"training run {run_id} ({args.preset}, seed {args.seed}) ...", flush=True)
         work(store.path, run_id, progress=False)
