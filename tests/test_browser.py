@@ -44,13 +44,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def served(human_run, tmp_path):
-    """`streamlit run app.py` on a free port over a copy of the run's DB."""
+def serve(human_run, tmp_path, refresh_s: str):
+    """`streamlit run app.py` on a free port over a copy of the run's DB,
+    live pages refreshing every `refresh_s` seconds."""
     db, run_id = human_run
     db = copy_db(db, tmp_path / "cl.db")
     port = free_port()
-    env = {**os.environ, "CLOSED_LOOP_DB": str(db), "CLOSED_LOOP_REFRESH_S": "2"}
+    env = {**os.environ, "CLOSED_LOOP_DB": str(db), "CLOSED_LOOP_REFRESH_S": refresh_s}
     log = open(tmp_path / "streamlit.log", "wb")
     proc = subprocess.Popen(
         # address, headless, usage statistics and toolbar come from .streamlit/config.toml
@@ -77,6 +77,19 @@ def served(human_run, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture
+def served(human_run, tmp_path):
+    """The dashboard served over a copy of the human-policy run."""
+    yield from serve(human_run, tmp_path, "2")
+
+
+@pytest.fixture
+def served_live(human_run, tmp_path):
+    """The same, its live pages refreshing every 0.3 s: on quiet cores the
+    resumed tiny run trains its last 10 steps in about a second."""
+    yield from serve(human_run, tmp_path, "0.3")
 
 
 @pytest.fixture
@@ -163,13 +176,13 @@ def test_pages_render_and_a_proposal_is_approved_in_the_browser(served, browser,
     assert not page.get_by_role("button", name="Deploy").count()  # client.toolbarMode
 
 
-def test_the_phase_moves_while_a_worker_trains_then_a_finished_run_waits_for_nothing(served, browser, shots):
+def test_the_phase_moves_while_a_worker_trains_then_a_finished_run_waits_for_nothing(served_live, browser, shots):
     """The stopped run resumes in a real worker (steps 20 to 30, then the last
     checkpoint's evaluation): Home's phase label follows it, and once it has
     finished no proposal waits (its open one expired)."""
     from backend import worker
 
-    url, store, run_id = served
+    url, store, run_id = served_live
     assert store.proposals(run_id, status="pending")
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
     worker.spawn(store.path, run_id)  # the run is live from here on: Home polls it
@@ -185,7 +198,7 @@ def test_the_phase_moves_while_a_worker_trains_then_a_finished_run_waits_for_not
                 phases.append(label.group(1))
                 if label.group(1).startswith("evaluating") and not (shots / "evaluating.png").exists():
                     page.screenshot(path=str(shots / "evaluating.png"), full_page=True)
-        page.wait_for_timeout(250)
+        page.wait_for_timeout(100)
     run = store.run(run_id)
     assert run["status"] == "finished", (run["status"], run["error"], phases)
     assert "training" in phases and phases[-1] != "training", phases  # it trained, then moved on
