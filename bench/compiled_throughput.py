@@ -40,7 +40,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    import torch.nn.functional as F
 
     from backend.config import preset
     from backend.data.domains import build_domains
@@ -51,6 +50,7 @@ def main() -> None:
     from backend.model import build_model, count_parameters
     from backend.store import Store
     from backend.trainer import Trainer, pick_device
+    from bench.throughput import bare_loop
 
     cfg = preset(args.preset)
     train = {**cfg.to_dict()["train"], "compile": True, **({"device": args.device} if args.device else {})}
@@ -95,28 +95,13 @@ def main() -> None:
     # -- the bare compiled loop ----------------------------------------------------------
     bare_model.to(device).train()
     bare = torch.compile(bare_model)
-    decay = [p for p in bare_model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in bare_model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.train.lr, betas=(0.9, 0.95), fused=cuda)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, trainer._lr_factor)
     fixed = torch.from_numpy(sampler.batch(weights, B)[0]).to(device)  # (B, T+1)
+    bare_steps = bare_loop(bare, bare_model, cfg, trainer, fixed, sync_every_step=False)
 
     def bare_round(steps: int) -> float:
         sync()
         t = time.perf_counter()
-        for _ in range(steps):
-            x, y = fixed[:, :-1], fixed[:, 1:]
-            with trainer.autocast:
-                logits = bare(input_ids=x).logits
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(bare_model.parameters(), cfg.train.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-        loss.item()  # the round's one wait for the GPU
+        bare_steps(steps)  # reads the loss once: the round's one wait for the GPU
         return steps * B * T / (time.perf_counter() - t)
 
     name = torch.cuda.get_device_name() if cuda else "cpu"

@@ -30,6 +30,41 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def bare_loop(model, params_model, cfg, trainer, fixed, *, sync_every_step: bool):
+    """The bare PyTorch loop both throughput benchmarks compare against: the
+    same model (`model`: as called, e.g. compiled; `params_model`: its
+    parameters), optimizer, LR schedule, clipping and precision as the
+    project's Trainer, on one fixed (B, T+1) batch. Returns steps(n), which
+    runs n optimizer steps; `sync_every_step` reads the loss each step (as
+    an eager loop that logs it), else once at the end (one wait for a GPU)."""
+    import torch
+    import torch.nn.functional as F
+
+    decay = [p for p in params_model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in params_model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.train.lr, betas=(0.9, 0.95), fused=fixed.device.type == "cuda")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, trainer._lr_factor)
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            x, y = fixed[:, :-1], fixed[:, 1:]
+            with trainer.autocast:
+                logits = model(input_ids=x).logits  # (B, T, V)
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params_model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if sync_every_step:
+                loss.item()
+        if not sync_every_step:
+            loss.item()
+
+    return steps
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="demo")
@@ -38,7 +73,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    import torch.nn.functional as F
 
     from backend.config import preset
     from backend.data.domains import build_domains
@@ -82,27 +116,12 @@ def main() -> None:
 
     # -- the bare PyTorch loop ----------------------------------------------------
     bare_model.to(device).train()
-    decay = [p for p in bare_model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in bare_model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.train.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, trainer._lr_factor)
     fixed = torch.from_numpy(sampler.batch(weights, B)[0]).to(device)  # (B, T+1)
+    bare_steps = bare_loop(bare_model, bare_model, cfg, trainer, fixed, sync_every_step=True)
 
     def bare_round() -> float:
         t = time.perf_counter()
-        for _ in range(args.steps):
-            x, y = fixed[:, :-1], fixed[:, 1:]
-            with trainer.autocast:
-                logits = bare_model(input_ids=x).logits
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(bare_model.parameters(), cfg.train.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            loss.item()
+        bare_steps(args.steps)
         return args.steps * tokens_per_step / (time.perf_counter() - t)
 
     print(f"preset {args.preset}: {count_parameters(model) / 1e6:.2f}M parameters, batch {B} x {T} tokens, "
