@@ -232,21 +232,19 @@ def test_background_batches_raise_the_drawing_threads_error(domains, tokenizer, 
         next(it)
 
 
-def test_batches_drawn_ahead_in_a_process_raise_its_error_and_end_it(domains, tokenizer, monkeypatch):
-    import multiprocessing
-
+def test_batches_drawn_on_the_cpu_raise_the_data_error_and_count_only_what_was_taken(domains, tokenizer,
+                                                                                       monkeypatch):
     s = sampler(domains, tokenizer)
 
     def broken(indices, weights):
         raise OSError("data folder vanished")
 
-    monkeypatch.setattr(s, "sequences", broken)  # the forked child inherits the broken sampler
+    monkeypatch.setattr(s, "sequences", broken)
     it = s.batches(WEIGHTS, 2, 3, background=False)
-    with pytest.raises(RuntimeError, match="drawing batches failed: OSError: data folder vanished"):
+    with pytest.raises(OSError, match="data folder vanished"):
         next(it)
     monkeypatch.undo()
     it = s.batches(WEIGHTS, 2, 50, background=False)
     next(it)
-    it.close()  # a stretch cut short (stop command): the drawing process ends with it
-    assert not [p for p in multiprocessing.active_children() if p.name == "closed-loop-batches"]
+    it.close()  # a stretch cut short (stop command)
     assert s.sequences_drawn == 2  # only what was taken counts
