@@ -13,6 +13,8 @@ by a real worker whose memory must not grow with the corpus.
    (/proc/<pid>/status VmRSS) every 0.2 s and prints the peak of each and
    their difference: the worker's RSS growth with the corpus (goal: < 300
    MB), and the worker's training tokens/s (the heartbeat's, median).
+
+Figures at 1 GB, with the command and the machine's load: docs/data_cache.md.
 """
 
 from __future__ import annotations

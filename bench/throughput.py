@@ -7,11 +7,12 @@ Both loops train the same Llama (same init) with AdamW, the same learning
 rate schedule and gradient clipping. The bare loop trains on one fixed
 pre-built batch; the project's stretch draws every batch from the mixture
 sampler (MixtureSampler.batches: text domains as windows of their token
-caches, synthetic ones generated and tokenized on the fly, drawn ahead in a
-forked process on the CPU, in a background thread on a GPU) through
-backend.loop.train_stretch, with a real store heartbeat once a second. The
-rounds alternate (project, bare, project, ...) so machine noise hits both;
-the median tokens/s of each and their ratio are printed, the ratio last.
+caches, synthetic ones generated and tokenized on the fly; drawn in line on
+the CPU, in a background thread on a GPU) through backend.loop.train_stretch,
+with the worker's per-step bookkeeping: the training curve's StepLog every
+step, a real store heartbeat and command poll once a second. The rounds
+alternate (project, bare, project, ...) so machine noise hits both; the
+median tokens/s of each and their ratio are printed, the ratio last.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def main() -> None:
 
     import torch
 
+    from backend.client import RunClient
     from backend.config import preset
     from backend.data.domains import build_domains
     from backend.data.sampler import MixtureSampler
@@ -100,18 +102,23 @@ def main() -> None:
 
     # -- the project's stretch --------------------------------------------------
     trainer = Trainer(model, cfg.train, device)
+    client = RunClient(store, run_id)
     last = {"t": time.time()}
-
-    def on_step(loss):  # what the loop does per step: a heartbeat once a second
-        if time.time() - last["t"] >= POLL_SECONDS:
-            store.heartbeat(run_id, step=trainer.step, tokens_seen=trainer.step * tokens_per_step)
-            store.take_commands(run_id)
-            last["t"] = time.time()
 
     def project_round() -> float:
         t = time.perf_counter()
+        curves = client.step_log()
+
+        def on_step(loss):  # what the worker's loop does per step (Loop._train_stretch)
+            curves.add(trainer.step, loss, lr=trainer.last_lr, grad_norm=trainer.last_grad_norm)
+            if time.time() - last["t"] >= POLL_SECONDS:
+                store.heartbeat(run_id, step=trainer.step, tokens_seen=trainer.step * tokens_per_step)
+                store.take_commands(run_id)
+                last["t"] = time.time()
+
         batches = sampler.batches(weights, B, args.steps, background=device.type == "cuda")
         train_stretch(trainer, batches, args.steps, on_step)
+        curves.close()
         return args.steps * tokens_per_step / (time.perf_counter() - t)
 
     # -- the bare PyTorch loop ----------------------------------------------------

@@ -1,6 +1,9 @@
 """backend/data/sampler.py and backend/data/tokenizer.py with a real BPE
 tokenizer trained once for the module on small domains."""
 
+import sysconfig
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -8,6 +11,7 @@ from backend.config import DomainConfig
 from backend.data import tokenizer as tokenizer_mod
 from backend.data.domains import build_domains
 from backend.data.sampler import MixtureSampler
+from backend.data.tokenizer import WordEncoder
 
 CONTEXT = 24
 CACHE: dict = {}  # the module's token-cache folder (fixture cache_dir)
@@ -106,6 +110,67 @@ def test_training_is_deterministic(domains, tokenizer, tmp_path):
         mp.setattr(tokenizer_mod, "CHARS_PER_DOMAIN", 20_000)
         again = tokenizer_mod.train_tokenizer(domains, vocab_size=350, seed=0, out_dir=tmp_path)
     assert again.get_vocab() == tokenizer.get_vocab()
+
+
+# -- word encoder -------------------------------------------------------------------
+
+ODD_TEXTS = ["two  spaces", " leading", "trailing ", "a\nnewline", "tab\there", "nb\u00a0space", "",
+             "it's 12'5 o'clock", "x<eos>y z<pad>", "ünïcode ✓ -> 907+31=938", "$$ ?? (( )) == ->",
+             "a \nb", "a\n b", "x  \n y", " \t ", "a b\u2003c", "a 'll b", "'s x"]
+
+
+def fuzz_texts(n: int) -> list[str]:
+    """Short random strings over letters, digits, spaces, other whitespace,
+    apostrophes and symbols: every way a word boundary can look."""
+    import random
+
+    rng = random.Random(0)
+    alphabet = ["a", "b", "1", "2", " ", " ", "  ", "\n", "\t", "\u00a0", "'", "'s", "s", "-", ">", "é", "<eos>"]
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(n)]
+
+
+def test_word_encoder_gives_the_tokenizers_own_ids(domains, tokenizer):
+    import random
+
+    raw = tokenizer.backend_tokenizer
+    rng = random.Random(0)
+    prose = [p.read_text() for p in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:40]]
+    texts = [d.document(rng, "train", max_chars=200) for d in domains[:3] for _ in range(300)] + ODD_TEXTS + prose + fuzz_texts(3000)
+    encode = WordEncoder(raw)
+    want = [e.ids for e in raw.encode_batch_fast(texts, add_special_tokens=False)]
+    assert encode(texts) == want
+    assert encode(texts[::-1]) == want[::-1]  # from the cache this time
+
+
+def test_synthetic_documents_reuse_a_few_words(domains, tokenizer):
+    import random
+
+    rng = random.Random(1)
+    encode = WordEncoder(tokenizer.backend_tokenizer)
+    encode([d.document(rng, "train", max_chars=200) for d in domains[:3] for _ in range(1000)])
+    assert len(encode.first) + len(encode.after) < 200
+
+
+def test_word_encoder_starts_over_past_its_size(tokenizer, monkeypatch):
+    monkeypatch.setattr(WordEncoder, "MAX_WORDS", 5)
+    encode = WordEncoder(tokenizer.backend_tokenizer)
+    texts = [f"w{i} a b c d e f g" for i in range(20)]
+    assert encode(texts) == [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    encode(["h i"])
+    assert len(encode.first) + len(encode.after) == 2
+
+
+def test_only_a_tokenizer_that_splits_at_spaces_is_encoded_a_word_at_a_time(tokenizer):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    assert tokenizer_mod.splits_at_spaces(tokenizer)
+    other = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    other.pre_tokenizer = pre_tokenizers.Metaspace()  # a word's pieces depend on where it stands
+    assert not tokenizer_mod.splits_at_spaces(other)
+    other = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    other.normalizer = normalizers.Lowercase()
+    assert not tokenizer_mod.splits_at_spaces(other)
+    assert not tokenizer_mod.splits_at_spaces(Tokenizer(models.BPE(dropout=0.1)))
 
 
 # -- sampler ------------------------------------------------------------------------

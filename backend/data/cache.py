@@ -23,6 +23,9 @@ half-written cache is never opened; one that fails its checks on opening
 Shards (files, or row ranges of a saved dataset) are tokenized in parallel
 processes, each writing its own part, then concatenated in order, so neither
 the builder nor the trainer ever holds the corpus in memory.
+Documents are encoded a word at a time from a cache of each word's ids
+(backend.data.tokenizer.WordEncoder: the tokenizer's own ids, ~10x fewer
+CPU seconds on prose).
 
 The cache root: `data.cache_dir` when set, else `token-cache/` beside the
 run folders (runs/closed_loop.db -> runs/token-cache/), shared by every
@@ -209,15 +212,17 @@ def _tokenize_shard(job) -> tuple[int, int]:
     Runs in a build process: everything comes in `job`, picklable."""
     from tokenizers import Tokenizer
 
+    from backend.data.tokenizer import encoder
+
     shard, tok_json, eos, dtype, part = job
-    tok = Tokenizer.from_str(tok_json)
+    encode = encoder(Tokenizer.from_str(tok_json))
     n_tokens = n_docs = 0
     with open(part + ".bin", "wb") as out, open(part + ".len", "wb") as lens:
         def flush(texts: list[str]) -> None:
             nonlocal n_tokens, n_docs
             if not texts:
                 return
-            ids = [np.array(e.ids + [eos], dtype=dtype) for e in tok.encode_batch(texts, add_special_tokens=False)]
+            ids = [np.array(d + [eos], dtype=dtype) for d in encode(texts)]
             np.concatenate(ids).tofile(out)
             sizes = np.array([len(d) for d in ids], dtype=np.int64)
             sizes.tofile(lens)

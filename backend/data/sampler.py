@@ -28,6 +28,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from backend.data.tokenizer import encoder
+
 DEFAULT_CACHE = Path(os.environ.get("CLOSED_LOOP_CACHE", "~/.cache/closed-loop")).expanduser() / "token-cache"
 """Token caches of a sampler built without a cache_dir (a script's own)."""
 
@@ -76,6 +78,7 @@ class MixtureSampler:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         # the raw `tokenizers` object: ~10x less overhead per call than the wrapper
         self._tokenizer = tokenizer.backend_tokenizer
+        self._encode = encoder(self._tokenizer)
         for d in self.domains:
             if hasattr(d, "attach"):
                 d.attach(tokenizer, cache_dir or DEFAULT_CACHE, progress=progress)
@@ -218,9 +221,9 @@ class MixtureSampler:
                     texts.append(domain.document(rngs[r], split, max_chars=self.length * 8))
                     owners.append(r)
                     chars += len(texts[-1])
-            for r, enc in zip(owners, self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)):
+            for r, ids in zip(owners, self._encode(texts)):
                 if len(rows[r]) < self.length:
-                    rows[r] += enc.ids[: self.length * 2]
+                    rows[r] += ids[: self.length * 2]
                     rows[r].append(self.eos)
             todo = [r for r in todo if len(rows[r]) < self.length]
         return np.array([r[: self.length] for r in rows], dtype=np.int64)
