@@ -182,9 +182,11 @@ class ModelEvaluator:
     synthetic skills' tasks through HarnessEvaluator, a run's own lm-eval
     tasks through TaskEvaluator), and the per-domain held-out loss."""
 
-    def __init__(self, parts: list, model, heldout: dict, device, *, tokenizer, max_length: int):
+    def __init__(self, parts: list, model, heldout: dict, device, *, tokenizer, max_length: int,
+                 probe: dict | None = None):
         self.parts = parts
         self.model = model
+        self.probe = probe if probe is not None else heldout  # domain -> held-out sequences for the gradients
         self.tokenizer = tokenizer
         self.max_length = max_length  # tokens of context (the gradient probes are cut to it)
         self.heldout = heldout
@@ -233,7 +235,7 @@ class ModelEvaluator:
         (backend.evaluation.alignment)."""
         from backend.evaluation.alignment import gradient_alignment, probes
 
-        return gradient_alignment(self.model, self.tokenizer, self.heldout, probes(measurements, samples, steer),
+        return gradient_alignment(self.model, self.tokenizer, self.probe, probes(measurements, samples, steer),
                                   self.device, max_length=self.max_length, precision=self._precision())
 
 
@@ -339,8 +341,13 @@ def build_evaluator(cfg: RunConfig, run_dir: Path, model, tokenizer, device, sam
     if taskset is not None:  # the run's own lm-eval tasks (checked before training: check_tasks)
         parts.append(TaskEvaluator(taskset, model, tokenizer, batch_size=cfg.evaluation.batch_size,
                                    max_length=cfg.data.context_length, device=device, seed=cfg.seed))
-    return ModelEvaluator(parts, model, sampler.heldout(cfg.evaluation.heldout_loss_sequences), device,
-                          tokenizer=tokenizer, max_length=cfg.data.context_length)
+    from backend.evaluation.alignment import MAX_SEQUENCES
+
+    n = cfg.evaluation.heldout_loss_sequences
+    # one draw serves both: the loss reads the first n sequences, the gradient alignment up to MAX_SEQUENCES
+    probe = sampler.heldout(max(n, MAX_SEQUENCES) if cfg.evaluation.gradient_alignment else n)
+    return ModelEvaluator(parts, model, {d: ids[:n] for d, ids in probe.items()}, device,
+                          tokenizer=tokenizer, max_length=cfg.data.context_length, probe=probe)
 
 
 def check_tasks(cfg: RunConfig) -> None:

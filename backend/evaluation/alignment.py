@@ -30,21 +30,17 @@ import torch.nn.functional as F
 SKETCH = 1 << 16  # numbers per compressed gradient
 CHUNKS = 4  # parts per probe, for the jackknife standard error
 MAX_ITEMS = 48  # a skill's probe: at most this many of the items just evaluated
-MAX_SEQUENCES = 8  # a domain's probe: at most this many held-out sequences
+MAX_SEQUENCES = 32  # a domain's probe: at most this many held-out sequences
 _HASH = 2654435761  # Knuth's multiplicative hash
 
 
-def _sketch(grads: list[torch.Tensor | None], params: list[torch.Tensor],
-            scale: list[torch.Tensor | None] | None = None) -> torch.Tensor:
-    """Count sketch (SKETCH,) of the gradient `grads` of `params` (float32),
-    each multiplied by its `scale` first where one is given."""
+def _sketch(grads: list[torch.Tensor | None], params: list[torch.Tensor]) -> torch.Tensor:
+    """Count sketch (SKETCH,) of the gradient `grads` of `params` (float32)."""
     out = torch.zeros(SKETCH, dtype=torch.float32, device=params[0].device)
     offset = 0
-    for i, (g, p) in enumerate(zip(grads, params)):
+    for g, p in zip(grads, params):
         n = p.numel()
         if g is not None:
-            if scale is not None and scale[i] is not None:
-                g = g * scale[i]
             h = ((torch.arange(offset, offset + n, device=out.device, dtype=torch.int64) * _HASH) >> 7) \
                 & 0x7FFFFFFF
             sign = (h & 1).to(torch.float32) * 2 - 1
@@ -60,14 +56,14 @@ def _parts(n: int) -> list[range]:
     return [range(a, b) for a, b in zip(edges, edges[1:])]
 
 
-def _grad(model, params, ids: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, scale=None) -> torch.Tensor:
+def _grad(model, params, ids: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Sketched gradient of the SUM of next-token losses at the positions
     where `target` is not -100 (ids, mask: (n, T); target: (n, T) labels
     already shifted)."""
     logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (n, T, V)
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
                            reduction="sum")
-    return _sketch(list(torch.autograd.grad(loss, params, allow_unused=True)), params, scale)
+    return _sketch(list(torch.autograd.grad(loss, params, allow_unused=True)), params)
 
 
 def _answer_batch(tokenizer, items: list[tuple[str, str]], max_length: int, device):
@@ -113,7 +109,7 @@ def _jackknife(parts_g: list[torch.Tensor], parts_h: list[torch.Tensor]) -> tupl
 
 
 def gradient_alignment(model, tokenizer, heldout: dict[str, np.ndarray], probes: dict[str, list[tuple[str, str]]],
-                       device, *, max_length: int, precision=None, second_moment=None) -> list[dict]:
+                       device, *, max_length: int, precision=None) -> list[dict]:
     """Rows {skill, domain, value (cosine), stderr, n (items)}: the
     alignment of every domain's held-out gradient with every skill's answer
     gradient. heldout: domain -> (n, T+1) token ids; probes: steer skill ->
@@ -124,10 +120,6 @@ def gradient_alignment(model, tokenizer, heldout: dict[str, np.ndarray], probes:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or not heldout or not probes:
         return []
-    scale = None
-    if second_moment is not None:  # Adam's step is g / sqrt(v): measure in that metric
-        scale = [None if v is None else (v.to(p.device).float() + 1e-16) ** -0.25
-                 for v, p in zip(second_moment, params)]
     was_training = model.training
     model.eval()
     ctx = precision if precision is not None else contextlib.nullcontext()
@@ -137,14 +129,14 @@ def gradient_alignment(model, tokenizer, heldout: dict[str, np.ndarray], probes:
             for d, arr in heldout.items():
                 batch = torch.from_numpy(np.asarray(arr[:MAX_SEQUENCES])).to(device)
                 x, y = batch[:, :-1], batch[:, 1:]
-                dom[d] = [_grad(model, params, x[r], torch.ones_like(x[r]), y[r], scale) for r in _parts(len(x))]
+                dom[d] = [_grad(model, params, x[r], torch.ones_like(x[r]), y[r]) for r in _parts(len(x))]
             skl = {}
             for s, items in probes.items():
                 items = items[:MAX_ITEMS]
                 if not items:
                     continue
                 ids, mask, labels = _answer_batch(tokenizer, items, max_length, device)
-                skl[s] = ([_grad(model, params, ids[r], mask[r], labels[r], scale) for r in _parts(len(items))],
+                skl[s] = ([_grad(model, params, ids[r], mask[r], labels[r]) for r in _parts(len(items))],
                           len(items))
     finally:
         model.train(was_training)
