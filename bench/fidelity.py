@@ -394,8 +394,26 @@ def seeds(preset: str, seed_list: list[int], out: str | None) -> None:
     print("|---|" + "---|" * len(cols))
     for name, fmt in lines:
         print(f"| {name} | " + " | ".join(fmt(f) for f in per.values()) + " |")
+    by_skill = skill_shares([r for rs in rows.values() for r in rs])
+    print(f"\n| {preset}, pooled, per skill | share of the pooled MAE latent | MAE latent / raw3 |\n|---|---|---|")
+    for s, f in by_skill.items():
+        ratio = "-" if f["ratio_latent_raw3"] is None else f"{f['ratio_latent_raw3']:.2f}"
+        print(f"| {s} | {f['share_of_mae_latent']:.0%} | {ratio} |")
     if out:
-        Path(out).write_text(json.dumps({"preset": preset, "seeds": seed_list, "figures": per}, indent=1))
+        Path(out).write_text(json.dumps({"preset": preset, "seeds": seed_list, "figures": per,
+                                         "by_skill": by_skill}, indent=1))
+
+
+def skill_shares(rows: list[dict]) -> dict[str, dict]:
+    """Per skill: its share of the summed latent error over rows, and its
+    latent error against raw3's (where the estimator gains and where not)."""
+    total = sum(abs(r["latent"] - r["truth"]) for r in rows) or 1.0
+    out = {}
+    for s in dict.fromkeys(r["skill"] for r in rows):
+        lat = sum(abs(r["latent"] - r["truth"]) for r in rows if r["skill"] == s)
+        raw3 = sum(abs(r["raw3"] - r["truth"]) for r in rows if r["skill"] == s)
+        out[s] = {"share_of_mae_latent": lat / total, "ratio_latent_raw3": lat / raw3 if raw3 else None}
+    return out
 
 
 if __name__ == "__main__":

@@ -64,6 +64,9 @@ def test_seeds_rescore_saved_runs_and_name_a_missing_one(tmp_path, monkeypatch, 
     table = json.loads(out.read_text())["figures"]
     # the saved latent (0.0) is replaced by the current estimator's (about 0.5)
     assert table["0"]["mae_latent"] < 0.05 and table["pooled"] == table["0"]
+    # the one skill carries all of the latent error; its raw3 is 0.05 off, the latent much less
+    by_skill = json.loads(out.read_text())["by_skill"]
+    assert by_skill["s"]["share_of_mae_latent"] == pytest.approx(1.0) and by_skill["s"]["ratio_latent_raw3"] < 0.5
     assert "| ratio latent / raw3" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="seed 1 of preset demo"):
         fidelity.seeds("demo", [0, 1], None)
