@@ -99,6 +99,12 @@ OFFSET_PRIOR_WEIGHT = 10.0
 # (docs/fidelity.md); 0.1 to 0.3 and 0.5 to 0.7 moved the ratio to the
 # templates' mean by under 0.01.
 HAZARD, DRIFT = 0.2, 0.6
+# Where the run also scores the answer's loss (answer_nll), its change says
+# whether the skill moved: the hazard before a checkpoint is HAZARD times
+# (|change of log answer_nll| / its median so far) ** LOSS_HAZARD_POWER,
+# within HAZARD_RANGE. 0: the loss is not used.
+LOSS_HAZARD_POWER = 0.0
+HAZARD_RANGE = (0.02, 0.8)
 # Segments begun more than this many checkpoints ago are merged per kind
 # (`_merge_old`): the hypotheses stay bounded however long the run.
 SEGMENT_MEMORY = 20
@@ -290,7 +296,7 @@ def _segments(points: list[dict], tokens_per_checkpoint: float, chance: float | 
             hyps = [(math.log(p), a, b, a, b, t) for p, a, b in fresh]
         else:
             d = max(1e-9, (pt["tokens_seen"] - prev_tokens) / tokens_per_checkpoint)
-            stay, keep = (1 - HAZARD) ** d, DRIFT ** d
+            stay, keep = (1 - pt.get("hazard", HAZARD)) ** d, DRIFT ** d
             hyps = [(w + math.log(stay), a0 + keep * (a - a0), b0 + keep * (b - b0), a0, b0, s)
                     for w, a, b, a0, b0, s in hyps] + [
                 (math.log(1 - stay) + math.log(p), a, b, a, b, t) for p, a, b in fresh]
@@ -451,6 +457,25 @@ def _binary_points(rows: list[dict]) -> list[dict]:
     return points
 
 
+def _loss_hazards(points: list[dict], losses: dict[int, list[float]]) -> None:
+    """Set each point's hazard from the change of the answer's loss since
+    the previous point (log of the mean answer_nll), relative to the median
+    change so far (causal); points without a loss keep HAZARD."""
+    if LOSS_HAZARD_POWER == 0 or not losses:
+        return
+    changes, prev = [], None
+    for pt in points:
+        vals = losses.get(pt["step"])
+        cur = math.log(max(sum(vals) / len(vals), 1e-9)) if vals else None
+        if cur is not None and prev is not None:
+            changes.append(abs(cur - prev))
+            scale = float(np.median(changes))
+            if len(changes) >= 3 and scale > 0:
+                h = HAZARD * (changes[-1] / scale) ** LOSS_HAZARD_POWER
+                pt["hazard"] = min(max(h, HAZARD_RANGE[0]), HAZARD_RANGE[1])
+        prev = cur
+
+
 def _gaussian_points(rows: list[dict], lower_is_better: bool) -> tuple[list[dict], object]:
     """Filter points of one skill's rows of a non-binary metric (one look per
     row, on the state scale) and the map from the state back to the
@@ -510,7 +535,10 @@ def estimate(measurements: list[dict], tokens_per_checkpoint: float,
     if higher_is_better is None:
         higher_is_better = metric not in LOWER_IS_BETTER
     grouped: dict[str, list[dict]] = defaultdict(list)
+    losses: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for m in measurements:
+        if m.get("metric") == "answer_nll" and m.get("skill") is not None and m.get("value") is not None:
+            losses[m["skill"]][m["step"]].append(float(m["value"]))
         if m.get("metric") != metric or m.get("skill") is None:
             continue
         if skills is not None and m["skill"] not in skills:
@@ -520,6 +548,7 @@ def estimate(measurements: list[dict], tokens_per_checkpoint: float,
     for s, rows in grouped.items():
         if metric == "exact_match":
             points, to_score = _binary_points(rows), None
+            _loss_hazards(points, losses.get(s, {}))
         else:
             points, to_score = _gaussian_points(rows, not higher_is_better)
         out[s] = [{**e, "higher_is_better": higher_is_better}

@@ -221,3 +221,31 @@ def test_a_long_run_keeps_the_segment_hypotheses_bounded():
     assert max(sizes) <= 3 * (capability.SEGMENT_MEMORY + 2)
     est = estimate(plateau_rows([None] * 80), 1000, chance={"s": 0.5})["s"]
     assert abs(est[-1]["score"] - 0.5) < 0.03 and est[-1]["hi"] - est[-1]["lo"] < 0.1
+
+
+def answer_loss_rows(losses: list[float]) -> list[dict]:
+    """answer_nll rows of skill s, one per checkpoint (as plateau_rows steps them)."""
+    return [{"step": 100 * t, "tokens_seen": 1000 * t, "skill": "s", "metric": "answer_nll", "value": v, "n": 50,
+             "prompt_variant": "template0"} for t, v in enumerate(losses)]
+
+
+def test_the_answer_loss_sets_the_hazard_only_when_asked(monkeypatch):
+    # the loss falls by 1% per checkpoint, then by half at checkpoint 6 (the skill clicks)
+    losses = [2.0 * 0.99 ** t for t in range(6)] + [0.99, 0.98, 0.97]
+    points = capability._binary_points(plateau_rows([0.3] * 9))
+    capability._loss_hazards(points, {100 * t: [v] for t, v in enumerate(losses)})
+    assert all("hazard" not in pt for pt in points)  # off by default (not adopted: docs/fidelity.md)
+    monkeypatch.setattr(capability, "LOSS_HAZARD_POWER", 1.0)
+    capability._loss_hazards(points, {100 * t: [v] for t, v in enumerate(losses)})
+    # no hazard before three changes are known (causal: the scale is the median change so far)
+    assert all("hazard" not in pt for pt in points[:3])
+    assert points[4]["hazard"] == pytest.approx(capability.HAZARD, rel=0.05)
+    assert points[6]["hazard"] == capability.HAZARD_RANGE[1]
+    # without answer_nll rows the estimate is the same as with them and the power at 0
+    rows = plateau_rows([0.3] * 6 + [0.6] * 3)
+    monkeypatch.setattr(capability, "LOSS_HAZARD_POWER", 0.0)
+    plain = estimate(rows + answer_loss_rows(losses), 1000)["s"]
+    assert [e["score"] for e in plain] == [e["score"] for e in estimate(rows, 1000)["s"]]
+    # with it, the click the loss signals is followed faster
+    monkeypatch.setattr(capability, "LOSS_HAZARD_POWER", 1.0)
+    assert estimate(rows + answer_loss_rows(losses), 1000)["s"][6]["score"] > plain[6]["score"]
