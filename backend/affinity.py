@@ -48,12 +48,15 @@ skill's answer gradient) where there is any: the mean absolute cosine c_j
 over the latest ALIGN_WINDOW checkpoints after step 0 (at initialisation
 the gradients say which tokens a domain holds, not what it teaches), and
 
-    prior mean_j = PRIOR * c_j / max_i c_i
-    prior sd_j   = PRIOR * max(ALIGN_SD, stderr(c_j) / max_i c_i)
+    r_sj         = c_j / max_i c_i   (the skill's most coupled domain: 1)
+    prior mean_j = PRIOR * r_sj / n_j
+    prior sd_j   = PRIOR * max(ALIGN_SD, stderr(c_j) / max_i c_i) / n_j
 
-so the most coupled domain gets the prior of a domain declared to feed only
-that skill, the others in proportion, and ALIGN_SD says how far a proxy
-measured on the gradient may be from what training does. `source` is then
+with n_j = max(1, sum over skills s' of r_s'j): as with declared links, a
+domain coupled to n skills gives each a 1/n share of its tokens, so a domain
+that streams three skills is not worth three times one that streams one.
+ALIGN_SD says how far a proxy measured on the gradient may be from what
+training does. `source` is then
 "aligned". The magnitude, not the sign: on the synthetic suite a skill's
 own domain is often strongly ANTI-aligned early in training (its loss on
 the prompts pulls the shared parameters against the answer of the moment),
@@ -173,14 +176,15 @@ def estimate(history, pins: dict[tuple[str, str], bool] | None = None, *,
     mixtures = {m["step"]: m["weights"] for m in history.mixtures}
     domains = history.domains
     n = {d: sum(d in ds for ds in history.skill_domains.values()) for d in domains}
+    latent = {s: series for s, series in history.latent().items() if series}
+    aligned = {} if declared else {s: aligned_prior(history.alignment.get(s, {}), domains) for s in latent}
+    aligned = {s: a for s, a in aligned.items() if a is not None}
+    shared = np.maximum(1.0, sum((a[0] / PRIOR for a in aligned.values()), np.zeros(len(domains))))  # n_j
     out: dict[str, dict[str, dict]] = {}
-    for s, series in history.latent().items():
-        if not series:
-            continue
+    for s, series in latent.items():
         mean0, sd0 = prior(domains, history.skill_domains, s, declared)
-        aligned = None if declared else aligned_prior(history.alignment.get(s, {}), domains)
-        if aligned is not None:
-            mean0, sd0 = aligned
+        if s in aligned:
+            mean0, sd0 = aligned[s][0] / shared, aligned[s][1] / shared
         chance = history.chance.get(s) or 0.0
         mean, sd, info = fit(*stretches(series, mixtures, domains, history.checkpoint_tokens, chance), mean0, sd0)
         links = {}
@@ -189,7 +193,7 @@ def estimate(history, pins: dict[tuple[str, str], bool] | None = None, *,
             row = {"mean": m, "lo": max(float(mean[j]) - Z95 * sd[j], 0.0),
                    "hi": max(float(mean[j]) + Z95 * sd[j], 0.0), "sd": float(sd[j]), "prior": float(mean0[j]),
                    "source": "learned" if info[j] * sd0[j] ** 2 >= 1 else
-                   "aligned" if aligned is not None else "prior"}
+                   "aligned" if s in aligned else "prior"}
             pin = pins.get((s, d))
             if pin is False:
                 row.update(mean=0.0, lo=0.0, hi=0.0, sd=0.0, source="pinned")

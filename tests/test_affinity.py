@@ -90,8 +90,13 @@ def test_with_the_links_hidden_the_gradient_alignment_sets_the_prior():
     m = affinity.estimate(h, declared=False)
     for s, d in FEEDS.items():
         assert affinity.ranked(m[s])[0] == d and affinity.identified(m[s])
-        assert m[s][d]["prior"] == pytest.approx(affinity.PRIOR) and m[s][d]["source"] == "aligned"
-    assert m["copy"]["books"]["prior"] == pytest.approx(affinity.PRIOR / 4) and m["copy"]["code"]["mean"] == 0
+        assert m[s][d]["source"] == "aligned"
+    # each skill's most coupled domain counts 1, the others in proportion; a domain coupled to several skills
+    # shares itself out as a declared one does: web counts 1 for copy and 0.05 / 0.3 for add2, books 0.25 + 1
+    assert m["copy"]["web"]["prior"] == pytest.approx(affinity.PRIOR / (1 + 1 / 6))
+    assert m["add2"]["books"]["prior"] == pytest.approx(affinity.PRIOR / 1.25)
+    assert m["copy"]["books"]["prior"] == pytest.approx(affinity.PRIOR * 0.25 / 1.25)
+    assert m["copy"]["code"]["mean"] == 0
     # with the links declared, the declarations stay the prior
     declared = affinity.estimate(simulate([fixed] * 3, skill_domains={"copy": ["books"], "add2": ["books"]}))
     assert affinity.ranked(declared["copy"])[0] == "books"
