@@ -98,7 +98,7 @@ OFFSET_PRIOR_WEIGHT = 10.0
 # remembers about 2.5 checkpoints' answers). Both chosen on the tuning seeds
 # (docs/fidelity.md); 0.1 to 0.3 and 0.5 to 0.7 moved the ratio to the
 # templates' mean by under 0.01.
-HAZARD, DRIFT = 0.2, 0.6
+HAZARD, DRIFT = 0.1, 1.0
 # Where the run also scores the answer's loss (answer_nll), its change says
 # whether the skill moved: the hazard before a checkpoint is HAZARD times
 # (|change of log answer_nll| / its median so far) ** LOSS_HAZARD_POWER,
@@ -116,11 +116,21 @@ SEGMENT_MEMORY = 20
 DEAD_PRIOR, DEAD_ITEMS = 0.3, 1000.0
 CHANCE_PRIOR, CHANCE_ITEMS = 0.3, 300.0
 SEG_PRIOR = (0.5, 0.5)
+DEAD_POINT = True
+# Trend segments: a share TREND_SHARE of the "anything" kind's prior is a segment
+# whose logit score moves linearly (level, slope; Gaussian, updated through the
+# counts' exact binomial likelihood), starting from level ~ N(TREND_LEVEL) and
+# slope ~ N(0, TREND_SLOPE_VAR) (logit units per checkpoint), with process
+# noise TREND_NOISE (level, slope) per checkpoint.
+TREND_SHARE = 0.8
+TREND_LEVEL = (0.0, 4.0)
+TREND_SLOPE_VAR = 0.05
+TREND_NOISE = (0.05, 0.005)
 # Prior weight of the segments against the local linear trend, before the
 # counts' predictive likelihood reweighs them (the trend is there for smooth
 # rises, which the saved runs rarely show: tests/test_capability.py's
 # simulated curve does).
-SEGMENTS_PRIOR = 0.95
+SEGMENTS_PRIOR = 1.0
 # False: exact match by the DYNAMICS filters' average (the estimator before
 # the segments); kept for bench/fidelity.py --ablate, which compares the two.
 SEGMENTS = True
@@ -282,33 +292,66 @@ def _segments(points: list[dict], tokens_per_checkpoint: float, chance: float | 
     fresh = [(DEAD_PRIOR, SEG_PRIOR[0], DEAD_ITEMS)]
     if chance is not None and 0 < chance < 1:
         fresh.append((CHANCE_PRIOR, chance * CHANCE_ITEMS, (1 - chance) * CHANCE_ITEMS))
-    fresh.append((1.0 - sum(f[0] for f in fresh), *SEG_PRIOR))
+    rest = 1.0 - sum(f[0] for f in fresh)
+    fresh.append((rest * (1 - TREND_SHARE), *SEG_PRIOR))
     fresh = [f for f in fresh if f[0] > 0]
+    trend_prior = math.log(rest * TREND_SHARE) if rest * TREND_SHARE > 0 else None
     # hypotheses (log posterior weight, a, b, a0, b0, start): the Beta now, the kind's
     # prior Beta and the checkpoint the segment began at
     hyps: list[tuple[float, float, float, float, float, int]] = []
+    # trend hypotheses (log posterior weight, mean [level, slope], covariance, start)
+    trends: list[tuple[float, np.ndarray, np.ndarray, int]] = []
     prev_tokens = None
     for t, pt in enumerate(points):
         k = float(sum(c[0] for c in pt["counts"]))
         n = float(sum(c[1] for c in pt["counts"]))
-        lse = float(np.logaddexp.reduce([h[0] for h in hyps])) if hyps else 0.0
+        lse = float(np.logaddexp.reduce([h[0] for h in hyps] + [h[0] for h in trends])) if hyps else 0.0
+        new_trend = [] if trend_prior is None else [(trend_prior, np.array([TREND_LEVEL[0], 0.0]),
+                                                     np.diag([TREND_LEVEL[1], TREND_SLOPE_VAR]), t)]
         if prev_tokens is None:
             hyps = [(math.log(p), a, b, a, b, t) for p, a, b in fresh]
+            trends = new_trend
         else:
             d = max(1e-9, (pt["tokens_seen"] - prev_tokens) / tokens_per_checkpoint)
             stay, keep = (1 - pt.get("hazard", HAZARD)) ** d, DRIFT ** d
             hyps = [(w + math.log(stay), a0 + keep * (a - a0), b0 + keep * (b - b0), a0, b0, s)
                     for w, a, b, a0, b0, s in hyps] + [
                 (math.log(1 - stay) + math.log(p), a, b, a, b, t) for p, a, b in fresh]
+            F = np.array([[1.0, d], [0.0, 1.0]])
+            Q = np.diag([TREND_NOISE[0] * d, TREND_NOISE[1] * d])
+            trends = [(w + math.log(stay), F @ m, F @ P @ F.T + Q, s) for w, m, P, s in trends] + [
+                (w + math.log(1 - stay) - trend_prior, m, P, s) for w, m, P, s in new_trend]
         # each hypothesis' predictive of the pooled counts (beta-binomial, without the
         # binomial coefficient, the same under every hypothesis), then Bayes
         joint = [w + betaln(a + k, b + n - k) - betaln(a, b) for w, a, b, *_ in hyps]
-        total = float(np.logaddexp.reduce(joint))
+        updated = [_trend_update(m, P, k, n) for _, m, P, _ in trends]
+        joint_t = [w + u[2] for (w, *_), u in zip(trends, updated)]
+        total = float(np.logaddexp.reduce(joint + joint_t))
         hyps = _merge_old([(j - total, a + k, b + n - k, a0, b0, s) for j, (_, a, b, a0, b0, s) in zip(joint, hyps)
                            if j - total > -14], t - SEGMENT_MEMORY)  # 1e-6 moves no quantile reported
+        trends = [(j - total, m, P, s) for j, (m, P, _), (*_, s) in zip(joint_t, updated, trends)
+                  if j - total > -14 and s > t - SEGMENT_MEMORY]
         prev_tokens = pt["tokens_seen"]
-        w = np.exp([h[0] for h in hyps])
-        yield w / w.sum(), np.array([h[1] for h in hyps]), np.array([h[2] for h in hyps]), total - lse
+        w = np.exp([h[0] for h in hyps] + [h[0] for h in trends])
+        w /= w.sum()
+        nb = len(hyps)
+        yield (w[:nb], np.array([h[1] for h in hyps]), np.array([h[2] for h in hyps]),
+               np.array([DEAD_POINT and h[4] == DEAD_ITEMS for h in hyps], dtype=bool),
+               w[nb:], np.array([h[1][0] for h in trends]), np.array([h[2][0, 0] for h in trends]), total - lse)
+
+
+def _trend_update(m: np.ndarray, P: np.ndarray, k: float, n: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """A trend segment's (level, slope) Gaussian updated by the pooled counts
+    k of n (k ~ Binomial(n, sigmoid(level))): the level's posterior by
+    Laplace (`_laplace`), carried to the slope as a Gaussian look at the
+    level; and the log predictive likelihood of the counts."""
+    x, h, loglik = _laplace(float(m[0]), float(P[0, 0]), [(k, n, 0.0)], [])
+    if h <= 0:
+        return m, P, loglik
+    r = 1 / h
+    y = m[0] + (x - m[0]) * (P[0, 0] + r) / P[0, 0]  # the look whose Kalman update lands on the mode
+    gain = P[:, 0] / (P[0, 0] + r)
+    return m + gain * (y - m[0]), P - np.outer(gain, P[0, :]), loglik
 
 
 def _merge_old(hyps: list[tuple], cutoff: int) -> list[tuple]:
@@ -329,27 +372,38 @@ def _merge_old(hyps: list[tuple], cutoff: int) -> list[tuple]:
     return out
 
 
-def _mixture_quantiles(betas: tuple, normals: tuple) -> tuple[float, float, float]:
+def _mixture_quantiles(betas: tuple, normals: tuple, at_zero=None) -> tuple[float, float, float]:
     """Median and 95% interval (2.5% and 97.5% quantiles) of a score that is
     a mixture of Beta(a, b) with weights w (betas: (w, a, b) arrays) and of
     sigmoid(N(m, v)) with weights u (normals: (u, m, v) arrays), by
     bisection in logit space (exact near 0, where a logit-normal
     approximation of a Beta with a < 1 puts its upper bound several times
-    too high)."""
+    too high). at_zero (a mask over the Betas): components whose mass the
+    median counts at 0, their mode (the dead kind, a < 1); the interval
+    keeps their whole Beta."""
     from scipy.special import betainc, ndtr
 
     w, a, b = betas
     u, m, v = normals
+    zero = np.zeros(3)
+    if at_zero is not None and at_zero.any():
+        zero[0] = float(w[at_zero].sum())
+        w_median = np.where(at_zero, 0.0, w)
+    else:
+        w_median = w
+    weights = np.stack([w_median, w, w])  # per target: the Beta weights its cdf sums
     targets = np.array([0.5, (1 - 0.95) / 2, (1 + 0.95) / 2])
     lo, hi = np.full(3, -40.0), np.full(3, 40.0)  # logits; the three quantiles bisected together
     for _ in range(44):  # 80 logits halved 44 times: 5e-12
         mid = (lo + hi) / 2
         x = 1 / (1 + np.exp(-mid))
-        cdf = betainc(a, b, x[:, None]) @ w + ndtr((mid[:, None] - m) / np.sqrt(v)) @ u
+        cdf = (betainc(a, b, x[:, None]) * weights).sum(1) + zero + ndtr((mid[:, None] - m) / np.sqrt(v)) @ u
         below = cdf < targets
         lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
     p, q_lo, q_hi = (_sigmoid(float(z)) for z in (lo + hi) / 2)
-    return p, q_lo, q_hi
+    if zero[0] >= 0.5:  # the median is the dead kind's mode
+        p = 0.0
+    return p, min(q_lo, p), q_hi
 
 
 def kalman(points: list[dict], tokens_per_checkpoint: float, to_score=None,
@@ -373,8 +427,8 @@ def kalman(points: list[dict], tokens_per_checkpoint: float, to_score=None,
         with np.errstate(divide="ignore"):  # a prior of 0 (the bench's ablation) is a weight of 0
             prior = np.log([SEGMENTS_PRIOR, 1 - SEGMENTS_PRIOR])
         score, scores = np.zeros(2), []
-        for pt, (x, P, loglik), (ws, a, b, seg_loglik) in zip(points, trend,
-                                                              _segments(points, tokens_per_checkpoint, chance)):
+        for pt, (x, P, loglik), (ws, a, b, dead, us, ms, vs, seg_loglik) in zip(
+                points, trend, _segments(points, tokens_per_checkpoint, chance)):
             score = FORGET * score + np.array([seg_loglik, loglik])
             w = np.exp(prior + score - (prior + score).max())
             w /= w.sum()
@@ -383,7 +437,8 @@ def kalman(points: list[dict], tokens_per_checkpoint: float, to_score=None,
             pt_score, g = _mapped(pt, float(x[0]), 0.0, _template_mean)[::3]
             m = _logit(min(max(pt_score, 1e-12), 1 - 1e-12))
             sd = math.sqrt(max(P[0, 0], 1e-12)) * g / max(pt_score * (1 - pt_score), 1e-12)
-            p, lo, hi = _mixture_quantiles((w[0] * ws, a, b), (w[1:], np.array([m]), np.array([sd * sd])))
+            p, lo, hi = _mixture_quantiles((w[0] * ws, a, b), (np.r_[w[1:], w[0] * us], np.r_[m, ms],
+                                                                np.r_[sd * sd, vs]), dead)
             # the score's change per unit of level: d sigmoid / dx at the median
             scores.append((p, lo, hi, p * (1 - p)))
     else:

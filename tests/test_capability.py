@@ -97,9 +97,11 @@ def test_the_score_is_what_the_templates_ask_on_average():
 def test_zero_counts_accumulate_toward_zero():
     rows = [{"step": s, "tokens_seen": s, "skill": "s", "metric": "exact_match", "value": 0.0, "n": 150}
             for s in range(0, 1000, 100)]
-    scores = [e["score"] for e in estimate(rows, 100)["s"]]
+    est = estimate(rows, 100)["s"]
+    # the estimate is the dead kind's mode, 0; its interval narrows as the zeros accumulate, with
     # no pseudo-count floor: ten checkpoints of 0/150 say less than 1/(2 x 150)
-    assert scores[-1] < scores[0] and scores[-1] < 1 / 300
+    assert all(e["score"] == 0.0 == e["lo"] for e in est)
+    assert est[-1]["hi"] < est[0]["hi"] and est[-1]["hi"] < 1 / 300
 
 
 def loss_rows(seed: int, checkpoints: int = 14):
@@ -198,10 +200,11 @@ def test_one_noisy_checkpoint_on_a_plateau_is_not_taken_for_a_jump(monkeypatch):
     # 0.5 for eight checkpoints, then 92 of 150 (2.8 binomial sds above), then 0.5 again
     rows = plateau_rows([0.5] * 8 + [92 / 150, 0.5])
     est = estimate(rows, 1000)["s"]
-    # under half the way to the reading (a segment remembers about 2.5 checkpoints), and back
-    assert est[8]["score"] < 0.56 and est[8]["lo"] < 0.5 and est[9]["score"] < 0.53
+    # about half the way to the reading, its interval still reaching 0.5, and back (the trend
+    # segments follow it a little: 0.565; without them 0.521)
+    assert est[8]["score"] < 0.57 and est[8]["lo"] < 0.5 and est[9]["score"] < 0.52
     # knowing the skill's chance is 0.5 holds it closer still
-    assert estimate(rows, 1000, chance={"s": 0.5})["s"][8]["score"] < 0.54
+    assert estimate(rows, 1000, chance={"s": 0.5})["s"][8]["score"] < 0.545
     # the gated Kalman filters alone (the estimator before the segments) re-based on it
     monkeypatch.setattr(capability, "SEGMENTS", False)
     assert estimate(rows, 1000)["s"][8]["score"] > 0.58
@@ -220,7 +223,8 @@ def test_a_long_run_keeps_the_segment_hypotheses_bounded():
     # three kinds per start, starts older than SEGMENT_MEMORY checkpoints merged into one per kind
     assert max(sizes) <= 3 * (capability.SEGMENT_MEMORY + 2)
     est = estimate(plateau_rows([None] * 80), 1000, chance={"s": 0.5})["s"]
-    assert abs(est[-1]["score"] - 0.5) < 0.03 and est[-1]["hi"] - est[-1]["lo"] < 0.1
+    # 150 answers alone give an interval 0.16 wide (the trend segments' share widens it to 0.106)
+    assert abs(est[-1]["score"] - 0.5) < 0.03 and est[-1]["hi"] - est[-1]["lo"] < 0.12
 
 
 def answer_loss_rows(losses: list[float]) -> list[dict]:
