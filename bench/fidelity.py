@@ -298,15 +298,9 @@ ABLATIONS = {
     "without the at-chance segments": {"CHANCE_PRIOR": 0.0},
     "without the dead segments": {"DEAD_PRIOR": 0.0},
     "without the trend segments": {"TREND_SHARE": 0.0},
-    "the dead kind's median, not its mode": {"DEAD_POINT": False},
-    "drift within a segment (DRIFT 0.6, as before)": {"DRIFT": 0.6},
-    "the trend filter beside the segments (prior 0.05, as before)": {"SEGMENTS_PRIOR": 0.95},
     "hazard 0.05 (is 0.1)": {"HAZARD": 0.05},
     "hazard 0.2 (as before)": {"HAZARD": 0.2},
-    "the estimator frozen at 6941510 (hazard 0.2, no trend segments, drift, filter beside, dead median)":
-        {"HAZARD": 0.2, "TREND_SHARE": 0.0, "DRIFT": 0.6, "SEGMENTS_PRIOR": 0.95, "DEAD_POINT": False},
     "Kalman filters averaged (before the segments)": {"SEGMENTS": False},
-    "answer loss sets the hazard (power 1; not adopted)": {"LOSS_HAZARD_POWER": 1.0},
 }
 
 
