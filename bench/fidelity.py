@@ -30,14 +30,15 @@ intervals merely overlapping (too lenient: a calibrated interval reaches
 about 99% that way).
 
     python bench/fidelity.py --from-json docs/fidelity.json
-    python bench/fidelity.py --seeds 0,1,2,3,4 [--preset demo-c50] [--ablate]
+    python bench/fidelity.py --seeds 0,1,2,3,4 [--preset demo-c50] [--ablate] [--set NAME=VALUE]
 
 re-score saved runs (their measurements and truths) with the current
 estimator, without training or evaluating again: one file, or the saved
 runs of --preset for each seed (docs/fidelity.json for demo seed 0,
 docs/fidelity-seedN.json, docs/fidelity-c50-seedN.json), per seed and pooled
 over all their (checkpoint, skill) pairs; with --ablate, pooled, once per
-piece of the estimator taken out (ABLATIONS).
+piece of the estimator taken out (ABLATIONS); --set changes a constant of
+the estimator first (the settings tried in docs/fidelity.md).
 """
 
 from __future__ import annotations
@@ -107,10 +108,15 @@ def main() -> None:
                                     "and pooled; with --out, write the table as JSON there")
     ap.add_argument("--ablate", action="store_true",
                     help="with --seeds: the pooled figures with each piece of the estimator taken out in turn")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="with --seeds: re-score with a constant of backend/capability.py set (a Python literal, "
+                         "e.g. TREND_SHARE=0.5 or TREND_NOISE=(0.02,0.005)); repeatable")
     ap.add_argument("--scorers", action="store_true",
                     help="with --seeds: per skill, how well the answer loss could stand in for exact match "
                          "(fitted to the truth: an upper bound) against the templates' mean")
     args = ap.parse_args()
+    for item in args.set:
+        set_constant(item)
     if args.seeds:
         seed_list = [int(x) for x in args.seeds.split(",")]
         (ablate if args.ablate else loss_bound if args.scorers else seeds)(args.preset, seed_list, args.out)
@@ -193,6 +199,23 @@ def main() -> None:
     raw_ms = [{k: m.get(k) for k in ("step", "tokens_seen", "skill", "metric", "value", "n", "stderr",
                                      "prompt_variant")} for m in ms if m["skill"] is not None]
     report(rows, summary, args.out, raw_ms, tokens_per_ckpt)
+
+
+def set_constant(item: str) -> None:
+    """Set one constant of backend/capability.py from NAME=VALUE (a Python
+    literal), for re-scoring the saved runs with another setting."""
+    import ast
+
+    from backend import capability
+
+    name, sep, value = item.partition("=")
+    if not sep or not name.isupper() or not hasattr(capability, name):
+        raise SystemExit(f"--set {item!r}: expected NAME=VALUE with NAME an upper-case constant of "
+                         f"backend/capability.py")
+    try:
+        setattr(capability, name, ast.literal_eval(value))
+    except (ValueError, SyntaxError):
+        raise SystemExit(f"--set {item!r}: the value {value!r} is not a Python literal") from None
 
 
 @functools.cache
@@ -297,12 +320,10 @@ ABLATIONS = {
     "estimator": {},
     "without the at-chance segments": {"CHANCE_PRIOR": 0.0},
     "without the dead segments": {"DEAD_PRIOR": 0.0},
-    "no drift within a segment (DRIFT 1)": {"DRIFT": 1.0},
-    "segments alone (no trend filter beside them)": {"SEGMENTS_PRIOR": 1.0},
-    "hazard 0.1 (was 0.2)": {"HAZARD": 0.1},
-    "hazard 0.3 (was 0.2)": {"HAZARD": 0.3},
+    "without the trend segments": {"TREND_SHARE": 0.0},
+    "hazard 0.05 (is 0.1)": {"HAZARD": 0.05},
+    "hazard 0.2 (as before)": {"HAZARD": 0.2},
     "Kalman filters averaged (before the segments)": {"SEGMENTS": False},
-    "answer loss sets the hazard (power 1; not adopted)": {"LOSS_HAZARD_POWER": 1.0},
 }
 
 

@@ -93,3 +93,14 @@ def test_loss_bound_fits_the_loss_to_the_truth(tmp_path, monkeypatch, capsys):
     f = json.loads(out.read_text())["loss_bound"]["0/s"]
     assert f["mae_raw3"] == pytest.approx(0.02) and f["mae_loss_fitted_to_truth"] < 1e-6
     assert "beats raw3 on 1 of 1" in capsys.readouterr().out
+
+
+def test_set_changes_an_estimator_constant_and_names_a_bad_one(monkeypatch):
+    from backend import capability
+
+    monkeypatch.setattr(capability, "TREND_NOISE", capability.TREND_NOISE)
+    fidelity.set_constant("TREND_NOISE=(0.02, 0.005)")
+    assert capability.TREND_NOISE == (0.02, 0.005)
+    for bad in ("NO_SUCH_CONSTANT=1", "TREND_NOISE", "TREND_NOISE=abc", "math=1"):
+        with pytest.raises(SystemExit, match="--set"):
+            fidelity.set_constant(bad)
