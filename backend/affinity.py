@@ -48,7 +48,7 @@ skill's answer gradient) where there is any: the mean absolute cosine c_j
 over the latest ALIGN_WINDOW checkpoints after step 0 (at initialisation
 the gradients say which tokens a domain holds, not what it teaches), and
 
-    r_sj         = c_j / max_i c_i   (the skill's most coupled domain: 1)
+    r_sj         = (c_j / max_i c_i) ** ALIGN_POWER   (the most coupled domain: 1)
     prior mean_j = PRIOR * r_sj / n_j
     prior sd_j   = PRIOR * max(ALIGN_SD, stderr(c_j) / max_i c_i) / n_j
 
@@ -56,7 +56,11 @@ with n_j = max(1, sum over skills s' of r_s'j): as with declared links, a
 domain coupled to n skills gives each a 1/n share of its tokens, so a domain
 that streams three skills is not worth three times one that streams one.
 ALIGN_SD says how far a proxy measured on the gradient may be from what
-training does. `source` is then
+training does. ALIGN_POWER sharpens the contrast: the cosine's size ranks
+the domains, but a domain half as coupled is not measured to teach half as
+much (on the synthetic suite a domain of random strings couples at about a
+third of a digit skill's own domain, by anti-alignment, and teaches it
+nothing). `source` is then
 "aligned". The magnitude, not the sign: on the synthetic suite a skill's
 own domain is often strongly ANTI-aligned early in training (its loss on
 the prompts pulls the shared parameters against the answer of the moment),
@@ -87,6 +91,7 @@ SEPARATION = 2.0  # the top domain's affinity over the runner-up's that counts a
 NEGLIGIBLE = 0.005  # an affinity below this feeds the skill too little to count (0.05 score over 10 ckpts at full weight)
 ALIGN_WINDOW = 3  # checkpoints of gradient alignment averaged (the latest, after step 0)
 ALIGN_SD = 0.25  # sd of an alignment-based prior, as a share of PRIOR, at least
+ALIGN_POWER = 3  # the relative coupling's power in the prior (1/3 as coupled: 1/27 of the prior)
 SOURCES = ("prior", "aligned", "learned", "pinned")
 
 
@@ -115,7 +120,7 @@ def aligned_prior(alignment: dict[str, list[dict]], domains: list[str]) -> tuple
     top = c.max()
     if top <= 0:
         return None
-    return PRIOR * c / top, PRIOR * np.maximum(ALIGN_SD, se / top)
+    return PRIOR * (c / top) ** ALIGN_POWER, PRIOR * np.maximum(ALIGN_SD, se / top)
 
 
 def _above(e: dict, chance: float) -> float:

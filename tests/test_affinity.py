@@ -91,11 +91,13 @@ def test_with_the_links_hidden_the_gradient_alignment_sets_the_prior():
     for s, d in FEEDS.items():
         assert affinity.ranked(m[s])[0] == d and affinity.identified(m[s])
         assert m[s][d]["source"] == "aligned"
-    # each skill's most coupled domain counts 1, the others in proportion; a domain coupled to several skills
-    # shares itself out as a declared one does: web counts 1 for copy and 0.05 / 0.3 for add2, books 0.25 + 1
-    assert m["copy"]["web"]["prior"] == pytest.approx(affinity.PRIOR / (1 + 1 / 6))
-    assert m["add2"]["books"]["prior"] == pytest.approx(affinity.PRIOR / 1.25)
-    assert m["copy"]["books"]["prior"] == pytest.approx(affinity.PRIOR * 0.25 / 1.25)
+    # each skill's most coupled domain counts 1, the others by the cube of their share (ALIGN_POWER); a domain
+    # coupled to several skills shares itself out as a declared one does: web counts 1 for copy and (0.05 / 0.3)^3
+    # for add2, books 1 for add2 and (0.1 / 0.4)^3 for copy
+    assert affinity.ALIGN_POWER == 3
+    assert m["copy"]["web"]["prior"] == pytest.approx(affinity.PRIOR / (1 + (1 / 6) ** 3))
+    assert m["add2"]["books"]["prior"] == pytest.approx(affinity.PRIOR / (1 + 0.25**3))
+    assert m["copy"]["books"]["prior"] == pytest.approx(affinity.PRIOR * 0.25**3 / (1 + 0.25**3))
     assert m["copy"]["code"]["mean"] == 0
     # with the links declared, the declarations stay the prior
     declared = affinity.estimate(simulate([fixed] * 3, skill_domains={"copy": ["books"], "add2": ["books"]}))
