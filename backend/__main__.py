@@ -287,7 +287,19 @@ def cmd_affinity(s: Session) -> int:
     for skill, links in matrix.items():
         lines.append(f"  {skill:<{width}}  " + "; ".join(f"{d} {affinity.describe(links[d])}"
                                                        for d in affinity.ranked(links)))
-    _print({"run": args.run, "step": step, "affinity": matrix}, args.json, "\n".join(lines))
+    measured = [r for r in s.store.alignment(args.run) if r["step"] == step]
+    alignment: dict[str, dict[str, dict]] = {}
+    for r in measured:
+        alignment.setdefault(r["skill"], {})[r["domain"]] = {"value": r["value"], "stderr": r["stderr"]}
+    if alignment:
+        lines.append(f"gradient alignment at step {step} (cosine of the domain's gradient with the skill's "
+                     f"answer gradient, +- stderr), the most coupled first")
+        for skill, cells in sorted(alignment.items()):
+            order = sorted(cells, key=lambda d: -abs(cells[d]["value"]))
+            lines.append(f"  {skill:<{width}}  " + "; ".join(
+                f"{d} {cells[d]['value']:+.3f} +- {cells[d]['stderr'] or 0.0:.3f}" for d in order))
+    _print({"run": args.run, "step": step, "affinity": matrix, "alignment": alignment}, args.json,
+           "\n".join(lines))
     return 0
 
 

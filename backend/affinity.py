@@ -41,8 +41,33 @@ Pins (a person's word, audited by the store's owner): pinned off -> 0
 included. `source` "pinned".
 
 With `declared=False` (controller.links = "learned") the declared
-links are hidden: every link starts at mean 0, sd TAU, and only the run's
-history tells the domains apart.
+links are hidden. Then the prior of a skill's links comes from the gradient
+alignment measured at the checkpoints (History.alignment,
+backend.evaluation.alignment: the cosine of each domain's gradient with the
+skill's answer gradient) where there is any: the mean absolute cosine c_j
+over the latest ALIGN_WINDOW checkpoints after step 0 (at initialisation
+the gradients say which tokens a domain holds, not what it teaches), and
+
+    r_sj         = (c_j / max_i c_i) ** ALIGN_POWER   (the most coupled domain: 1)
+    prior mean_j = PRIOR * r_sj / n_j
+    prior sd_j   = PRIOR * max(ALIGN_SD, stderr(c_j) / max_i c_i) / n_j
+
+with n_j = max(1, sum over skills s' of r_s'j): as with declared links, a
+domain coupled to n skills gives each a 1/n share of its tokens, so a domain
+that streams three skills is not worth three times one that streams one.
+ALIGN_SD says how far a proxy measured on the gradient may be from what
+training does. ALIGN_POWER sharpens the contrast: the cosine's size ranks
+the domains, but a domain half as coupled is not measured to teach half as
+much (on the synthetic suite a domain of random strings couples at about a
+third of a digit skill's own domain, by anti-alignment, and teaches it
+nothing). `source` is then
+"aligned". The magnitude, not the sign: on the synthetic suite a skill's
+own domain is often strongly ANTI-aligned early in training (its loss on
+the prompts pulls the shared parameters against the answer of the moment),
+then aligned; the coupling's size is what ranks the domain that teaches
+the skill first (bench/alignment_ranking.py measures both). Without alignment every link starts at mean 0, sd TAU, and only
+the run's history tells the domains apart. With the links declared, the
+declarations stay the prior (the alignment is still measured and shown).
 
 Known limit: the rows are a time series, so a skill that starts learning
 late is credited to whatever mixture was trained then. The controllers
@@ -64,7 +89,10 @@ TAU_UNDECLARED = 0.2  # prior sd of a link nobody declared, next to declared one
 NOISE_FLOOR = 0.01  # sd of a stretch's gain, at least (score per checkpoint)
 SEPARATION = 2.0  # the top domain's affinity over the runner-up's that counts as identified
 NEGLIGIBLE = 0.005  # an affinity below this feeds the skill too little to count (0.05 score over 10 ckpts at full weight)
-SOURCES = ("prior", "learned", "pinned")
+ALIGN_WINDOW = 3  # checkpoints of gradient alignment averaged (the latest, after step 0)
+ALIGN_SD = 0.25  # sd of an alignment-based prior, as a share of PRIOR, at least
+ALIGN_POWER = 3  # the relative coupling's power in the prior (1/3 as coupled: 1/27 of the prior)
+SOURCES = ("prior", "aligned", "learned", "pinned")
 
 
 def prior(domains: list[str], skill_domains: dict[str, list[str]], skill: str,
@@ -76,6 +104,23 @@ def prior(domains: list[str], skill_domains: dict[str, list[str]], skill: str,
     own = skill_domains.get(skill, [])
     return (np.array([PRIOR / n[d] if d in own else 0.0 for d in domains]),
             np.array([TAU if d in own else TAU_UNDECLARED for d in domains]))
+
+
+def aligned_prior(alignment: dict[str, list[dict]], domains: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The prior (mean, sd) of one skill's links from its gradient alignment
+    (domain -> [{step, value, stderr}] by step), in `domains` order; None
+    when no checkpoint after step 0 has been measured or no domain couples."""
+    c, se = np.zeros(len(domains)), np.zeros(len(domains))
+    for j, d in enumerate(domains):
+        rows = [r for r in alignment.get(d, []) if r["step"] > 0][-ALIGN_WINDOW:]
+        if not rows:
+            return None
+        c[j] = np.mean([abs(r["value"]) for r in rows])
+        se[j] = np.sqrt(np.mean([(r["stderr"] or 0.0) ** 2 for r in rows]) / len(rows))
+    top = c.max()
+    if top <= 0:
+        return None
+    return PRIOR * (c / top) ** ALIGN_POWER, PRIOR * np.maximum(ALIGN_SD, se / top)
 
 
 def _above(e: dict, chance: float) -> float:
@@ -136,11 +181,15 @@ def estimate(history, pins: dict[tuple[str, str], bool] | None = None, *,
     mixtures = {m["step"]: m["weights"] for m in history.mixtures}
     domains = history.domains
     n = {d: sum(d in ds for ds in history.skill_domains.values()) for d in domains}
+    latent = {s: series for s, series in history.latent().items() if series}
+    aligned = {} if declared else {s: aligned_prior(history.alignment.get(s, {}), domains) for s in latent}
+    aligned = {s: a for s, a in aligned.items() if a is not None}
+    shared = np.maximum(1.0, sum((a[0] / PRIOR for a in aligned.values()), np.zeros(len(domains))))  # n_j
     out: dict[str, dict[str, dict]] = {}
-    for s, series in history.latent().items():
-        if not series:
-            continue
+    for s, series in latent.items():
         mean0, sd0 = prior(domains, history.skill_domains, s, declared)
+        if s in aligned:
+            mean0, sd0 = aligned[s][0] / shared, aligned[s][1] / shared
         chance = history.chance.get(s) or 0.0
         mean, sd, info = fit(*stretches(series, mixtures, domains, history.checkpoint_tokens, chance), mean0, sd0)
         links = {}
@@ -148,7 +197,8 @@ def estimate(history, pins: dict[tuple[str, str], bool] | None = None, *,
             m = float(mean[j]) if mean[j] > NEGLIGIBLE else 0.0
             row = {"mean": m, "lo": max(float(mean[j]) - Z95 * sd[j], 0.0),
                    "hi": max(float(mean[j]) + Z95 * sd[j], 0.0), "sd": float(sd[j]), "prior": float(mean0[j]),
-                   "source": "learned" if info[j] * sd0[j] ** 2 >= 1 else "prior"}
+                   "source": "learned" if info[j] * sd0[j] ** 2 >= 1 else
+                   "aligned" if s in aligned else "prior"}
             pin = pins.get((s, d))
             if pin is False:
                 row.update(mean=0.0, lo=0.0, hi=0.0, sd=0.0, source="pinned")

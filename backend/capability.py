@@ -6,33 +6,36 @@ capability seen through sampled items, one prompt and one scoring rule. The
 score estimated is what the templates ask on average: the pooled share of
 right answers.
 
-Jumps and plateaus (`_segments`). Under a mixture that keeps changing, a
-skill's score mostly sits still and then jumps when the skill clicks or the
-mixture turns. So the run is cut into segments: within one the score is
-nearly constant (the pooled counts since it began, as a Beta posterior; old
-answers count DRIFT as much per checkpoint, since the score drifts a little
-while the mixture moves), and before each checkpoint a new one begins with
+Jumps, plateaus and climbs (`_segments`). Under a mixture that keeps
+changing, a skill's score mostly sits still and then jumps when the skill
+clicks or the mixture turns, or climbs steadily for a while. So the run is
+cut into segments, and before each checkpoint a new one begins with
 probability HAZARD. The posterior over where the current segment began is
 Bayesian online changepoint detection (Adams & MacKay 2007): a plateau
 averages all its checkpoints, one checkpoint's sampling noise moves the
 estimate toward a new segment only as far as it is surprising, and a real
-jump is followed at once. A fresh segment is one of three kinds, each a Beta
-prior: dead (the skill answers almost nothing: DEAD_ITEMS pseudo-answers
+jump is followed at once. A fresh segment is one of four kinds: dead (the
+skill answers almost nothing: a Beta prior of DEAD_ITEMS pseudo-answers
 near 0), at chance (the model guesses, or gives the most frequent answer:
 CHANCE_ITEMS pseudo-answers at the skill's chance level, as the skills table
-stores it) or anything (Jeffreys). A skill at chance is then estimated at
-chance, tightly, and a run of zeros at 0, instead of chasing noise.
+stores it), a level (Jeffreys) and a trend. In the first three the score is
+constant (a Beta posterior of the pooled counts since the segment began); in
+a trend segment its logit moves linearly, a Gaussian (level, slope) updated
+through the counts' exact binomial likelihood (Laplace, `_laplace`), so a
+steady climb is followed without the lag of a level. The kinds are averaged
+by how well each predicted the counts (Bayesian model averaging within the
+changepoint posterior). A skill at chance is then estimated at chance,
+tightly, and a run of zeros at 0, instead of chasing noise. The estimate is
+the mixture's median (the number that minimises the expected absolute
+error), with the dead kind's mass at its mode, 0 (a skill that answers
+nothing is estimated at 0, not at its Beta's median 0.0002); its 95%
+interval the mixture's 2.5% and 97.5% quantiles, computed exactly
+(`_mixture_quantiles`).
 
-Smooth rises (the local linear trend). A curve that climbs steadily through
-several checkpoints is no plateau; a Kalman filter with a trend in logit
-units, observing the counts through their exact binomial likelihood
-(Laplace, `_laplace`) and each template through its difficulty offset
-(`template_offsets`, IRT-style), follows it. The two are averaged by how
-well each predicted this skill's counts so far (predictive likelihood, older
-terms discounted by FORGET per checkpoint; prior weights SEGMENTS_PRIOR and
-the rest). The estimate is the mixture's median (the number that minimises
-the expected absolute error) and its 95% interval the mixture's 2.5% and
-97.5% quantiles, computed exactly (`_mixture_quantiles`).
+The learning slope (the local linear trend filter). A Kalman filter with a
+trend in logit units, observing the counts through their exact binomial
+likelihood and each template through its difficulty offset
+(`template_offsets`, IRT-style), gives the slope.
 
 The trend filter's state and dynamics (also the filters of other metrics):
 
@@ -55,7 +58,8 @@ and direction (a falling loss has a negative slope). Any other metric is
 filtered on its own scale, higher being better. These have no counts to cut
 into Beta segments: several filters run side by side (DYNAMICS: a local
 linear trend, a damped trend, a local level, and two near-constant levels
-that average a plateau), averaged by their predictive likelihood as above.
+that average a plateau), averaged by their predictive likelihood (older
+terms discounted by FORGET per checkpoint).
 
 Everything is causal: the estimate at checkpoint t uses checkpoints <= t
 only, exactly what the controller could know then.
@@ -93,12 +97,10 @@ GATE = 2.0  # innovations beyond this many predicted sds re-base the level (a ju
 # information units (n p (1 - p): 10 is 40 answers at p = 0.5).
 OFFSET_PRIOR_WEIGHT = 10.0
 # Segments of exact match (`_segments`). A change comes before a checkpoint
-# with probability HAZARD (per checkpoint); within a segment the answers
-# seen so far count DRIFT as much at each next checkpoint (0.6: a segment
-# remembers about 2.5 checkpoints' answers). Both chosen on the tuning seeds
-# (docs/fidelity.md); 0.1 to 0.3 and 0.5 to 0.7 moved the ratio to the
-# templates' mean by under 0.01.
-HAZARD, DRIFT = 0.2, 0.6
+# with probability HAZARD (per checkpoint). Chosen on the tuning seeds
+# (docs/fidelity.md): 0.05 to 0.2 moved the ratio to the templates' mean by
+# under 0.01, 0.05 covering less.
+HAZARD = 0.1
 # Segments begun more than this many checkpoints ago are merged per kind
 # (`_merge_old`): the hypotheses stay bounded however long the run.
 SEGMENT_MEMORY = 20
@@ -110,11 +112,16 @@ SEGMENT_MEMORY = 20
 DEAD_PRIOR, DEAD_ITEMS = 0.3, 1000.0
 CHANCE_PRIOR, CHANCE_ITEMS = 0.3, 300.0
 SEG_PRIOR = (0.5, 0.5)
-# Prior weight of the segments against the local linear trend, before the
-# counts' predictive likelihood reweighs them (the trend is there for smooth
-# rises, which the saved runs rarely show: tests/test_capability.py's
-# simulated curve does).
-SEGMENTS_PRIOR = 0.95
+# Trend segments: a share TREND_SHARE of the anything kind's prior is a segment
+# whose logit score moves linearly (level, slope: a Gaussian updated through
+# the pooled counts' exact binomial likelihood), from level ~ N(TREND_LEVEL)
+# (mean, variance) and slope ~ N(0, TREND_SLOPE_VAR) (logit units per
+# checkpoint), with process noise TREND_NOISE (level, slope) per checkpoint.
+# The rest of the anything kind is a level (Beta(SEG_PRIOR)).
+TREND_SHARE = 0.8
+TREND_LEVEL = (0.0, 4.0)
+TREND_SLOPE_VAR = 0.05
+TREND_NOISE = (0.05, 0.005)
 # False: exact match by the DYNAMICS filters' average (the estimator before
 # the segments); kept for bench/fidelity.py --ablate, which compares the two.
 SEGMENTS = True
@@ -256,61 +263,100 @@ def _filter(points: list[dict], tokens_per_checkpoint: float, phi: float, level_
 
 
 def _segments(points: list[dict], tokens_per_checkpoint: float, chance: float | None = None):
-    """The score of exact match as segments. Within a segment the score is
-    nearly constant (a Beta posterior of the pooled counts, old answers
-    discounted by DRIFT per checkpoint); before each checkpoint a new one
-    begins with probability HAZARD. A fresh segment is one of three kinds:
+    """The score of exact match as segments; before each checkpoint a new one
+    begins with probability HAZARD. A fresh segment is one of four kinds:
     dead (the skill answers almost nothing), at chance (the model guesses or
     gives the most frequent answer: `chance`, the skill's chance level;
-    left out without one) or anything. The posterior over the current
-    segment's start and kind is Bayesian online changepoint detection
-    (Adams & MacKay 2007): a run of answers at chance averages into one
-    tight estimate, and one checkpoint's sampling noise moves the posterior
-    toward a new segment only by as much as it is surprising, where a gate
-    would re-base on every 2-sd blip. Yields per point the posterior as
-    (weights, a, b): arrays over the hypotheses, each a Beta(a, b) of the
-    score; and the log predictive likelihood of the point's counts (without
-    the binomial coefficients, like `_laplace`'s)."""
+    left out without one), a level (anything, constant) and a trend (the
+    score's logit moving linearly, `_trend_update`). Within the first three
+    the score is constant: a Beta posterior of the pooled counts since the
+    segment began. The posterior over the current segment's start and kind
+    is Bayesian online changepoint detection (Adams & MacKay 2007),
+    averaged over the kinds by their predictive likelihood: a plateau
+    averages all its checkpoints, a steady climb is followed by the trend
+    kind without lagging, and one checkpoint's sampling noise moves the
+    posterior toward a new segment only by as much as it is surprising,
+    where a gate would re-base on every 2-sd blip. Yields per point the
+    posterior as (weights, a, b, dead) over the Beta hypotheses (dead: the
+    dead kind's), (weights, mean, variance) over the trend hypotheses, each
+    the logit-normal of the score, and the log predictive likelihood of the
+    point's counts (without the binomial coefficients, like `_laplace`'s)."""
     from scipy.special import betaln
 
     fresh = [(DEAD_PRIOR, SEG_PRIOR[0], DEAD_ITEMS)]
     if chance is not None and 0 < chance < 1:
         fresh.append((CHANCE_PRIOR, chance * CHANCE_ITEMS, (1 - chance) * CHANCE_ITEMS))
-    fresh.append((1.0 - sum(f[0] for f in fresh), *SEG_PRIOR))
+    rest = 1.0 - sum(f[0] for f in fresh)
+    fresh.append((rest * (1 - TREND_SHARE), *SEG_PRIOR))
     fresh = [f for f in fresh if f[0] > 0]
+    trend_prior = math.log(rest * TREND_SHARE) if rest * TREND_SHARE > 0 else None
     # hypotheses (log posterior weight, a, b, a0, b0, start): the Beta now, the kind's
     # prior Beta and the checkpoint the segment began at
     hyps: list[tuple[float, float, float, float, float, int]] = []
+    # trend hypotheses (log posterior weight, mean [level, slope], covariance, start)
+    trends: list[tuple[float, np.ndarray, np.ndarray, int]] = []
     prev_tokens = None
     for t, pt in enumerate(points):
         k = float(sum(c[0] for c in pt["counts"]))
         n = float(sum(c[1] for c in pt["counts"]))
-        lse = float(np.logaddexp.reduce([h[0] for h in hyps])) if hyps else 0.0
+        lse = float(np.logaddexp.reduce([h[0] for h in hyps] + [h[0] for h in trends])) if hyps else 0.0
+        new_trend = [] if trend_prior is None else [(trend_prior, np.array([TREND_LEVEL[0], 0.0]),
+                                                     np.diag([TREND_LEVEL[1], TREND_SLOPE_VAR]), t)]
         if prev_tokens is None:
             hyps = [(math.log(p), a, b, a, b, t) for p, a, b in fresh]
+            trends = new_trend
         else:
             d = max(1e-9, (pt["tokens_seen"] - prev_tokens) / tokens_per_checkpoint)
-            stay, keep = (1 - HAZARD) ** d, DRIFT ** d
-            hyps = [(w + math.log(stay), a0 + keep * (a - a0), b0 + keep * (b - b0), a0, b0, s)
-                    for w, a, b, a0, b0, s in hyps] + [
+            stay = (1 - HAZARD) ** d
+            hyps = [(w + math.log(stay), *h) for w, *h in hyps] + [
                 (math.log(1 - stay) + math.log(p), a, b, a, b, t) for p, a, b in fresh]
+            F = np.array([[1.0, d], [0.0, 1.0]])
+            Q = np.diag([TREND_NOISE[0] * d, TREND_NOISE[1] * d])
+            # A slip, kept as frozen (b11d626; docs/fidelity.md, "A slip in the frozen code"): after
+            # the first checkpoint a fresh trend segment gets weight 1 - stay, not (1 - stay) times its
+            # prior share (0.32 with a chance level), as if HAZARD were 0.157 and the fresh kinds'
+            # priors 0.18 dead, 0.18 at chance, 0.05 level and 0.60 trend. Correct: drop "- trend_prior".
+            trends = [(w + math.log(stay), F @ m, F @ P @ F.T + Q, s) for w, m, P, s in trends] + [
+                (w + math.log(1 - stay) - trend_prior, m, P, s) for w, m, P, s in new_trend]
         # each hypothesis' predictive of the pooled counts (beta-binomial, without the
         # binomial coefficient, the same under every hypothesis), then Bayes
         joint = [w + betaln(a + k, b + n - k) - betaln(a, b) for w, a, b, *_ in hyps]
-        total = float(np.logaddexp.reduce(joint))
+        updated = [_trend_update(m, P, k, n) for _, m, P, _ in trends]
+        joint_t = [w + u[2] for (w, *_), u in zip(trends, updated)]
+        total = float(np.logaddexp.reduce(joint + joint_t))
         hyps = _merge_old([(j - total, a + k, b + n - k, a0, b0, s) for j, (_, a, b, a0, b0, s) in zip(joint, hyps)
                            if j - total > -14], t - SEGMENT_MEMORY)  # 1e-6 moves no quantile reported
+        trends = _merge_old_trends([(j - total, m, P, s) for j, (m, P, _), (*_, s) in zip(joint_t, updated, trends)
+                                    if j - total > -14], t - SEGMENT_MEMORY)
         prev_tokens = pt["tokens_seen"]
-        w = np.exp([h[0] for h in hyps])
-        yield w / w.sum(), np.array([h[1] for h in hyps]), np.array([h[2] for h in hyps]), total - lse
+        w = np.exp([h[0] for h in hyps] + [h[0] for h in trends])
+        w /= w.sum()
+        nb = len(hyps)
+        yield (w[:nb], np.array([h[1] for h in hyps]), np.array([h[2] for h in hyps]),
+               np.array([h[4] == DEAD_ITEMS for h in hyps], dtype=bool),
+               w[nb:], np.array([h[1][0] for h in trends]), np.array([h[2][0, 0] for h in trends]), total - lse)
+
+
+def _trend_update(m: np.ndarray, P: np.ndarray, k: float, n: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """A trend segment's (level, slope) Gaussian updated by the pooled counts
+    k of n (k ~ Binomial(n, sigmoid(level))): the level's posterior by
+    Laplace (`_laplace`), carried to the slope as a Gaussian look at the
+    level; and the log predictive likelihood of the counts."""
+    x, h, loglik = _laplace(float(m[0]), float(P[0, 0]), [(k, n, 0.0)], [])
+    if h <= 0:
+        return m, P, loglik
+    r = 1 / h
+    y = m[0] + (x - m[0]) * (P[0, 0] + r) / P[0, 0]  # the look whose Kalman update lands on the mode
+    gain = P[:, 0] / (P[0, 0] + r)
+    return m + gain * (y - m[0]), P - np.outer(gain, P[0, :]), loglik
 
 
 def _merge_old(hyps: list[tuple], cutoff: int) -> list[tuple]:
     """The hypotheses of segments begun at or before checkpoint `cutoff`
     merged, per kind, into one begun at `cutoff` (weights summed, Beta
     parameters averaged by weight), so their number stays bounded on a long
-    run: with DRIFT 0.6 what such segments saw before is weighted 0.6^20 =
-    4e-5 of what they saw since."""
+    run. An approximation (the merged Beta is not the mixture's); the saved
+    runs (at most 19 checkpoints) never reach it."""
     old: dict[tuple[float, float], list[tuple]] = defaultdict(list)
     out = []
     for h in hyps:
@@ -323,27 +369,54 @@ def _merge_old(hyps: list[tuple], cutoff: int) -> list[tuple]:
     return out
 
 
-def _mixture_quantiles(betas: tuple, normals: tuple) -> tuple[float, float, float]:
+def _merge_old_trends(trends: list[tuple], cutoff: int) -> list[tuple]:
+    """The trend hypotheses begun at or before checkpoint `cutoff` merged
+    into one begun at `cutoff`: weights summed, the (level, slope) Gaussian
+    the mixture's mean and covariance (as `_merge_old`, bounded on a long
+    run)."""
+    old = [h for h in trends if h[3] <= cutoff]
+    if len(old) < 2:
+        return trends
+    w = np.exp([h[0] for h in old])
+    w /= w.sum()
+    m = sum(wi * h[1] for wi, h in zip(w, old))
+    P = sum(wi * (h[2] + np.outer(h[1] - m, h[1] - m)) for wi, h in zip(w, old))
+    total = float(np.logaddexp.reduce([h[0] for h in old]))
+    return [h for h in trends if h[3] > cutoff] + [(total, m, P, cutoff)]
+
+
+def _mixture_quantiles(betas: tuple, normals: tuple, at_zero=None) -> tuple[float, float, float]:
     """Median and 95% interval (2.5% and 97.5% quantiles) of a score that is
     a mixture of Beta(a, b) with weights w (betas: (w, a, b) arrays) and of
     sigmoid(N(m, v)) with weights u (normals: (u, m, v) arrays), by
     bisection in logit space (exact near 0, where a logit-normal
     approximation of a Beta with a < 1 puts its upper bound several times
-    too high)."""
+    too high). at_zero (a mask over the Betas): components whose mass the
+    median counts at 0, their mode (the dead kind, a < 1); the interval
+    keeps their whole Beta."""
     from scipy.special import betainc, ndtr
 
     w, a, b = betas
     u, m, v = normals
+    zero = np.zeros(3)
+    if at_zero is not None and at_zero.any():
+        zero[0] = float(w[at_zero].sum())
+        w_median = np.where(at_zero, 0.0, w)
+    else:
+        w_median = w
+    weights = np.stack([w_median, w, w])  # per target: the Beta weights its cdf sums
     targets = np.array([0.5, (1 - 0.95) / 2, (1 + 0.95) / 2])
     lo, hi = np.full(3, -40.0), np.full(3, 40.0)  # logits; the three quantiles bisected together
     for _ in range(44):  # 80 logits halved 44 times: 5e-12
         mid = (lo + hi) / 2
         x = 1 / (1 + np.exp(-mid))
-        cdf = betainc(a, b, x[:, None]) @ w + ndtr((mid[:, None] - m) / np.sqrt(v)) @ u
+        cdf = (betainc(a, b, x[:, None]) * weights).sum(1) + zero + ndtr((mid[:, None] - m) / np.sqrt(v)) @ u
         below = cdf < targets
         lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
     p, q_lo, q_hi = (_sigmoid(float(z)) for z in (lo + hi) / 2)
-    return p, q_lo, q_hi
+    if zero[0] >= 0.5:  # the median is the dead kind's mode
+        p = 0.0
+    return p, min(q_lo, p), q_hi
 
 
 def kalman(points: list[dict], tokens_per_checkpoint: float, to_score=None,
@@ -354,30 +427,18 @@ def kalman(points: list[dict], tokens_per_checkpoint: float, to_score=None,
 
     Where every point has counts (exact match): the score is the pooled
     share of right answers, the median of the mixture of `_segments`
-    (chance: the skill's chance level, if known) and the local linear trend,
-    weighted by SEGMENTS_PRIOR times their discounted predictive likelihood;
-    lo and hi the mixture's 2.5% and 97.5% quantiles. Otherwise (Gaussian
+    (chance: the skill's chance level, if known; the dead kind's mass
+    counted at its mode, 0) and lo and hi the mixture's 2.5% and 97.5%
+    quantiles. Otherwise (Gaussian
     looks) the level is the mixture of the DYNAMICS filters, weighted by
     their discounted predictive likelihood, and to_score maps it and level
     +- Z95 sd to the metric. The learning slope is always the local linear
     trend's, the one whose slope is the pace of learning rather than
     momentum expected to fade."""
     if SEGMENTS and points and all(pt["counts"] for pt in points):
-        trend = list(_filter(points, tokens_per_checkpoint, *DYNAMICS[0]))
-        with np.errstate(divide="ignore"):  # a prior of 0 (the bench's ablation) is a weight of 0
-            prior = np.log([SEGMENTS_PRIOR, 1 - SEGMENTS_PRIOR])
-        score, scores = np.zeros(2), []
-        for pt, (x, P, loglik), (ws, a, b, seg_loglik) in zip(points, trend,
-                                                              _segments(points, tokens_per_checkpoint, chance)):
-            score = FORGET * score + np.array([seg_loglik, loglik])
-            w = np.exp(prior + score - (prior + score).max())
-            w /= w.sum()
-            # the trend's level is the templates' (each through its offset): as a
-            # logit-normal of the pooled score, the delta method at the level's mean
-            pt_score, g = _mapped(pt, float(x[0]), 0.0, _template_mean)[::3]
-            m = _logit(min(max(pt_score, 1e-12), 1 - 1e-12))
-            sd = math.sqrt(max(P[0, 0], 1e-12)) * g / max(pt_score * (1 - pt_score), 1e-12)
-            p, lo, hi = _mixture_quantiles((w[0] * ws, a, b), (w[1:], np.array([m]), np.array([sd * sd])))
+        trend, scores = list(_filter(points, tokens_per_checkpoint, *DYNAMICS[0])), []
+        for ws, a, b, dead, us, ms, vs, _ in _segments(points, tokens_per_checkpoint, chance):
+            p, lo, hi = _mixture_quantiles((ws, a, b), (us, ms, vs), dead)
             # the score's change per unit of level: d sigmoid / dx at the median
             scores.append((p, lo, hi, p * (1 - p)))
     else:

@@ -381,6 +381,35 @@ def affinity_figure(affinity: pd.DataFrame, *, step: int | None = None,
     return fig
 
 
+ALIGNMENT_COLUMNS = ["step", "skill", "domain", "value", "stderr"]
+"""The alignment frame: one row per checkpoint, steer skill and domain (the
+store's `alignment` rows): the cosine of the domain's gradient with the
+skill's answer gradient and its standard error."""
+
+
+def alignment_figure(alignment: pd.DataFrame, *, step: int | None = None,
+                     title: str | None = "Gradient alignment") -> go.Figure:
+    """The gradient alignment at one checkpoint (default: the last) as a
+    heatmap on a diverging scale (-1 blue .. +1 red): skills as rows,
+    domains as columns, each cell its cosine and standard error."""
+    if alignment.empty:
+        return _empty(title, "no gradient alignment measured yet")
+    at = alignment["step"].max() if step is None else step
+    df = alignment[alignment["step"] == at]
+    skills = list(dict.fromkeys(df["skill"]))
+    domains = list(dict.fromkeys(df["domain"]))
+    cell = df.set_index(["skill", "domain"])
+    z = [[cell["value"].get((s, d), np.nan) for d in domains] for s in skills]
+    se = [[cell["stderr"].get((s, d), np.nan) for d in domains] for s in skills]
+    text = [[f"{v:+.2f}<br>± {e:.2f}" for v, e in zip(zr, er)] for zr, er in zip(z, se)]
+    fig = _figure(f"{title} · step {at:,}" if title else None, xaxis_title="domain",
+                  height=max(260, 80 + 48 * len(skills)), yaxis=dict(autorange="reversed", title="skill"))
+    fig.add_traces([dict(type="heatmap", z=z, x=domains, y=skills, text=text, texttemplate="%{text}",
+                         colorscale="RdBu", reversescale=True, zmin=-1, zmax=1, colorbar=dict(title="cosine"),
+                         hovertemplate="%{x} vs %{y}<br>cosine %{z:.3f}<extra></extra>")])
+    return fig
+
+
 def affinity_history_figure(affinity: pd.DataFrame, links: list[tuple[str, str]],
                             title: str | None = "Affinity over checkpoints") -> go.Figure:
     """One line per (skill, domain) link over the checkpoints, with its

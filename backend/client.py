@@ -349,6 +349,9 @@ class RunClient:
         for d, r in evaluator.domain_losses().items():
             rows.append({"domain": d, "task": f"heldout_loss/{d}", "metric": "loss", "scorer": "nll", **r})
         self.report_measurements(step, rows, samples)
+        if self.cfg.evaluation.gradient_alignment and hasattr(evaluator, "alignment"):
+            steer = {s["name"] for s in self.store.skills(self.run_id) if s["kind"] == "steer"}
+            self.store.add_alignment(self.run_id, step, evaluator.alignment(measurements, samples, steer))
 
     def evaluate(self, step: int, model, tokenizer, *, device="cpu") -> None:
         """Evaluate the model in memory at checkpoint `step` with the run's
@@ -503,6 +506,10 @@ class RunClient:
             heldout={k: v for k, v in estimates.items() if vocab.is_holdout(k)},
             constant=self.constant_answers(skills, estimates),
         )
+        for r in self.store.alignment(self.run_id):
+            if r["skill"] in primary:
+                history.alignment.setdefault(r["skill"], {}).setdefault(r["domain"], []).append(
+                    {"step": r["step"], "value": r["value"], "stderr": r["stderr"]})
         pins = self.store.pins(self.run_id)
         history.affinity = affinity.estimate(history, pins, declared=declared)
         return history

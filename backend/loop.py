@@ -182,9 +182,13 @@ class ModelEvaluator:
     synthetic skills' tasks through HarnessEvaluator, a run's own lm-eval
     tasks through TaskEvaluator), and the per-domain held-out loss."""
 
-    def __init__(self, parts: list, model, heldout: dict, device):
+    def __init__(self, parts: list, model, heldout: dict, device, *, tokenizer, max_length: int,
+                 probe: dict | None = None):
         self.parts = parts
         self.model = model
+        self.probe = probe if probe is not None else heldout  # domain -> held-out sequences for the gradients
+        self.tokenizer = tokenizer
+        self.max_length = max_length  # tokens of context (the gradient probes are cut to it)
         self.heldout = heldout
         self.device = device
         self.task_configs = [c for part in parts for c in part.task_configs]
@@ -224,6 +228,15 @@ class ModelEvaluator:
         from backend.evaluation.heldout import domain_losses
 
         return domain_losses(self.model, self.heldout, self.device)
+
+    def alignment(self, measurements: list[dict], samples: list[dict], steer: set[str]) -> list[dict]:
+        """Gradient alignment of each domain's held-out sequences with each
+        steer skill's answers among the items just evaluated
+        (backend.evaluation.alignment)."""
+        from backend.evaluation.alignment import gradient_alignment, probes
+
+        return gradient_alignment(self.model, self.tokenizer, self.probe, probes(measurements, samples, steer),
+                                  self.device, max_length=self.max_length, precision=self._precision())
 
 
 class FolderCheckpointer:
@@ -328,7 +341,13 @@ def build_evaluator(cfg: RunConfig, run_dir: Path, model, tokenizer, device, sam
     if taskset is not None:  # the run's own lm-eval tasks (checked before training: check_tasks)
         parts.append(TaskEvaluator(taskset, model, tokenizer, batch_size=cfg.evaluation.batch_size,
                                    max_length=cfg.data.context_length, device=device, seed=cfg.seed))
-    return ModelEvaluator(parts, model, sampler.heldout(cfg.evaluation.heldout_loss_sequences), device)
+    from backend.evaluation.alignment import MAX_SEQUENCES
+
+    n = cfg.evaluation.heldout_loss_sequences
+    # one draw serves both: the loss reads the first n sequences, the gradient alignment up to MAX_SEQUENCES
+    probe = sampler.heldout(max(n, MAX_SEQUENCES) if cfg.evaluation.gradient_alignment else n)
+    return ModelEvaluator(parts, model, {d: ids[:n] for d, ids in probe.items()}, device,
+                          tokenizer=tokenizer, max_length=cfg.data.context_length, probe=probe)
 
 
 def check_tasks(cfg: RunConfig) -> None:

@@ -244,6 +244,16 @@ CREATE TABLE IF NOT EXISTS affinity (
     source TEXT NOT NULL,           -- prior | learned | pinned
     PRIMARY KEY (run_id, step, skill, domain)
 );
+CREATE TABLE IF NOT EXISTS alignment (
+    run_id INTEGER NOT NULL REFERENCES runs (id),
+    step INTEGER NOT NULL,          -- checkpoint it was measured at
+    skill TEXT NOT NULL,            -- a steer skill
+    domain TEXT NOT NULL,
+    value REAL NOT NULL,            -- cosine of the domain's gradient with the skill's answer gradient
+    stderr REAL,                    -- jackknife (backend/evaluation/alignment.py)
+    n INTEGER,                      -- the skill's items in the probe
+    PRIMARY KEY (run_id, step, skill, domain)
+);
 CREATE INDEX IF NOT EXISTS measurements_by_skill ON measurements (run_id, skill, step);
 CREATE INDEX IF NOT EXISTS proposals_by_run ON proposals (run_id, status);
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, ts);
@@ -588,6 +598,21 @@ class Store:
         if step is not None:
             sql, params = sql + " AND step = ?", params + [step]
         return self._rows(sql + " ORDER BY step, skill, domain", params)
+
+    def add_alignment(self, run_id: int, step: int, rows: list[dict]) -> None:
+        """Replace the gradient alignment measured at checkpoint `step` with
+        `rows` ({skill, domain, value, stderr, n},
+        backend/evaluation/alignment.py), in one transaction."""
+        keys = ("skill", "domain", "value", "stderr", "n")
+        full = [{**{k: r.get(k) for k in keys}, "run_id": run_id, "step": step} for r in rows]
+        with self.transaction():
+            self.db.execute("DELETE FROM alignment WHERE run_id = ? AND step = ?", [run_id, step])
+            if full:
+                self.db["alignment"].insert_all(full)
+
+    def alignment(self, run_id: int) -> list[dict]:
+        """Every gradient-alignment row of a run, by step, skill and domain."""
+        return self._rows("SELECT * FROM alignment WHERE run_id = ? ORDER BY step, skill, domain", (run_id,))
 
     def add_forecast_errors(self, run_id: int, rows: list[dict]) -> None:
         """Insert or replace scored forecasts (one row per proposal and skill),

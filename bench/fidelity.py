@@ -30,14 +30,15 @@ intervals merely overlapping (too lenient: a calibrated interval reaches
 about 99% that way).
 
     python bench/fidelity.py --from-json docs/fidelity.json
-    python bench/fidelity.py --seeds 0,1,2,3,4 [--preset demo-c50] [--ablate]
+    python bench/fidelity.py --seeds 0,1,2,3,4 [--preset demo-c50] [--ablate] [--set NAME=VALUE]
 
 re-score saved runs (their measurements and truths) with the current
 estimator, without training or evaluating again: one file, or the saved
 runs of --preset for each seed (docs/fidelity.json for demo seed 0,
 docs/fidelity-seedN.json, docs/fidelity-c50-seedN.json), per seed and pooled
 over all their (checkpoint, skill) pairs; with --ablate, pooled, once per
-piece of the estimator taken out (ABLATIONS).
+piece of the estimator taken out (ABLATIONS); --set changes a constant of
+the estimator first (the settings tried in docs/fidelity.md).
 """
 
 from __future__ import annotations
@@ -107,10 +108,18 @@ def main() -> None:
                                     "and pooled; with --out, write the table as JSON there")
     ap.add_argument("--ablate", action="store_true",
                     help="with --seeds: the pooled figures with each piece of the estimator taken out in turn")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="with --seeds: re-score with a constant of backend/capability.py set (a Python literal, "
+                         "e.g. TREND_SHARE=0.5 or TREND_NOISE=(0.02,0.005)); repeatable")
+    ap.add_argument("--scorers", action="store_true",
+                    help="with --seeds: per skill, how well the answer loss could stand in for exact match "
+                         "(fitted to the truth: an upper bound) against the templates' mean")
     args = ap.parse_args()
+    for item in args.set:
+        set_constant(item)
     if args.seeds:
         seed_list = [int(x) for x in args.seeds.split(",")]
-        (ablate if args.ablate else seeds)(args.preset, seed_list, args.out)
+        (ablate if args.ablate else loss_bound if args.scorers else seeds)(args.preset, seed_list, args.out)
         return
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
@@ -190,6 +199,23 @@ def main() -> None:
     raw_ms = [{k: m.get(k) for k in ("step", "tokens_seen", "skill", "metric", "value", "n", "stderr",
                                      "prompt_variant")} for m in ms if m["skill"] is not None]
     report(rows, summary, args.out, raw_ms, tokens_per_ckpt)
+
+
+def set_constant(item: str) -> None:
+    """Set one constant of backend/capability.py from NAME=VALUE (a Python
+    literal), for re-scoring the saved runs with another setting."""
+    import ast
+
+    from backend import capability
+
+    name, sep, value = item.partition("=")
+    if not sep or not name.isupper() or not hasattr(capability, name):
+        raise SystemExit(f"--set {item!r}: expected NAME=VALUE with NAME an upper-case constant of "
+                         f"backend/capability.py")
+    try:
+        setattr(capability, name, ast.literal_eval(value))
+    except (ValueError, SyntaxError):
+        raise SystemExit(f"--set {item!r}: the value {value!r} is not a Python literal") from None
 
 
 @functools.cache
@@ -294,10 +320,9 @@ ABLATIONS = {
     "estimator": {},
     "without the at-chance segments": {"CHANCE_PRIOR": 0.0},
     "without the dead segments": {"DEAD_PRIOR": 0.0},
-    "no drift within a segment (DRIFT 1)": {"DRIFT": 1.0},
-    "segments alone (no trend filter beside them)": {"SEGMENTS_PRIOR": 1.0},
-    "hazard 0.1 (was 0.2)": {"HAZARD": 0.1},
-    "hazard 0.3 (was 0.2)": {"HAZARD": 0.3},
+    "without the trend segments": {"TREND_SHARE": 0.0},
+    "hazard 0.05 (is 0.1)": {"HAZARD": 0.05},
+    "hazard 0.2 (as before)": {"HAZARD": 0.2},
     "Kalman filters averaged (before the segments)": {"SEGMENTS": False},
 }
 
@@ -338,6 +363,38 @@ def ablate(preset: str, seed_list: list[int], out: str | None) -> None:
         Path(out).write_text(json.dumps({"preset": preset, "seeds": seed_list, "ablations": table}, indent=1))
 
 
+def loss_bound(preset: str, seed_list: list[int], out: str | None) -> None:
+    """Per saved run and skill: MAE against the truth of raw3 and of the
+    answer loss mapped to a score by logit(truth) ~ a + b log(answer_nll),
+    fitted over the run's checkpoints after step 0 to the truth itself (not
+    causal, not available to an estimator: the most a calibrated loss could
+    give as a look of its own)."""
+    import numpy as np
+
+    table = {}
+    for seed in seed_list:
+        saved = json.loads(saved_path(preset, seed).read_text())
+        loss = {(m["step"], m["skill"]): m["value"] for m in saved["measurements"] if m["metric"] == "answer_nll"}
+        if not loss:
+            print(f"seed {seed}: no answer_nll saved")
+            continue
+        for s in saved["summary"]["skills"]:
+            rs = [r for r in saved["rows"] if r["skill"] == s and r["step"] > 0]
+            t = np.clip([r["truth"] for r in rs], 0.003, 0.997)
+            A = np.c_[np.ones(len(rs)), np.log([loss[(r["step"], s)] for r in rs])]
+            coef = np.linalg.lstsq(A, np.log(t / (1 - t)), rcond=None)[0]
+            fit = 1 / (1 + np.exp(-(A @ coef)))
+            truth = np.array([r["truth"] for r in rs])
+            table[f"{seed}/{s}"] = {"mae_raw3": float(np.mean(np.abs([r["raw3"] for r in rs] - truth))),
+                                    "mae_loss_fitted_to_truth": float(np.mean(np.abs(fit - truth)))}
+            f = table[f"{seed}/{s}"]
+            print(f"| {seed} | {s} | {f['mae_raw3']:.4f} | {f['mae_loss_fitted_to_truth']:.4f} |")
+    better = sum(f["mae_loss_fitted_to_truth"] < f["mae_raw3"] for f in table.values())
+    print(f"the loss fitted to the truth beats raw3 on {better} of {len(table)} (seed, skill)")
+    if out:
+        Path(out).write_text(json.dumps({"preset": preset, "seeds": seed_list, "loss_bound": table}, indent=1))
+
+
 def seeds(preset: str, seed_list: list[int], out: str | None) -> None:
     """Re-score the saved runs of preset for each seed with the current
     estimator; print a table per seed and pooled over all pairs."""
@@ -358,8 +415,26 @@ def seeds(preset: str, seed_list: list[int], out: str | None) -> None:
     print("|---|" + "---|" * len(cols))
     for name, fmt in lines:
         print(f"| {name} | " + " | ".join(fmt(f) for f in per.values()) + " |")
+    by_skill = skill_shares([r for rs in rows.values() for r in rs])
+    print(f"\n| {preset}, pooled, per skill | share of the pooled MAE latent | MAE latent / raw3 |\n|---|---|---|")
+    for s, f in by_skill.items():
+        ratio = "-" if f["ratio_latent_raw3"] is None else f"{f['ratio_latent_raw3']:.2f}"
+        print(f"| {s} | {f['share_of_mae_latent']:.0%} | {ratio} |")
     if out:
-        Path(out).write_text(json.dumps({"preset": preset, "seeds": seed_list, "figures": per}, indent=1))
+        Path(out).write_text(json.dumps({"preset": preset, "seeds": seed_list, "figures": per,
+                                         "by_skill": by_skill}, indent=1))
+
+
+def skill_shares(rows: list[dict]) -> dict[str, dict]:
+    """Per skill: its share of the summed latent error over rows, and its
+    latent error against raw3's (where the estimator gains and where not)."""
+    total = sum(abs(r["latent"] - r["truth"]) for r in rows) or 1.0
+    out = {}
+    for s in dict.fromkeys(r["skill"] for r in rows):
+        lat = sum(abs(r["latent"] - r["truth"]) for r in rows if r["skill"] == s)
+        raw3 = sum(abs(r["raw3"] - r["truth"]) for r in rows if r["skill"] == s)
+        out[s] = {"share_of_mae_latent": lat / total, "ratio_latent_raw3": lat / raw3 if raw3 else None}
+    return out
 
 
 if __name__ == "__main__":

@@ -49,6 +49,16 @@ else:
                             format_func=lambda link: f"{link[1]} -> {link[0]}")
     st.plotly_chart(charts.affinity_history_figure(frame, chosen), key="affinity_history")
 
+measured = store.alignment(run_id)
+if measured:
+    st.subheader("Gradient alignment")
+    st.caption("At each checkpoint: the cosine of each domain's gradient (on its held-out sequences) with each "
+               "skill's answer gradient (on the items just evaluated). Its size says how strongly training on the "
+               "domain moves what the skill's answers depend on; with the links hidden "
+               "(`controller.links = \"learned\"`) it is the affinity's prior (source `aligned`).")
+    aframe = pd.DataFrame(measured)[charts.ALIGNMENT_COLUMNS]
+    st.plotly_chart(charts.alignment_figure(aframe), key="alignment_matrix")
+
 # -- pins -----------------------------------------------------------------------------
 st.header("Pins")
 st.caption("A pin holds a link on (the domain feeds the skill) or off (it does not), whatever the run's history "

@@ -76,6 +76,39 @@ def test_a_fixed_mixture_leaves_the_prior_and_the_declared_links_seed_it():
     assert not any(affinity.identified(links) for links in hidden.values())
 
 
+def aligned(values: dict[str, dict[str, float]], steps=(0, 10, 20), stderr=0.01) -> dict:
+    """History.alignment with each (skill, domain) cosine repeated at `steps`."""
+    return {s: {d: [{"step": k, "value": v, "stderr": stderr} for k in steps] for d, v in row.items()}
+            for s, row in values.items()}
+
+
+def test_with_the_links_hidden_the_gradient_alignment_sets_the_prior():
+    fixed = {"web": 0.2, "books": 0.2, "code": 0.6}
+    h = simulate([fixed] * 3)  # a fixed mixture: the gains alone cannot tell the domains apart
+    h.alignment = aligned({"copy": {"web": -0.4, "books": 0.1, "code": 0.0},  # the size of the coupling counts
+                           "add2": {"web": 0.05, "books": 0.3, "code": 0.1}})
+    m = affinity.estimate(h, declared=False)
+    for s, d in FEEDS.items():
+        assert affinity.ranked(m[s])[0] == d and affinity.identified(m[s])
+        assert m[s][d]["source"] == "aligned"
+    # each skill's most coupled domain counts 1, the others by the cube of their share (ALIGN_POWER); a domain
+    # coupled to several skills shares itself out as a declared one does: web counts 1 for copy and (0.05 / 0.3)^3
+    # for add2, books 1 for add2 and (0.1 / 0.4)^3 for copy
+    assert affinity.ALIGN_POWER == 3
+    assert m["copy"]["web"]["prior"] == pytest.approx(affinity.PRIOR / (1 + (1 / 6) ** 3))
+    assert m["add2"]["books"]["prior"] == pytest.approx(affinity.PRIOR / (1 + 0.25**3))
+    assert m["copy"]["books"]["prior"] == pytest.approx(affinity.PRIOR * 0.25**3 / (1 + 0.25**3))
+    assert m["copy"]["code"]["mean"] == 0
+    # with the links declared, the declarations stay the prior
+    declared = affinity.estimate(simulate([fixed] * 3, skill_domains={"copy": ["books"], "add2": ["books"]}))
+    assert affinity.ranked(declared["copy"])[0] == "books"
+    # only step 0 measured (at initialisation the gradients tell tokens, not skills), or nothing couples: no prior
+    h.alignment = aligned({"copy": {"web": 0.4, "books": 0.1, "code": 0.0}}, steps=(0,))
+    assert affinity.aligned_prior(h.alignment["copy"], DOMAINS) is None
+    h.alignment = aligned({"copy": dict.fromkeys(DOMAINS, 0.0)})
+    assert affinity.aligned_prior(h.alignment["copy"], DOMAINS) is None
+
+
 def test_a_rise_to_chance_teaches_nothing():
     h = simulate([boosted(k) for k in range(6)], chance={"copy": 10.0})  # every score below this chance level
     links = affinity.estimate(h, declared=False)["copy"]

@@ -116,6 +116,18 @@ def test_the_matrix_shows_mean_and_interval_per_cell_and_its_history(run, monkey
     assert spec(at, "affinity_matrix")["data"][0]["text"][1][2] == "0.60<br>[0.50, 0.70]"
 
 
+def test_the_gradient_alignment_is_shown_on_a_diverging_scale_once_measured(run, monkeypatch):
+    store, run_id = run
+    record_affinity(store, run_id, 10, rows(10), monkeypatch)
+    assert not [c for c in open_page().get("plotly_chart") if "alignment_matrix" in c.proto.id]
+    store.add_alignment(run_id, 10, [{"skill": "copy", "domain": d, "value": v, "stderr": 0.02, "n": 32}
+                                     for d, v in (("strings", -0.41), ("code", 0.05))])
+    heat = spec(open_page(), "alignment_matrix")["data"][0]
+    assert heat["colorscale"] and (heat["zmin"], heat["zmax"]) == (-1, 1)
+    assert heat["y"] == ["copy"] and heat["x"] == ["code", "strings"]
+    assert heat["text"][0][1] == "-0.41<br>± 0.02"
+
+
 def test_a_link_is_pinned_off_and_cleared_through_the_page_with_the_deciders_name(run):
     store, run_id = run
     at = open_page()

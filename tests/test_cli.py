@@ -80,7 +80,10 @@ def test_affinity_prints_the_latest_matrix_with_intervals(tmp_path, capsys):
     from backend.store import Store
 
     db = tmp_path / "a.db"
-    run = client_run(Store(db)).run_id
+    store = Store(db)
+    run = client_run(store).run_id
+    store.add_alignment(run, 30, [{"skill": "copy", "domain": d, "value": v, "stderr": 0.01, "n": 8}
+                                  for d, v in (("strings", -0.4), ("code", 0.1))])
     assert main(["affinity", str(run), "--db", str(db)]) == 0
     text = capsys.readouterr().out
     assert f"run {run}: affinity at step 30" in text
@@ -89,5 +92,9 @@ def test_affinity_prints_the_latest_matrix_with_intervals(tmp_path, capsys):
     out = json.loads(cli("affinity", run, "--json", db=db).stdout)
     assert out["step"] == 30 and set(out["affinity"]) == {"copy", "add2"}
     assert set(out["affinity"]["copy"]["strings"]) == {"mean", "lo", "hi", "prior", "source"}
+    # the gradient alignment measured at that step, the most coupled domain first
+    assert "copy  strings -0.400 +- 0.010; code +0.100 +- 0.010" in text
+    assert out["alignment"] == {"copy": {"strings": {"value": -0.4, "stderr": 0.01},
+                                         "code": {"value": 0.1, "stderr": 0.01}}}
     p = cli("affinity", 99, db=db, check=False)
     assert p.returncode == 2 and "no run 99" in p.stderr

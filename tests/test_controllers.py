@@ -453,3 +453,18 @@ def test_the_loop_carries_a_constant_answer_from_the_stored_samples_to_the_ratio
     assert "every item" not in " ".join(first["rationale"].values())
     assert "copy answers 'a b' to every item (at chance)" in last["rationale"]["strings"]
     assert "every item" not in last["rationale"]["arithmetic"]
+
+
+def test_a_skill_at_chance_lacks_as_much_as_one_at_zero_where_a_guess_scores_zero():
+    strat, _ = deficit()
+    at = [{"step": 0, "tokens_seen": 0, "score": 0.5, "lo": 0.45, "hi": 0.55, "slope": None,
+           "slope_lo": None, "slope_hi": None}]
+    zero = [{**at[0], "score": 0.0, "lo": 0.0, "hi": 0.05}]
+    assert strat.skill_signal(at, chance=0.5)["deficit"] == pytest.approx(1.0)
+    assert strat.skill_signal(zero, chance=0.0)["deficit"] == pytest.approx(1.0)
+    assert strat.skill_signal(at, chance=0.5)["priority"] == strat.skill_signal(zero, chance=0.0)["priority"]
+    # halfway from chance to the target: half the deficit; without a chance level, the plain one
+    half = [{**at[0], "score": 0.75, "lo": 0.7, "hi": 0.8}]
+    assert strat.skill_signal(half, chance=0.5)["deficit"] == pytest.approx(0.5)
+    assert strat.skill_signal(half)["deficit"] == pytest.approx(0.25)
+

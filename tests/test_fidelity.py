@@ -64,6 +64,9 @@ def test_seeds_rescore_saved_runs_and_name_a_missing_one(tmp_path, monkeypatch, 
     table = json.loads(out.read_text())["figures"]
     # the saved latent (0.0) is replaced by the current estimator's (about 0.5)
     assert table["0"]["mae_latent"] < 0.05 and table["pooled"] == table["0"]
+    # the one skill carries all of the latent error; its raw3 is 0.05 off, the latent much less
+    by_skill = json.loads(out.read_text())["by_skill"]
+    assert by_skill["s"]["share_of_mae_latent"] == pytest.approx(1.0) and by_skill["s"]["ratio_latent_raw3"] < 0.5
     assert "| ratio latent / raw3" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="seed 1 of preset demo"):
         fidelity.seeds("demo", [0, 1], None)
@@ -74,3 +77,30 @@ def test_chance_levels_are_the_skills_tables_and_skip_unknown_skills():
     levels = fidelity.chance_levels(ms, 0)
     assert set(levels) == {"parity", "parity_holdout"}
     assert abs(levels["parity"] - 0.5) < 0.05
+
+
+def test_loss_bound_fits_the_loss_to_the_truth(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(fidelity, "saved_path", lambda preset, seed: tmp_path / f"run{seed}.json")
+    steps, truths = (0, 100, 200, 300), (0.0, 0.1, 0.3, 0.6)
+    # the loss is an exact logistic function of the truth: the fit recovers it
+    ms = [{"step": s, "skill": "s", "metric": "answer_nll", "value": math.exp(-math.log(t / (1 - t)) / 2)
+           if t else 9.0} for s, t in zip(steps, truths)]
+    rows = [{"step": s, "skill": "s", "truth": t, "raw3": t + 0.02} for s, t in zip(steps, truths)]
+    (tmp_path / "run0.json").write_text(json.dumps({"summary": {"skills": ["s"]}, "rows": rows,
+                                                    "measurements": ms}))
+    out = tmp_path / "bound.json"
+    fidelity.loss_bound("demo", [0], str(out))
+    f = json.loads(out.read_text())["loss_bound"]["0/s"]
+    assert f["mae_raw3"] == pytest.approx(0.02) and f["mae_loss_fitted_to_truth"] < 1e-6
+    assert "beats raw3 on 1 of 1" in capsys.readouterr().out
+
+
+def test_set_changes_an_estimator_constant_and_names_a_bad_one(monkeypatch):
+    from backend import capability
+
+    monkeypatch.setattr(capability, "TREND_NOISE", capability.TREND_NOISE)
+    fidelity.set_constant("TREND_NOISE=(0.02, 0.005)")
+    assert capability.TREND_NOISE == (0.02, 0.005)
+    for bad in ("NO_SUCH_CONSTANT=1", "TREND_NOISE", "TREND_NOISE=abc", "math=1"):
+        with pytest.raises(SystemExit, match="--set"):
+            fidelity.set_constant(bad)

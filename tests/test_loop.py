@@ -51,6 +51,13 @@ def test_run_measures_every_skill_at_every_checkpoint(tiny_run):
     assert strings[30] < strings[0] - 0.5
     # per-item results are kept: 4 tasks per steer skill, 2 per held-out one
     assert len(store.samples(run_id, 30)) == 12 * 6 * 2
+    # the gradient alignment of every domain with every steer skill (never a held-out one), every checkpoint
+    aligned = store.alignment(run_id)
+    steer = {s["name"] for s in skills if s["kind"] == "steer"}
+    assert {(r["step"], r["skill"], r["domain"]) for r in aligned} == {
+        (step, s, d["name"]) for step in steps for s in steer for d in store.domains(run_id)}
+    # probed on the distinct items just evaluated: 12 under each of 3 templates (a repeat counts once)
+    assert all(-1 <= r["value"] <= 1 and r["stderr"] >= 0 and 24 < r["n"] <= 36 for r in aligned)
 
 
 def test_auto_policy_applies_proposals_with_reasons(tiny_run):

@@ -282,6 +282,12 @@ class EvalConfig:
     the greedy continuation, and the per-token loss of the answer)."""
     heldout_loss_sequences: int = 16
     """Held-out sequences per domain for the per-domain loss."""
+    gradient_alignment: bool = True
+    """At each checkpoint, also measure how each domain's gradient (on its
+    held-out sequences) aligns with each steer skill's answer gradient (on
+    the items just evaluated): a second look at which domain feeds which
+    skill (backend.evaluation.alignment), read by the affinity estimate.
+    Costs one backward pass per domain and per skill, no training."""
     tasks: list[TaskSpec] = field(default_factory=list)
     """lm-eval tasks measured as skills, beside the synthetic skills the
     domains stream (see TaskSpec)."""

@@ -88,6 +88,11 @@ class History:
     each domain feeds each skill (backend.affinity: declared links are its
     prior, the run's history refines it, pins override). Computed from the
     declared links and the history when empty."""
+    alignment: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
+    """Steer skill -> domain -> [{step, value, stderr}] by step: the cosine of
+    the domain's gradient with the skill's answer gradient at each checkpoint
+    (backend.evaluation.alignment); backend.affinity reads it as a second
+    look at each link."""
 
     def latent(self) -> dict[str, list[dict]]:
         """`estimates`, or the latent estimates computed from `scores`."""

@@ -4,8 +4,12 @@ It reads each steer skill's latent capability (backend.capability: score with
 a 95% interval, learning slope per checkpoint with its interval), never the
 raw numbers, and only acts on what stands out of the noise:
 
-    deficit_s   = target - score_s, or 0 when the interval reaches the
-                  saturation level (saturated, or within noise of it)
+    deficit_s   = (target - score_s) / (1 - chance_s), or 0 when the
+                  interval reaches the saturation level (saturated, or within
+                  noise of it): the deficit above chance, so a skill at its
+                  chance level (a yes/no task answered "yes" to every item)
+                  lacks as much skill as one that scores 0 where a guess
+                  scores 0 (as lm-eval's normalised scores count it)
     learnable_s = 1 at the first checkpoint (optimism: no slope yet),
                   0.5 + 0.5 * min(1, slope_s / 0.1) when the slope's whole
                   interval is above 0 (surely learning); otherwise (stalled,
@@ -107,7 +111,8 @@ class Deficit:
         if e["hi"] >= self.settings.saturation:
             out.update(priority=0.0, why="deficit within noise of saturation")
             return out
-        out["deficit"] = max(0.0, (self.settings.target if target is None else target) - e["score"])
+        above = 1.0 - chance if chance is not None and chance < 1 else 1.0  # the score's room above chance
+        out["deficit"] = max(0.0, (self.settings.target if target is None else target) - e["score"]) / above
         if len(series) < 2:
             out.update(learnable=1.0, slope=None, why="no slope yet")
         elif e["slope_lo"] > 0 and constant is None and (chance is None or e["lo"] > chance):
