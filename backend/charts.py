@@ -349,15 +349,13 @@ interval lo..hi, the declared prior, and where it came from (prior,
 learned, pinned)."""
 
 
-def affinity_figure(affinity: pd.DataFrame, *, step: int | None = None,
-                    title: str | None = "Which domain feeds which skill") -> go.Figure:
-    """The affinity matrix at one checkpoint (default: the last) as a
-    heatmap: skills as rows, domains as columns, each cell showing its mean
-    and [lo, hi]; the hover adds the prior and the source."""
-    if affinity.empty:
-        return _empty(title, "no affinity estimate yet")
-    at = affinity["step"].max() if step is None else step
-    df = affinity[affinity["step"] == at]
+def _skill_domain_grid(frame: pd.DataFrame, step: int | None):
+    """The rows of a (step, skill, domain, ...) frame at one checkpoint
+    (default: the last) as a grid: (step, skills, domains, grid) where
+    grid(column, fill) is that column as a skills x domains list of lists,
+    `fill` where a cell has no row."""
+    at = frame["step"].max() if step is None else step
+    df = frame[frame["step"] == at]
     skills = list(dict.fromkeys(df["skill"]))
     domains = list(dict.fromkeys(df["domain"]))
     cell = df.set_index(["skill", "domain"])
@@ -365,6 +363,17 @@ def affinity_figure(affinity: pd.DataFrame, *, step: int | None = None,
     def grid(column: str, fill):
         return [[cell[column].get((s, d), fill) for d in domains] for s in skills]
 
+    return at, skills, domains, grid
+
+
+def affinity_figure(affinity: pd.DataFrame, *, step: int | None = None,
+                    title: str | None = "Which domain feeds which skill") -> go.Figure:
+    """The affinity matrix at one checkpoint (default: the last) as a
+    heatmap: skills as rows, domains as columns, each cell showing its mean
+    and [lo, hi]; the hover adds the prior and the source."""
+    if affinity.empty:
+        return _empty(title, "no affinity estimate yet")
+    at, skills, domains, grid = _skill_domain_grid(affinity, step)
     text = [[f"{m:.2f}<br>[{a:.2f}, {b:.2f}]" + ("<br>pinned" if src == "pinned" else "")
              for m, a, b, src in zip(*row)]
             for row in zip(grid("mean", np.nan), grid("lo", np.nan), grid("hi", np.nan), grid("source", ""))]
@@ -394,13 +403,8 @@ def alignment_figure(alignment: pd.DataFrame, *, step: int | None = None,
     domains as columns, each cell its cosine and standard error."""
     if alignment.empty:
         return _empty(title, "no gradient alignment measured yet")
-    at = alignment["step"].max() if step is None else step
-    df = alignment[alignment["step"] == at]
-    skills = list(dict.fromkeys(df["skill"]))
-    domains = list(dict.fromkeys(df["domain"]))
-    cell = df.set_index(["skill", "domain"])
-    z = [[cell["value"].get((s, d), np.nan) for d in domains] for s in skills]
-    se = [[cell["stderr"].get((s, d), np.nan) for d in domains] for s in skills]
+    at, skills, domains, grid = _skill_domain_grid(alignment, step)
+    z, se = grid("value", np.nan), grid("stderr", np.nan)
     text = [[f"{v:+.2f}<br>± {e:.2f}" for v, e in zip(zr, er)] for zr, er in zip(z, se)]
     fig = _figure(f"{title} · step {at:,}" if title else None, xaxis_title="domain",
                   height=max(260, 80 + 48 * len(skills)), yaxis=dict(autorange="reversed", title="skill"))

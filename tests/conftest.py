@@ -114,3 +114,29 @@ def store(db):
     s = Store(db)
     yield s
     s.close()
+
+
+# -- a small real tokenizer and a tiny real Llama (evaluation tests) -----------------
+
+
+def small_tokenizer(out_dir, skills: list[str]):
+    """A 300-token BPE tokenizer trained on 20,000 characters of one synthetic
+    domain streaming `skills`."""
+    from backend.config import DomainConfig
+    from backend.data import tokenizer as tokenizer_mod
+    from backend.data.domains import build_domains
+
+    domains = build_domains([DomainConfig(name="strings", source="synthetic", skills=skills)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tokenizer_mod, "CHARS_PER_DOMAIN", 20_000)
+        return tokenizer_mod.train_tokenizer(domains, 300, seed=0, out_dir=out_dir)
+
+
+def tiny_model(tokenizer, context: int):
+    """A one-layer, 64-wide Llama for `tokenizer` (seed 0)."""
+    from backend.config import ModelConfig
+    from backend.model import build_model
+
+    cfg = ModelConfig(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)
+    return build_model(cfg, len(tokenizer), context, eos_id=tokenizer.eos_token_id,
+                       pad_id=tokenizer.pad_token_id, seed=0)

@@ -5,13 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from backend.config import DomainConfig, ModelConfig
-from backend.data import tokenizer as tokenizer_mod
-from backend.data.domains import build_domains
 from backend.data.skills import eval_items
 from backend.evaluation import alignment
 from backend.evaluation.alignment import gradient_alignment, probes
-from backend.model import build_model
+from conftest import small_tokenizer, tiny_model
 
 CONTEXT = 48
 CPU = torch.device("cpu")
@@ -19,16 +16,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    domains = build_domains([DomainConfig(name="strings", source="synthetic", skills=["copy", "add2"])])
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tokenizer_mod, "CHARS_PER_DOMAIN", 20_000)
-        return tokenizer_mod.train_tokenizer(domains, 300, seed=0, out_dir=tmp_path_factory.mktemp("tok"))
-
-
-def tiny_model(tokenizer):
-    cfg = ModelConfig(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)
-    return build_model(cfg, len(tokenizer), CONTEXT, eos_id=tokenizer.eos_token_id,
-                       pad_id=tokenizer.pad_token_id, seed=0)
+    return small_tokenizer(tmp_path_factory.mktemp("tok"), ["copy", "add2"])
 
 
 def as_sequences(tokenizer, items, n):
@@ -42,7 +30,7 @@ def as_sequences(tokenizer, items, n):
 
 
 def test_the_domain_that_streams_the_skill_aligns_best_and_nothing_is_trained(tokenizer):
-    model = tiny_model(tokenizer)
+    model = tiny_model(tokenizer, CONTEXT)
     copy = eval_items("copy", "steer", 40, seed=1)
     add2 = eval_items("add2", "steer", 40, seed=1)
     heldout = {"strings": as_sequences(tokenizer, copy, 8), "sums": as_sequences(tokenizer, add2, 8),
@@ -87,7 +75,7 @@ def test_probes_take_each_steer_skills_distinct_items_only():
 
 
 def test_nothing_to_probe_gives_no_rows(tokenizer):
-    model = tiny_model(tokenizer)
+    model = tiny_model(tokenizer, CONTEXT)
     assert gradient_alignment(model, tokenizer, {}, {"copy": [("a =", "a")]}, CPU, max_length=CONTEXT) == []
     assert gradient_alignment(model, tokenizer, {"d": np.zeros((2, CONTEXT + 1), dtype=np.int64)}, {}, CPU,
                               max_length=CONTEXT) == []

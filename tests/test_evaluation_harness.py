@@ -10,13 +10,11 @@ import statistics
 import pytest
 import torch
 
-from backend.config import DomainConfig, ModelConfig, TrainConfig
-from backend.data import tokenizer as tokenizer_mod
-from backend.data.domains import build_domains
+from backend.config import TrainConfig
 from backend.evaluation.harness import HarnessEvaluator
 from backend.evaluation.tasks import build_tasks
-from backend.model import build_model
 from backend.trainer import Trainer
+from conftest import small_tokenizer, tiny_model
 
 CPU = torch.device("cpu")
 CONTEXT, ITEMS, ROUNDS = 48, 3, 2
@@ -34,16 +32,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    domains = build_domains([DomainConfig(name="strings", source="synthetic", skills=["copy"])])
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tokenizer_mod, "CHARS_PER_DOMAIN", 20_000)
-        return tokenizer_mod.train_tokenizer(domains, 300, seed=0, out_dir=tmp_path_factory.mktemp("tok"))
-
-
-def tiny_model(tokenizer):
-    cfg = ModelConfig(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)
-    return build_model(cfg, len(tokenizer), CONTEXT, eos_id=tokenizer.eos_token_id,
-                       pad_id=tokenizer.pad_token_id, seed=0)
+    return small_tokenizer(tmp_path_factory.mktemp("tok"), ["copy"])
 
 
 def train_on(model, tokenizer, items, steps):
@@ -69,7 +58,7 @@ def evaluated(tokenizer, tmp_path_factory):
     """(configs, model, results of rounds 0, 1 and 2) of a model trained on round 0's copy_t0 items."""
     configs = build_tasks(["copy"], ["steer", "holdout"], tmp_path_factory.mktemp("evaldata"), ITEMS, seed=0,
                           max_gen_toks=8, rounds=ROUNDS)
-    model = tiny_model(tokenizer)
+    model = tiny_model(tokenizer, CONTEXT)
     train_on(model, tokenizer, read_items(configs[0])[:ITEMS], steps=80)
     ev = HarnessEvaluator(model, tokenizer, configs, batch_size=16, max_length=CONTEXT, device=CPU,
                           items_per_round=ITEMS, rounds=ROUNDS)
@@ -156,7 +145,7 @@ def test_every_item_without_rotation_and_weights_updated_in_place(tokenizer, tmp
     object changes what the evaluator measures, with no re-wrapping."""
     configs = build_tasks(["copy"], ["steer"], tmp_path, ITEMS, seed=0, max_gen_toks=8, rounds=ROUNDS)
     configs = [c for c in configs if c["task"] == "cl_copy_ll_t0"]
-    model = tiny_model(tokenizer)
+    model = tiny_model(tokenizer, CONTEXT)
     ev = HarnessEvaluator(model, tokenizer, configs, batch_size=16, max_length=CONTEXT, device=CPU)
     before, samples = ev.evaluate()
     assert before[0]["n"] == ITEMS * ROUNDS and len(samples) == ITEMS * ROUNDS
