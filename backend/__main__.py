@@ -287,9 +287,8 @@ def cmd_affinity(s: Session) -> int:
     for skill, links in matrix.items():
         lines.append(f"  {skill:<{width}}  " + "; ".join(f"{d} {affinity.describe(links[d])}"
                                                        for d in affinity.ranked(links)))
-    measured = [r for r in s.store.alignment(args.run) if r["step"] == step]
     alignment: dict[str, dict[str, dict]] = {}
-    for r in measured:
+    for r in s.store.alignment(args.run, step):
         alignment.setdefault(r["skill"], {})[r["domain"]] = {"value": r["value"], "stderr": r["stderr"]}
     if alignment:
         lines.append(f"gradient alignment at step {step} (cosine of the domain's gradient with the skill's "

@@ -594,7 +594,12 @@ class Store:
     def affinity(self, run_id: int, step: int | None = None) -> list[dict]:
         """The affinity rows of a run at checkpoint `step` (None: every
         checkpoint), by step, skill and domain."""
-        sql, params = "SELECT * FROM affinity WHERE run_id = ?", [run_id]
+        return self._skill_domain_rows("affinity", run_id, step)
+
+    def _skill_domain_rows(self, table: str, run_id: int, step: int | None) -> list[dict]:
+        """Rows of a (run, step, skill, domain) table (affinity, alignment) at
+        checkpoint `step` (None: every checkpoint), by step, skill and domain."""
+        sql, params = f"SELECT * FROM {table} WHERE run_id = ?", [run_id]
         if step is not None:
             sql, params = sql + " AND step = ?", params + [step]
         return self._rows(sql + " ORDER BY step, skill, domain", params)
@@ -610,9 +615,10 @@ class Store:
             if full:
                 self.db["alignment"].insert_all(full)
 
-    def alignment(self, run_id: int) -> list[dict]:
-        """Every gradient-alignment row of a run, by step, skill and domain."""
-        return self._rows("SELECT * FROM alignment WHERE run_id = ? ORDER BY step, skill, domain", (run_id,))
+    def alignment(self, run_id: int, step: int | None = None) -> list[dict]:
+        """The gradient-alignment rows of a run at checkpoint `step` (None:
+        every checkpoint), by step, skill and domain."""
+        return self._skill_domain_rows("alignment", run_id, step)
 
     def add_forecast_errors(self, run_id: int, rows: list[dict]) -> None:
         """Insert or replace scored forecasts (one row per proposal and skill),

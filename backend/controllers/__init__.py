@@ -91,8 +91,8 @@ class History:
     alignment: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
     """Steer skill -> domain -> [{step, value, stderr}] by step: the cosine of
     the domain's gradient with the skill's answer gradient at each checkpoint
-    (backend.evaluation.alignment); backend.affinity reads it as a second
-    look at each link."""
+    (backend.evaluation.alignment); with the links hidden, backend.affinity
+    takes its prior from it."""
 
     def latent(self) -> dict[str, list[dict]]:
         """`estimates`, or the latent estimates computed from `scores`."""

@@ -21,6 +21,7 @@ jackknife over them (leave one part of both out).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -115,8 +116,6 @@ def gradient_alignment(model, tokenizer, heldout: dict[str, np.ndarray], probes:
     gradient. heldout: domain -> (n, T+1) token ids; probes: steer skill ->
     [(prompt, target)]; precision: a context manager to run the forward in
     (the evaluator's autocast), or None."""
-    import contextlib
-
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or not heldout or not probes:
         return []
