@@ -184,21 +184,6 @@ def test_deficit_explores_where_the_links_are_unknown_and_says_so():
     assert p.weights["code"] < fixed["code"]
 
 
-def test_deficit_explores_for_no_skill_that_has_never_risen():
-    # a flat gain whatever the mixture tells nothing about which domain feeds the skill
-    strat, cfg = make_strategy(ControllerConfig()), ControllerConfig(smoothing=0.0)
-    fixed = {"web": 0.3, "books": 0.1, "code": 0.6}
-    h = simulate([fixed] * 3)
-    for series in h.estimates.values():
-        for e in series:
-            e.update(score=0.0, lo=-Z95 * SD, hi=Z95 * SD, slope=0.0, slope_lo=-0.01, slope_hi=0.01)
-    h.affinity = affinity.estimate(h, declared=False)
-    assert not any(affinity.identified(links) for links in h.affinity.values())
-    p = propose(strat, h, fixed, cfg)
-    assert not any("exploring" in line for line in p.rationale.values())
-    assert "out of reach so far" in p.rationale["web"] or "no steer skill" in p.rationale["web"]
-
-
 def test_deficit_steers_by_the_learned_affinity_and_names_it():
     strat, cfg = make_strategy(ControllerConfig()), ControllerConfig(smoothing=0.0)
     h = simulate([boosted(k) for k in range(6)])

@@ -41,19 +41,14 @@ deficits is amplified (4x at most). Then
 
     w_j <- w_j * exp(step_size * (gain_j - max_i gain_i) / scale)
 
-Exploration: while a steer skill that responds to data (no slope yet,
-learning, or risen before: learnable above 0.1) has no domain clearly
+Exploration: while a steer skill with priority > 0 has no domain clearly
 first (backend.affinity.identified: the mixture has barely varied, so the
 history cannot tell its domains apart), the domain whose links to those
 skills are most uncertain keeps at least its current share and gains
 EXPLORE = 0.1 of the mixture on top (the budget, per checkpoint) (sum of priority x posterior sd; a tie goes to the
 domain trained least), and that domain's rationale says so. The loop then
 applies the Goodhart hold and the shared constraints (smoothing, floor, cap,
-max change), as for every strategy. A skill that has never risen is no
-reason to explore: its gain is flat whatever the mixture, so a perturbation
-tells nothing about its links (on the benchmark suite, exploring for the
-skills out of reach spent a tenth of the mixture on most checkpoints, most
-often on the random strings).
+max change), as for every strategy.
 """
 
 from __future__ import annotations
@@ -172,8 +167,7 @@ class Deficit:
         raw = {d: current[d] * math.exp(self.settings.step_size * (gain[d] - top) / scale)
                for d in history.domains}
 
-        unknown = sorted(s for s, k in skills.items()
-                         if k["priority"] > 0 and k["learnable"] > UNMOVED and not affinity.identified(links[s]))
+        unknown = sorted(s for s, k in skills.items() if k["priority"] > 0 and not affinity.identified(links[s]))
         explored = None
         if unknown:
             spread = {d: sum(skills[s]["priority"] * links[s][d]["sd"] for s in unknown) for d in history.domains}
