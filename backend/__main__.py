@@ -291,10 +291,10 @@ def cmd_affinity(s: Session) -> int:
     for r in s.store.alignment(args.run, step):
         alignment.setdefault(r["skill"], {})[r["domain"]] = {"value": r["value"], "stderr": r["stderr"]}
     if alignment:
-        lines.append(f"gradient alignment at step {step} (cosine of the domain's gradient with the skill's "
-                     f"answer gradient, +- stderr), the most coupled first")
+        lines.append(f"gradient alignment at step {step} (centred cosine of the domain's gradient with "
+                     f"the skill's answer gradient, +- stderr), the most aligned first")
         for skill, cells in sorted(alignment.items()):
-            order = sorted(cells, key=lambda d: -abs(cells[d]["value"]))
+            order = sorted(cells, key=lambda d: -cells[d]["value"])
             lines.append(f"  {skill:<{width}}  " + "; ".join(
                 f"{d} {cells[d]['value']:+.3f} +- {cells[d]['stderr'] or 0.0:.3f}" for d in order))
     _print({"run": args.run, "step": step, "affinity": matrix, "alignment": alignment}, args.json,

@@ -43,10 +43,13 @@ included. `source` "pinned".
 With `declared=False` (controller.links = "learned") the declared
 links are hidden. Then the prior of a skill's links comes from the gradient
 alignment measured at the checkpoints (History.alignment,
-backend.evaluation.alignment: the cosine of each domain's gradient with the
-skill's answer gradient) where there is any: the mean absolute cosine c_j
-over the latest ALIGN_WINDOW checkpoints after step 0 (at initialisation
-the gradients say which tokens a domain holds, not what it teaches), and
+backend.evaluation.alignment: the centred cosine of each domain's gradient
+with the skill's answer gradient, how much more than the average domain
+each one pushes toward the answers) where there is any: c_j, the mean
+positive part of the alignment at the first checkpoint (the untrained
+model: the gradients then say which domain holds the answers' tokens, which
+on both synthetic suites ranks the true domain best of any checkpoint) and
+at the latest ALIGN_WINDOW after it (what the trained model is taught now), and
 
     r_sj         = (c_j / max_i c_i) ** ALIGN_POWER   (the most coupled domain: 1)
     prior mean_j = PRIOR * r_sj / n_j
@@ -56,16 +59,12 @@ with n_j = max(1, sum over skills s' of r_s'j): as with declared links, a
 domain coupled to n skills gives each a 1/n share of its tokens, so a domain
 that streams three skills is not worth three times one that streams one.
 ALIGN_SD says how far a proxy measured on the gradient may be from what
-training does. ALIGN_POWER sharpens the contrast: the cosine's size ranks
+training does. ALIGN_POWER sharpens the contrast: the alignment's size ranks
 the domains, but a domain half as coupled is not measured to teach half as
-much (on the synthetic suite a domain of random strings couples at about a
-third of a digit skill's own domain, by anti-alignment, and teaches it
-nothing). `source` is then
-"aligned". The magnitude, not the sign: on the synthetic suite a skill's
-own domain is often strongly ANTI-aligned early in training (its loss on
-the prompts pulls the shared parameters against the answer of the moment),
-then aligned; the coupling's size is what ranks the domain that teaches
-the skill first (bench/alignment_ranking.py measures both). Without alignment every link starts at mean 0, sd TAU, and only
+much. A negative alignment (the domain pushes away from the answers more
+than the average does) counts 0. `source` is then "aligned";
+bench/alignment_ranking.py measures how often each rule ranks a true domain
+first. Without alignment every link starts at mean 0, sd TAU, and only
 the run's history tells the domains apart. With the links declared, the
 declarations stay the prior (the alignment is still measured and shown).
 
@@ -89,7 +88,7 @@ TAU_UNDECLARED = 0.2  # prior sd of a link nobody declared, next to declared one
 NOISE_FLOOR = 0.01  # sd of a stretch's gain, at least (score per checkpoint)
 SEPARATION = 2.0  # the top domain's affinity over the runner-up's that counts as identified
 NEGLIGIBLE = 0.005  # an affinity below this feeds the skill too little to count (0.05 score over 10 ckpts at full weight)
-ALIGN_WINDOW = 3  # checkpoints of gradient alignment averaged (the latest, after step 0)
+ALIGN_WINDOW = 3  # checkpoints of gradient alignment averaged with the first (the latest ones)
 ALIGN_SD = 0.25  # sd of an alignment-based prior, as a share of PRIOR, at least
 ALIGN_POWER = 3  # the relative coupling's power in the prior (1/3 as coupled: 1/27 of the prior)
 SOURCES = ("prior", "aligned", "learned", "pinned")
@@ -108,14 +107,17 @@ def prior(domains: list[str], skill_domains: dict[str, list[str]], skill: str,
 
 def aligned_prior(alignment: dict[str, list[dict]], domains: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
     """The prior (mean, sd) of one skill's links from its gradient alignment
-    (domain -> [{step, value, stderr}] by step), in `domains` order; None
-    when no checkpoint after step 0 has been measured or no domain couples."""
+    (domain -> [{step, value, stderr}] by step), in `domains` order: the
+    mean positive part of the first measured checkpoint's and the latest
+    ALIGN_WINDOW later ones'. None when a domain has no alignment or none
+    is positive."""
     c, se = np.zeros(len(domains)), np.zeros(len(domains))
     for j, d in enumerate(domains):
-        rows = [r for r in alignment.get(d, []) if r["step"] > 0][-ALIGN_WINDOW:]
+        rows = alignment.get(d, [])
         if not rows:
             return None
-        c[j] = np.mean([abs(r["value"]) for r in rows])
+        rows = rows[:1] + rows[1:][-ALIGN_WINDOW:]
+        c[j] = np.mean([max(r["value"], 0.0) for r in rows])
         se[j] = np.sqrt(np.mean([(r["stderr"] or 0.0) ** 2 for r in rows]) / len(rows))
     top = c.max()
     if top <= 0:

@@ -392,15 +392,16 @@ def affinity_figure(affinity: pd.DataFrame, *, step: int | None = None,
 
 ALIGNMENT_COLUMNS = ["step", "skill", "domain", "value", "stderr"]
 """The alignment frame: one row per checkpoint, steer skill and domain (the
-store's `alignment` rows): the cosine of the domain's gradient with the
-skill's answer gradient and its standard error."""
+store's `alignment` rows): the centred cosine of the domain's gradient
+with the skill's answer gradient (backend.evaluation.alignment) and its
+standard error."""
 
 
 def alignment_figure(alignment: pd.DataFrame, *, step: int | None = None,
                      title: str | None = "Gradient alignment") -> go.Figure:
     """The gradient alignment at one checkpoint (default: the last) as a
     heatmap on a diverging scale (-1 blue .. +1 red): skills as rows,
-    domains as columns, each cell its cosine and standard error."""
+    domains as columns, each cell its centred cosine and standard error."""
     if alignment.empty:
         return _empty(title, "no gradient alignment measured yet")
     at, skills, domains, grid = _skill_domain_grid(alignment, step)

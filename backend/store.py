@@ -249,7 +249,7 @@ CREATE TABLE IF NOT EXISTS alignment (
     step INTEGER NOT NULL,          -- checkpoint it was measured at
     skill TEXT NOT NULL,            -- a steer skill
     domain TEXT NOT NULL,
-    value REAL NOT NULL,            -- cosine of the domain's gradient with the skill's answer gradient
+    value REAL NOT NULL,            -- centred cosine of the domain's gradient with the skill's answer gradient
     stderr REAL,                    -- jackknife (backend/evaluation/alignment.py)
     n INTEGER,                      -- the skill's items in the probe
     PRIMARY KEY (run_id, step, skill, domain)

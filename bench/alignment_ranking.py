@@ -3,15 +3,16 @@ steer skill's true feeding domain first (issue 13).
 
     python bench/alignment_ranking.py RUNS.db [RUNS.db ...]
 
-For every finished run, every checkpoint after step 0 and every steer skill
+For every finished run, every checkpoint and every steer skill
 whose feeding domains the suite declares (the skills table keeps them even
 when the controller did not see them), the domains are ranked three ways:
 
-  signed      the cosine at that checkpoint (backend.evaluation.alignment)
+  signed      the centred alignment at that checkpoint
+              (backend.evaluation.alignment)
   magnitude   its absolute value at that checkpoint
-  prior       backend.affinity.aligned_prior: the mean magnitude over the
-              latest ALIGN_WINDOW checkpoints, what the affinity uses with
-              the links hidden
+  prior       backend.affinity.aligned_prior: the mean positive part over
+              the first checkpoint and the latest ALIGN_WINDOW ones, what
+              the affinity uses with the links hidden
 
 Prints the share of (run, checkpoint, skill) triples whose first-ranked
 domain is a true one, per rule, overall and by checkpoint.
@@ -42,7 +43,7 @@ def rank_hits(store, run_id: int) -> dict[tuple[str, int], list[bool]]:
     for s, by_domain in series.items():
         if s not in true:
             continue
-        steps = sorted({r["step"] for rows in by_domain.values() for r in rows} - {0})
+        steps = sorted({r["step"] for rows in by_domain.values() for r in rows})
         for step in steps:
             now = {d: next((r["value"] for r in rows if r["step"] == step), 0.0) for d, rows in by_domain.items()}
             out["signed", step].append(max(now, key=now.get) in true[s])

@@ -52,10 +52,12 @@ else:
 measured = store.alignment(run_id)
 if measured:
     st.subheader("Gradient alignment")
-    st.caption("At each checkpoint: the cosine of each domain's gradient (on its held-out sequences) with each "
-               "skill's answer gradient (on the items just evaluated). Its size says how strongly training on the "
-               "domain moves what the skill's answers depend on; with the links hidden "
-               "(`controller.links = \"learned\"`) it is the affinity's prior (source `aligned`).")
+    st.caption("At each checkpoint: the centred cosine of each domain's gradient (on its held-out sequences) with "
+               "each skill's answer gradient (on the items just evaluated), the common part of the domains' "
+               "gradients taken out. Positive (red): training on the domain rather than the average domain moves "
+               "the model toward the skill's answers. With the links hidden (`controller.links = \"learned\"`) "
+               "its positive part at the first checkpoint and the latest three is the affinity's prior (source "
+               "`aligned`).")
     aframe = pd.DataFrame(measured)[charts.ALIGNMENT_COLUMNS]
     st.plotly_chart(charts.alignment_figure(aframe), key="alignment_matrix")
 

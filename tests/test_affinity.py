@@ -6,6 +6,7 @@ priorities."""
 
 import sqlite3
 
+import numpy as np
 import pytest
 
 from backend import affinity
@@ -85,7 +86,7 @@ def aligned(values: dict[str, dict[str, float]], steps=(0, 10, 20), stderr=0.01)
 def test_with_the_links_hidden_the_gradient_alignment_sets_the_prior():
     fixed = {"web": 0.2, "books": 0.2, "code": 0.6}
     h = simulate([fixed] * 3)  # a fixed mixture: the gains alone cannot tell the domains apart
-    h.alignment = aligned({"copy": {"web": -0.4, "books": 0.1, "code": 0.0},  # the size of the coupling counts
+    h.alignment = aligned({"copy": {"web": 0.4, "books": 0.1, "code": -0.3},  # pushing away counts 0
                            "add2": {"web": 0.05, "books": 0.3, "code": 0.1}})
     m = affinity.estimate(h, declared=False)
     for s, d in FEEDS.items():
@@ -102,11 +103,18 @@ def test_with_the_links_hidden_the_gradient_alignment_sets_the_prior():
     # with the links declared, the declarations stay the prior
     declared = affinity.estimate(simulate([fixed] * 3, skill_domains={"copy": ["books"], "add2": ["books"]}))
     assert affinity.ranked(declared["copy"])[0] == "books"
-    # only step 0 measured (at initialisation the gradients tell tokens, not skills), or nothing couples: no prior
-    h.alignment = aligned({"copy": {"web": 0.4, "books": 0.1, "code": 0.0}}, steps=(0,))
-    assert affinity.aligned_prior(h.alignment["copy"], DOMAINS) is None
-    h.alignment = aligned({"copy": dict.fromkeys(DOMAINS, 0.0)})
-    assert affinity.aligned_prior(h.alignment["copy"], DOMAINS) is None
+    # step 0 alone (the untrained model) already sets a prior
+    first = aligned({"copy": {"web": 0.4, "books": 0.1, "code": -0.3}}, steps=(0,))["copy"]
+    mean, _ = affinity.aligned_prior(first, DOMAINS)
+    assert mean == pytest.approx(affinity.PRIOR * np.array([1, 0.25**3, 0]))
+    # the first checkpoint and the latest ALIGN_WINDOW count, equally; those between do not
+    series = {"web": [0.4, 9.0, 0.0, 0.0, 0.2], "books": [0.0, -9.0, 0.2, 0.2, 0.2], "code": [0.0] * 5}
+    rows = {d: [{"step": 10 * k, "value": v, "stderr": 0.0} for k, v in enumerate(vs)] for d, vs in series.items()}
+    mean, _ = affinity.aligned_prior(rows, DOMAINS)
+    assert affinity.ALIGN_WINDOW == 3 and mean[0] == mean[1] == pytest.approx(affinity.PRIOR)  # 0.6 / 4 both
+    # nothing couples, or a domain was never measured: no prior
+    assert affinity.aligned_prior(aligned({"copy": dict.fromkeys(DOMAINS, -0.1)})["copy"], DOMAINS) is None
+    assert affinity.aligned_prior(aligned({"copy": {"web": 0.4}})["copy"], DOMAINS) is None
 
 
 def test_a_rise_to_chance_teaches_nothing():

@@ -92,8 +92,8 @@ def test_affinity_prints_the_latest_matrix_with_intervals(tmp_path, capsys):
     out = json.loads(cli("affinity", run, "--json", db=db).stdout)
     assert out["step"] == 30 and set(out["affinity"]) == {"copy", "add2"}
     assert set(out["affinity"]["copy"]["strings"]) == {"mean", "lo", "hi", "prior", "source"}
-    # the gradient alignment measured at that step, the most coupled domain first
-    assert "copy  strings -0.400 +- 0.010; code +0.100 +- 0.010" in text
+    # the gradient alignment measured at that step, the most aligned domain first
+    assert "copy  code +0.100 +- 0.010; strings -0.400 +- 0.010" in text
     assert out["alignment"] == {"copy": {"strings": {"value": -0.4, "stderr": 0.01},
                                          "code": {"value": 0.1, "stderr": 0.01}}}
     p = cli("affinity", 99, db=db, check=False)

@@ -79,3 +79,15 @@ def test_nothing_to_probe_gives_no_rows(tokenizer):
     assert gradient_alignment(model, tokenizer, {}, {"copy": [("a =", "a")]}, CPU, max_length=CONTEXT) == []
     assert gradient_alignment(model, tokenizer, {"d": np.zeros((2, CONTEXT + 1), dtype=np.int64)}, {}, CPU,
                               max_length=CONTEXT) == []
+
+
+def test_the_common_part_of_the_gradients_is_taken_out():
+    rng = torch.Generator().manual_seed(0)
+    common, own = torch.randn(4000, generator=rng), torch.randn(3, 4000, generator=rng)
+    domains = [5 * common + own[j] for j in range(3)]  # every domain mostly teaches what all do
+    skill = 5 * common + own[1]  # the skill's answers need domain 1's own part
+    raw = [float(g @ skill / (g.norm() * skill.norm())) for g in domains]
+    assert min(raw) > 0.9  # raw cosines cannot tell the domains apart
+    centred = alignment._centred_cosines(domains, skill)
+    assert centred.argmax() == 1 and centred[1] > 0.6 and max(centred[0], centred[2]) < 0
+    assert alignment._centred_cosines(domains[:1], skill) == pytest.approx([0.0])  # one domain: nothing to tell

@@ -89,8 +89,8 @@ class History:
     prior, the run's history refines it, pins override). Computed from the
     declared links and the history when empty."""
     alignment: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
-    """Steer skill -> domain -> [{step, value, stderr}] by step: the cosine of
-    the domain's gradient with the skill's answer gradient at each checkpoint
+    """Steer skill -> domain -> [{step, value, stderr}] by step: the centred
+    cosine of the domain's gradient with the skill's answer gradient at each checkpoint
     (backend.evaluation.alignment); with the links hidden, backend.affinity
     takes its prior from it."""
 
