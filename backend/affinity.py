@@ -65,8 +65,20 @@ much. A negative alignment (the domain pushes away from the answers more
 than the average does) counts 0. `source` is then "aligned";
 bench/alignment_ranking.py measures how often each rule ranks a true domain
 first. Without alignment every link starts at mean 0, sd TAU, and only
-the run's history tells the domains apart. With the links declared, the
-declarations stay the prior (the alignment is still measured and shown).
+the run's history tells the domains apart.
+
+With the links declared, the declarations stay the prior's means, and the
+alignment says where the prior is firm: a link is SUPPORTED when its
+domain is aligned with the skill at least CONFIRM times as strongly as the
+skill's most aligned domain (c_j / max_i c_i >= CONFIRM, c as above). Where
+declaration and alignment agree (a declared link supported, an undeclared
+one not) the prior's sd is ALIGN_SD of the declared mean (ALIGN_SD x PRIOR
+around 0 for an undeclared link), as firm as a measured link; where they
+disagree it keeps TAU or TAU_UNDECLARED, and the run's history decides. So
+a few confounded stretches neither overturn a confirmed declaration nor
+credit its gains to a domain nothing links to the skill (with only the
+declared links firm, a demo run credited kv_recall's gains to the random
+strings and fed them half the mixture).
 
 Known limit: the rows are a time series, so a skill that starts learning
 late is credited to whatever mixture was trained then. The controllers
@@ -91,6 +103,7 @@ NEGLIGIBLE = 0.005  # an affinity below this feeds the skill too little to count
 ALIGN_WINDOW = 3  # checkpoints of gradient alignment averaged with the first (the latest ones)
 ALIGN_SD = 0.25  # sd of an alignment-based prior, as a share of PRIOR, at least
 ALIGN_POWER = 3  # the relative coupling's power in the prior (1/3 as coupled: 1/27 of the prior)
+CONFIRM = 0.5  # a link aligned at least this share of the skill's top domain is supported by the alignment
 SOURCES = ("prior", "aligned", "learned", "pinned")
 
 
@@ -184,14 +197,18 @@ def estimate(history, pins: dict[tuple[str, str], bool] | None = None, *,
     domains = history.domains
     n = {d: sum(d in ds for ds in history.skill_domains.values()) for d in domains}
     latent = {s: series for s, series in history.latent().items() if series}
-    aligned = {} if declared else {s: aligned_prior(history.alignment.get(s, {}), domains) for s in latent}
-    aligned = {s: a for s, a in aligned.items() if a is not None}
+    measured = {s: aligned_prior(history.alignment.get(s, {}), domains) for s in latent}
+    measured = {s: a for s, a in measured.items() if a is not None}
+    aligned = {} if declared else measured
     shared = np.maximum(1.0, sum((a[0] / PRIOR for a in aligned.values()), np.zeros(len(domains))))  # n_j
     out: dict[str, dict[str, dict]] = {}
     for s, series in latent.items():
         mean0, sd0 = prior(domains, history.skill_domains, s, declared)
         if s in aligned:
             mean0, sd0 = aligned[s][0] / shared, aligned[s][1] / shared
+        elif s in measured:  # where declaration and alignment agree the prior is firm, where they differ loose
+            agree = (mean0 > 0) == (measured[s][0] >= CONFIRM ** ALIGN_POWER * PRIOR)
+            sd0 = np.where(agree, np.minimum(sd0, ALIGN_SD * np.where(mean0 > 0, mean0, PRIOR)), sd0)
         chance = history.chance.get(s) or 0.0
         mean, sd, info = fit(*stretches(series, mixtures, domains, history.checkpoint_tokens, chance), mean0, sd0)
         links = {}

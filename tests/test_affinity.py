@@ -117,6 +117,25 @@ def test_with_the_links_hidden_the_gradient_alignment_sets_the_prior():
     assert affinity.aligned_prior(aligned({"copy": {"web": 0.4}})["copy"], DOMAINS) is None
 
 
+def test_with_the_links_declared_the_alignment_says_where_the_prior_is_firm():
+    fixed = {"web": 0.2, "books": 0.2, "code": 0.6}
+    wrong = {"copy": ["books"], "add2": ["books"]}  # copy's declaration is wrong, add2's right
+    h = simulate([fixed] * 3, skill_domains=wrong)
+    plain = affinity.estimate(h)
+    h.alignment = aligned({"copy": {"web": 0.4, "books": 0.1, "code": 0.0},  # supports web (books: a quarter)
+                           "add2": {"web": 0.05, "books": 0.3, "code": 0.1}})  # supports books
+    m = affinity.estimate(h)
+    for s in FEEDS:  # the declarations stay the means
+        assert all(m[s][d]["prior"] == plain[s][d]["prior"] for d in DOMAINS)
+
+    # add2: every link agrees (books declared and supported, web and code neither): all firm (ALIGN_SD)
+    assert affinity.CONFIRM == 0.5 and affinity.ALIGN_SD * affinity.PRIOR < affinity.TAU_UNDECLARED < affinity.TAU
+    assert all(m["add2"][d]["sd"] < plain["add2"][d]["sd"] / 2 for d in DOMAINS)
+    # copy: books declared but not supported, web supported but not declared: both stay loose, code firm
+    assert m["copy"]["books"]["sd"] > 2 * m["add2"]["books"]["sd"]
+    assert m["copy"]["web"]["sd"] > m["copy"]["code"]["sd"] and m["copy"]["code"]["sd"] < plain["copy"]["code"]["sd"]
+
+
 def test_a_rise_to_chance_teaches_nothing():
     h = simulate([boosted(k) for k in range(6)], chance={"copy": 10.0})  # every score below this chance level
     links = affinity.estimate(h, declared=False)["copy"]
