@@ -57,7 +57,8 @@ if measured:
                "gradients taken out. Positive (red): training on the domain rather than the average domain moves "
                "the model toward the skill's answers. With the links hidden (`controller.links = \"learned\"`) "
                "its positive part at the first checkpoint and the latest three is the affinity's prior (source "
-               "`aligned`).")
+               "`aligned`); with them declared it says how firmly each declaration is held (firm where the two "
+               "agree, loose where they do not).")
     aframe = pd.DataFrame(measured)[charts.ALIGNMENT_COLUMNS]
     st.plotly_chart(charts.alignment_figure(aframe), key="alignment_matrix")
 

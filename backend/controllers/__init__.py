@@ -90,9 +90,10 @@ class History:
     declared links and the history when empty."""
     alignment: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
     """Steer skill -> domain -> [{step, value, stderr}] by step: the centred
-    cosine of the domain's gradient with the skill's answer gradient at each checkpoint
-    (backend.evaluation.alignment); with the links hidden, backend.affinity
-    takes its prior from it."""
+    cosine of the domain's gradient with the skill's answer gradient at each
+    checkpoint (backend.evaluation.alignment); backend.affinity takes its
+    prior from it with the links hidden, and how firm the declared prior is
+    with them declared."""
 
     def latent(self) -> dict[str, list[dict]]:
         """`estimates`, or the latent estimates computed from `scores`."""
