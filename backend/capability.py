@@ -312,12 +312,8 @@ def _segments(points: list[dict], tokens_per_checkpoint: float, chance: float | 
                 (math.log(1 - stay) + math.log(p), a, b, a, b, t) for p, a, b in fresh]
             F = np.array([[1.0, d], [0.0, 1.0]])
             Q = np.diag([TREND_NOISE[0] * d, TREND_NOISE[1] * d])
-            # A slip, kept as frozen (b11d626; docs/fidelity.md, "A slip in the frozen code"): after
-            # the first checkpoint a fresh trend segment gets weight 1 - stay, not (1 - stay) times its
-            # prior share (0.32 with a chance level), as if HAZARD were 0.157 and the fresh kinds'
-            # priors 0.18 dead, 0.18 at chance, 0.05 level and 0.60 trend. Correct: drop "- trend_prior".
             trends = [(w + math.log(stay), F @ m, F @ P @ F.T + Q, s) for w, m, P, s in trends] + [
-                (w + math.log(1 - stay) - trend_prior, m, P, s) for w, m, P, s in new_trend]
+                (w + math.log(1 - stay), m, P, s) for w, m, P, s in new_trend]
         # each hypothesis' predictive of the pooled counts (beta-binomial, without the
         # binomial coefficient, the same under every hypothesis), then Bayes
         joint = [w + betaln(a + k, b + n - k) - betaln(a, b) for w, a, b, *_ in hyps]

@@ -227,6 +227,18 @@ def test_a_long_run_keeps_the_segment_hypotheses_bounded():
     assert abs(est[-1]["score"] - 0.5) < 0.03 and est[-1]["hi"] - est[-1]["lo"] < 0.1
 
 
+def test_without_data_every_kind_of_segment_keeps_its_prior_share():
+    # a checkpoint that measured nothing moves no weight between the kinds: a segment begun
+    # before it is of each kind with the kind's prior probability (the frozen b11d626 gave a
+    # fresh trend segment weight 1 - stay instead of (1 - stay) x its share: 0.39, not 0.32)
+    points = [{"counts": [(0.0, 0.0)], "tokens_seen": 1000 * t} for t in range(6)]
+    trend = (1 - capability.DEAD_PRIOR - capability.CHANCE_PRIOR) * capability.TREND_SHARE
+    for ws, _, _, dead, us, *_ in capability._segments(points, 1000, chance=0.5):
+        assert ws[dead].sum() == pytest.approx(capability.DEAD_PRIOR)
+        assert us.sum() == pytest.approx(trend)
+        assert ws.sum() + us.sum() == pytest.approx(1.0)
+
+
 def climb_rows(seed: int, checkpoints: int = 12, n: int = 50) -> tuple[list[dict], list[float]]:
     """Exact-match rows of a skill at 0.1 for three checkpoints, then
     climbing by 0.04 per checkpoint to 0.5 (kv_recall's steady climb on
