@@ -214,3 +214,100 @@ def test_other_task_shapes_load_and_measure(tmp_path, lm):
     assert ppl["higher_is_better"] is False and ppl["value"] > 1 and not ppl["primary"]
     tagged = resolve_tasks([Spec("tagged", "my_tag", include_path=str(tmp_path))])
     assert sorted((leaf.name, leaf.skill) for leaf in tagged.leaves) == [("t_fn", "tagged"), ("t_two", "tagged")]
+
+
+# -- a fixed-answer model: what each score must be is known ------------------------
+def _jsonl(rows: list[dict]) -> str:
+    import json
+
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+FIXED = {
+    "data/yn.jsonl": _jsonl([{"q": f"is {i} even", "label": int(i % 2 == 0)} for i in range(8)]),
+    "data/sum.jsonl": _jsonl([{"q": f"what is {i} plus {i}", "answer": f"because #### {2 * i}"} for i in range(8)]),
+    "yn.yaml": """task: t_yn
+dataset_path: json
+dataset_kwargs: {data_files: {test: data/yn.jsonl}}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{q}}?"
+doc_to_choice: ["no", "yes"]
+doc_to_target: label
+metric_list: [{metric: acc}, {metric: acc_norm}]
+""",
+    "brier.yaml": """include: yn.yaml
+task: t_brier
+metric_list: [{metric: acc}, {metric: brier_score, higher_is_better: false}]
+""",
+    "roll.yaml": """task: t_roll
+dataset_path: json
+dataset_kwargs: {data_files: {test: data/sum.jsonl}}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{q}}"
+metric_list: [{metric: word_perplexity}, {metric: bits_per_byte}]
+""",
+    # the same task scored twice by one filter under two names
+    "roll2.yaml": """include: roll.yaml
+task: t_roll2
+filter_list:
+  - {name: a, filter: [{function: take_first}]}
+  - {name: b, filter: [{function: take_first}]}
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def fixed_tasks(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("fixed")
+    (root / "data").mkdir()
+    for name, text in FIXED.items():
+        (root / name).write_text(text)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def fixed_lm():
+    """lm-eval's LM contract with fixed answers: "no" has the higher
+    loglikelihood (-1.0 vs -1.4) but the lower per character (-0.50 vs
+    -0.47); a generation names the right sum without gsm8k's "####"; a
+    text's loglikelihood is between -16 and -10, by its characters."""
+    import re
+
+    from lm_eval.api.model import LM
+
+    class FixedLM(LM):
+        def loglikelihood(self, requests):
+            return [(-1.0 if r.args[1].strip() == "no" else -1.4, False) for r in requests]
+
+        def loglikelihood_rolling(self, requests):
+            return [-10.0 - sum(map(ord, r.args[0])) % 7 for r in requests]
+
+        def generate_until(self, requests):
+            return [" it is %d" % (2 * int(re.findall(r"what is (\d+)", r.args[0])[-1])) for r in requests]
+
+    return FixedLM()
+
+
+def test_a_metric_without_stderr_measures_without_one(fixed_tasks, fixed_lm):
+    """brier_score: per item (gold, probabilities), no stderr from lm-eval;
+    it is no corpus perplexity, so its stderr is None (it crashed the run)."""
+    ts = resolve_tasks([Spec("yn", "t_brier", include_path=fixed_tasks, metric="brier_score")])
+    rows, items = evaluate_tasks(ts, fixed_lm, round_=0, seed=0)
+    by = {r["metric"]: r for r in rows}
+    assert by["brier_score"]["stderr"] is None and by["brier_score"]["value"] > 0
+    assert by["acc"]["stderr"] > 0 and len(items) == 8
+
+
+def test_a_corpus_perplexity_stderr_reads_only_its_own_filter(fixed_tasks, fixed_lm):
+    """Two filters of one task: each filter's stderr from its own items, as
+    with one filter (both filters' items pooled doubled n: ~0.7x the stderr)."""
+    ts = resolve_tasks([Spec("r", "t_roll", include_path=fixed_tasks), Spec("r2", "t_roll2", include_path=fixed_tasks)])
+    rows, _ = evaluate_tasks(ts, fixed_lm, round_=0, seed=0)
+    se = {(r["task"], r["scorer"]): r["stderr"] for r in rows}
+    for metric in ("word_perplexity", "bits_per_byte"):
+        one = se[("t_roll", metric)]
+        assert one > 0
+        assert se[("t_roll2", f"{metric}/a")] == pytest.approx(one) == se[("t_roll2", f"{metric}/b")]

@@ -312,28 +312,34 @@ def _metric_keys(result: dict, metric: str) -> list[tuple[str, str]]:
     return out
 
 
-def _ratio_stderr(pairs: list, metric: str) -> float | None:
-    """Stderr of a corpus-level perplexity metric from its per-item
+CORPUS_PERPLEXITIES = frozenset({"word_perplexity", "byte_perplexity", "bits_per_byte"})
+"""lm-eval's corpus-level perplexities: per item (loglikelihood, length),
+aggregated as a ratio of sums, with no stderr of lm-eval's own."""
+
+
+def _ratio_stderr(items: list, metric: str) -> float | None:
+    """Stderr of a corpus perplexity (CORPUS_PERPLEXITIES) from its per-item
     (loglikelihood, length) pairs: the ratio estimator r = -sum(ll)/sum(len)
     with the delta method, then mapped like the metric (bits per byte: r /
-    ln 2; perplexities: exp(r), so se = exp(r) * se(r))."""
-    pairs = [p for p in pairs if isinstance(p, (list, tuple)) and len(p) == 2]
-    n = len(pairs)
-    if n < 2:
+    ln 2; perplexities: exp(r), so se = exp(r) * se(r)). None for any other
+    metric and for items it cannot read."""
+    if metric not in CORPUS_PERPLEXITIES:
         return None
-    x = [-float(ll) for ll, _ in pairs]  # nats per item
-    w = [float(length) for _, length in pairs]
+    pairs = [(_num(p[0]), _num(p[1])) if isinstance(p, (list, tuple)) and len(p) == 2 else (None, None)
+             for p in items]
+    n = len(pairs)
+    if n < 2 or any(None in p for p in pairs):
+        return None
+    x = [-ll for ll, _ in pairs]  # nats per item
+    w = [length for _, length in pairs]
     sw = sum(w)
     if sw <= 0:
         return None
     r = sum(x) / sw
-    var = n / (n - 1) * sum((xi - r * wi) ** 2 for xi, wi in zip(x, w)) / sw**2
-    se = math.sqrt(var)
+    se = math.sqrt(n / (n - 1) * sum((xi - r * wi) ** 2 for xi, wi in zip(x, w)) / sw**2)
     if metric == "bits_per_byte":
         return se / math.log(2)
-    if metric.endswith("perplexity"):
-        return math.exp(r) * se
-    return None
+    return math.exp(r) * se if r < 700 else None  # beyond: exp overflows a float
 
 
 def _sample_row(leaf: LeafTask, s: dict, metric: str) -> dict:
@@ -393,6 +399,7 @@ def evaluate_tasks(ts: TaskSet, lm, *, round_: int, seed: int, per_checkpoint: i
     for leaf in leaves:
         r = res["results"][leaf.name]
         n = res["n-samples"][leaf.name]["effective"]
+        logged = res["samples"][leaf.name]  # one per document and filter, in filter order
         for metric, hib in leaf.metrics.items():
             for j, (key, flt) in enumerate(_metric_keys(r, metric)):
                 value = _num(r[key])
@@ -400,7 +407,7 @@ def evaluate_tasks(ts: TaskSet, lm, *, round_: int, seed: int, per_checkpoint: i
                     continue
                 stderr = _num(r.get(f"{metric}_stderr,{flt}"))
                 if stderr is None:  # corpus-level perplexities carry none: from the items
-                    stderr = _ratio_stderr([s.get(metric) for s in res["samples"][leaf.name]], metric)
+                    stderr = _ratio_stderr([s.get(metric) for s in logged if s["filter"] == flt], metric)
                 measurements.append({
                     "task": leaf.name, "skill": leaf.skill, "metric": metric, "value": value,
                     "stderr": stderr, "n": n,
@@ -409,5 +416,5 @@ def evaluate_tasks(ts: TaskSet, lm, *, round_: int, seed: int, per_checkpoint: i
                     "prompt_variant": leaf.name, "decoding": DECODING.get(leaf.output_type, leaf.output_type),
                     "scorer": metric if flt == "none" else f"{metric}/{flt}",
                 })
-        items += [_sample_row(leaf, s, leaf.metric) for s in res["samples"][leaf.name]]
+        items += [_sample_row(leaf, s, leaf.metric) for s in logged]
     return measurements, items
