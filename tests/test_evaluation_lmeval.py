@@ -127,7 +127,8 @@ def lm(tmp_path_factory):
 
 def test_evaluate_measures_every_facet_with_stderr_and_items(taskset, lm):
     rows, items = evaluate_tasks(taskset, lm, round_=1, per_checkpoint=10, seed=0)
-    primary = {r["task"]: r for r in rows if r["primary"]}
+    own = {leaf.name: leaf.metric for leaf in taskset.leaves}
+    primary = {r["task"]: r for r in rows if r["metric"] == own[r["task"]]}
     assert set(primary) == {leaf.name for leaf in taskset.leaves}
     for r in primary.values():
         assert r["n"] == 10 and r["stderr"] is not None and r["stderr"] >= 0
@@ -162,22 +163,8 @@ doc_to_choice: "{{choices}}"
 doc_to_target: label
 metric_list: [{metric: acc}]
 """,
-    "two_filters.yaml": """task: t_two
-tag: my_tag
-dataset_path: json
-dataset_kwargs: {data_files: {test: data/copy.jsonl}}
-test_split: test
-output_type: generate_until
-doc_to_text: "copy {{x}} ="
-doc_to_target: "{{answer}}"
-generation_kwargs: {until: ["\\n"], max_gen_toks: 8}
-filter_list:
-  - {name: strict, filter: [{function: regex, regex_pattern: "^ ?([a-z](?: [a-z])*)$"}, {function: take_first}]}
-  - {name: flexible, filter: [{function: regex, regex_pattern: "([a-z](?: [a-z])*)", group_select: -1},
-                              {function: take_first}]}
-metric_list: [{metric: exact_match, aggregation: mean, higher_is_better: true}]
-""",
     "ll.yaml": """task: t_ll
+tag: my_tag
 dataset_path: json
 dataset_kwargs: {data_files: {test: data/copy.jsonl}}
 test_split: test
@@ -191,9 +178,9 @@ metric_list: [{metric: perplexity}, {metric: acc}]
 
 def test_other_task_shapes_load_and_measure(tmp_path, lm):
     """What users' folders hold beyond the shipped examples: process_docs
-    through a !function, two filters on one metric (the first scores the
-    skill), a loglikelihood task with a perplexity (lower is better), and a
-    tag naming several tasks; data paths relative to the folder."""
+    through a !function, a loglikelihood task with a perplexity (lower is
+    better), and a tag naming several tasks; data paths relative to the
+    folder. (Two filters: test_only_the_first_filter_scores_the_skill.)"""
     import shutil
 
     (tmp_path / "data").mkdir()
@@ -202,18 +189,15 @@ def test_other_task_shapes_load_and_measure(tmp_path, lm):
     for name, text in SHAPES.items():
         (tmp_path / name).write_text(text)
     ts = resolve_tasks([Spec("fn", "t_fn", include_path=str(tmp_path)),
-                        Spec("two", "t_two", include_path=str(tmp_path)),
                         Spec("ll", "t_ll", include_path=str(tmp_path), metric="acc")])
     leaves = {leaf.name: leaf for leaf in ts.leaves}
     assert leaves["t_fn"].task.doc_to_text(leaves["t_fn"].task.eval_docs[0]).endswith(" =")  # process_docs ran
     assert leaves["t_ll"].metrics == {"perplexity": False, "acc": True}
     rows, _ = evaluate_tasks(ts, lm, round_=0, per_checkpoint=6, seed=0)
-    two = [r for r in rows if r["task"] == "t_two"]
-    assert [(r["scorer"], r["primary"]) for r in two] == [("exact_match/strict", True), ("exact_match/flexible", False)]
     ppl = next(r for r in rows if r["task"] == "t_ll" and r["metric"] == "perplexity")
-    assert ppl["higher_is_better"] is False and ppl["value"] > 1 and not ppl["primary"]
+    assert ppl["higher_is_better"] is False and ppl["value"] > 1 and ppl["chance"] is None
     tagged = resolve_tasks([Spec("tagged", "my_tag", include_path=str(tmp_path))])
-    assert sorted((leaf.name, leaf.skill) for leaf in tagged.leaves) == [("t_fn", "tagged"), ("t_two", "tagged")]
+    assert sorted((leaf.name, leaf.skill) for leaf in tagged.leaves) == [("t_fn", "tagged"), ("t_ll", "tagged")]
 
 
 # -- a fixed-answer model: what each score must be is known ------------------------
@@ -239,6 +223,21 @@ metric_list: [{metric: acc}, {metric: acc_norm}]
     "brier.yaml": """include: yn.yaml
 task: t_brier
 metric_list: [{metric: acc}, {metric: brier_score, higher_is_better: false}]
+""",
+    # gsm8k's two filters: strict-match first, then flexible-extract
+    "sum.yaml": """task: t_sum
+dataset_path: json
+dataset_kwargs: {data_files: {test: data/sum.jsonl}}
+test_split: test
+output_type: generate_until
+doc_to_text: "Q: {{q}}\\nA:"
+doc_to_target: "{{answer.split('####')[-1].strip()}}"
+generation_kwargs: {until: ["\\n"], max_gen_toks: 8}
+filter_list:
+  - {name: strict-match, filter: [{function: regex, regex_pattern: "#### (\\\\-?[0-9]+)"}, {function: take_first}]}
+  - {name: flexible-extract, filter: [{function: regex, group_select: -1, regex_pattern: "(-?[0-9]+)"},
+                                      {function: take_first}]}
+metric_list: [{metric: exact_match, aggregation: mean, higher_is_better: true}]
 """,
     "roll.yaml": """task: t_roll
 dataset_path: json
@@ -291,6 +290,15 @@ def fixed_lm():
     return FixedLM()
 
 
+def run_config(task: dict):
+    """The tiny preset (one synthetic skill, copy) with one evaluation task."""
+    from backend.config import preset
+    from backend.config.loader import from_dict
+
+    cfg = preset("tiny").to_dict()
+    return from_dict({**cfg, "evaluation": {**cfg["evaluation"], "skills": ["copy"], "tasks": [task]}})
+
+
 def test_a_metric_without_stderr_measures_without_one(fixed_tasks, fixed_lm):
     """brier_score: per item (gold, probabilities), no stderr from lm-eval;
     it is no corpus perplexity, so its stderr is None (it crashed the run)."""
@@ -311,3 +319,40 @@ def test_a_corpus_perplexity_stderr_reads_only_its_own_filter(fixed_tasks, fixed
         one = se[("t_roll", metric)]
         assert one > 0
         assert se[("t_roll2", f"{metric}/a")] == pytest.approx(one) == se[("t_roll2", f"{metric}/b")]
+
+
+def test_only_the_first_filter_scores_the_skill(fixed_tasks, fixed_lm, tmp_path):
+    """gsm8k's strict-match then flexible-extract: the skill's measurement
+    is strict-match's (0 of 8: no "####"), its items counted once; the
+    flexible row (8 of 8) is a metric of its own, shown as a facet. Through
+    a registered run: real store, estimator, frames."""
+    from backend.charts import facet_figure
+    from backend.client import RunClient, taskset_configs
+    from backend.frames import facet_frame, skill_scores
+    from backend.store import Store
+
+    ts = resolve_tasks([Spec("sum", "t_sum", include_path=fixed_tasks)])
+    rows, items = evaluate_tasks(ts, fixed_lm, round_=0, seed=0)
+    assert [(r["metric"], r["scorer"], r["value"], r["n"]) for r in rows] == [
+        ("exact_match", "exact_match/strict-match", 0.0, 8),
+        ("exact_match/flexible-extract", "exact_match/flexible-extract", 1.0, 8)]
+    assert sorted(it["doc_id"] for it in items) == list(range(8))
+    assert all(it["correct"] == 0 and it["response"] == "[invalid]" for it in items)  # strict-match's answers
+
+    client = RunClient.register(Store(tmp_path / "run.db"), run_config(
+        {"skill": "sum", "task": "t_sum", "include_path": fixed_tasks, "domains": ["arithmetic"]}))
+    store, run = client.store, client.run_id
+    assert taskset_configs(ts)[0]["metadata"]["metric"] == "exact_match"
+    client.report_checkpoint(0, 0)
+    keep = ("task", "skill", "metric", "value", "stderr", "n", "prompt_variant", "decoding", "scorer")
+    client.report_measurements(0, [{k: r[k] for k in keep} for r in rows], items)
+    client.boundary(0)
+    assert [s["correct"] for s in store.samples(run, 0, "t_sum")] == [0] * 8
+    score = skill_scores(store, run).query("skill == 'sum'")
+    assert list(score["value"]) == [0.0] and list(score["n"]) == [8]
+    cap = next(c for c in store.capability(run) if c["skill"] == "sum")
+    assert cap["raw_mean"] == 0.0  # the estimate's data: strict-match alone
+    facets = facet_frame(store.measurements(run, skill="sum"), 0, "exact_match")  # the dashboard's drill-down
+    assert sorted(zip(facets["metric"], facets["value"])) == [("exact_match", 0.0),
+                                                              ("exact_match/flexible-extract", 1.0)]
+    assert len(facet_figure(facets).data[0].x) == 2

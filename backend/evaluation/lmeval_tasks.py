@@ -382,9 +382,14 @@ def evaluate_tasks(ts: TaskSet, lm, *, round_: int, seed: int, per_checkpoint: i
     stderr, n, higher_is_better, chance and the facets prompt_variant (the
     task name: each task of a group is one facet), decoding and scorer (the
     metric and its lm-eval filter). Every metric of the task is measured; the
-    skill's own metric is the one named in its spec. `per_checkpoint`
-    overrides each task's own count; `skills` limits it to those skills'
-    tasks."""
+    skill's own metric is the one named in its spec. A metric lm-eval scores
+    under several filters (gsm8k's strict-match, then flexible-extract) is
+    measured once per filter, but only the first filter's row carries the
+    metric's name: it scores the skill, and a later filter's row is named by
+    its scorer ("exact_match/flexible-extract"), a metric of its own that
+    nothing reading the skill's metric pools with it. The samples are the
+    first filter's. `per_checkpoint` overrides each task's own count;
+    `skills` limits it to those skills' tasks."""
     from lm_eval.evaluator import evaluate
 
     leaves = [leaf for leaf in ts.leaves if skills is None or leaf.skill in skills]
@@ -405,16 +410,17 @@ def evaluate_tasks(ts: TaskSet, lm, *, round_: int, seed: int, per_checkpoint: i
                 value = _num(r[key])
                 if value is None:
                     continue
+                scorer = metric if flt == "none" else f"{metric}/{flt}"
                 stderr = _num(r.get(f"{metric}_stderr,{flt}"))
                 if stderr is None:  # corpus-level perplexities carry none: from the items
                     stderr = _ratio_stderr([s.get(metric) for s in logged if s["filter"] == flt], metric)
                 measurements.append({
-                    "task": leaf.name, "skill": leaf.skill, "metric": metric, "value": value,
-                    "stderr": stderr, "n": n,
-                    "higher_is_better": hib, "chance": leaf.chance if metric == leaf.metric else None,
-                    "primary": metric == leaf.metric and j == 0,  # the first filter scores the skill
+                    "task": leaf.name, "skill": leaf.skill, "metric": metric if j == 0 else scorer,
+                    "value": value, "stderr": stderr, "n": n, "higher_is_better": hib,
+                    "chance": leaf.chance if metric == leaf.metric and j == 0 else None,
                     "prompt_variant": leaf.name, "decoding": DECODING.get(leaf.output_type, leaf.output_type),
-                    "scorer": metric if flt == "none" else f"{metric}/{flt}",
+                    "scorer": scorer,
                 })
-        items += [_sample_row(leaf, s, leaf.metric) for s in logged]
+        first = logged[0]["filter"] if logged else None
+        items += [_sample_row(leaf, s, leaf.metric) for s in logged if s["filter"] == first]
     return measurements, items
