@@ -89,15 +89,21 @@ def skill_rows(cfg: RunConfig, domains: list[dict], task_configs: list[dict]) ->
             rows.append({"name": name, "base": base, "kind": kind, "domains": feeds, "tasks": tasks_of(name),
                          "difficulty": get_skill(base).difficulty, "metric": "exact_match",
                          "higher_is_better": 1, "chance": constant_answer_rate(base, kind, cfg.seed)})
-    facts = {t["metadata"]["skill"]: t["metadata"] for t in task_configs if "metric" in t["metadata"]}
+    facts: dict[str, list[dict]] = {}  # skill -> its tasks' metadata (one metric and direction: resolve_tasks)
+    for t in task_configs:
+        if "metric" in t["metadata"]:
+            facts.setdefault(t["metadata"]["skill"], []).append(t["metadata"])
     for spec in task_specs(cfg):
         for kind in ("steer", "holdout") if spec.holdout else ("steer",):
             name = vocab.skill_name(spec.skill, kind)
-            meta = facts.get(name, {})
+            metas = facts.get(name, [])
+            meta = metas[0] if metas else {}
+            # the skill's score is the unweighted mean of its tasks' scores: so is its chance
+            chances = [m.get("chance") for m in metas]
+            chance = sum(chances) / len(chances) if chances and None not in chances else None
             rows.append({"name": name, "base": spec.skill, "kind": kind, "domains": list(spec.domains),
                          "tasks": tasks_of(name), "difficulty": None, "metric": meta.get("metric"),
-                         "higher_is_better": int(meta.get("higher_is_better", True)),
-                         "chance": meta.get("chance")})
+                         "higher_is_better": int(meta.get("higher_is_better", True)), "chance": chance})
     return rows
 
 

@@ -196,8 +196,10 @@ def test_other_task_shapes_load_and_measure(tmp_path, lm):
     rows, _ = evaluate_tasks(ts, lm, round_=0, per_checkpoint=6, seed=0)
     ppl = next(r for r in rows if r["task"] == "t_ll" and r["metric"] == "perplexity")
     assert ppl["higher_is_better"] is False and ppl["value"] > 1 and ppl["chance"] is None
-    tagged = resolve_tasks([Spec("tagged", "my_tag", include_path=str(tmp_path))])
+    tagged = resolve_tasks([Spec("tagged", "my_tag", include_path=str(tmp_path), metric="acc")])
     assert sorted((leaf.name, leaf.skill) for leaf in tagged.leaves) == [("t_fn", "tagged"), ("t_ll", "tagged")]
+    with pytest.raises(TaskError, match="t_fn: acc .*t_ll: perplexity"):  # each task's first metric: not alike
+        resolve_tasks([Spec("tagged", "my_tag", include_path=str(tmp_path))])
 
 
 # -- a fixed-answer model: what each score must be is known ------------------------
@@ -209,6 +211,8 @@ def _jsonl(rows: list[dict]) -> str:
 
 FIXED = {
     "data/yn.jsonl": _jsonl([{"q": f"is {i} even", "label": int(i % 2 == 0)} for i in range(8)]),
+    "data/pick.jsonl": _jsonl([{"q": f"pick {i}", "choices": ["a", "b", "c", "d"], "label": i % 4}
+                               for i in range(8)]),
     "data/sum.jsonl": _jsonl([{"q": f"what is {i} plus {i}", "answer": f"because #### {2 * i}"} for i in range(8)]),
     "yn.yaml": """task: t_yn
 dataset_path: json
@@ -223,6 +227,12 @@ metric_list: [{metric: acc}, {metric: acc_norm}]
     "brier.yaml": """include: yn.yaml
 task: t_brier
 metric_list: [{metric: acc}, {metric: brier_score, higher_is_better: false}]
+""",
+    "pick.yaml": """include: yn.yaml
+task: t_pick
+dataset_kwargs: {data_files: {test: data/pick.jsonl}}
+doc_to_choice: "{{choices}}"
+metric_list: [{metric: acc}]
 """,
     # gsm8k's two filters: strict-match first, then flexible-extract
     "sum.yaml": """task: t_sum
@@ -255,6 +265,8 @@ filter_list:
   - {name: a, filter: [{function: take_first}]}
   - {name: b, filter: [{function: take_first}]}
 """,
+    "mixed.yaml": "group: g_mixed\ntask: [t_pick, t_sum]\n",
+    "chances.yaml": "group: g_chances\ntask: [t_yn, t_pick]\n",
 }
 
 
@@ -356,3 +368,27 @@ def test_only_the_first_filter_scores_the_skill(fixed_tasks, fixed_lm, tmp_path)
     assert sorted(zip(facets["metric"], facets["value"])) == [("exact_match", 0.0),
                                                               ("exact_match/flexible-extract", 1.0)]
     assert len(facet_figure(facets).data[0].x) == 2
+
+
+@pytest.mark.parametrize("spec, words", [
+    (Spec("mixed", "g_mixed"), ["evaluation.tasks[0].metric", "task 'g_mixed'", "t_pick: acc (higher is better)",
+                                "t_sum: exact_match (higher is better)", "set `metric`"]),
+    (Spec("yn", "t_yn", holdout="g_mixed"), ["evaluation.tasks[0].metric", "holdout 'g_mixed'", "yn_holdout"]),
+])
+def test_a_group_scored_by_different_metrics_is_refused(fixed_tasks, spec, words):
+    with pytest.raises(TaskError) as e:
+        resolve_tasks([Spec(spec.skill, spec.task, include_path=fixed_tasks, holdout=spec.holdout)])
+    for w in words:
+        assert w in str(e.value), str(e.value)
+
+
+def test_a_skills_chance_is_the_mean_of_its_tasks(fixed_tasks):
+    """A group of a yes/no (chance 1/2) and a 4-way (1/4) question: the
+    skill's score is the mean of both, so is its chance."""
+    from backend.client import skill_rows, taskset_configs
+
+    cfg = run_config({"skill": "both", "task": "g_chances", "include_path": fixed_tasks})
+    ts = resolve_tasks([Spec("both", "g_chances", include_path=fixed_tasks)])
+    assert sorted(leaf.chance for leaf in ts.leaves) == [0.25, 0.5]
+    row = next(r for r in skill_rows(cfg, [], taskset_configs(ts)) if r["name"] == "both")
+    assert row["chance"] == pytest.approx(0.375) and row["metric"] == "acc"

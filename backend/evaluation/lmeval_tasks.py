@@ -3,9 +3,11 @@ user's own tasks, or a group (each subtask its own facet).
 
 `resolve_tasks(specs, seed)` loads what a run's `evaluation.tasks` name once
 per worker and checks it before any training starts: an unknown task (with
-the closest names), a metric the task does not have, a held-out task equal to
-its steer task, a YAML folder that does not parse, or a registry task whose
-data is not on this machine (HF offline) is a `TaskError` naming the field.
+the closest names), a metric the task does not have, a group whose tasks are
+not all scored by one metric and direction (the skill's score is the mean of
+its facets), a held-out task equal to its steer task, a YAML folder that does
+not parse, or a registry task whose data is not on this machine (HF offline)
+is a `TaskError` naming the field.
 
 What it learns about each leaf task: its output type, its metrics with their
 direction (`higher_is_better`, from the task itself), its document count, and
@@ -231,6 +233,7 @@ def resolve_tasks(specs: list, *, where: str = "evaluation.tasks") -> TaskSet:
                 continue
             field_ = "task" if kind == "steer" else "holdout"
             skill = skill_name(spec.skill, kind)
+            side = []
             for task in ts.load(name, f"{at}.{field_}"):
                 tname = task.config.task
                 if tname in seen:
@@ -253,11 +256,19 @@ def resolve_tasks(specs: list, *, where: str = "evaluation.tasks") -> TaskSet:
                 if n_docs == 0:
                     raise TaskError(f"{at}.{field_}: task {tname!r} has no documents")
                 out = task.OUTPUT_TYPE
-                ts.leaves.append(LeafTask(name=tname, skill=skill, kind=kind, task=task, output_type=out,
-                                          metric=metric, higher_is_better=metrics[metric], n_docs=n_docs,
-                                          chance=_chance(task, out, metric), metrics=metrics,
-                                          per_checkpoint=getattr(spec, "items_per_checkpoint", None),
-                                          domains=list(getattr(spec, "domains", []) or [])))
+                side.append(LeafTask(name=tname, skill=skill, kind=kind, task=task, output_type=out,
+                                     metric=metric, higher_is_better=metrics[metric], n_docs=n_docs,
+                                     chance=_chance(task, out, metric), metrics=metrics,
+                                     per_checkpoint=getattr(spec, "items_per_checkpoint", None),
+                                     domains=list(getattr(spec, "domains", []) or [])))
+            # the skill's score is the mean of its facets: one metric, one direction
+            if len({(leaf.metric, leaf.higher_is_better) for leaf in side}) > 1:
+                scored = ", ".join(f"{leaf.name}: {leaf.metric} ({'higher' if leaf.higher_is_better else 'lower'}"
+                                   f" is better)" for leaf in side)
+                hint = "" if spec.metric else "; set `metric` to one metric they all have"
+                raise TaskError(f"{at}.metric: the tasks of {field_} {name!r} are not scored alike ({scored}): "
+                                f"skill {skill!r} needs one metric and direction for all of them{hint}")
+            ts.leaves += side
     return ts
 
 
