@@ -392,3 +392,13 @@ def test_a_skills_chance_is_the_mean_of_its_tasks(fixed_tasks):
     assert sorted(leaf.chance for leaf in ts.leaves) == [0.25, 0.5]
     row = next(r for r in skill_rows(cfg, [], taskset_configs(ts)) if r["name"] == "both")
     assert row["chance"] == pytest.approx(0.375) and row["metric"] == "acc"
+
+
+@pytest.mark.parametrize("metric, answer", [("acc", "no"), ("acc_norm", "yes")])
+def test_an_items_response_is_the_choice_its_metric_picks(fixed_tasks, fixed_lm, metric, answer):
+    """acc picks the highest loglikelihood ("no"), acc_norm the highest per
+    character ("yes"): the response and `correct` agree."""
+    ts = resolve_tasks([Spec("yn", "t_yn", include_path=fixed_tasks, metric=metric)])
+    _, items = evaluate_tasks(ts, fixed_lm, round_=0, seed=0)
+    assert {it["response"] for it in items} == {answer}
+    assert all(it["correct"] == int(it["target"] == answer) for it in items)

@@ -353,8 +353,20 @@ def _ratio_stderr(items: list, metric: str) -> float | None:
     return math.exp(r) * se if r < 700 else None  # beyond: exp overflows a float
 
 
+# how a multiple-choice metric picks its choice from the per-choice
+# loglikelihoods (as lm-eval's process_results does); others: argmax ll
+_CHOICE_SCORE = {
+    "acc_norm": lambda ll, choice: ll / len(choice) if choice else -math.inf,
+    "acc_bytes": lambda ll, choice: ll / len(choice.encode()) if choice else -math.inf,
+}
+
+
 def _sample_row(leaf: LeafTask, s: dict, metric: str) -> dict:
-    """One item's result for the samples table: prompt, target, response, score."""
+    """One item's result for the samples table: prompt, target, response, score.
+
+    A multiple-choice response is the choice `metric` picks: acc_norm the
+    highest loglikelihood per character of the choice, acc_bytes per byte,
+    any other metric (acc, ...) the highest loglikelihood."""
     args = s.get("arguments") or []
     prompt = ""
     if args:
@@ -363,10 +375,12 @@ def _sample_row(leaf: LeafTask, s: dict, metric: str) -> dict:
     target = s.get("target")
     resp = s.get("filtered_resps")
     if leaf.output_type == "multiple_choice" and isinstance(resp, list):
-        lls = [r[0] if isinstance(r, (list, tuple)) else r for r in resp]
-        best = max(range(len(lls)), key=lambda j: lls[j]) if lls else None
-        choices = leaf.task.doc_to_choice(s["doc"]) if best is not None else []
-        response = choices[best] if best is not None and best < len(choices) else str(best)
+        choices = [str(c) for c in leaf.task.doc_to_choice(s["doc"])]
+        lls = [_num(r[0] if isinstance(r, (list, tuple)) else r) for r in resp][:len(choices)]
+        by = _CHOICE_SCORE.get(metric, lambda ll, choice: ll)
+        scores = [-math.inf if ll is None else by(ll, c) for ll, c in zip(lls, choices)]
+        best = max(range(len(scores)), key=scores.__getitem__) if scores else None
+        response = choices[best] if best is not None else ""
         if isinstance(target, int) and target < len(choices):
             target = choices[target]
     elif leaf.output_type.startswith("loglikelihood") and isinstance(resp, list) and resp:
