@@ -49,17 +49,22 @@ Every prediction is gated: an innovation beyond GATE predicted standard
 deviations grows the level's and slope's variances by nu^2 - S before the
 update, so a filter re-bases on a jump instead of lagging it.
 
-Other metrics (`estimate(..., metric=...)`): a bounded mean in [0, 1] with its
-own stderr (ll_acc, acc) is observed as a Gaussian in logit space (delta
-method); a lower-is-better metric (answer_nll, perplexity, loss: positive and
-unbounded) as a Gaussian in -log(value), so that up is better on the state
-scale and the score, interval and slope come back in the metric's own units
-and direction (a falling loss has a negative slope). Any other metric is
-filtered on its own scale, higher being better. These have no counts to cut
-into Beta segments: several filters run side by side (DYNAMICS: a local
-linear trend, a damped trend, a local level, and two near-constant levels
-that average a plateau), averaged by their predictive likelihood (older
-terms discounted by FORGET per checkpoint).
+Other metrics (`estimate(..., metric=...)`) are observed as Gaussian looks
+on a scale their name decides (backend/vocab.py), never their values, so a
+skill's estimates are on one scale at every checkpoint: a score in [0, 1]
+with its own stderr (ll_acc, acc, f1: vocab.is_score) in logit space (delta
+method); a loss or perplexity (vocab.LOSS_METRICS: answer_nll, perplexity,
+bits_per_byte, loss: positive and unbounded) in -log(value), so that up is
+better on the state scale; any other metric (bleu, chrf, ter, rouge, mcc, a
+custom one) as reported, whichever its direction (TER can be 0 and mcc
+negative: neither logit nor log fits them). The score, interval and slope
+come back in the metric's own units and direction (a falling loss or TER
+has a negative slope). A value outside the range the name promises (an f1
+in 0-100) ends the skill's estimates (`estimate`). These have no counts to
+cut into Beta segments: several filters run side by side (DYNAMICS: a
+local linear trend, a damped trend, a local level, and two near-constant
+levels that average a plateau), averaged by their predictive likelihood
+(older terms discounted by FORGET per checkpoint).
 
 Everything is causal: the estimate at checkpoint t uses checkpoints <= t
 only, exactly what the controller could know then.
@@ -76,7 +81,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from backend.vocab import Z95
+from backend.vocab import LOSS_METRICS, Z95, in_range, is_score
 
 # Dynamics of the filters averaged for a Gaussian-look metric: (phi, level
 # process noise per checkpoint, logit units^2). phi = 1 a trend carries on,
@@ -91,6 +96,9 @@ PRIOR_SLOPE_VAR = 1.0
 # model answers almost nothing) give or take 4 logits (sd), wide enough that
 # the first counts decide.
 PRIOR_LEVEL, PRIOR_LEVEL_VAR = -4.0, 16.0
+# A metric filtered as reported (bleu 0-100, ter, mcc) has no level to expect
+# before its first checkpoint: a prior this wide lets the first look decide.
+RAW_PRIOR = (0.0, 1e8)
 FORGET = 0.8  # discount per checkpoint of a model's past predictive log-likelihood
 GATE = 2.0  # innovations beyond this many predicted sds re-base the level (a jump)
 # Template offsets shrink toward 0 with the weight of this many binomial
@@ -125,8 +133,6 @@ TREND_NOISE = (0.05, 0.005)
 # False: exact match by the DYNAMICS filters' average (the estimator before
 # the segments); kept for bench/fidelity.py --ablate, which compares the two.
 SEGMENTS = True
-LOWER_IS_BETTER = frozenset({"answer_nll", "perplexity", "word_perplexity", "byte_perplexity",
-                             "bits_per_byte", "loss"})
 
 
 def _logit(p: float) -> float:
@@ -184,8 +190,11 @@ def _laplace(m: float, v: float, counts: list[tuple[int, int, float]],
 
     # the log posterior is concave, so its gradient falls through one root:
     # Newton steps, kept inside a bracket that bisection shrinks when a step
-    # would leave it (a plain Newton step overshoots where sigmoid saturates)
-    lo, hi = m - 50.0, m + 50.0
+    # would leave it (a plain Newton step overshoots where sigmoid saturates);
+    # the root lies between the prior mean and the Gaussian looks, which on
+    # a metric's own scale may be far from it
+    ys = [y for y, _ in gauss]
+    lo, hi = min([m] + ys) - 50.0, max([m] + ys) + 50.0
     x = m
     for _ in range(200):
         g, h = grad(x)
@@ -231,12 +240,14 @@ def _pooled_look(counts: list[tuple[int, int, float]], gauss: list[tuple[float, 
     return wsum / prec, 1 / prec
 
 
-def _filter(points: list[dict], tokens_per_checkpoint: float, phi: float, level_noise: float):
-    """One gated filter with damping phi: yields (x, P, log-likelihood of the
-    checkpoint's data under the prediction) per point. A point carries
-    `counts` [(k, n, offset)] and `gauss` [(y, r)], either possibly empty."""
-    x = np.array([PRIOR_LEVEL, 0.0])
-    P = np.diag([PRIOR_LEVEL_VAR, PRIOR_SLOPE_VAR])
+def _filter(points: list[dict], tokens_per_checkpoint: float, phi: float, level_noise: float,
+            prior: tuple[float, float] = (PRIOR_LEVEL, PRIOR_LEVEL_VAR)):
+    """One gated filter with damping phi from a level ~ N(prior): yields (x,
+    P, log-likelihood of the checkpoint's data under the prediction) per
+    point. A point carries `counts` [(k, n, offset)] and `gauss` [(y, r)],
+    either possibly empty."""
+    x = np.array([prior[0], 0.0])
+    P = np.diag([prior[1], PRIOR_SLOPE_VAR])
     prev_tokens = None
     for pt in points:
         if prev_tokens is not None:
@@ -416,7 +427,7 @@ def _mixture_quantiles(betas: tuple, normals: tuple, at_zero=None) -> tuple[floa
 
 
 def kalman(points: list[dict], tokens_per_checkpoint: float, to_score=None,
-           chance: float | None = None) -> list[dict]:
+           chance: float | None = None, prior: tuple[float, float] = (PRIOR_LEVEL, PRIOR_LEVEL_VAR)) -> list[dict]:
     """Estimate one skill. points: [{step, tokens_seen, counts: [(k, n,
     offset)], gauss: [(y, r)], raw_mean, n_templates}] ordered by step.
     Returns one estimate per point (score, 95% interval lo / hi, slope).
@@ -428,9 +439,10 @@ def kalman(points: list[dict], tokens_per_checkpoint: float, to_score=None,
     quantiles. Otherwise (Gaussian
     looks) the level is the mixture of the DYNAMICS filters, weighted by
     their discounted predictive likelihood, and to_score maps it and level
-    +- Z95 sd to the metric. The learning slope is always the local linear
-    trend's, the one whose slope is the pace of learning rather than
-    momentum expected to fade."""
+    +- Z95 sd to the metric; prior is the level's (mean, variance) before
+    the first checkpoint on the looks' scale. The learning slope is always
+    the local linear trend's, the one whose slope is the pace of learning
+    rather than momentum expected to fade."""
     if SEGMENTS and points and all(pt["counts"] for pt in points):
         trend, scores = list(_filter(points, tokens_per_checkpoint, *DYNAMICS[0])), []
         for ws, a, b, dead, us, ms, vs, _ in _segments(points, tokens_per_checkpoint, chance):
@@ -438,7 +450,7 @@ def kalman(points: list[dict], tokens_per_checkpoint: float, to_score=None,
             # the score's change per unit of level: d sigmoid / dx at the median
             scores.append((p, lo, hi, p * (1 - p)))
     else:
-        runs = [list(_filter(points, tokens_per_checkpoint, phi, q)) for phi, q in DYNAMICS]
+        runs = [list(_filter(points, tokens_per_checkpoint, phi, q, prior)) for phi, q in DYNAMICS]
         trend, levels, score = runs[0], [], np.zeros(len(runs))
         for t in range(len(points)):
             score = FORGET * score + np.array([r[t][2] for r in runs])
@@ -508,26 +520,32 @@ def _binary_points(rows: list[dict]) -> list[dict]:
     return points
 
 
-def _gaussian_points(rows: list[dict], lower_is_better: bool) -> tuple[list[dict], object]:
+def _gaussian_points(rows: list[dict], metric: str) -> tuple[list[dict], object, tuple[float, float]]:
     """Filter points of one skill's rows of a non-binary metric (one look per
-    row, on the state scale) and the map from the state back to the
-    metric's units."""
-    values = [float(m["value"]) for m in rows]
-    if lower_is_better:
-        def to_state(v, se):
-            v = max(v, 1e-9)
-            return -math.log(v), (se / v) ** 2
-
-        def to_score(x, pt):
-            return math.exp(-x)
-    elif values and all(0.0 <= v <= 1.0 for v in values):
+    row, on the state scale), the map from the state back to the metric's
+    units and the level's prior on the state scale. The scale is the metric
+    name's (module docstring): logit for a score (0 and 1 held 1e-4
+    inside), -log for a loss (0 floored at 1e-9), else the value itself
+    (from RAW_PRIOR). A row without a stderr gets a score's binomial one,
+    or 10% of the value."""
+    prior = (PRIOR_LEVEL, PRIOR_LEVEL_VAR)
+    if is_score(metric):
         def to_state(v, se):
             p = min(max(v, 1e-4), 1 - 1e-4)
             return _logit(p), (se / (p * (1 - p))) ** 2
 
         def to_score(x, pt):
             return _sigmoid(x)
+    elif metric in LOSS_METRICS:
+        def to_state(v, se):
+            v = max(v, 1e-9)
+            return -math.log(v), (se / v) ** 2
+
+        def to_score(x, pt):
+            return math.exp(-x)
     else:
+        prior = RAW_PRIOR
+
         def to_state(v, se):
             return v, se * se
 
@@ -543,14 +561,20 @@ def _gaussian_points(rows: list[dict], lower_is_better: bool) -> tuple[list[dict
         for m in ms:
             se = m.get("stderr")
             if se is None or not se > 0:
-                # no stderr: a bounded mean's binomial one, else 10% of the value
                 n = int(m.get("n") or 1)
                 v = float(m["value"])
-                se = math.sqrt(max(v * (1 - v), 0.25 / n) / n) if 0 <= v <= 1 else 0.1 * abs(v) + 1e-6
+                se = math.sqrt(max(v * (1 - v), 0.25 / n) / n) if is_score(metric) else 0.1 * abs(v) + 1e-6
             gauss.append(to_state(float(m["value"]), float(se)))
         points.append({"step": step, "tokens_seen": ms[0]["tokens_seen"], "counts": [], "gauss": gauss,
                        "raw_mean": sum(float(m["value"]) for m in ms) / len(ms), "n_templates": len(ms)})
-    return points, to_score
+    return points, to_score, prior
+
+
+def off_range(rows: list[dict], metric: str) -> dict | None:
+    """The first of one skill's rows of `metric` (by step) whose value lies
+    outside the range the metric's name promises (vocab.in_range: an f1
+    reported in 0-100, a negative loss, a NaN), or None."""
+    return min((m for m in rows if not in_range(metric, float(m["value"]))), key=lambda m: m["step"], default=None)
 
 
 def estimate(measurements: list[dict], tokens_per_checkpoint: float,
@@ -559,13 +583,22 @@ def estimate(measurements: list[dict], tokens_per_checkpoint: float,
              chance: dict[str, float] | None = None) -> dict[str, list[dict]]:
     """Latent estimates per skill from store measurement rows of one metric
     (default exact match: the rows of every template are binomial counts;
-    any other metric is filtered as a Gaussian look with its stderr, in its
-    own units and direction: see the module docstring). The direction is
-    the task's (`higher_is_better`, as the skills table stores it); without
-    one, a known loss or perplexity name counts as lower-is-better. Each
-    estimate also says `higher_is_better`."""
+    any other metric is filtered as a Gaussian look with its stderr, on the
+    scale its name decides, in its own units and direction: see the module
+    docstring). The direction is the task's (`higher_is_better`, as the
+    skills table stores it); without one, a known loss or perplexity name
+    counts as lower-is-better. Each estimate also says `higher_is_better`.
+
+    A skill's estimates stop before its first checkpoint with a value
+    outside its metric's range (`off_range`): such a value has no place on
+    the name's scale, clipping it would report a number never measured,
+    and moving the skill to another scale would put its later estimates on
+    a scale other than the ones already stored and acted on. The estimates
+    before it stand, later checkpoints get none (a skill with none is left
+    out), and client.history holds the skill unsteerable, saying why; its
+    measurements stay shown as reported."""
     if higher_is_better is None:
-        higher_is_better = metric not in LOWER_IS_BETTER
+        higher_is_better = metric not in LOSS_METRICS
     grouped: dict[str, list[dict]] = defaultdict(list)
     for m in measurements:
         if m.get("metric") != metric or m.get("skill") is None:
@@ -575,11 +608,14 @@ def estimate(measurements: list[dict], tokens_per_checkpoint: float,
         grouped[m["skill"]].append(m)
     out = {}
     for s, rows in grouped.items():
+        off = off_range(rows, metric)
+        rows = [m for m in rows if off is None or m["step"] < off["step"]]
+        if not rows:
+            continue
         if metric == "exact_match":
-            points, to_score = _binary_points(rows), None
+            points, to_score, prior = _binary_points(rows), None, (PRIOR_LEVEL, PRIOR_LEVEL_VAR)
         else:
-            points, to_score = _gaussian_points(rows, not higher_is_better)
+            points, to_score, prior = _gaussian_points(rows, metric)
         out[s] = [{**e, "higher_is_better": higher_is_better}
-                  for e in kalman(points, tokens_per_checkpoint, to_score, (chance or {}).get(s))]
+                  for e in kalman(points, tokens_per_checkpoint, to_score, (chance or {}).get(s), prior)]
     return out
-

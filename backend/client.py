@@ -475,11 +475,16 @@ class RunClient:
         `estimates` (skill -> by step) and the affinity estimated from them
         (backend.affinity, the run's pins applied). A skill no domain is
         declared to feed (unless controller.links is "learned"), or whose
-        metric is not a [0, 1] score where higher is better (a perplexity),
-        is measured and shown but not steered: `unsteerable` says why. With
-        the declared links hidden, `skill_domains` holds none."""
+        metric is not a [0, 1] score where higher is better (a perplexity,
+        BLEU: vocab.is_score), or that reported a value outside [0, 1] (no
+        estimate since: capability.estimate), is measured and shown but not
+        steered: `unsteerable` says why. With the declared links hidden,
+        `skill_domains` holds none."""
+        from backend.capability import off_range
+
         declared = self.cfg.controller.links == "declared"
         steer = [s for s in self.store.skills(self.run_id) if s["kind"] == "steer"]
+        ms = self.store.measurements(self.run_id)
         unsteerable = {}
         for s in steer:
             metric, hib = s["metric"] or "exact_match", s["higher_is_better"] in (None, 1)
@@ -487,11 +492,14 @@ class RunClient:
                 unsteerable[s["name"]] = "no domain is declared to feed it (evaluation.tasks[].domains)"
             elif not hib or not vocab.is_score(metric):
                 unsteerable[s["name"]] = f"its metric {metric} is not a [0, 1] score where higher is better"
+            elif off := off_range([m for m in ms if m["skill"] == s["name"] and m["metric"] == metric], metric):
+                unsteerable[s["name"]] = (f"its metric {metric} reported {off['value']:g} at step {off['step']}, "
+                                          "outside [0, 1]: not estimated from that checkpoint on")
         skills = [s for s in steer if s["name"] not in unsteerable]
         primary = {s["name"]: s["metric"] or "exact_match" for s in skills}
         scores = {s["name"]: [] for s in skills}
         losses: dict[str, list] = {}
-        for m in self.store.measurements(self.run_id):
+        for m in ms:
             if m["kind"] == "steer" and m["skill"] in primary and m["metric"] == primary[m["skill"]]:
                 scores[m["skill"]].append(m)
             elif m["kind"] == "domain_loss":

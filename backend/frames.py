@@ -6,12 +6,15 @@ takes rows already read) and returns a DataFrame with fixed columns, empty
 frames included; backend/charts.py turns them into figures.
 
 Units: `step` is optimizer steps, `tokens_seen` is training tokens; scores
-are exact match in [0, 1]. Score frames come in two kinds with the same
-columns: the raw measurements (`skill_scores`: the mean over a checkpoint's
-prompt templates, band value +- Z95 stderr clipped to [0, 1]) and the latent
-capability estimate (`capability_scores`, from backend/capability.py: a
-Kalman filter over checkpoints, band its 95% interval). `lo` / `hi` hold the
-band either way, so every figure takes either.
+are each skill's own metric (`metric`: exact match for the synthetic
+skills), in [0, 1] where the name makes it a score (vocab.is_score), else in
+the metric's units (a perplexity, BLEU 0-100, mcc). Score frames come in two
+kinds with the same columns: the raw measurements (`skill_scores`: the mean
+over a checkpoint's prompt templates, band value +- Z95 stderr, `_with_band`)
+and the latent capability estimate (`capability_scores`, from
+backend/capability.py: a Kalman filter over checkpoints, band its 95%
+interval). `lo` / `hi` hold the band either way, so every figure takes
+either.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from backend.vocab import Z95, base_skill, is_holdout, is_score
+from backend.vocab import LOSS_METRICS, Z95, base_skill, in_range, is_holdout, is_score
 
 PRIMARY_METRIC = "exact_match"
-SCORE_COLUMNS = ["skill", "base", "kind", "step", "tokens_seen", "value", "stderr", "n", "lo", "hi"]
+SCORE_COLUMNS = ["skill", "base", "kind", "metric", "step", "tokens_seen", "value", "stderr", "n", "lo", "hi"]
 SLOPE_COLUMNS = ["slope", "slope_lo", "slope_hi", "slope_per_token", "raw_mean"]
 
 def skill_scores(store, run_id: int) -> pd.DataFrame:
@@ -39,18 +42,29 @@ def skill_scores(store, run_id: int) -> pd.DataFrame:
 
 
 def _empty_scores(extra: list[str] = ()) -> pd.DataFrame:
-    types = ["str", "str", "str", "int64", "int64"] + ["float64"] * (len(SCORE_COLUMNS) - 5 + len(extra))
+    types = ["str"] * 4 + ["int64"] * 2 + ["float64"] * (len(SCORE_COLUMNS) - 6 + len(extra))
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(SCORE_COLUMNS + list(extra), types)})
 
 
-def _with_band(df: pd.DataFrame, bounded: pd.Series | bool = True) -> pd.DataFrame:
-    """lo / hi = value -+ Z95 stderr, clipped to [0, 1] where the metric is
-    a score (`bounded`), at 0 below for a loss or perplexity."""
+def _with_band(df: pd.DataFrame) -> pd.DataFrame:
+    """lo / hi = value -+ Z95 stderr, by each row's `metric` name: clipped to
+    [0, 1] for a score (vocab.is_score) whose value lies in it (in_range),
+    at 0 below for a loss or perplexity, as computed otherwise (bleu, ter,
+    mcc: their own units, mcc below 0; a score reported outside [0, 1] is
+    drawn where it was reported, not clipped onto [0, 1])."""
     se = df["stderr"].fillna(0.0)
-    if not isinstance(bounded, pd.Series):
-        bounded = pd.Series(bool(bounded), index=df.index)
-    lo, hi = (df["value"] - Z95 * se).clip(lower=0), df["value"] + Z95 * se
-    return df.assign(lo=lo.where(~bounded, lo.clip(upper=1)), hi=hi.where(~bounded, hi.clip(0, 1)))
+    lo, hi = df["value"] - Z95 * se, df["value"] + Z95 * se
+    score = pd.Series([is_score(m) and in_range(m, v) for m, v in zip(df["metric"], df["value"])], index=df.index,
+                      dtype=bool)
+    loss = df["metric"].isin(LOSS_METRICS)
+    return df.assign(lo=lo.where(~score, lo.clip(0, 1)).where(~loss, lo.clip(lower=0)),
+                     hi=hi.where(~score, hi.clip(0, 1)))
+
+
+def _own_metric(skill: pd.Series, skills: dict[str, dict]) -> pd.Series:
+    """Each skill's own metric (the skills table's; exact match for the
+    synthetic skills and stores without one)."""
+    return skill.map({s: skills.get(s, {}).get("metric") or PRIMARY_METRIC for s in skill.unique()})
 
 
 def _bases(skill: pd.Series, skills: dict[str, dict]) -> pd.Series:
@@ -92,6 +106,7 @@ def capability_scores(store, run_id: int) -> pd.DataFrame:
     kinds = {s: skills[s]["kind"] if s in skills else ("holdout" if is_holdout(s) else "steer")
              for s in df["skill"].unique()}
     df["kind"] = df["skill"].map(kinds)
+    df["metric"] = _own_metric(df["skill"], skills)
     df["stderr"] = (df["hi"] - df["lo"]) / (2 * Z95)
     df["n"] = np.nan
     return df[SCORE_COLUMNS + SLOPE_COLUMNS].sort_values(["skill", "step"]).reset_index(drop=True)
@@ -104,19 +119,17 @@ def scores_frame(rows: list[dict], skills: dict[str, dict] | None = None) -> pd.
     df = pd.DataFrame.from_records(rows, columns=["skill", "kind", "step", "tokens_seen", "metric",
                                                   "value", "stderr", "n"])
     df = df[df["kind"].isin(["steer", "holdout"]) & df["skill"].notna()]
-    # each skill in its own metric (the skills table's; exact match for the synthetic ones)
-    own = {s: (skills or {}).get(s, {}).get("metric") or PRIMARY_METRIC for s in df["skill"].unique()}
-    df = df[df["metric"] == df["skill"].map(own)]
+    df = df[df["metric"] == _own_metric(df["skill"], skills or {})]
     df = df.assign(stderr=df["stderr"].astype("float64"), n=df["n"].astype("float64"))
     if df.duplicated(["skill", "step"]).any():
         g = df.assign(se2=df["stderr"] ** 2).groupby(["skill", "step"], sort=True)
-        out = g.agg(kind=("kind", "first"), tokens_seen=("tokens_seen", "max"), value=("value", "mean"),
-                    se2=("se2", "sum"), k=("value", "size"), n=("n", "sum")).reset_index()
+        out = g.agg(kind=("kind", "first"), metric=("metric", "first"), tokens_seen=("tokens_seen", "max"),
+                    value=("value", "mean"), se2=("se2", "sum"), k=("value", "size"), n=("n", "sum")).reset_index()
         out["stderr"] = np.sqrt(out["se2"]) / out["k"]
     else:  # one task per skill (the usual case): nothing to average
         out = df.sort_values(["skill", "step"])
     out["base"] = _bases(out["skill"], skills or {})
-    return _with_band(out, out["skill"].map(own).map(is_score).astype(bool))[SCORE_COLUMNS].reset_index(drop=True)
+    return _with_band(out)[SCORE_COLUMNS].reset_index(drop=True)
 
 
 FACET_COLUMNS = ["facet", "task", "metric", "prompt_variant", "decoding", "scorer", "value", "stderr", "n",
@@ -138,7 +151,7 @@ def facet_frame(rows: list[dict], step: int, metric: str | None = None) -> pd.Da
     df = df.assign(stderr=df["stderr"].astype("float64"), n=df["n"].astype("float64"))
     df["facet"] = (df["prompt_variant"].fillna("") + " · " + df["decoding"].fillna("") + " · "
                    + df["metric"].replace({"exact_match": "exact match", "ll_acc": "ll accuracy"}))
-    return _with_band(df, df["metric"].map(is_score).astype(bool))[FACET_COLUMNS].sort_values(["metric", "facet"], ascending=[False, True]) \
+    return _with_band(df)[FACET_COLUMNS].sort_values(["metric", "facet"], ascending=[False, True]) \
         .reset_index(drop=True)
 
 
@@ -321,7 +334,7 @@ def tokens_to_reach(scores: pd.DataFrame, threshold: float, by: str = "run") -> 
 def smooth(scores: pd.DataFrame, window: int) -> pd.DataFrame:
     """Rolling mean over `window` checkpoints per skill (and run). The
     stderr becomes that of a mean of independent estimates:
-    sqrt(mean se^2 / count)."""
+    sqrt(mean se^2 / count), the band drawn by the metric (`_with_band`)."""
     if window <= 1 or scores.empty:
         return scores
     keys = [k for k in ("run", "skill") if k in scores.columns]
@@ -331,9 +344,7 @@ def smooth(scores: pd.DataFrame, window: int) -> pd.DataFrame:
     se2 = (df["stderr"] ** 2).groupby([df[k] for k in keys], sort=False)
     se2m = se2.rolling(window, min_periods=1).mean().reset_index(level=list(range(len(keys))), drop=True)
     cnt = g["value"].rolling(window, min_periods=1).count().reset_index(level=list(range(len(keys))), drop=True)
-    # a score's band was clipped to [0, 1] already; a loss's may reach above 1
-    bounded = df["hi"] <= 1.0 if "hi" in df.columns else True
-    return _with_band(df.assign(value=value, stderr=np.sqrt(se2m / cnt)), bounded)
+    return _with_band(df.assign(value=value, stderr=np.sqrt(se2m / cnt)))
 
 
 def thin(frame: pd.DataFrame, max_points: int, column: str = "step") -> pd.DataFrame:

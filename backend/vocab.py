@@ -1,11 +1,15 @@
 """One vocabulary: the conventions every module shares, defined once.
 
 Run states, held-out skill naming, tokens per step, checkpoint-boundary
-arithmetic and the 95% normal quantile. Pure functions of plain values, so
-the loop, the CLI, the pages and the benchmarks all import the same rule.
+arithmetic, which metrics are scores in [0, 1] and the 95% normal
+quantile. Pure functions of plain values, so the loop, the CLI, the pages
+and the benchmarks all import the same rule.
 """
 
 from __future__ import annotations
+
+import math
+import re
 
 Z95 = 1.96
 """Two-sided 95% normal quantile: an interval is value +- Z95 * stderr."""
@@ -80,13 +84,42 @@ def checkpoint_steps(every: int, total: int) -> list[int]:
 
 
 # -- metrics ----------------------------------------------------------------
-UNBOUNDED_METRICS = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "answer_nll",
-                               "loss"})
-"""Metrics that are not a score in [0, 1] (losses, perplexities): they are
-estimated on their own scale, drawn without clipping to [0, 1], and never
-steered toward a target score."""
+# Whether a metric is a score in [0, 1] is decided by its name alone, never by
+# the values seen so far, so one skill is estimated, drawn and steered on one
+# scale for the whole run. The allow list holds the names lm-eval (and this
+# project's own harness) report as a mean of per-item scores in [0, 1]; every
+# other name (perplexities, losses, bleu, chrf, ter, rouge*, mcc, a custom
+# metric) is unbounded. f1 is on it as drop, coqa and the registered f1
+# report it; a task reporting f1 in 0-100 (squad_v2) breaks the name's
+# promise: see `in_range` and capability.estimate.
+SCORE_METRICS = frozenset({
+    "exact_match", "em", "acc", "acc_norm", "acc_mutual_info", "acc_bytes", "acc_all", "ll_acc", "f1", "mc1", "mc2",
+    "prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc", "inst_level_loose_acc",
+    "bleu_acc", "rouge1_acc", "rouge2_acc", "rougeL_acc"})
+"""Scores in [0, 1], higher is better: accuracies (ll_acc: this project's
+loglikelihood accuracy), exact match, f1, TruthfulQA's mc1 / mc2 and
+*_acc, IFEval's strict / loose accuracies; and pass@k (`PASS_AT_K`)."""
+PASS_AT_K = re.compile(r"pass(@|_at_)(\d+|k)")
+"""pass@1, pass_at_1, pass_at_k (code tasks): a share of problems solved."""
+LOSS_METRICS = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "answer_nll", "loss"})
+"""Losses and perplexities: not negative, lower is better (their direction
+where the task gives none), estimated in -log(value)."""
 
 
 def is_score(metric: str | None) -> bool:
-    """Whether a metric is a score in [0, 1] (accuracy, exact match, f1...)."""
-    return (metric or "exact_match") not in UNBOUNDED_METRICS
+    """Whether a metric is a score in [0, 1] by its name (SCORE_METRICS,
+    PASS_AT_K; None: exact match). Only a score is drawn clipped to [0, 1]
+    and steered toward a target."""
+    metric = metric or "exact_match"
+    return metric in SCORE_METRICS or PASS_AT_K.fullmatch(metric) is not None
+
+
+def in_range(metric: str | None, value: float) -> bool:
+    """Whether `value` lies in the range `metric`'s name promises: [0, 1]
+    for a score (1e-9 either side for rounding), >= 0 for a loss or
+    perplexity, any finite number otherwise."""
+    if not math.isfinite(value):
+        return False
+    if is_score(metric):
+        return -1e-9 <= value <= 1 + 1e-9
+    return value >= 0 or metric not in LOSS_METRICS

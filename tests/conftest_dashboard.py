@@ -120,7 +120,8 @@ def scores_df(skills=("copy", "add2"), steps=range(0, 50, 10), holdout=True,
             for s in steps:
                 v = min(1.0, s / 100 + 0.1 * i + (0 if kind == "steer" else -0.05))
                 rows.append({"skill": name, "base": base, "kind": kind, "step": s,
-                             "tokens_seen": s * tokens_per_step, "value": max(0.0, v), "stderr": 0.05, "n": 50.0})
+                             "tokens_seen": s * tokens_per_step, "value": max(0.0, v), "stderr": 0.05, "n": 50.0,
+                             "metric": "exact_match"})
     df = pd.DataFrame(rows)
     return df.assign(lo=(df["value"] - 1.96 * df["stderr"]).clip(0, 1),
                      hi=(df["value"] + 1.96 * df["stderr"]).clip(0, 1))[SCORE_COLUMNS]

@@ -146,6 +146,60 @@ def test_a_bounded_mean_metric_with_its_stderr_stays_within_0_and_1():
     assert est[-1]["score"] > est[0]["score"] + 0.5
 
 
+def looks(metric: str, values: list[float], stderrs: list[float | None]) -> list[dict]:
+    """One skill's rows of `metric`, one per checkpoint."""
+    return [{"step": 100 * t, "tokens_seen": 1000 * t, "skill": "s", "metric": metric, "value": v, "stderr": se,
+             "n": 200} for t, (v, se) in enumerate(zip(values, stderrs))]
+
+
+def as_the_loop_sees_it(rows: list[dict], **kw) -> list[dict]:
+    """The estimate of each checkpoint from the rows up to it (what the
+    worker stores at that checkpoint)."""
+    return [estimate([r for r in rows if r["step"] <= last["step"]], 1000, **kw)["s"][-1] for last in rows]
+
+
+def test_bleu_is_estimated_on_its_own_scale_from_the_first_checkpoint():
+    rows = looks("bleu", [0, 0.4, 12, 25, 30, 62], [0.2, 0.3, 1.5, 2, 2, 2.5])
+    stored = as_the_loop_sees_it(rows, metric="bleu")
+    # one scale at every step: the stored estimates are the full history's, and (Gaussian on the
+    # raw scale) symmetric about the score, not a logit's squeezed into [0, 1]
+    assert stored == estimate(rows, 1000, metric="bleu")["s"]
+    for e, r in zip(stored, rows):
+        assert e["hi"] - e["score"] == pytest.approx(e["score"] - e["lo"])
+        assert abs(e["score"] - r["value"]) < 2 * r["stderr"]
+    assert stored[0]["lo"] < 0 < stored[0]["hi"] < 1  # BLEU 0 +- 0.2, not a score's [0, 0.98]
+    assert stored[-1]["hi"] > 60
+
+
+def test_a_lower_is_better_metric_that_reaches_0_is_estimated_as_reported():
+    rows = looks("ter", [231, 120, 0, 80], [10, 8, 0.5, 5])
+    est = estimate(rows, 1000, metric="ter", higher_is_better=False)["s"]
+    assert all(math.isfinite(e[k]) for e in est for k in ("score", "lo", "hi", "slope"))
+    assert [not e["higher_is_better"] for e in est] == [True] * 4
+    assert est[0]["score"] == pytest.approx(231, abs=1) and est[2]["lo"] < 0 < est[2]["hi"] < 2
+    assert est[3]["slope"] < 0  # TER falling
+    # without stderrs (10% of the value: a 0 is a sharp look) it still runs
+    assert estimate(looks("ter", [0, 0, 50], [None] * 3), 1000, metric="ter", higher_is_better=False)["s"]
+
+
+def test_mcc_of_either_sign_is_estimated_as_reported():
+    rows = looks("mcc", [0.2, 0.3, -0.1, 0.4], [0.05] * 4)
+    stored = as_the_loop_sees_it(rows, metric="mcc")
+    assert stored == estimate(rows, 1000, metric="mcc")["s"]  # no logit while every value was in [0, 1]
+    assert stored[2]["lo"] < stored[2]["score"] < 0.05
+
+
+def test_a_score_reported_outside_0_1_ends_its_estimates_there():
+    # f1 is a [0, 1] score by name, but squad_v2 reports it in 0-100
+    rows = looks("f1", [0.2, 0.35, 45.0, 0.5], [0.03] * 4)
+    est = estimate(rows, 1000, metric="f1")["s"]
+    assert est == estimate(rows[:2], 1000, metric="f1")["s"]  # the ones before it stand, on the logit scale
+    assert capability.off_range(rows, "f1") == rows[2] and capability.off_range(rows[:2], "f1") is None
+    assert estimate(rows[2:], 1000, metric="f1") == {}  # nothing in range: no estimate
+    nan = looks("acc", [0.2, math.nan, 0.4], [0.03] * 3)
+    assert [e["step"] for e in estimate(nan, 1000, metric="acc")["s"]] == [0]
+
+
 def test_estimate_is_causal():
     rows, _ = simulate(7, templates=(-0.5, 0.0, 0.5))
     full = estimate(rows, 1000, chance={"s": 0.1})["s"]

@@ -124,3 +124,28 @@ def test_finish_expires_what_is_still_open(store):
     client.finish(30)
     assert store.run(client.run_id)["status"] == "finished"
     assert [p["status"] for p in store.proposals(client.run_id)] == ["expired"]
+
+
+def test_a_metric_that_is_not_a_score_by_name_is_estimated_as_reported_and_not_steered(store):
+    client = RunClient.register(store, preset("tiny").replace(policy="human"))
+    rid = client.run_id
+    # copy scored by BLEU (0-100), add2 by an f1 that turns out to be reported in 0-100
+    metric = {"copy": "bleu", "add2": "f1"}
+    store.set_skills(rid, [{**s, "metric": metric.get(s["name"], s["metric"])} for s in store.skills(rid)])
+    for step, (bleu, f1) in zip((0, 10, 20), ((0.4, 0.3), (12.0, 0.4), (25.0, 45.0))):
+        client.report_checkpoint(step, step * client.tokens_per_step, train_loss=3.0,
+                                 tokens_per_domain={d: step for d in client.cfg.domain_names})
+        client.report_measurements(step, [
+            {"skill": s["name"], "task": f"ext_{s['name']}", "value": {"copy": bleu, "add2": f1}.get(s["name"], 0.1),
+             "metric": metric.get(s["name"], "exact_match"), "stderr": 0.03, "n": 100}
+            for s in store.skills(rid)])
+        client.boundary(step)
+    est = {(c["skill"], c["step"]): c for c in store.capability(rid)}
+    assert est[("copy", 0)]["hi"] - est[("copy", 0)]["score"] == pytest.approx(
+        est[("copy", 0)]["score"] - est[("copy", 0)]["lo"])  # BLEU 0.4 on its own scale, not logit
+    assert est[("copy", 20)]["score"] == pytest.approx(25.0, abs=0.5)
+    assert ("add2", 10) in est and ("add2", 20) not in est  # no estimate once f1 left [0, 1]
+    why = client.history(client.estimate_and_guard(20)).unsteerable
+    assert why["copy"] == "its metric bleu is not a [0, 1] score where higher is better"
+    assert why["add2"] == "its metric f1 reported 45 at step 20, outside [0, 1]: not estimated from that checkpoint on"
+    assert why.keys() == {"copy", "add2"}

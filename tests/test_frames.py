@@ -37,6 +37,40 @@ def test_capability_scores_carry_the_latent_interval_and_slope(scored_run):
     assert frames.capability_scores(s, 999).empty
 
 
+def own_metric_rows() -> tuple[list[dict], dict[str, dict]]:
+    """Measurement rows of five skills, each scored by its own metric, at
+    steps 0 and 10, and their skill rows."""
+    values = {"tr": ("bleu", [0.4, 12.0], 3.0), "post": ("ter", [231.0, 0.0], 20.0),
+              "cls": ("mcc", [-0.3, 0.1], 0.1), "squad": ("f1", [0.3, 45.0], 2.0), "add": ("acc", [0.02, 0.99], 0.05)}
+    rows = [{"skill": k, "kind": "steer", "step": 10 * i, "tokens_seen": 640 * i, "metric": m, "value": v,
+             "stderr": se, "n": 50} for k, (m, vs, se) in values.items() for i, v in enumerate(vs)]
+    return rows, {k: {"name": k, "base": k, "kind": "steer", "metric": m} for k, (m, _, _) in values.items()}
+
+
+def test_a_band_is_clipped_to_0_1_only_for_a_score_in_range():
+    rows, skills = own_metric_rows()
+    df = frames.scores_frame(rows, skills).set_index(["skill", "step"])
+    assert df.loc[("tr", 0), "metric"] == "bleu"
+    unclipped = [("tr", 0), ("tr", 10), ("post", 10), ("cls", 0), ("squad", 10)]
+    for key in unclipped:  # BLEU 12, TER 0, mcc < 0 and an f1 reported in 0-100: drawn as reported
+        r = df.loc[key]
+        assert (r["lo"], r["hi"]) == pytest.approx((r["value"] - 1.96 * r["stderr"], r["value"] + 1.96 * r["stderr"]))
+    assert df.loc[("tr", 10), "hi"] > 1 and df.loc[("post", 10), "lo"] < 0 < df.loc[("cls", 10), "hi"] < 1
+    assert (df.loc[("add", 0), "lo"], df.loc[("add", 10), "hi"]) == (0.0, 1.0)  # a score in [0, 1] as before
+    assert (df.loc[("squad", 0), "lo"], df.loc[("squad", 0), "hi"]) == pytest.approx((0.0, 1.0))
+    # smoothing keeps each skill's rule: BLEU's mean of 0.4 and 12 is not clipped at 1
+    smoothed = frames.smooth(frames.scores_frame(rows, skills), 2).set_index(["skill", "step"])
+    assert smoothed.loc[("tr", 10), "value"] == pytest.approx(6.2) and smoothed.loc[("tr", 10), "lo"] > 1
+    assert smoothed.loc[("add", 0), "lo"] == 0.0 and smoothed.loc[("cls", 0), "lo"] < -0.3
+
+
+def test_facet_frame_of_an_unbounded_metric_is_not_clipped():
+    rows = [{**r, "task": r["skill"], "prompt_variant": "p0", "decoding": "greedy", "scorer": r["metric"]}
+            for r in own_metric_rows()[0]]
+    f = frames.facet_frame(rows, 10, "bleu")
+    assert f["value"].tolist() == [12.0] and f["hi"].iloc[0] == pytest.approx(12 + 1.96 * 3)
+
+
 def test_domain_losses(scored_run):
     s, run_id = scored_run
     df = frames.domain_losses(s, run_id)
