@@ -53,7 +53,7 @@ Other metrics (`estimate(..., metric=...)`) are observed as Gaussian looks
 on a scale their name decides (backend/vocab.py), never their values, so a
 skill's estimates are on one scale at every checkpoint: a score in [0, 1]
 with its own stderr (ll_acc, acc, f1: vocab.is_score) in logit space (delta
-method); a loss or perplexity (vocab.LOSS_METRICS: answer_nll, perplexity,
+method); a loss or perplexity (vocab.is_loss: answer_nll, perplexity,
 bits_per_byte, loss: positive and unbounded) in -log(value), so that up is
 better on the state scale; any other metric (bleu, chrf, ter, rouge, mcc, a
 custom one) as reported, whichever its direction (TER can be 0 and mcc
@@ -81,7 +81,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from backend.vocab import LOSS_METRICS, Z95, in_range, is_score
+from backend.vocab import Z95, in_range, is_loss, is_score
 
 # Dynamics of the filters averaged for a Gaussian-look metric: (phi, level
 # process noise per checkpoint, logit units^2). phi = 1 a trend carries on,
@@ -536,7 +536,7 @@ def _gaussian_points(rows: list[dict], metric: str) -> tuple[list[dict], object,
 
         def to_score(x, pt):
             return _sigmoid(x)
-    elif metric in LOSS_METRICS:
+    elif is_loss(metric):
         def to_state(v, se):
             v = max(v, 1e-9)
             return -math.log(v), (se / v) ** 2
@@ -598,7 +598,7 @@ def estimate(measurements: list[dict], tokens_per_checkpoint: float,
     out), and client.history holds the skill unsteerable, saying why; its
     measurements stay shown as reported."""
     if higher_is_better is None:
-        higher_is_better = metric not in LOSS_METRICS
+        higher_is_better = not is_loss(metric)
     grouped: dict[str, list[dict]] = defaultdict(list)
     for m in measurements:
         if m.get("metric") != metric or m.get("skill") is None:

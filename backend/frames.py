@@ -24,7 +24,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from backend.vocab import LOSS_METRICS, Z95, base_skill, in_range, is_holdout, is_score
+from backend.vocab import Z95, base_skill, in_range, is_holdout, is_loss, is_score
 
 PRIMARY_METRIC = "exact_match"
 SCORE_COLUMNS = ["skill", "base", "kind", "metric", "step", "tokens_seen", "value", "stderr", "n", "lo", "hi"]
@@ -56,7 +56,7 @@ def _with_band(df: pd.DataFrame) -> pd.DataFrame:
     lo, hi = df["value"] - Z95 * se, df["value"] + Z95 * se
     score = pd.Series([is_score(m) and in_range(m, v) for m, v in zip(df["metric"], df["value"])], index=df.index,
                       dtype=bool)
-    loss = df["metric"].isin(LOSS_METRICS)
+    loss = df["metric"].map(is_loss).astype(bool)
     return df.assign(lo=lo.where(~score, lo.clip(0, 1)).where(~loss, lo.clip(lower=0)),
                      hi=hi.where(~score, hi.clip(0, 1)))
 

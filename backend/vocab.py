@@ -106,12 +106,24 @@ LOSS_METRICS = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "b
 where the task gives none), estimated in -log(value)."""
 
 
+def _base_metric(metric: str | None) -> str:
+    """The metric a name is of: "exact_match/flexible-extract" (an lm-eval
+    filter's other than the first, backend.evaluation.lmeval_tasks) is
+    exact match; None is exact match."""
+    return (metric or "exact_match").split("/", 1)[0]
+
+
 def is_score(metric: str | None) -> bool:
     """Whether a metric is a score in [0, 1] by its name (SCORE_METRICS,
     PASS_AT_K; None: exact match). Only a score is drawn clipped to [0, 1]
     and steered toward a target."""
-    metric = metric or "exact_match"
+    metric = _base_metric(metric)
     return metric in SCORE_METRICS or PASS_AT_K.fullmatch(metric) is not None
+
+
+def is_loss(metric: str | None) -> bool:
+    """Whether a metric is a loss or perplexity by its name (LOSS_METRICS)."""
+    return _base_metric(metric) in LOSS_METRICS
 
 
 def in_range(metric: str | None, value: float) -> bool:
@@ -122,4 +134,4 @@ def in_range(metric: str | None, value: float) -> bool:
         return False
     if is_score(metric):
         return -1e-9 <= value <= 1 + 1e-9
-    return value >= 0 or metric not in LOSS_METRICS
+    return value >= 0 or not is_loss(metric)

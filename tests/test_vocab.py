@@ -2,7 +2,7 @@
 
 import math
 
-from backend.vocab import in_range, is_score
+from backend.vocab import in_range, is_loss, is_score
 
 
 def test_a_score_is_decided_by_an_allow_list_of_names():
@@ -34,3 +34,10 @@ def test_the_range_a_name_promises():
     assert in_range("bleu", 62.0) and in_range("ter", 0.0) and in_range("mcc", -0.4)
     assert not any(in_range(m, math.nan) for m in ("acc", "bleu", "loss"))
     assert not in_range("bleu", math.inf)
+
+
+def test_a_later_lm_eval_filter_is_of_its_metric():
+    # lmeval_tasks names a metric's rows under its second and later filters "metric/filter"
+    assert is_score("exact_match/flexible-extract") and not is_score("bleu/none")
+    assert is_loss("word_perplexity/x") and not is_loss("acc/x")
+    assert not in_range("exact_match/flexible-extract", 3.0) and not in_range("perplexity/x", -1.0)
