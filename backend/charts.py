@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 
 from backend.explain import AT_CHANCE, LEARNING
 from backend.frames import ema, thin
-from backend.vocab import Z95, is_holdout
+from backend.vocab import Z95, is_holdout, is_score
 
 MAX_POINTS = 300  # checkpoints per trajectory trace, after thinning
 MAX_COLUMNS = 200  # checkpoints (columns) in a heatmap, after thinning
@@ -96,13 +96,25 @@ def _empty(title: str, message: str) -> go.Figure:
 # -- figures -------------------------------------------------------------------
 
 
-def _score_axis(frame: pd.DataFrame, title: str = "score") -> dict:
-    """The y axis of scores: [0, 1] while every value and band is a score;
-    free above when a skill is scored by a loss or perplexity."""
+def _all_scores(frame: pd.DataFrame) -> bool:
+    """Whether every row of a frame is a [0, 1] score: by its `metric` name
+    where the frame has one (vocab.is_score), and its values and band in
+    [0, 1]."""
+    if "metric" in frame.columns and not frame["metric"].map(is_score).all():
+        return False
     top = max((frame[c].max() for c in ("value", "hi") if c in frame.columns and not frame.empty), default=1.0)
-    if pd.isna(top) or top <= 1.0:
+    bottom = min((frame[c].min() for c in ("value", "lo") if c in frame.columns and not frame.empty), default=0.0)
+    return (pd.isna(top) or top <= 1.0) and (pd.isna(bottom) or bottom >= 0.0)
+
+
+def _score_axis(frame: pd.DataFrame, title: str = "score") -> dict:
+    """The y axis of scores: [0, 1] while every row is a score; else free in
+    the metric's own units, from 0 unless a value or band is negative
+    (mcc)."""
+    if _all_scores(frame):
         return dict(title=title, range=[-0.02, 1.02])
-    return dict(title=f"{title} (own metric)", rangemode="nonnegative")
+    low = min((frame[c].min() for c in ("value", "lo") if c in frame.columns and not frame.empty), default=0.0)
+    return dict(title=f"{title} (own metric)", rangemode="normal" if low < 0 else "nonnegative")
 
 
 def facet_figure(facets: pd.DataFrame, latent: dict | None = None, title: str | None = None) -> go.Figure:
@@ -184,9 +196,15 @@ def trajectory_figure(scores: pd.DataFrame, *, x: str = "tokens_seen", bases: li
 def headline_figure(scores: pd.DataFrame, *, x: str = "tokens_seen", max_points: int = MAX_POINTS,
                     title: str | None = "Mean capability: steer vs held-out skills") -> go.Figure:
     """Mean score over steer skills and over held-out skills (with the
-    band of the mean), over thin grey lines of each steer skill."""
+    band of the mean), over thin grey lines of each steer skill. Only
+    skills scored by a [0, 1] score (vocab.is_score) are averaged: a mean
+    of accuracies and a perplexity or BLEU means nothing."""
     if scores.empty:
         return _empty(title, "no measurements yet")
+    if "metric" in scores.columns:
+        scores = scores[scores["metric"].map(is_score).astype(bool)]
+        if scores.empty:
+            return _empty(title, "no skill is scored by a [0, 1] score")
     df = thin(scores, max_points)
     fig = _figure(title, xaxis_title=X_LABELS.get(x, x), yaxis=_score_axis(df))
     traces = []

@@ -163,6 +163,25 @@ def test_score_axis_is_0_to_1_for_scores_and_free_for_a_loss():
     loss = pd.DataFrame({"value": [4.5, 3.1], "hi": [4.8, 3.3]})
     axis = _score_axis(loss)
     assert "range" not in axis and axis["rangemode"] == "nonnegative"
+    # by name: BLEU 0.4 is not a [0, 1] score; mcc goes below 0
+    bleu = pd.DataFrame({"metric": ["bleu", "bleu"], "value": [0.0, 0.4], "lo": [0.0, 0.1], "hi": [0.2, 0.7]})
+    assert "range" not in _score_axis(bleu)
+    mcc = pd.DataFrame({"metric": ["mcc"], "value": [-0.3], "lo": [-0.5], "hi": [-0.1]})
+    assert _score_axis(mcc)["rangemode"] == "normal"
+
+
+def test_the_headline_averages_only_skills_scored_in_0_1():
+    from backend import charts
+
+    df = scores_df(steps=[0, 10])
+    bleu = df[df["skill"] == df["skill"].iloc[0]].assign(skill="bleu_skill", base="bleu_skill", metric="bleu",
+                                                        value=40.0, lo=35.0, hi=45.0)
+    fig = charts.headline_figure(pd.concat([df, bleu]))
+    means = [t for t in fig.data if t.name == "mean of steer skills"]
+    assert means and max(means[0].y) <= 1.0
+    assert fig.layout.yaxis.range == (-0.02, 1.02)
+    only = charts.headline_figure(bleu)
+    assert "no skill is scored" in only.layout.annotations[0].text
 
 
 def test_trajectory_draws_each_steer_skills_chance_level():
