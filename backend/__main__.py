@@ -211,8 +211,8 @@ def _weights_arg(text: str | None):
         src = text
     try:
         return json.loads(src)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise UsageError(f"--weights: not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, or an integer past 4,300 digits
+        raise UsageError(f"--weights: not valid JSON ({str(e)[:200]})") from None
 
 
 def cmd_decide(s: Session) -> int:
@@ -389,6 +389,16 @@ def cmd_validate(s: Session) -> int:
     return 0
 
 
+def _utf8(text: str) -> str:
+    """Free text (who, why): valid UTF-8, as the store keeps it. Bytes that
+    are not reach Python as lone surrogates, which SQLite cannot encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"not valid UTF-8 text: {text!r}"[:200]) from None
+    return text
+
+
 def _nproc(text: str) -> int:
     try:
         n = int(text)
@@ -433,25 +443,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("proposal", type=int)
     p.add_argument("action", choices=("approve", "reject", "edit"))
     p.add_argument("--weights", help="edited weights as JSON (or @file)")
-    p.add_argument("--by", default="cli", help="who decides (audit log)")
-    p.add_argument("--reason", help="why (kept with the decision)")
+    p.add_argument("--by", type=_utf8, default="cli", help="who decides (audit log)")
+    p.add_argument("--reason", type=_utf8, help="why (kept with the decision)")
 
     for name in ("pause", "resume", "stop"):
         p = add(name, cmd_command, f"{name} a run's worker")
         p.add_argument("run", type=int)
-        p.add_argument("--by", default="cli")
+        p.add_argument("--by", type=_utf8, default="cli")
         p.set_defaults(command=name)
 
     p = add("set-mixture", cmd_set_mixture, "set a manual mixture (applies at the next checkpoint)")
     p.add_argument("run", type=int)
     p.add_argument("--weights", required=True, help="weights as JSON (or @file)")
-    p.add_argument("--by", default="cli")
-    p.add_argument("--reason")
+    p.add_argument("--by", type=_utf8, default="cli")
+    p.add_argument("--reason", type=_utf8)
 
     p = add("set-policy", cmd_set_policy, "switch a run between auto and human approval")
     p.add_argument("run", type=int)
     p.add_argument("policy", choices=("auto", "human"))
-    p.add_argument("--by", default="cli")
+    p.add_argument("--by", type=_utf8, default="cli")
 
     p = add("alerts", cmd_alerts, "open Goodhart alerts of a run")
     p.add_argument("run", type=int)
@@ -462,8 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("ack-alert", cmd_ack, "acknowledge a skill's Goodhart alert (the controller may push it again)")
     p.add_argument("run", type=int)
     p.add_argument("skill")
-    p.add_argument("--by", default="cli")
-    p.add_argument("--note")
+    p.add_argument("--by", type=_utf8, default="cli")
+    p.add_argument("--note", type=_utf8)
 
     p = add("export-schedule", cmd_export, "write a run's mixture schedule (native JSON or a trainer's format)")
     p.add_argument("run", type=int)

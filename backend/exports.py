@@ -144,12 +144,15 @@ def parse(text: str, fmt: str, *, as_written: bool = False) -> list[dict[str, fl
 
     Token shares by default (document probabilities converted back with the
     tokens per document the text carries); `as_written=True` gives the
-    numbers as the text states them, in the format's own unit."""
+    numbers as the text states them, in the format's own unit. Every weight
+    read is checked by the one rule for weights (backend.mixture: finite,
+    >= 0, not all zero); malformed text of any kind is an ExportError naming
+    the format and the field."""
     f = _format(fmt)
     written, tpd = f.parse(text)
     if as_written or f.unit == "tokens":
         return written
-    return [token_shares(w, tpd) for w in written]
+    return [_weights(token_shares(w, tpd), list(w), f"{fmt}: segments[{i}]") for i, w in enumerate(written)]
 
 
 def validate_native(schedule) -> None:
@@ -297,31 +300,76 @@ def _unblend(items, by_prefix: dict[str, str], domains: list[str], where: str) -
         items = items.split()
     if not isinstance(items, list) or not items or len(items) % 2:
         raise ExportError(f"{where}: expected weight/prefix pairs, got {items!r}")
-    out = dict.fromkeys(domains, 0.0)
+    pairs = []
     for w, p in zip(items[::2], items[1::2]):
-        if p not in by_prefix:
-            raise ExportError(f"{where}: unknown prefix {p!r} (prefixes: {', '.join(by_prefix)})")
+        if not isinstance(p, str) or p not in by_prefix:
+            raise ExportError(f"{where}: unknown prefix {p!r} (prefixes: {', '.join(by_prefix)})"[:300])
         try:
-            out[by_prefix[p]] = float(w)
-        except (TypeError, ValueError):
-            raise ExportError(f"{where}: weight of {p!r} is not a number: {w!r}") from None
+            pairs.append((by_prefix[p], float(w) if isinstance(w, str) else w))  # a blend string's "0.25"
+        except ValueError:
+            raise ExportError(f"{where}: weight of {p!r} is not a number: {w!r}"[:300]) from None
+    return _full(_shares(pairs, where), domains, where)
+
+
+def _shares(pairs, where: str) -> dict:
+    """(domain, weight) pairs -> {domain: weight}; a domain given twice is an error, not a silent overwrite."""
+    out = {}
+    for d, w in pairs:
+        if not isinstance(d, str):
+            raise ExportError(f"{where}: expected a domain name, got {d!r}"[:300])
+        if d in out:
+            raise ExportError(f"{where}: domain {d!r} is given twice")
+        out[d] = w
     return out
 
 
-def _full(shares: dict, domains: list[str], where: str) -> dict[str, float]:
-    """Shares over some domains -> over all, zero where left out."""
+def _full(shares, domains: list[str], where: str) -> dict[str, float]:
+    """Shares over some domains -> over all, zero where left out, checked."""
+    if not isinstance(shares, dict):
+        raise ExportError(f"{where}: expected {{domain: weight}}, got {type(shares).__name__}")
     unknown = [d for d in shares if d not in domains]
     if unknown:
-        raise ExportError(f"{where}: unknown domain {unknown[0]!r} (domains: {', '.join(domains)})")
-    return {d: float(shares.get(d, 0.0)) for d in domains}
+        raise ExportError(f"{where}: unknown domain {unknown[0]!r} (domains: {', '.join(domains)})"[:300])
+    return _weights({d: shares.get(d, 0.0) for d in domains}, domains, where)
 
 
-def _json_load(text: str, fmt: str) -> dict:
+def _weights(weights: dict, domains: list[str], where: str) -> dict[str, float]:
+    """Weights as written (not renormalised), checked by backend.mixture's rule."""
+    try:
+        validate_weights(weights, domains)
+    except WeightsError as e:
+        raise ExportError(f"{where}: {e}") from None
+    return {d: float(weights[d]) for d in domains}
+
+
+def _domains(value, fmt: str) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(d, str) for d in value) \
+            or len(set(value)) != len(value):
+        raise ExportError(f"{fmt}: domains: expected a list of distinct domain names, got {value!r}"[:300])
+    return value
+
+
+def _by_prefix(prefixes, where: str) -> dict[str, str]:
+    """{domain: prefix} -> {prefix: domain}."""
+    if not isinstance(prefixes, dict) or not all(isinstance(p, str) for p in prefixes.values()):
+        raise ExportError(f"{where}: expected the prefixes mapping {{domain: prefix}} with string prefixes")
+    return {p: d for d, p in prefixes.items()}
+
+
+def _segments(data: dict, fmt: str) -> list[dict]:
+    segments = data.get("segments")
+    if not isinstance(segments, list) or not segments or not all(isinstance(s, dict) for s in segments):
+        raise ExportError(f"{fmt}: segments: expected a non-empty list of objects")
+    return segments
+
+
+def _json_load(text: str, fmt: str, format_name: str | None = None) -> dict:
+    """JSON text -> its top-level object, whose `format` is `format_name` (default: fmt)."""
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{fmt}: not valid JSON: {e}") from None
-    if not isinstance(data, dict) or data.get("format") != fmt:
+    except (ValueError, RecursionError) as e:  # bad JSON, a 5,000-digit integer, nesting past the stack
+        raise ExportError(f"{fmt}: not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(data, dict) or data.get("format") != (format_name or fmt):
         raise ExportError(f"{fmt}: expected a JSON object with format {fmt!r}")
     return data
 
@@ -331,8 +379,8 @@ def _yaml_load(text: str, fmt: str) -> dict:
 
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ExportError(f"{fmt}: not valid YAML: {e}") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: a 5,000-digit integer
+        raise ExportError(f"{fmt}: not valid YAML: {str(e)[:200]}") from None
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise ExportError(f"{fmt}: expected a YAML mapping with format: {fmt}")
     return data
@@ -351,11 +399,16 @@ def _python_segments(text: str, fmt: str, read) -> tuple[list[dict[str, float]],
     return [read(node, names, f"{fmt}: segment_{i}") for i, node in enumerate(segments)], names
 
 
+# what ast.parse / ast.literal_eval raise for text that is no (literal) Python: bad syntax,
+# a NUL byte, an unhashable dict key, a 5,000-digit integer, nesting past the stack
+_NOT_LITERAL = (SyntaxError, ValueError, TypeError, MemoryError, RecursionError)
+
+
 def _python_load(text: str, fmt: str) -> tuple[dict, list[ast.expr]]:
     try:
         tree = ast.parse(text)
-    except SyntaxError as e:
-        raise ExportError(f"{fmt}: not valid Python: {e}") from None
+    except _NOT_LITERAL as e:
+        raise ExportError(f"{fmt}: not valid Python: {str(e)[:200]}") from None
     names, segments = {}, []
     for node in tree.body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
@@ -366,12 +419,13 @@ def _python_load(text: str, fmt: str) -> tuple[dict, list[ast.expr]]:
             continue
         try:
             names[name] = ast.literal_eval(node.value)
-        except ValueError:  # not a literal: code the person runs, not data we read
+        except _NOT_LITERAL:  # not a literal: code the person runs, not data we read
             pass
     if not segments:
         raise ExportError(f"{fmt}: no `segment_<i> = ...` assignments")
-    if not isinstance(names.get("domains"), list):
+    if "domains" not in names:
         raise ExportError(f"{fmt}: missing the `domains = [...]` list")
+    _domains(names["domains"], fmt)
     return names, segments
 
 
@@ -390,15 +444,19 @@ def _kwarg(call: ast.Call, name: str, where: str):
         if kw.arg == name:
             try:
                 return ast.literal_eval(kw.value)
-            except ValueError:
+            except _NOT_LITERAL:
                 raise ExportError(f"{where}: {name}= is not a literal") from None
     raise ExportError(f"{where}: missing {name}=")
 
 
 def _tpd(value, domains: list[str], fmt: str) -> dict[str, float]:
-    if not isinstance(value, dict) or any(not isinstance(value.get(d), (int, float)) for d in domains):
+    """The tokens per document a document format's text carries, checked as export checks them."""
+    if not isinstance(value, dict):
         raise ExportError(f"{fmt}: tokens_per_doc must give a number for every domain ({', '.join(domains)})")
-    return {d: float(value[d]) for d in domains}
+    try:
+        return _tokens_per_doc(value, domains, fmt)
+    except ExportError as e:
+        raise ExportError(f"{fmt}: {e}") from None
 
 
 def _py(value) -> str:
@@ -415,10 +473,7 @@ def _render_native(job: ExportJob) -> str:
 
 
 def _parse_native(text: str):
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ExportError(f"native: not valid JSON: {e}") from None
+    data = _json_load(text, "native", "closed-loop-schedule")
     validate_native(data)
     segments = data["segments"]
     return [_full(s["weights"], data["domains"], f"segments[{i}].weights") for i, s in enumerate(segments)], None
@@ -467,12 +522,10 @@ def _render_megatron(job: ExportJob) -> str:
 
 def _parse_megatron(text: str):
     data = _json_load(text, "megatron")
-    domains, prefixes = data.get("domains"), data.get("prefixes")
-    if not isinstance(domains, list) or not isinstance(prefixes, dict) or not isinstance(data.get("segments"), list):
-        raise ExportError("megatron: expected domains, prefixes and segments")
-    by_prefix = {p: d for d, p in prefixes.items()}
+    domains = _domains(data.get("domains"), "megatron")
+    by_prefix = _by_prefix(data.get("prefixes"), "megatron: prefixes")
     return [_unblend(s.get("data_path"), by_prefix, domains, f"megatron: segments[{i}].data_path")
-            for i, s in enumerate(data["segments"])], None
+            for i, s in enumerate(_segments(data, "megatron"))], None
 
 
 FORMATS.add("megatron", Format("tokens", _render_megatron, _parse_megatron))
@@ -505,11 +558,9 @@ def _render_nemo(job: ExportJob) -> str:
 
 def _parse_nemo(text: str):
     def read(node, names, where):
-        if not isinstance(names.get("prefixes"), dict):
-            raise ExportError(f"{where}: missing the `prefixes = {{...}}` mapping")
+        by_prefix = _by_prefix(names.get("prefixes"), f"{where}: `prefixes = {{...}}`")
         paths = _kwarg(_calls(node, "PreTrainingDataModule", where)[0], "paths", where)
         train = paths.get("train") if isinstance(paths, dict) else paths
-        by_prefix = {p: d for d, p in names["prefixes"].items()}
         return _unblend(train, by_prefix, names["domains"], f"{where}: paths")
 
     return _python_segments(text, "nemo", read)[0], None
@@ -550,8 +601,8 @@ def _render_olmo(job: ExportJob) -> str:
 
 def _parse_olmo(text: str):
     def read(node, names, where):
-        shares = {_kwarg(c, "source_name", where): _kwarg(c, "target_ratio", where)
-                  for c in _calls(node, "SourceMixtureConfig", where)}
+        shares = _shares([(_kwarg(c, "source_name", where), _kwarg(c, "target_ratio", where))
+                          for c in _calls(node, "SourceMixtureConfig", where)], where)
         return _full(shares, names["domains"], where)
 
     return _python_segments(text, "olmo-core", read)[0], None
@@ -592,9 +643,9 @@ def _render_streaming(job: ExportJob) -> str:
 
 def _parse_streaming(text: str):
     data = _yaml_load(text, "streaming")
-    domains = data.get("domains") or []
+    domains = _domains(data.get("domains"), "streaming")
     out = []
-    for i, seg in enumerate(data.get("segments") or []):
+    for i, seg in enumerate(_segments(data, "streaming")):
         where = f"streaming: segments[{i}]"
         try:
             streams = seg["train_loader"]["dataset"]["streams"]
@@ -643,12 +694,12 @@ def _parse_hf(text: str):
             raise ExportError(f"{where}: expected interleave_datasets([datasets[...], ...], probabilities=[...])")
         try:
             order = [ast.literal_eval(el.slice) for el in call.args[0].elts]
-        except (AttributeError, ValueError):
+        except (AttributeError, *_NOT_LITERAL):
             raise ExportError(f"{where}: datasets must be written datasets['<domain>']") from None
         probs = _kwarg(call, "probabilities", where)
         if not isinstance(probs, list) or len(probs) != len(order):
             raise ExportError(f"{where}: probabilities must give one number per dataset ({len(order)})")
-        return _full(dict(zip(order, probs)), names["domains"], where)
+        return _full(_shares(zip(order, probs), where), names["domains"], where)
 
     out, names = _python_segments(text, "hf", read)
     return out, _tpd(names.get("tokens_per_doc"), names["domains"], "hf")
@@ -683,21 +734,19 @@ def _render_dj(job: ExportJob) -> str:
 
 def _parse_dj(text: str):
     data = _yaml_load(text, "data-juicer")
-    domains, prefixes = data.get("domains") or [], data.get("prefixes")
-    if not isinstance(prefixes, dict):
-        raise ExportError("data-juicer: missing the prefixes mapping")
-    by_prefix = {p: d for d, p in prefixes.items()}
+    domains = _domains(data.get("domains"), "data-juicer")
+    by_prefix = _by_prefix(data.get("prefixes"), "data-juicer: prefixes")
     out = []
-    for i, seg in enumerate(data.get("segments") or []):
+    for i, seg in enumerate(_segments(data, "data-juicer")):
         where = f"data-juicer: segments[{i}].dataset.configs"
         try:
             pairs = [(c["path"], c["weight"]) for c in seg["dataset"]["configs"]]
         except (KeyError, TypeError):
             raise ExportError(f"{where}: expected a list of {{type, path, weight}}") from None
-        unknown = [p for p, _ in pairs if p not in by_prefix]
+        unknown = [p for p, _ in pairs if not isinstance(p, str) or p not in by_prefix]
         if unknown:
-            raise ExportError(f"{where}: unknown path {unknown[0]!r}")
-        out.append(_full({by_prefix[p]: w for p, w in pairs}, domains, where))
+            raise ExportError(f"{where}: unknown path {unknown[0]!r}"[:300])
+        out.append(_full(_shares([(by_prefix[p], w) for p, w in pairs], where), domains, where))
     return out, _tpd(data.get("tokens_per_doc"), domains, "data-juicer")
 
 

@@ -347,7 +347,10 @@ def verify_checkpoint(path: str | Path) -> None:
     where = f"checkpoint {str(p)!r}"
     if not p.is_dir():
         raise CheckpointError(f"{where} does not exist")
-    present = {f.name for f in p.iterdir()}
+    try:
+        present = {f.name for f in p.iterdir()}
+    except OSError as e:
+        raise CheckpointError(f"{where} cannot be listed ({type(e).__name__}: {e})") from None
     missing = [f for f in (*CHECKPOINT_FILES, MANIFEST) if f not in present]
     unknown = sorted(present - {*CHECKPOINT_FILES, *TOKENIZER_FILES, MANIFEST})
     problems = []
@@ -364,13 +367,20 @@ def verify_checkpoint(path: str | Path) -> None:
         if unlisted:  # a file the save did not write (planted, or a manifest rewritten)
             raise KeyError(f"{', '.join(unlisted)} not listed")
         expected = {name: (int(listed[name]["bytes"]), str(listed[name]["sha256"])) for name in sorted(names)}
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{where} is unreadable: {MANIFEST} is malformed ({type(e).__name__}: {e})") from None
+    except OSError as e:  # a folder or a dangling link in its place
+        raise CheckpointError(f"{where} is unreadable: {MANIFEST} cannot be read ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 - any content that does not parse (bad JSON, Infinity, deep nesting, ...)
+        raise CheckpointError(f"{where} is unreadable: {MANIFEST} is malformed ({type(e).__name__}: "
+                              f"{str(e)[:200]})") from None
     for name, (size, digest) in expected.items():
-        actual = (p / name).stat().st_size
+        try:
+            actual = (p / name).stat().st_size
+            matches = actual == size and _sha256(p / name) == digest
+        except OSError as e:  # a dangling link, a folder, no permission
+            raise CheckpointError(f"{where} is unreadable: {name} cannot be read ({type(e).__name__}: {e})") from None
         if actual != size:
             raise CheckpointError(f"{where} is unreadable: {name} is {actual} bytes, {MANIFEST} says {size}")
-        if _sha256(p / name) != digest:
+        if not matches:
             raise CheckpointError(f"{where} is unreadable: {name} does not match its sha256 in {MANIFEST}")
 
 

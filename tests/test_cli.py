@@ -63,12 +63,40 @@ def test_refusals_exit_2_naming_the_flag(tmp_path):
         (("decide", 1, "edit", "--weights", "@" + str(tmp_path / "missing.json")), "missing.json"),
         (("set-mixture", 1, "--weights", "{not json"), "--weights"),
         (("set-mixture", 1, "--weights", "[" * 100_000), "--weights"),
+        (("set-mixture", 1, "--weights", "9" * 4_301), "--weights"),  # past Python's int-digit limit
         (("replay", tmp_path / "nope.json"), "no such file"),
     ]
     for args, words in cases:
         p = cli(*args, db=db, check=False)
         assert p.returncode == 2, (args, p.returncode, p.stderr[-500:])
         assert words in p.stderr and "Traceback" not in p.stderr, (args, p.stderr[-500:])
+
+
+def test_text_that_is_not_utf8_is_refused_naming_the_option(tmp_path):
+    """Bytes that are not UTF-8 (--by $'\\xff') reach Python as a lone
+    surrogate; the flag is refused before anything is stored."""
+    from test_decisions import UNIFORM, propose
+
+    from backend.config import preset
+    from backend.store import Store
+
+    db = tmp_path / "x.db"
+    store = Store(db)
+    run = store.create_run(preset("tiny").to_dict())
+    store.add_segment(run, from_step=0, tokens_at=0, weights=UNIFORM, source="initial")
+    pid = propose(store, run, step=10)
+    store.close()
+    bad = "\udcff"  # what the byte 0xff in argv decodes to (os.fsencode gives 0xff back)
+    for args, flag in [(("decide", pid, "approve", "--by", bad), "--by"),
+                       (("decide", pid, "reject", "--reason", "why" + bad), "--reason"),
+                       (("set-mixture", run, "--weights", "{}", "--reason", bad), "--reason"),
+                       (("ack-alert", run, "sort", "--note", bad), "--note")]:
+        p = cli(*args, db=db, check=False)
+        assert p.returncode == 2 and f"argument {flag}: not valid UTF-8 text" in p.stderr, (args, p.stderr[-500:])
+        assert "Traceback" not in p.stderr
+    store = Store(db)
+    assert store.proposal(pid)["status"] == "pending"
+    store.close()
 
 
 def test_affinity_prints_the_latest_matrix_with_intervals(tmp_path, capsys):

@@ -4,6 +4,7 @@ Every error must name the field by its dotted path, so each refusal test
 checks the path in the message, not just the exception type."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -160,7 +161,12 @@ def test_evaluated_skill_must_be_streamed_by_some_domain():
      ["unknown", "'web'"]),
     ({"strings": -1, "arithmetic": 1, "logic": 1, "recall": 1, "noise": 1, "code": 1}, ["negative", "'strings'"]),
     ({"strings": 0, "arithmetic": 0, "logic": 0, "recall": 0, "noise": 0, "code": 0}, ["zero"]),
-    ({"strings": "1", "arithmetic": 1, "logic": 1, "recall": 1, "noise": 1, "code": 1}, ["mixture.initial"]),
+    ({"strings": "1", "arithmetic": 1, "logic": 1, "recall": 1, "noise": 1, "code": 1},
+     ["mixture.initial.strings:", "expected a number, got '1'"]),
+    ({"strings": math.nan, "arithmetic": 1, "logic": 1, "recall": 1, "noise": 1, "code": 1},
+     ["mixture.initial.strings:", "expected a finite number, got nan"]),
+    ([1, 2], ["mixture.initial:", "expected a string or a table/object, got [1, 2]"]),
+    (7, ["mixture.initial:", "expected a string or a table/object, got 7"]),
 ])
 def test_bad_initial_weights_are_refused(weights, words):
     d = tiny()

@@ -101,6 +101,38 @@ def test_folder_with_only_blank_text(tmp_path):
         folder(tmp_path).sample_text(100, seed=0)
 
 
+def _empty_gz(path):
+    import gzip
+
+    gzip.open(path, "wb").close()
+
+
+@pytest.mark.parametrize("name, write", [
+    ("a.txt", lambda p: p.write_text("")),
+    ("a.jsonl", lambda p: p.write_text("")),
+    ("a.jsonl", lambda p: p.write_text("\n\n")),
+    ("a.jsonl.gz", _empty_gz),
+    ("a.parquet", lambda p: write_parquet(p, "text", [])),
+])
+def test_an_empty_file_is_skipped_and_a_folder_of_only_empty_files_is_refused(tmp_path, name, write):
+    write(tmp_path / name)
+    with pytest.raises(DataError, match="'mine': no text found"):
+        folder(tmp_path).sample_text(100, seed=0)
+    (tmp_path / "b.txt").write_text("a document")
+    assert list(folder(tmp_path).documents()) == ["a document"]
+
+
+def test_a_file_linked_from_outside_the_folder_is_refused(tmp_path):
+    data, outside = tmp_path / "data", tmp_path / "secret.txt"
+    data.mkdir()
+    outside.write_text("not for training")
+    (data / "a.txt").write_text("a document")
+    (data / "again.txt").symlink_to(data / "a.txt")  # a link within the folder is fine
+    assert list(folder(data).documents()) == ["a document", "a document"]
+    (data / "x.txt").symlink_to(outside)
+    assert_data_error(data, str(data / "x.txt"), str(outside), "outside the data folder")
+
+
 def test_jsonl_line_without_text_names_file_and_row(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"text": "ok"}\n{"body": "no text field"}\n')
     assert_data_error(tmp_path, str(tmp_path / "a.jsonl") + ": row 2", "'text'")

@@ -5,6 +5,7 @@ and bad requests are clear errors."""
 import copy
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -225,6 +226,68 @@ def test_inconsistent_schedules_are_refused(fn, match):
 def test_unreadable_text_is_a_clear_parse_error(fmt, text, match):
     with pytest.raises(ExportError, match=match):
         parse(text, fmt)
+
+
+def first(pattern: str, repl: str):
+    """An edit of an export's text: the first match of `pattern` replaced."""
+    return lambda text: re.sub(pattern, repl, text, count=1)
+
+
+@pytest.mark.parametrize("fmt, edit, match", [
+    # weights: backend.mixture's rule, naming the segment and the domain
+    ("megatron", first(r'"data_path": "0.2 ', '"data_path": "nan '),
+     r"segments\[0\].data_path: weight of 'code' is not finite: nan"),
+    ("megatron", first(r'"data_path": "0.2 ', '"data_path": "1e999 '),
+     r"segments\[0\].data_path: weight of 'code' is not finite"),
+    ("megatron", first(r'"data_path": "0.2 ', '"data_path": "-5 '),
+     r"segments\[0\].data_path: weight of 'code' is negative"),
+    ("megatron", first(r'"data_path": "0.2 ', '"data_path": "abc '),
+     r"segments\[0\].data_path: weight of .* is not a number"),
+    ("nemo", first(r"'train': \['0.2'", "'train': ['nan'"),
+     r"nemo: segment_0: paths: weight of 'code' is not finite"),
+    ("olmo-core", first(r"target_ratio=0.2", "target_ratio=-0.2"),
+     r"olmo-core: segment_0: weight of 'code' is negative"),
+    ("olmo-core", first(r"source_name='prose'", "source_name='code'"),
+     r"olmo-core: segment_0: domain 'code' is given twice"),
+    ("streaming", first(r"proportion: [0-9.]+", "proportion: .nan"),
+     r"streaming: segments\[0\]: weight of 'code' is not finite"),
+    ("streaming", first(r"proportion: [0-9.]+", "proportion: abc"),
+     r"streaming: segments\[0\]: weight of 'code' is not a number: 'abc'"),
+    ("streaming", first(r"proportion: [0-9.]+", "proportion: [1]"),
+     r"streaming: segments\[0\]: weight of 'code' is not a number: \[1\]"),
+    ("streaming", first(r"proportion: [0-9.]+", "proportion: -1"),
+     r"streaming: segments\[0\]: weight of 'code' is negative"),
+    ("streaming", first(r"code: 400.0", "code: 0"), r"streaming: tokens_per_doc.code: expected a finite number > 0"),
+    ("hf", first(r"probabilities=\[[0-9.]+", "probabilities=[1e999"),
+     r"hf: segment_0: weight of 'code' is not finite"),
+    ("data-juicer", first(r"weight: [0-9.]+", "weight: .inf"),
+     r"data-juicer: segments\[0\].dataset.configs: weight of 'code' is not finite"),
+    ("native", first(r'"code": 0.2', '"code": NaN'), r"segments\[0\].weights: weight of 'code' is not finite"),
+    # structure
+    ("megatron", first(r'"domains": \[', '"domains": [[1], '),
+     r"megatron: domains: expected a list of distinct domain names"),
+    ("megatron", lambda t: '{"format": "megatron", "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+     "megatron: not valid JSON"),
+    ("megatron", first(r'"segments": \[', '"segments": [1, '),
+     r"megatron: segments: expected a non-empty list of objects"),
+    ("streaming", lambda t: t + "x: " + "[" * 100_000 + "\n", "streaming: not valid YAML"),
+    ("streaming", lambda t: t.replace("segments:", "old_segments:"), "streaming: segments: expected a non-empty list"),
+    ("nemo", lambda t: t + "\nfoo = {[1]: 2}\n", None),  # code that is no literal: not read, not an error
+    ("nemo", first(r"paths=\{", "paths={[1]: 2}, other={"), r"nemo: segment_0: paths= is not a literal"),
+    ("nemo", first(r"prefixes = \{'code': '[^']+'", "prefixes = {'code': ['x']"),
+     r"nemo: segment_0: `prefixes = \{...\}`"),
+    ("hf", first(r"datasets\['code'\]", "datasets[['code']]"),
+     r"hf: segment_0: expected a domain name, got \['code'\]"),
+])
+def test_malformed_text_is_refused_naming_the_field(fmt, edit, match):
+    text = export(schedule(), fmt, prefixes=PREFIXES, tokens_per_doc=TPD)
+    bad = edit(text)
+    assert bad != text
+    if match is None:
+        assert parse(bad, fmt) == parse(text, fmt)
+        return
+    with pytest.raises(ExportError, match=match):
+        parse(bad, fmt)
 
 
 def test_parse_refuses_a_prefix_it_does_not_know():

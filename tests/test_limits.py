@@ -155,3 +155,76 @@ def test_keep_checkpoints_defaults_to_all_and_refuses_negative():
     d["train"]["keep_checkpoints"] = -1
     with pytest.raises(ConfigError, match=r"^train\.keep_checkpoints: must be >= 0"):
         from_dict(d)
+
+
+# -- lm-eval task folders: confined, and no code -------------------------------------------
+
+RUNS_CODE = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\n\ndef process(docs):\n    return docs\n"
+
+
+def task_folder(folder, marker, text, name="task.yaml"):
+    """A folder of one task YAML beside helpers.py, which creates `marker` when imported."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "helpers.py").write_text(RUNS_CODE.format(marker=str(marker)))
+    (folder / name).write_text(text)
+    return folder
+
+
+def with_task_folder(path) -> dict:
+    d = tiny()
+    d["evaluation"]["tasks"] = [{"skill": "mine", "task": "my_task", "include_path": str(path)}]
+    return d
+
+
+def test_the_shipped_task_folder_passes_the_default_roots(monkeypatch):
+    monkeypatch.delenv("CLOSED_LOOP_DATA_ROOTS", raising=False)
+    check_untrusted(from_dict(with_task_folder(REPO / "examples" / "tasks")))
+
+
+def test_a_task_folder_outside_the_roots_is_refused(tmp_path):
+    (tmp_path / "root").mkdir()
+    folder = task_folder(tmp_path / "outside", tmp_path / "ran", "task: my_task\n")
+    msg = refused(from_dict(with_task_folder(folder)), roots=[tmp_path / "root"])
+    assert msg.startswith("evaluation.tasks[0].include_path:") and "outside the data roots" in msg, msg
+
+
+@pytest.mark.parametrize("text, name", [
+    ("task: my_task\nprocess_docs: !function helpers.process\n", "task.yaml"),
+    ("task: my_task\nprocess_docs: !function helpers.process\n", "task.yml"),
+    ("task: my_task\nprocess_docs: !<!function> helpers.process\n", "task.yaml"),  # a verbatim tag
+    ("%TAG !f! !func\n---\ntask: my_task\nprocess_docs: !f!tion helpers.process\n", "task.yaml"),  # a tag handle
+])
+def test_a_task_yaml_that_would_run_python_is_refused_naming_it(tmp_path, text, name):
+    """Every spelling here makes lm-eval's own loader import helpers.py;
+    check_untrusted refuses each without importing it."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    marker = tmp_path / "ran"
+    folder = task_folder(tmp_path / "root" / "tasks", marker, text, name)
+    msg = refused(from_dict(with_task_folder(folder)), roots=[tmp_path / "root"])
+    assert msg.startswith("evaluation.tasks[0].include_path:") and "may not run code" in msg, msg
+    assert str(folder / name) in msg and str(folder / "helpers.py") in msg, msg
+    assert not marker.exists()
+    load_yaml(folder / name, resolve_func=True)  # what lm-eval does with it when the task loads
+    assert marker.exists()
+
+
+def test_a_function_tag_in_an_included_file_is_refused(tmp_path):
+    root = tmp_path / "root"
+    task_folder(root / "tasks" / "common", tmp_path / "ran", "process_docs: !function helpers.process\n",
+                name="base.inc")  # not *.yaml: reached only through the include
+    (root / "tasks" / "task.yaml").write_text("include: common/base.inc\ntask: my_task\n")
+    msg = refused(from_dict(with_task_folder(root / "tasks")), roots=[root])
+    assert msg.startswith("evaluation.tasks[0].include_path:") and "base.inc" in msg and "!function" in msg, msg
+    assert not (tmp_path / "ran").exists()
+
+
+def test_an_include_outside_the_roots_is_refused(tmp_path):
+    root = tmp_path / "root"
+    task_folder(tmp_path / "outside", tmp_path / "ran", "output_type: generate_until\n", name="base.yaml")
+    (root / "tasks").mkdir(parents=True)
+    (root / "tasks" / "task.yaml").write_text(f"include: {tmp_path / 'outside' / 'base.yaml'}\ntask: my_task\n")
+    msg = refused(from_dict(with_task_folder(root / "tasks")), roots=[root])
+    assert msg.startswith("evaluation.tasks[0].include_path:") and "outside" in msg and "base.yaml" in msg, msg
+    (root / "tasks" / "task.yaml").write_text("include: ../tasks/task.yaml\ntask: my_task\n")  # a cycle: lm-eval's to name
+    check_untrusted(from_dict(with_task_folder(root / "tasks")), roots=[root])

@@ -342,6 +342,47 @@ def test_a_truncated_file_fails_verification_and_resume_falls_back(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
 
 
+def _dangling_model(path):
+    (path / "model.safetensors").unlink()
+    (path / "model.safetensors").symlink_to(path / "gone")
+
+
+def _infinite_bytes(path):
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["model.safetensors"]["bytes"] = math.inf
+    (path / "manifest.json").write_text(json.dumps(manifest))  # written as Infinity, which json reads back
+
+
+def _manifest_folder(path):
+    (path / "manifest.json").unlink()
+    (path / "manifest.json").mkdir()
+
+
+@pytest.mark.parametrize("corrupt, words", [
+    (_dangling_model, ["model.safetensors cannot be read", "FileNotFoundError"]),
+    (_infinite_bytes, ["manifest.json is malformed", "OverflowError"]),
+    (lambda p: (p / "manifest.json").write_text('{"files": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+     ["manifest.json is malformed", "RecursionError"]),
+    (_manifest_folder, ["manifest.json cannot be read", "IsADirectoryError"]),
+])
+def test_a_checkpoint_that_cannot_be_read_is_skipped_for_the_previous_one(tmp_path, corrupt, words):
+    model = tiny_model()
+    trainer = Trainer(model, train_cfg(), CPU)
+    paths = []
+    for i in range(2):
+        trainer.train_step(batch(i))
+        paths.append(save_checkpoint(tmp_path, model, trainer, {"step_seen": i + 1}))
+    corrupt(paths[-1])
+    chosen, skipped = latest_valid_checkpoint(reversed(paths))
+    assert chosen == paths[0]
+    assert len(skipped) == 1 and "step-0000002" in skipped[0], skipped
+    assert all(w in skipped[0] for w in words), skipped
+    fresh = tiny_model(9)
+    fresh_trainer = Trainer(fresh, train_cfg(), CPU)
+    assert load_checkpoint(chosen, fresh, fresh_trainer) == {"step_seen": 1, "step": 1}
+    assert fresh_trainer.step == 1
+
+
 def test_a_changed_byte_fails_the_checksum(tmp_path):
     _, _, path = trained_checkpoint(tmp_path)
     data = bytearray((path / "trainer.safetensors").read_bytes())

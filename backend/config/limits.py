@@ -8,9 +8,15 @@ read are $CLOSED_LOOP_DATA_ROOTS (os.pathsep-separated), by default the
 repository's examples/ and the runs folder.
 
 `check_untrusted` applies them to a config from someone who should not be
-able to read any file or occupy the machine for a year (an upload to the
-dashboard); `backend.config.loader` and `backend.schedule` apply the input
-limits (size, depth) to every file they parse.
+able to read any file, run code or occupy the machine for a year (an upload
+to the dashboard); `backend.config.loader` and `backend.schedule` apply the
+input limits (size, depth) to every file they parse.
+
+Such a config runs no Python: the one way a config names code is an lm-eval
+task YAML under `evaluation.tasks[].include_path` carrying a `!function` tag
+(lm-eval imports the module it names when it loads the task), so a task
+folder holding one, in any of its *.yaml / *.yml files or a file they
+`include:`, is refused with the file named.
 """
 
 from __future__ import annotations
@@ -130,8 +136,9 @@ def _read_model_config(folder: Path) -> dict[str, int]:
 
 def check_untrusted(cfg: RunConfig, limits: Limits | None = None, roots: list | None = None) -> None:
     """Refuse (ConfigError naming the field) a config that reads outside the
-    data roots or exceeds the limits. Paths are resolved with realpath, so a
-    symlink or `..` cannot leave a root."""
+    data roots, would run Python (a `!function` tag in a task YAML), or
+    exceeds the limits. Paths are resolved with realpath, so a symlink or `..`
+    cannot leave a root."""
     limits = limits or Limits.from_env()
     roots = [Path(os.path.realpath(r)) for r in (data_roots() if roots is None else roots)]
     for i, d in enumerate(cfg.data.domains):
@@ -143,6 +150,10 @@ def check_untrusted(cfg: RunConfig, limits: Limits | None = None, roots: list | 
         _confined(cfg.data.tokenizer_path, "data.tokenizer_path", roots)
     if cfg.data.cache_dir:  # token caches are written there
         _confined(cfg.data.cache_dir, "data.cache_dir", roots)
+    for i, spec in enumerate(cfg.evaluation.tasks):
+        if spec.include_path:
+            _confined(spec.include_path, f"evaluation.tasks[{i}].include_path", roots)
+            _no_task_code(spec.include_path, f"evaluation.tasks[{i}].include_path", roots)
     m, t = cfg.model, cfg.train
     _at_most("model.num_layers", m.num_layers, limits, "max_layers")
     _at_most("data.context_length", cfg.data.context_length, limits, "max_context")
@@ -167,6 +178,58 @@ def _confined(path: str, field: str, roots: list[Path]) -> None:
             f"{field}: {path!r} is outside the data roots ({', '.join(str(r) for r in roots) or 'none'}); "
             f"set {ENV_PREFIX}DATA_ROOTS to allow it"
         )
+
+
+def _no_task_code(include_path: str, field: str, roots: list[Path]) -> None:
+    """Refuse a task folder (or file) whose YAML would make lm-eval import
+    Python: a `!function` tag in any *.yaml / *.yml under it (the files
+    backend.evaluation.lmeval_tasks checks) or in a file one of them
+    `include:`s, which must lie within the roots too."""
+    root = Path(include_path)
+    files = [root] if root.is_file() else sorted(root.rglob("*.yaml")) + sorted(root.rglob("*.yml"))
+    seen: set[Path] = set()
+    for f in files:
+        _check_task_yaml(f, field, roots, seen)
+
+
+def _check_task_yaml(path: Path, field: str, roots: list[Path], seen: set[Path]) -> None:
+    """One task YAML and what it includes, read as lm-eval's load_yaml reads
+    them (safe YAML plus the `!function` tag, includes relative to the
+    file's resolved folder), without importing anything."""
+    import yaml
+
+    real = Path(os.path.realpath(path))
+    if real in seen:  # shared by several files, or an include cycle (lm-eval refuses those itself)
+        return
+    seen.add(real)
+    _confined(str(path), field, roots)
+    tags: list[str] = []
+
+    class Loader(yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader):
+        """Safe YAML that records each `!function` tag instead of importing it."""
+
+    def record(loader, node):
+        tags.append(node.value if isinstance(node, yaml.ScalarNode) else "?")
+
+    Loader.add_constructor("!function", record)
+    try:
+        with open(real, "rb") as fh:
+            data = yaml.load(fh, Loader=Loader)  # noqa: S506 - a safe loader plus one recording constructor
+    except Exception as e:  # noqa: BLE001 - unreadable or malformed alike: refused, naming the file
+        raise ConfigError(f"{field}: {str(path)!r} cannot be read as a task YAML: {type(e).__name__}: "
+                          f"{str(e)[:200]}") from None
+    if tags:
+        module, _, _ = tags[0].rpartition(".")
+        local = real.parent / f"{module.replace('.', '/')}.py"
+        code = str(local) if module and local.exists() else f"module {module or tags[0]!r}"
+        raise ConfigError(f"{field}: {str(path)!r} has a `!function {tags[0]}` tag, which would import and run "
+                          f"Python ({code}); a config from the dashboard may not run code, so its tasks may "
+                          f"not use !function (run it from the command line)")
+    includes = data.get("include") if isinstance(data, dict) else None
+    for inc in includes if isinstance(includes, list) else [] if includes is None else [includes]:
+        if not isinstance(inc, str) or "\0" in inc:
+            raise ConfigError(f"{field}: {str(path)!r}: include must name YAML files, got {inc!r}"[:300])
+        _check_task_yaml(Path(inc) if Path(inc).is_absolute() else real.parent / inc, field, roots, seen)
 
 
 def _at_most(field: str, value: int, limits: Limits, limit: str, what: str = "") -> None:

@@ -241,15 +241,23 @@ def _coerce(value, hint, path: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
+        errors = {}
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(value, a, path)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[-1] if len(errors) == 1 else f"{path}: unexpected value {show(value)}")
+                errors[a] = str(e)
+        # the alternative of the value's own shape says what is wrong inside it
+        # (mixture.initial = {"strings": nan, ...} -> mixture.initial.strings: expected a finite number)
+        fitting = [msg for a, msg in errors.items() if isinstance(value, _shape(a))]
+        if len(fitting) == 1:
+            raise ConfigError(fitting[0])
+        if len(errors) == 1:
+            raise ConfigError(next(iter(errors.values())))
+        raise ConfigError(f"{path}: expected {' or '.join(_SHAPE_NAMES.get(_shape(a), str(a)) for a in errors)}, "
+                          f"got {show(value)}")
     if dataclasses.is_dataclass(hint):
         return _build(value, hint, path)
     if origin is list:
@@ -288,6 +296,15 @@ def _coerce(value, hint, path: str):
             raise ConfigError(f"{path}: expected a string, got {show(value)}")
         return value
     raise ConfigError(f"{path}: unsupported type {hint}")
+
+
+_SHAPE_NAMES = {dict: "a table/object", list: "a list", str: "a string", bool: "true or false",
+                int: "an integer", float: "a number"}
+
+
+def _shape(hint) -> type:
+    """The Python type a value of `hint` is written as (a dataclass: a dict)."""
+    return dict if dataclasses.is_dataclass(hint) else typing.get_origin(hint) or hint
 
 
 # -- files and presets -----------------------------------------------------------------

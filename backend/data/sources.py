@@ -12,6 +12,12 @@ one file of a folder, or a contiguous row range of an HF dataset saved with
 - `.parquet`: the document in column `text_field` (through `datasets`);
 - a `save_to_disk` folder: memory-mapped Arrow, the document in `text_field`.
 
+A file without documents (empty, blank lines only, a table of no rows) is
+skipped; a domain none of whose files holds one is refused ("no text
+found"). A file of a folder that is a link out of the folder is refused, so
+a folder inside the data roots (backend.config.limits) reads nothing beyond
+them.
+
 Every error is a DataError naming the file and, where it applies, the field.
 """
 
@@ -74,9 +80,16 @@ class Shard:
         else:
             import datasets
 
-            rows = datasets.load_dataset(self.kind, data_files=self.path, split="train", streaming=True)
+            if self.kind == "parquet" and _parquet_rows(self.path) == 0:
+                return  # datasets cannot stream a table of no rows
+            try:
+                rows = datasets.load_dataset(self.kind, data_files=self.path, split="train", streaming=True)
+            except StopIteration:  # the json builder finds no table in a file without a line of JSON
+                return
             first = 0
         columns = rows.column_names
+        if columns == []:  # blank lines only
+            return
         if columns is not None and self.text_field not in columns:
             raise DataError(f"{self.path}: no field {self.text_field!r} (fields: {', '.join(columns)})")
         for i, row in enumerate(rows, first + 1):
@@ -103,6 +116,12 @@ class Shard:
         return sum(size for _, size, _ in self.fingerprint()[:-2])
 
 
+def _parquet_rows(path: str) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
 def _load_saved(path: str):
     """The Dataset saved with save_to_disk at `path` (a DatasetDict: its
     `train` split)."""
@@ -117,13 +136,20 @@ def _load_saved(path: str):
 
 
 def folder_shards(folder: str | os.PathLike, text_field: str, domain: str) -> list[Shard]:
-    """One shard per data file under `folder` (recursive), in sorted order."""
+    """One shard per data file under `folder` (recursive), in sorted order;
+    a file that is a link out of the folder is refused naming it."""
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"domain {domain!r}: data folder {str(root)!r} does not exist")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(FOLDER_SUFFIXES))
     if not files:
         raise DataError(f"domain {domain!r}: no {', '.join(FOLDER_SUFFIXES)} files in {str(root)!r}")
+    real_root = Path(os.path.realpath(root))
+    for p in files:
+        real = Path(os.path.realpath(p))
+        if real_root not in real.parents:
+            raise DataError(f"domain {domain!r}: {str(p)!r} is a link to {str(real)!r}, outside the data folder "
+                            f"{str(root)!r}; a folder's files must lie in it")
     return [Shard(str(p), _kind(p.name), text_field) for p in files]
 
 
