@@ -402,3 +402,31 @@ def test_an_items_response_is_the_choice_its_metric_picks(fixed_tasks, fixed_lm,
     _, items = evaluate_tasks(ts, fixed_lm, round_=0, seed=0)
     assert {it["response"] for it in items} == {answer}
     assert all(it["correct"] == int(it["target"] == answer) for it in items)
+
+
+def _one_task(folder: Path, doc_to_text: str) -> str:
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "q.jsonl").write_text(_jsonl([{"q": "one", "answer": "1"}]))
+    (folder / "t.yaml").write_text(f"""task: t_render
+dataset_path: json
+dataset_kwargs: {{data_files: {{test: data/q.jsonl}}}}
+test_split: test
+output_type: generate_until
+doc_to_text: "{doc_to_text}"
+doc_to_target: "{{{{answer}}}}"
+metric_list: [{{metric: exact_match}}]
+""")
+    return str(folder)
+
+
+def test_a_prompt_template_cannot_run_code(tmp_path):
+    """lm-eval renders templates in a plain Jinja environment, where this
+    runs a shell command while the task loads; here they render in the
+    sandbox, and the task is refused when the run is configured, naming it."""
+    marker = tmp_path / "ran"
+    folder = _one_task(tmp_path / "tasks",
+                       "{{ cycler.__init__.__globals__.os.system('touch " + str(marker) + "') }}")
+    with pytest.raises(TaskError, match=r"evaluation.tasks\[0\].task: task 't_render' cannot .*SecurityError"):
+        resolve_tasks([Spec("x", "t_render", include_path=folder)])
+    assert not marker.exists()
+

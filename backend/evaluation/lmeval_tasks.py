@@ -126,12 +126,31 @@ def _check_yaml(include_paths: list[str], where: str) -> None:
                                 f"{type(e).__name__}: {str(e)[:300]}") from None
 
 
+@functools.lru_cache(maxsize=1)
+def _sandbox_templates() -> None:
+    """Render every lm-eval prompt template (doc_to_text, doc_to_target,
+    doc_to_choice...) in Jinja's sandbox. lm-eval renders them in a plain
+    Environment, where `{{ cycler.__init__.__globals__.os.system(...) }}`
+    in a task YAML runs code; the sandbox refuses attributes like
+    `__globals__` (SecurityError) and renders every real template alike.
+    The same filters, undefined handling and newline rule as lm-eval's."""
+    import lm_eval.utils
+    from jinja2 import BaseLoader, StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(loader=BaseLoader, undefined=StrictUndefined, keep_trailing_newline=True)
+    env.filters.update(lm_eval.utils.env.filters)
+    lm_eval.utils.env = env
+
+
 @functools.lru_cache(maxsize=4)
 def _manager(include_paths: tuple[str, ...], need_registry: bool):
     """One TaskManager per process and include paths: indexing lm-eval's
-    bundled tasks takes ~10 s, so it happens once, and only when needed."""
+    bundled tasks takes ~10 s, so it happens once, and only when needed.
+    Templates render in Jinja's sandbox from here on (_sandbox_templates)."""
     from lm_eval.tasks import TaskManager
 
+    _sandbox_templates()
     return TaskManager(include_path=list(include_paths) or None, include_defaults=need_registry)
 
 
