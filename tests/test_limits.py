@@ -228,3 +228,21 @@ def test_an_include_outside_the_roots_is_refused(tmp_path):
     assert msg.startswith("evaluation.tasks[0].include_path:") and "outside" in msg and "base.yaml" in msg, msg
     (root / "tasks" / "task.yaml").write_text("include: ../tasks/task.yaml\ntask: my_task\n")  # a cycle: lm-eval's to name
     check_untrusted(from_dict(with_task_folder(root / "tasks")), roots=[root])
+
+
+def test_a_task_whose_data_lies_outside_the_roots_is_refused(tmp_path):
+    root = tmp_path / "root"
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "q.jsonl").write_text('{"q": "secret"}\n')
+    (root / "tasks" / "data").mkdir(parents=True)
+    (root / "tasks" / "data" / "q.jsonl").write_text('{"q": "one"}\n')
+    task = root / "tasks" / "task.yaml"
+    task.write_text("task: my_task\ndataset_path: json\ndataset_kwargs: {data_files: {test: data/q.jsonl}}\n")
+    check_untrusted(from_dict(with_task_folder(root / "tasks")), roots=[root])  # relative to the YAML: inside
+    task.write_text("task: my_task\ndataset_path: json\n"
+                    f"dataset_kwargs: {{data_files: {{test: [data/q.jsonl, {tmp_path / 'outside' / 'q.jsonl'}]}}}}\n")
+    msg = refused(from_dict(with_task_folder(root / "tasks")), roots=[root])
+    assert "data_files" in msg and "outside the data roots" in msg and "task.yaml" in msg, msg
+    task.write_text(f"task: my_task\ndataset_path: {tmp_path / 'outside'}\n")  # a local dataset folder
+    msg = refused(from_dict(with_task_folder(root / "tasks")), roots=[root])
+    assert "dataset_path" in msg and "outside the data roots" in msg, msg

@@ -16,7 +16,10 @@ Such a config runs no Python: the one way a config names code is an lm-eval
 task YAML under `evaluation.tasks[].include_path` carrying a `!function` tag
 (lm-eval imports the module it names when it loads the task), so a task
 folder holding one, in any of its *.yaml / *.yml files or a file they
-`include:`, is refused with the file named.
+`include:`, is refused with the file named (its prompt templates render in
+Jinja's sandbox: backend.evaluation.lmeval_tasks). The task data those
+YAMLs name (`dataset_kwargs.data_files`, a local `dataset_path`) must lie
+within the roots too.
 """
 
 from __future__ import annotations
@@ -225,11 +228,36 @@ def _check_task_yaml(path: Path, field: str, roots: list[Path], seen: set[Path])
         raise ConfigError(f"{field}: {str(path)!r} has a `!function {tags[0]}` tag, which would import and run "
                           f"Python ({code}); a config from the dashboard may not run code, so its tasks may "
                           f"not use !function (run it from the command line)")
+    _data_confined(data, path, real.parent, field, roots)
     includes = data.get("include") if isinstance(data, dict) else None
     for inc in includes if isinstance(includes, list) else [] if includes is None else [includes]:
         if not isinstance(inc, str) or "\0" in inc:
             raise ConfigError(f"{field}: {str(path)!r}: include must name YAML files, got {inc!r}"[:300])
         _check_task_yaml(Path(inc) if Path(inc).is_absolute() else real.parent / inc, field, roots, seen)
+
+
+def _data_confined(data, path: Path, base: Path, field: str, roots: list[Path]) -> None:
+    """A task YAML's local data (its `dataset_kwargs.data_files`, resolved
+    as backend.evaluation.lmeval_tasks resolves them, and a `dataset_path`
+    that names a local file or folder) must lie within the roots."""
+    from backend.evaluation.lmeval_tasks import _resolve_data_files
+
+    if not isinstance(data, dict):
+        return
+    kwargs = data.get("dataset_kwargs")
+    if isinstance(kwargs, dict) and kwargs.get("data_files") is not None:
+        files = _resolve_data_files({"dataset_kwargs": {"data_files": kwargs["data_files"]}}, base)
+        files = files["dataset_kwargs"]["data_files"]
+        flat = [x for v in (files.values() if isinstance(files, dict) else [files])
+                for x in (v if isinstance(v, list) else [v])]
+        for f in flat:
+            if not isinstance(f, str) or "\0" in f:
+                raise ConfigError(f"{field}: {str(path)!r}: data_files must name files, got {f!r}"[:300])
+            _confined(f, f"{field}: {str(path)!r} data_files", roots)
+    local = data.get("dataset_path")
+    if isinstance(local, str) and "\0" not in local and (Path(local).exists() or (base / local).exists()):
+        _confined(local if Path(local).exists() else str(base / local), f"{field}: {str(path)!r} dataset_path",
+                  roots)
 
 
 def _at_most(field: str, value: int, limits: Limits, limit: str, what: str = "") -> None:
