@@ -9,6 +9,8 @@ these functions; the store only keeps what they decide.
 - `set_mixture`: a person's manual mixture, stored as an approved `manual`
   proposal that applies at the next checkpoint like any other (see
   Store.apply_approved for what wins a checkpoint boundary).
+- A mixture a person approves, edits or sets must have a checkpoint left
+  to apply at (`applies_at`).
 - `set_policy`: auto | human, audited.
 - `send_command`: pause / resume / stop, as the run's state allows.
 - `pin_link`: pin a (skill, domain) affinity link on or off, or clear it.
@@ -25,6 +27,7 @@ import dataclasses
 import time
 
 from backend.mixture import WeightsError, validate_weights
+from backend.status import next_checkpoint
 from backend.store import AUTO, Store, StoreError
 from backend.vocab import COMMANDS, POLICIES, TERMINAL_STATES
 
@@ -45,8 +48,9 @@ def decide(store: Store, proposal_id: int, action: str, *, weights: dict | None 
     """approve | reject | edit a pending proposal; returns it updated.
 
     Refused with DecisionError (and nothing changed) when the action is
-    unknown, the proposal is not pending any more, or edited weights are
-    invalid; NotFound when there is no such proposal."""
+    unknown, the proposal is not pending any more, edited weights are
+    invalid, or an approved or edited mixture cannot apply (no checkpoint is
+    left: `check_applies`); NotFound when there is no such proposal."""
     if action not in ACTIONS:
         raise DecisionError(f"unknown action {action!r} ({', '.join(ACTIONS)})")
     p = store.proposal(proposal_id)
@@ -60,31 +64,61 @@ def decide(store: Store, proposal_id: int, action: str, *, weights: dict | None 
             raise DecisionError(f"edited weights refused: {e}") from None
     elif action == "approve":
         final = p["weights"]
+    if final is not None:
+        check_applies(store, p["run_id"], f"proposal {proposal_id} {ACTIONS[action]}")
+    return _record(store, p, action, final, by=by, reason=reason)
+
+
+def _record(store: Store, p: dict, action: str, final: dict | None, *, by: str, reason: str | None) -> dict:
+    """Store a decision on proposal `p` if it is still pending."""
     status = ACTIONS[action]
     with store.transaction():
         # inside the write lock, so of two deciders exactly one sees it pending
-        now_p = store.proposal(proposal_id)
+        now_p = store.proposal(p["id"])
         if now_p["status"] != "pending":
             who = f" by {now_p['decided_by']}" if now_p["decided_by"] else ""
-            raise DecisionError(f"proposal {proposal_id} is {now_p['status']}{who}, not pending: decision refused")
-        store.update_proposal(proposal_id, status=status, decision=status, decided_by=by, decided_at=time.time(),
+            raise DecisionError(f"proposal {p['id']} is {now_p['status']}{who}, not pending: decision refused")
+        store.update_proposal(p["id"], status=status, decision=status, decided_by=by, decided_at=time.time(),
                               decision_reason=reason, final_weights=final)
-        store.log_event(p["run_id"], status, f"proposal {proposal_id} {status}" + (f": {reason}" if reason else ""),
-                        actor=by, proposal_id=proposal_id, before=p["current_weights"], after=final)
-    return store.proposal(proposal_id)
+        store.log_event(p["run_id"], status, f"proposal {p['id']} {status}" + (f": {reason}" if reason else ""),
+                        actor=by, proposal_id=p["id"], before=p["current_weights"], after=final)
+    return store.proposal(p["id"])
 
 
 def auto_approve(store: Store, proposal_id: int) -> dict:
     """The `auto` policy approves a proposal; returns it as it now stands. A
     person who decided it first (between the worker's look at the policy and
-    this call) keeps their decision: that is not an error."""
+    this call) keeps their decision: that is not an error. The policy
+    approves at the checkpoint where the proposal applies: it needs no
+    check_applies."""
+    p = store.proposal(proposal_id)
     try:
-        return decide(store, proposal_id, "approve", by=AUTO)
+        return _record(store, p, "approve", p["weights"], by=AUTO, reason=None)
     except DecisionError:
         p = store.proposal(proposal_id)
         if p["status"] == "pending":
             raise
         return p
+
+
+def applies_at(store: Store, run: dict) -> int | None:
+    """The step of the checkpoint where a mixture decided now would apply
+    (for a stopped or failed run: once it is resumed); None when no
+    checkpoint is left to apply one: the run finished, or only its last
+    checkpoint is left, where nothing is steered."""
+    if run["status"] == "finished":
+        return None
+    step = next_checkpoint(store, run)
+    return step if step < run["config"]["train"]["steps"] else None
+
+
+def check_applies(store: Store, run_id: int, what: str) -> None:
+    """DecisionError, starting with `what`, naming the run and its state
+    when a mixture decided now cannot apply: no checkpoint is left."""
+    run = store.run(run_id)
+    if applies_at(store, run) is None:
+        raise DecisionError(f"{what} refused: run {run_id} is {run['status']} at step {run['step']} of "
+                            f"{run['config']['train']['steps']}; no checkpoint is left to apply a mixture")
 
 
 def manual_rationale(current: dict[str, float], final: dict[str, float], by: str) -> dict[str, str]:
@@ -97,13 +131,15 @@ def set_mixture(store: Store, run_id: int, weights, *, by: str, reason: str | No
     """A person's manual mixture: validated against the run's current
     domains, stored as an approved `manual` proposal made at `step` (default:
     the run's current step), applied at the next checkpoint. Returns its id.
-    DecisionError names the bad domain; StoreError when the run has no
-    mixture yet."""
+    DecisionError names the bad domain, or why it cannot apply
+    (`check_applies`: no checkpoint left); StoreError when the run has no
+    mixture yet. Nothing is stored when refused."""
     current = store.current_weights(run_id)
     try:
         final = validate_weights(weights, list(current))
     except WeightsError as e:
         raise DecisionError(f"manual mixture refused: {e}") from None
+    check_applies(store, run_id, "manual mixture")
     if step is None:
         step = store.run(run_id)["step"]
     return store.add_manual_proposal(run_id, step=step, current_weights=current, weights=final,

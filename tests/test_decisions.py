@@ -154,6 +154,44 @@ def test_unknown_action_is_refused(store, run_id):
     assert store.proposal(pid)["status"] == "pending"
 
 
+# -- a mixture must have a checkpoint left to apply at ----------------------------------
+
+
+def at_checkpoint(store, run_id, step, *, boundary_done=False, status="running", usage=None):
+    """The run as its worker leaves it at checkpoint `step` (its boundary done or not)."""
+    store.add_checkpoint(run_id, step=step, tokens_seen=step * 384, train_loss=None, wall_time=0.0,
+                         tokens_per_s=None, path="", weights=store.current_weights(run_id), domain_usage=usage)
+    store.mark_checkpoint(run_id, step, boundary_done=boundary_done)
+    store.update_run(run_id, status=status, step=step)
+
+
+@pytest.mark.parametrize("status, step, boundary_done", [
+    ("finished", 30, True),
+    ("running", 20, True),  # training its last stretch: the checkpoint at step 30 steers nothing
+    ("stopped", 20, True),  # resumes from 20 into the last stretch
+])
+def test_a_mixture_with_no_checkpoint_left_to_apply_it_is_refused(db, store, run_id, status, step, boundary_done):
+    pid = propose(store, run_id, step)
+    at_checkpoint(store, run_id, step, boundary_done=boundary_done, status=status)
+    before = raw_row(db, "proposals", "id", pid), len(store.events(run_id))
+    said = f"run {run_id} is {status} at step {step} of 30; no checkpoint is left to apply a mixture"
+    with pytest.raises(DecisionError, match=f"manual mixture refused: {said}"):
+        set_mixture(store, run_id, MORE_CODE, by="ana")
+    for action in ("approve", "edit"):
+        with pytest.raises(DecisionError, match=f"proposal {pid} .* refused: {said}"):
+            decide(store, pid, action, weights=MORE_CODE if action == "edit" else None, by="ana")
+    assert (raw_row(db, "proposals", "id", pid), len(store.events(run_id))) == before
+    assert [p["id"] for p in store.proposals(run_id)] == [pid]
+    assert decide(store, pid, "reject", by="ana")["status"] == "rejected"  # a rejection applies nothing
+
+
+@pytest.mark.parametrize("status", ["stopped", "failed", "running"])
+def test_a_run_that_can_go_on_takes_a_mixture_at_its_next_checkpoint(store, run_id, status):
+    at_checkpoint(store, run_id, 20, boundary_done=False, status=status)  # stopped before its boundary was done
+    pid = set_mixture(store, run_id, MORE_CODE, by="ana")
+    assert store.apply_approved(run_id, step=20, tokens_at=0)["id"] == pid
+
+
 # -- concurrency -------------------------------------------------------------------
 
 
