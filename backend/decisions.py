@@ -10,7 +10,12 @@ these functions; the store only keeps what they decide.
   proposal that applies at the next checkpoint like any other (see
   Store.apply_approved for what wins a checkpoint boundary).
 - A mixture a person approves, edits or sets must have a checkpoint left
-  to apply at (`applies_at`).
+  to apply at (`applies_at`), and must not take a domain past its
+  max_epochs where the data counted so far already shows it would
+  (`within_max_epochs`, under data.on_max_epochs = refuse). What only the
+  checkpoint can tell is judged there: RunClient.apply rejects an approved
+  mixture that breaks max_epochs (`refuse_approved`), the policy's
+  approvals included.
 - `set_policy`: auto | human, audited.
 - `send_command`: pause / resume / stop, as the run's state allows.
 - `pin_link`: pin a (skill, domain) affinity link on or off, or clear it.
@@ -29,7 +34,7 @@ import time
 from backend.mixture import WeightsError, validate_weights
 from backend.status import next_checkpoint
 from backend.store import AUTO, Store, StoreError
-from backend.vocab import COMMANDS, POLICIES, TERMINAL_STATES
+from backend.vocab import COMMANDS, POLICIES, TERMINAL_STATES, config_tokens_per_step, next_boundary
 
 ACTIONS = {"approve": "approved", "reject": "rejected", "edit": "edited"}
 
@@ -50,7 +55,8 @@ def decide(store: Store, proposal_id: int, action: str, *, weights: dict | None 
     Refused with DecisionError (and nothing changed) when the action is
     unknown, the proposal is not pending any more, edited weights are
     invalid, or an approved or edited mixture cannot apply (no checkpoint is
-    left: `check_applies`); NotFound when there is no such proposal."""
+    left, or it breaks max_epochs: `check_applies`); NotFound when there is
+    no such proposal."""
     if action not in ACTIONS:
         raise DecisionError(f"unknown action {action!r} ({', '.join(ACTIONS)})")
     p = store.proposal(proposal_id)
@@ -65,7 +71,7 @@ def decide(store: Store, proposal_id: int, action: str, *, weights: dict | None 
     elif action == "approve":
         final = p["weights"]
     if final is not None:
-        check_applies(store, p["run_id"], f"proposal {proposal_id} {ACTIONS[action]}")
+        check_applies(store, p["run_id"], final, f"proposal {proposal_id} {ACTIONS[action]}")
     return _record(store, p, action, final, by=by, reason=reason)
 
 
@@ -89,8 +95,8 @@ def auto_approve(store: Store, proposal_id: int) -> dict:
     """The `auto` policy approves a proposal; returns it as it now stands. A
     person who decided it first (between the worker's look at the policy and
     this call) keeps their decision: that is not an error. The policy
-    approves at the checkpoint where the proposal applies: it needs no
-    check_applies."""
+    approves at the checkpoint where the proposal applies, so max_epochs is
+    judged there (RunClient.apply), not here."""
     p = store.proposal(proposal_id)
     try:
         return _record(store, p, "approve", p["weights"], by=AUTO, reason=None)
@@ -99,6 +105,17 @@ def auto_approve(store: Store, proposal_id: int) -> dict:
         if p["status"] == "pending":
             raise
         return p
+
+
+def refuse_approved(store: Store, p: dict, why: str) -> None:
+    """An approved (or edited) proposal the worker cannot apply: `rejected`,
+    `why` added to its reason, with an event `rejected` saying why; the
+    mixture in force stays."""
+    reason = f"{p['decision_reason']}; {why}" if p["decision_reason"] else why
+    with store.transaction():
+        store.update_proposal(p["id"], status="rejected", decision_reason=reason)
+        store.log_event(p["run_id"], "rejected", f"proposal {p['id']} rejected: {why}", actor="worker",
+                        proposal_id=p["id"], after=p["final_weights"])
 
 
 def applies_at(store: Store, run: dict) -> int | None:
@@ -112,13 +129,65 @@ def applies_at(store: Store, run: dict) -> int | None:
     return step if step < run["config"]["train"]["steps"] else None
 
 
-def check_applies(store: Store, run_id: int, what: str) -> None:
-    """DecisionError, starting with `what`, naming the run and its state
-    when a mixture decided now cannot apply: no checkpoint is left."""
+def check_applies(store: Store, run_id: int, weights: dict[str, float], what: str) -> None:
+    """DecisionError, starting with `what`, when a mixture decided now
+    cannot apply: no checkpoint is left (the error names the run and its
+    state), or from the checkpoint where it would apply to the next a domain
+    would pass its max_epochs on the data counted so far and
+    data.on_max_epochs is refuse (the error names the domain, the epochs it
+    would reach and its limit)."""
     run = store.run(run_id)
-    if applies_at(store, run) is None:
+    at = applies_at(store, run)
+    train = run["config"]["train"]
+    if at is None:
         raise DecisionError(f"{what} refused: run {run_id} is {run['status']} at step {run['step']} of "
-                            f"{run['config']['train']['steps']}; no checkpoint is left to apply a mixture")
+                            f"{train['steps']}; no checkpoint is left to apply a mixture")
+    counted = [c for c in store.checkpoints(run_id) if c["step"] <= at]
+    if not counted:
+        return
+    end = next_boundary(at, train["checkpoint_every"], train["steps"])
+    # the data counted at an earlier checkpoint is a lower bound: more trains before `at`
+    trained, said = within_max_epochs(run["config"], counted[-1]["domain_usage"], weights,
+                                      (end - at) * config_tokens_per_step(run["config"]),
+                                      at_least=counted[-1]["step"] < at)
+    if trained is None:
+        raise DecisionError(f"{what} refused: from step {at} to {end}, {said}")
+
+
+def within_max_epochs(config: dict, usage: dict | None, weights: dict[str, float], stretch_tokens: int, *,
+                      at_least: bool = False) -> tuple[dict[str, float] | None, str]:
+    """Whether `weights` may train a stretch of `stretch_tokens` training
+    tokens under the domains' max_epochs (data.on_max_epochs).
+
+    :param config: the run's resolved config, as stored.
+    :param usage: a checkpoint's domain_usage ({domain: {"tokens",
+        "epochs", "train_tokens"}}): the data trained up to it; a domain it
+        does not count (None: a run whose trainer reports none) is not checked.
+    :param at_least: `usage` is from a checkpoint before the stretch (the
+        words say "at least").
+    :return: (weights, "") when no domain would pass its max_epochs; else
+        (what may train, what would pass and why, in words): the weights of
+        backend.data.sampler.cap_weights under cap, None under refuse or when
+        no other domain can take the rest."""
+    usage = usage or {}
+    sizes = {d: u.get("train_tokens") or (u["tokens"] / u["epochs"] if u.get("epochs") else None)
+             for d, u in usage.items()}
+    limits = {d["name"]: d["max_epochs"] for d in config["data"]["domains"]
+              if d.get("max_epochs") is not None and sizes.get(d["name"])}
+    if not limits:
+        return weights, ""
+    from backend.data.sampler import cap_weights
+
+    capped, over = cap_weights(weights, {d: u["tokens"] for d, u in usage.items()}, sizes, limits, stretch_tokens)
+    if not over:
+        return weights, ""
+    least = "at least " if at_least else ""
+    said = "; ".join(f"{d} would reach {least}{e:.2f} epochs (max_epochs {limits[d]:g})" for d, e in over.items())
+    if config["data"]["on_max_epochs"] == "refuse":
+        return None, f"{said} (data.on_max_epochs = refuse)"
+    if capped is None:
+        return None, f"{said} (no other domain can take the rest)"
+    return capped, said
 
 
 def manual_rationale(current: dict[str, float], final: dict[str, float], by: str) -> dict[str, str]:
@@ -132,14 +201,14 @@ def set_mixture(store: Store, run_id: int, weights, *, by: str, reason: str | No
     domains, stored as an approved `manual` proposal made at `step` (default:
     the run's current step), applied at the next checkpoint. Returns its id.
     DecisionError names the bad domain, or why it cannot apply
-    (`check_applies`: no checkpoint left); StoreError when the run has no
-    mixture yet. Nothing is stored when refused."""
+    (`check_applies`: no checkpoint left, max_epochs); StoreError when the
+    run has no mixture yet. Nothing is stored when refused."""
     current = store.current_weights(run_id)
     try:
         final = validate_weights(weights, list(current))
     except WeightsError as e:
         raise DecisionError(f"manual mixture refused: {e}") from None
-    check_applies(store, run_id, "manual mixture")
+    check_applies(store, run_id, final, "manual mixture")
     if step is None:
         step = store.run(run_id)["step"]
     return store.add_manual_proposal(run_id, step=step, current_weights=current, weights=final,
