@@ -11,6 +11,7 @@ itself a user of it: both paths share one set of rules.
     client.evaluate(k, model, tokenizer)               # or report_measurements(k, rows)
     client.boundary(k)                                 # estimate, guard, apply, propose
     weights = client.mixture_at(k)                     # train on these from step k on
+                                                       # (stretch_weights(k): within max_epochs)
 
 `boundary` is idempotent per checkpoint: the newest approved proposal is
 applied exactly once (Store.apply_approved: audited; a second call at the
@@ -131,6 +132,12 @@ def taskset_configs(taskset) -> list[dict]:
         "chance": leaf.chance}} for leaf in taskset.leaves] if taskset is not None else []
 
 
+class EpochLimitError(StoreError):
+    """The mixture in force at a checkpoint would repeat a domain past its
+    max_epochs by the next one, and data.on_max_epochs is refuse (or no
+    other domain can take the rest); the message names the domain."""
+
+
 def _no_stage(stage: str) -> None:
     """The default on_stage: nothing to show."""
 
@@ -197,6 +204,7 @@ class RunClient:
         self.store = store
         self.run_id = run_id
         row = store.run(run_id)
+        self.config = row["config"]  # as stored (resolved)
         self.cfg = config_mod.from_dict(row["config"])
         self.replay = row["replay_schedule"]
         self.strategy = controllers.make_strategy(self.cfg.controller)
@@ -420,8 +428,50 @@ class RunClient:
     def apply(self, step: int) -> dict | None:
         """Apply the newest approved (or edited) proposal at checkpoint
         `step` (Store.apply_approved: audited, idempotent); returns the
-        proposal that owns the segment from `step`, or None."""
-        return self.store.apply_approved(self.run_id, step=step, tokens_at=self._checkpoint(step)["tokens_seen"])
+        proposal that owns the segment from `step`, or None. A waiting
+        proposal whose mixture cannot train from `step` (within_max_epochs)
+        is rejected first, with an event saying why, so it never enters the
+        schedule and the mixture in force stays."""
+        tokens = self._checkpoint(step)["tokens_seen"]
+        with self.store.transaction():
+            for p in self.store.proposals(self.run_id):
+                if p["status"] in ("approved", "edited"):
+                    trained, said = self.within_max_epochs(step, p["final_weights"])
+                    if trained is None:
+                        decisions.refuse_approved(self.store, p, f"its mixture cannot train from step {step}: {said}")
+            return self.store.apply_approved(self.run_id, step=step, tokens_at=tokens)
+
+    def within_max_epochs(self, step: int, weights: dict[str, float]) -> tuple[dict[str, float] | None, str]:
+        """decisions.within_max_epochs of `weights` for the stretch from
+        checkpoint `step` to the next, on the data that checkpoint counted
+        (its domain_usage)."""
+        end = vocab.next_boundary(step, self.cfg.train.checkpoint_every, self.cfg.train.steps)
+        return decisions.within_max_epochs(self.config, self._checkpoint(step)["domain_usage"], weights,
+                                           (end - step) * self.tokens_per_step)
+
+    def stretch_weights(self, step: int) -> dict[str, float]:
+        """The weights to train from checkpoint `step` (its boundary done) to
+        the next: the mixture in force, or, where a domain would pass its
+        max_epochs by then, under data.on_max_epochs = cap the capped weights
+        (an event `max_epochs`). Under refuse (or when no other domain can
+        take the rest): an event `max_epochs` saying why, the boundary at
+        `step` reopened, so that a mixture set meanwhile applies there when
+        the run resumes, and EpochLimitError."""
+        weights = self.mixture_at(step)
+        trained, said = self.within_max_epochs(step, weights)
+        if not said:
+            return weights
+        end = vocab.next_boundary(step, self.cfg.train.checkpoint_every, self.cfg.train.steps)
+        if trained is None:
+            msg = (f"mixture refused for steps {step}-{end}: {said}; set a mixture that fits (set-mixture "
+                   f"{self.run_id}) to go on from step {step}")
+            with self.store.transaction():
+                self.store.log_event(self.run_id, "max_epochs", msg, before=weights)
+                self.store.mark_checkpoint(self.run_id, step, boundary_done=False)
+            raise EpochLimitError(msg)
+        self.store.log_event(self.run_id, "max_epochs", f"mixture capped for steps {step}-{end}: {said}",
+                             before=weights, after=trained)
+        return trained
 
     def finish(self, step: int) -> None:
         """The run ended at `step`: what is still open expires, status finished."""

@@ -9,6 +9,13 @@ these functions; the store only keeps what they decide.
 - `set_mixture`: a person's manual mixture, stored as an approved `manual`
   proposal that applies at the next checkpoint like any other (see
   Store.apply_approved for what wins a checkpoint boundary).
+- A mixture a person approves, edits or sets must have a checkpoint left
+  to apply at (`applies_at`), and must not take a domain past its
+  max_epochs where the data counted so far already shows it would
+  (`within_max_epochs`, under data.on_max_epochs = refuse). What only the
+  checkpoint can tell is judged there: RunClient.apply rejects an approved
+  mixture that breaks max_epochs (`refuse_approved`), the policy's
+  approvals included.
 - `set_policy`: auto | human, audited.
 - `send_command`: pause / resume / stop, as the run's state allows.
 - `pin_link`: pin a (skill, domain) affinity link on or off, or clear it.
@@ -25,8 +32,9 @@ import dataclasses
 import time
 
 from backend.mixture import WeightsError, validate_weights
+from backend.status import next_checkpoint
 from backend.store import AUTO, Store, StoreError
-from backend.vocab import COMMANDS, POLICIES, TERMINAL_STATES
+from backend.vocab import COMMANDS, POLICIES, TERMINAL_STATES, config_tokens_per_step, next_boundary
 
 ACTIONS = {"approve": "approved", "reject": "rejected", "edit": "edited"}
 
@@ -45,8 +53,10 @@ def decide(store: Store, proposal_id: int, action: str, *, weights: dict | None 
     """approve | reject | edit a pending proposal; returns it updated.
 
     Refused with DecisionError (and nothing changed) when the action is
-    unknown, the proposal is not pending any more, or edited weights are
-    invalid; NotFound when there is no such proposal."""
+    unknown, the proposal is not pending any more, edited weights are
+    invalid, or an approved or edited mixture cannot apply (no checkpoint is
+    left, or it breaks max_epochs: `check_applies`); NotFound when there is
+    no such proposal."""
     if action not in ACTIONS:
         raise DecisionError(f"unknown action {action!r} ({', '.join(ACTIONS)})")
     p = store.proposal(proposal_id)
@@ -60,31 +70,124 @@ def decide(store: Store, proposal_id: int, action: str, *, weights: dict | None 
             raise DecisionError(f"edited weights refused: {e}") from None
     elif action == "approve":
         final = p["weights"]
+    if final is not None:
+        check_applies(store, p["run_id"], final, f"proposal {proposal_id} {ACTIONS[action]}")
+    return _record(store, p, action, final, by=by, reason=reason)
+
+
+def _record(store: Store, p: dict, action: str, final: dict | None, *, by: str, reason: str | None) -> dict:
+    """Store a decision on proposal `p` if it is still pending."""
     status = ACTIONS[action]
     with store.transaction():
         # inside the write lock, so of two deciders exactly one sees it pending
-        now_p = store.proposal(proposal_id)
+        now_p = store.proposal(p["id"])
         if now_p["status"] != "pending":
             who = f" by {now_p['decided_by']}" if now_p["decided_by"] else ""
-            raise DecisionError(f"proposal {proposal_id} is {now_p['status']}{who}, not pending: decision refused")
-        store.update_proposal(proposal_id, status=status, decision=status, decided_by=by, decided_at=time.time(),
+            raise DecisionError(f"proposal {p['id']} is {now_p['status']}{who}, not pending: decision refused")
+        store.update_proposal(p["id"], status=status, decision=status, decided_by=by, decided_at=time.time(),
                               decision_reason=reason, final_weights=final)
-        store.log_event(p["run_id"], status, f"proposal {proposal_id} {status}" + (f": {reason}" if reason else ""),
-                        actor=by, proposal_id=proposal_id, before=p["current_weights"], after=final)
-    return store.proposal(proposal_id)
+        store.log_event(p["run_id"], status, f"proposal {p['id']} {status}" + (f": {reason}" if reason else ""),
+                        actor=by, proposal_id=p["id"], before=p["current_weights"], after=final)
+    return store.proposal(p["id"])
 
 
 def auto_approve(store: Store, proposal_id: int) -> dict:
     """The `auto` policy approves a proposal; returns it as it now stands. A
     person who decided it first (between the worker's look at the policy and
-    this call) keeps their decision: that is not an error."""
+    this call) keeps their decision: that is not an error. The policy
+    approves at the checkpoint where the proposal applies, so max_epochs is
+    judged there (RunClient.apply), not here."""
+    p = store.proposal(proposal_id)
     try:
-        return decide(store, proposal_id, "approve", by=AUTO)
+        return _record(store, p, "approve", p["weights"], by=AUTO, reason=None)
     except DecisionError:
         p = store.proposal(proposal_id)
         if p["status"] == "pending":
             raise
         return p
+
+
+def refuse_approved(store: Store, p: dict, why: str) -> None:
+    """An approved (or edited) proposal the worker cannot apply: `rejected`,
+    `why` added to its reason, with an event `rejected` saying why; the
+    mixture in force stays."""
+    reason = f"{p['decision_reason']}; {why}" if p["decision_reason"] else why
+    with store.transaction():
+        store.update_proposal(p["id"], status="rejected", decision_reason=reason)
+        store.log_event(p["run_id"], "rejected", f"proposal {p['id']} rejected: {why}", actor="worker",
+                        proposal_id=p["id"], after=p["final_weights"])
+
+
+def applies_at(store: Store, run: dict) -> int | None:
+    """The step of the checkpoint where a mixture decided now would apply
+    (for a stopped or failed run: once it is resumed); None when no
+    checkpoint is left to apply one: the run finished, or only its last
+    checkpoint is left, where nothing is steered."""
+    if run["status"] == "finished":
+        return None
+    step = next_checkpoint(store, run)
+    return step if step < run["config"]["train"]["steps"] else None
+
+
+def check_applies(store: Store, run_id: int, weights: dict[str, float], what: str) -> None:
+    """DecisionError, starting with `what`, when a mixture decided now
+    cannot apply: no checkpoint is left (the error names the run and its
+    state), or from the checkpoint where it would apply to the next a domain
+    would pass its max_epochs on the data counted so far and
+    data.on_max_epochs is refuse (the error names the domain, the epochs it
+    would reach and its limit)."""
+    run = store.run(run_id)
+    at = applies_at(store, run)
+    train = run["config"]["train"]
+    if at is None:
+        raise DecisionError(f"{what} refused: run {run_id} is {run['status']} at step {run['step']} of "
+                            f"{train['steps']}; no checkpoint is left to apply a mixture")
+    counted = [c for c in store.checkpoints(run_id) if c["step"] <= at]
+    if not counted:
+        return
+    end = next_boundary(at, train["checkpoint_every"], train["steps"])
+    # the data counted at an earlier checkpoint is a lower bound: more trains before `at`
+    trained, said = within_max_epochs(run["config"], counted[-1]["domain_usage"], weights,
+                                      (end - at) * config_tokens_per_step(run["config"]),
+                                      at_least=counted[-1]["step"] < at)
+    if trained is None:
+        raise DecisionError(f"{what} refused: from step {at} to {end}, {said}")
+
+
+def within_max_epochs(config: dict, usage: dict | None, weights: dict[str, float], stretch_tokens: int, *,
+                      at_least: bool = False) -> tuple[dict[str, float] | None, str]:
+    """Whether `weights` may train a stretch of `stretch_tokens` training
+    tokens under the domains' max_epochs (data.on_max_epochs).
+
+    :param config: the run's resolved config, as stored.
+    :param usage: a checkpoint's domain_usage ({domain: {"tokens",
+        "epochs", "train_tokens"}}): the data trained up to it; a domain it
+        does not count (None: a run whose trainer reports none) is not checked.
+    :param at_least: `usage` is from a checkpoint before the stretch (the
+        words say "at least").
+    :return: (weights, "") when no domain would pass its max_epochs; else
+        (what may train, what would pass and why, in words): the weights of
+        backend.data.sampler.cap_weights under cap, None under refuse or when
+        no other domain can take the rest."""
+    usage = usage or {}
+    sizes = {d: u.get("train_tokens") or (u["tokens"] / u["epochs"] if u.get("epochs") else None)
+             for d, u in usage.items()}
+    limits = {d["name"]: d["max_epochs"] for d in config["data"]["domains"]
+              if d.get("max_epochs") is not None and sizes.get(d["name"])}
+    if not limits:
+        return weights, ""
+    from backend.data.sampler import cap_weights
+
+    capped, over = cap_weights(weights, {d: u["tokens"] for d, u in usage.items()}, sizes, limits, stretch_tokens)
+    if not over:
+        return weights, ""
+    least = "at least " if at_least else ""
+    said = "; ".join(f"{d} would reach {least}{e:.2f} epochs (max_epochs {limits[d]:g})" for d, e in over.items())
+    if config["data"]["on_max_epochs"] == "refuse":
+        return None, f"{said} (data.on_max_epochs = refuse)"
+    if capped is None:
+        return None, f"{said} (no other domain can take the rest)"
+    return capped, said
 
 
 def manual_rationale(current: dict[str, float], final: dict[str, float], by: str) -> dict[str, str]:
@@ -97,13 +200,15 @@ def set_mixture(store: Store, run_id: int, weights, *, by: str, reason: str | No
     """A person's manual mixture: validated against the run's current
     domains, stored as an approved `manual` proposal made at `step` (default:
     the run's current step), applied at the next checkpoint. Returns its id.
-    DecisionError names the bad domain; StoreError when the run has no
-    mixture yet."""
+    DecisionError names the bad domain, or why it cannot apply
+    (`check_applies`: no checkpoint left, max_epochs); StoreError when the
+    run has no mixture yet. Nothing is stored when refused."""
     current = store.current_weights(run_id)
     try:
         final = validate_weights(weights, list(current))
     except WeightsError as e:
         raise DecisionError(f"manual mixture refused: {e}") from None
+    check_applies(store, run_id, final, "manual mixture")
     if step is None:
         step = store.run(run_id)["step"]
     return store.add_manual_proposal(run_id, step=step, current_weights=current, weights=final,

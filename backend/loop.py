@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol, runtime_checkable
 
 from backend import vocab
-from backend.client import RunClient, evaluation_tasks, initial_weights, task_specs
+from backend.client import EpochLimitError, RunClient, evaluation_tasks, initial_weights, task_specs
 from backend.config import RunConfig
 from backend.distributed import Dist, rank_batches
 from backend.store import Store
@@ -47,11 +47,6 @@ PHASES = ("save", "evaluate", "estimate", "apply", "propose")
 
 class Stopped(Exception):
     """A stop command arrived; the run ends at its last checkpoint."""
-
-
-class EpochLimitError(ValueError):
-    """The mixture would repeat a domain past its max_epochs and
-    data.on_max_epochs is refuse; the message names the domain."""
 
 
 # -- what the loop drives --------------------------------------------------------
@@ -439,19 +434,21 @@ class ClosedLoop:
             while self.c.trainer.step < total:
                 self._poll()  # commands are obeyed at every checkpoint, however short the stretch
                 # the segment in force at this step (after a fallback resume a
-                # later segment may exist already: it starts at its own step)
-                weights = self.store.weights_at(self.run_id, self.c.trainer.step)
+                # later segment may exist already: it starts at its own step),
+                # within the domains' max_epochs
+                weights = self.client.stretch_weights(self.c.trainer.step)
                 end = vocab.next_boundary(self.c.trainer.step, every, total)
-                weights = self._within_max_epochs(weights, end)
                 self.dist.send({"train": weights, "end": end})
                 self._phase("training")
                 self._train_stretch(weights, end)
                 self._checkpoint(weights)
                 self._at_checkpoint(self.c.trainer.step)
-        except Stopped:
+        except (Stopped, EpochLimitError) as e:
+            # EpochLimitError: the mixture in force cannot train on; a person sets one that fits
+            why = (f": {e}; then resume it (run --resume {self.run_id})" if isinstance(e, EpochLimitError)
+                   else "; resumes from the last checkpoint")
             self.store.update_run(self.run_id, status="stopped", phase="stopped", tokens_per_s=None)
-            self.store.log_event(self.run_id, "stopped", f"stopped at step {self.c.trainer.step}; "
-                                 f"resumes from the last checkpoint")
+            self.store.log_event(self.run_id, "stopped", f"stopped at step {self.c.trainer.step}{why}")
             return "stopped"
         finally:
             if self.bar is not None:
@@ -512,32 +509,6 @@ class ClosedLoop:
         self.store.heartbeat(self.run_id, status="running", pid=os.getpid(), step=0, tokens_seen=0)
         self._checkpoint(self.store.current_weights(self.run_id))  # step 0: the untrained model
         self._at_checkpoint(0)
-
-    def _within_max_epochs(self, weights: dict[str, float], end: int) -> dict[str, float]:
-        """The weights to train to step `end`: `weights`, unless a domain
-        would pass its max_epochs by then; then (data.on_max_epochs) refuse:
-        an event and EpochLimitError, or cap: the weights of
-        backend.data.sampler.cap_weights, with an event."""
-        from backend.data.sampler import cap_weights
-
-        limits = {d.name: d.max_epochs for d in self.cfg.data.domains if d.max_epochs is not None}
-        if not limits:
-            return weights
-        usage = self.c.sampler.usage(weights)
-        stretch = (end - self.c.trainer.step) * self.tokens_per_step
-        capped, over = cap_weights(weights, {d: u["tokens"] for d, u in usage.items()},
-                                   {d: u["train_tokens"] for d, u in usage.items()}, limits, stretch)
-        if not over:
-            return weights
-        said = "; ".join(f"{d} would reach {e:.2f} epochs (max_epochs {limits[d]:g})" for d, e in over.items())
-        if self.cfg.data.on_max_epochs == "refuse" or capped is None:
-            why = "data.on_max_epochs = refuse" if capped is not None else "no other domain can take the rest"
-            msg = f"mixture refused for steps {self.c.trainer.step}-{end}: {said} ({why})"
-            self.store.log_event(self.run_id, "max_epochs", msg, before=weights)
-            raise EpochLimitError(msg)
-        self.store.log_event(self.run_id, "max_epochs", f"mixture capped for steps {self.c.trainer.step}-{end}: "
-                             f"{said}", before=weights, after=capped)
-        return capped
 
     def _phase(self, phase: str) -> None:
         """What the worker does now, for Home, `show` and the progress bar."""
@@ -602,7 +573,8 @@ class ClosedLoop:
         the weights that trained the stretch ending here."""
         step = self.c.trainer.step
         wall = self.wall_offset + time.time() - self.started
-        usage = {d: {"tokens": u["tokens"], "epochs": u["epochs"]} for d, u in self.c.sampler.usage(weights).items()}
+        usage = {d: {k: u[k] for k in ("tokens", "epochs", "train_tokens")}
+                 for d, u in self.c.sampler.usage(weights).items()}
         path = self.c.checkpointer.save(step, {"sampler": self.c.sampler.state_dict(), "wall_time": wall,
                                                "weights": weights})
         self.store.add_checkpoint(self.run_id, step=step, tokens_seen=step * self.tokens_per_step,

@@ -89,7 +89,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     tokens_per_s REAL,
     path TEXT,
     weights TEXT,                   -- JSON mixture trained up to this step
-    domain_usage TEXT,              -- JSON {domain: {"tokens": trained so far, "epochs": passes (null: endless)}}
+    domain_usage TEXT,              -- JSON {domain: {"tokens": trained so far, "epochs": passes (null: endless),
+                                    --   "train_tokens": its training tokens (null: endless)}}
     evaluated INTEGER NOT NULL DEFAULT 0,
     boundary_done INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
@@ -515,7 +516,8 @@ class Store:
                        weights: dict, domain_usage: dict | None = None) -> None:
         """Record a checkpoint whose files are complete on disk (idempotent:
         a second call for the same step only updates its path and
-        domain_usage: {domain: {"tokens", "epochs"}} trained up to it)."""
+        domain_usage: {domain: {"tokens", "epochs", "train_tokens"}} trained
+        up to it)."""
         with self.transaction():
             self.db.execute(
                 "INSERT INTO checkpoints (run_id, step, tokens_seen, train_loss, wall_time, "

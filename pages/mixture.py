@@ -57,6 +57,11 @@ def _switch_policy() -> None:
 st.radio("Approval policy", ["human", "auto"], key=policy_key, horizontal=True, on_change=_switch_policy,
          format_func={"human": "human: a person decides", "auto": "auto: approve every proposal"}.get)
 
+# a mixture decided now applies here; None: no checkpoint is left (decisions refuses it)
+applies_at = decisions.applies_at(store, run)
+closed = (f"Run #{run_id} is {run['status']} at step {run['step']}: no checkpoint is left to apply a mixture."
+          if applies_at is None else None)
+
 
 # -- inbox -----------------------------------------------------------------------
 def _renormalised(values: dict[str, float]) -> dict[str, float] | None:
@@ -108,9 +113,11 @@ def proposal_card(p: dict, reason_key: str) -> None:
         st.subheader(f"Proposal #{pid} · {p['strategy']} · from the checkpoint at step {p['step']}")
         decision_card(store, p)
 
+        if closed:
+            st.caption(closed + " You can still reject it.")
         approve, reject = st.columns([1, 3], vertical_alignment="bottom")
         approve.button("Approve", key=f"approve_{pid}", type="primary", icon=":material/check:",
-                       on_click=_decide, args=(pid, "approve", reason_key))
+                       disabled=bool(closed), on_click=_decide, args=(pid, "approve", reason_key))
         reject.text_input("Reason for rejecting", key=reason_key, placeholder="e.g. the noise domain should stay")
         reject.button("Reject", key=f"reject_{pid}", icon=":material/close:",
                       on_click=_decide, args=(pid, "reject", reason_key))
@@ -118,7 +125,7 @@ def proposal_card(p: dict, reason_key: str) -> None:
         with st.expander("Edit the weights, then approve them", icon=":material/edit:"):
             values = _weight_inputs(f"edit_{pid}", p["weights"])
             final = _renormalised(values)
-            st.button("Save edited weights", key=f"save_edit_{pid}", disabled=final is None,
+            st.button("Save edited weights", key=f"save_edit_{pid}", disabled=final is None or bool(closed),
                       on_click=_decide, args=(pid, "edit", reason_key))
 
 
@@ -183,6 +190,9 @@ def live() -> None:
             st.success(f"Proposal #{pid} was applied at step {p['applied_step']}.")
         elif p and p["status"] in ("approved", "edited"):
             st.info(f"Proposal #{pid} is {p['status']}; {apply_note(store, now)}.")
+        elif p:  # rejected where it would apply (max_epochs), superseded or expired: the log says why
+            why = [e["message"] for e in store.events(run_id, p["status"]) if e["proposal_id"] == pid]
+            st.warning(f"Proposal #{pid} was not applied: {why[-1] if why else p['status']}.")
 
     st.header("Mixture")
     left, right = st.columns([2, 3])
@@ -218,16 +228,19 @@ live()
 
 # -- manual mixture ---------------------------------------------------------------
 with st.expander("Set a mixture by hand", icon=":material/tune:"):
-    st.caption("Stored as an approved `manual` proposal; it applies at the next checkpoint like any other.")
-    values = _weight_inputs(f"manual_{run_id}", store.current_weights(run_id))
-    final = _renormalised(values)
-    why = st.text_input("Reason", key=f"manual_reason_{run_id}")
-    if st.button("Save this mixture", key=f"manual_save_{run_id}", disabled=final is None):
-        try:
-            pid = decisions.set_mixture(store, run_id, values, by=user(), reason=why.strip() or None)
-        except DecisionError as e:
-            st.error(str(e))
-        else:
-            flash(f"Manual mixture saved as proposal #{pid}; {apply_note(store, store.run(run_id))}.")
-            ss.setdefault("awaiting_apply", set()).add(pid)
-            st.rerun()
+    if closed:
+        st.caption(closed)
+    else:
+        st.caption("Stored as an approved `manual` proposal; it applies at the next checkpoint like any other.")
+        values = _weight_inputs(f"manual_{run_id}", store.current_weights(run_id))
+        final = _renormalised(values)
+        why = st.text_input("Reason", key=f"manual_reason_{run_id}")
+        if st.button("Save this mixture", key=f"manual_save_{run_id}", disabled=final is None):
+            try:
+                pid = decisions.set_mixture(store, run_id, values, by=user(), reason=why.strip() or None)
+            except DecisionError as e:
+                st.error(str(e))
+            else:
+                flash(f"Manual mixture saved as proposal #{pid}; {apply_note(store, store.run(run_id))}.")
+                ss.setdefault("awaiting_apply", set()).add(pid)
+                st.rerun()

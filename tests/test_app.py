@@ -349,6 +349,18 @@ def test_manual_mixture_is_validated_then_stored(db):
     assert "Manual mixture saved" in texts(at.success)
 
 
+def test_a_run_with_no_checkpoint_left_is_offered_no_mixture(db):
+    store, run_id = db
+    store.update_run(run_id, status="finished", step=30)
+    p = pending(store, run_id)
+    at = open_app("pages/mixture.py")
+    closed = f"Run #{run_id} is finished at step 30: no checkpoint is left to apply a mixture."
+    assert closed in texts(at.caption)
+    assert not [b for b in at.button if b.key == f"manual_save_{run_id}"]
+    assert at.button(key=f"approve_{p['id']}").disabled and at.button(key=f"save_edit_{p['id']}").disabled
+    assert store.proposal(p["id"])["status"] == "pending"
+
+
 def test_policy_switch_writes_once_and_follows_the_store(db):
     store, run_id = db
     at = open_app("pages/mixture.py")

@@ -3,6 +3,8 @@ computed "elsewhere" (here: scores that rise with the tokens a skill's
 domains received), with the real store, estimator, guard and strategies.
 The preset tiny: 30 steps, a checkpoint every 10, skills copy and add2."""
 
+import re
+
 import pytest
 
 from backend.client import RunClient
@@ -149,3 +151,38 @@ def test_a_metric_that_is_not_a_score_by_name_is_estimated_as_reported_and_not_s
     assert why["copy"] == "its metric bleu is not a [0, 1] score where higher is better"
     assert why["add2"] == "its metric f1 reported 45 at step 20, outside [0, 1]: not estimated from that checkpoint on"
     assert why.keys() == {"copy", "add2"}
+
+
+def test_a_mixture_that_cannot_train_is_rejected_at_the_boundary_and_the_boundary_stays_open(store):
+    """Policy auto; a folder domain prose already at its max_epochs when checkpoint 0 is reached:
+    the strategy's proposal (which keeps prose at its floor) is approved, then rejected where it
+    would apply; the mixture in force cannot train either, so the boundary stays open until a
+    person sets one that fits."""
+    from backend.client import EpochLimitError
+    from backend.config import from_dict
+    from backend.decisions import set_mixture
+
+    cfg = preset("tiny").to_dict()
+    cfg["data"]["domains"].append({"name": "prose", "source": "folder", "path": "examples/prose", "max_epochs": 0.5})
+    cfg = from_dict(cfg)
+    client = RunClient.register(store, cfg, domains=[{"name": d} for d in cfg.domain_names])
+    rid = client.run_id
+    usage = {d: {"tokens": 0, "epochs": None, "train_tokens": None} for d in cfg.domain_names}
+    usage["prose"] = {"tokens": 500, "epochs": 0.5, "train_tokens": 1000}
+    store.add_checkpoint(rid, step=0, tokens_seen=0, train_loss=None, wall_time=0.0, tokens_per_s=None, path="",
+                         weights=client.mixture_at(0), domain_usage=usage)
+    client.report_measurements(0, rows(client, 0.1))
+    client.boundary(0)
+    (p,) = store.proposals(rid)
+    assert (p["decided_by"], p["status"], p["applied_step"]) == ("auto", "rejected", None)
+    (event,) = store.events(rid, "rejected")
+    assert re.search(r"its mixture cannot train from step 0: prose would reach \d\.\d\d epochs \(max_epochs 0\.5\)",
+                     event["message"])
+    assert [s["source"] for s in store.schedule(rid)] == ["initial"]
+    with pytest.raises(EpochLimitError, match=r"mixture refused for steps 0-10: prose would reach"):
+        client.stretch_weights(0)
+    assert not store.checkpoint(rid, 0)["boundary_done"]
+    fits = set_mixture(store, rid, dict.fromkeys(cfg.domain_names, 1.0) | {"prose": 0.0}, by="ana")
+    client.boundary(0)  # the resumed worker
+    assert store.proposal(fits)["applied_step"] == 0
+    assert client.stretch_weights(0) == client.mixture_at(0) and client.mixture_at(0)["prose"] == 0.0

@@ -5,6 +5,7 @@ accounting and max_epochs (with the fakes of backend.testing)."""
 import gzip
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -18,7 +19,8 @@ from backend.data.cache import CorruptCacheWarning, cache_root, token_cache
 from backend.data.domains import DataError, build_domain, build_domains
 from backend.data.sampler import MixtureSampler, cap_weights, hash64
 from backend.data.sources import folder_shards
-from backend.loop import ClosedLoop, EpochLimitError
+from backend.decisions import DecisionError, set_mixture
+from backend.loop import ClosedLoop
 from backend.store import Store
 from backend.testing import fake_components
 
@@ -296,15 +298,29 @@ def test_every_checkpoint_records_tokens_and_epochs_per_domain(tmp_path):
     assert np.isnan(table.loc["strings", "epochs"]) and table.loc["code", "epochs"] > 0
 
 
-def test_refuse_stops_the_run_with_an_event_naming_the_domain(tmp_path):
+def test_refuse_stops_the_run_at_the_checkpoint_until_a_mixture_that_fits_is_set(tmp_path):
     store = Store(tmp_path / "cl.db")
     rid = limited_run(store, "refuse")
-    with pytest.raises(EpochLimitError, match=r"code would reach \d\.\d\d epochs \(max_epochs 1\)"):
-        loop(store, rid).run()
-    assert [e["kind"] for e in store.events(rid)].count("max_epochs") == 1
+    assert loop(store, rid).run() == "stopped"  # not failed: a person can go on from here
+    run = store.run(rid)
+    assert run["status"] == "stopped" and run["error"] is None
     (event,) = store.events(rid, "max_epochs")
     last = store.checkpoints(rid)[-1]["step"]
-    assert f"mixture refused for steps {last}-{last + 10}" in event["message"]  # nothing trained past it
+    assert re.search(rf"mixture refused for steps {last}-{last + 10}: code would reach \d\.\d\d epochs "
+                     r"\(max_epochs 1\)", event["message"])  # nothing trained past it
+    assert f"stopped at step {last}: mixture refused" in store.events(rid, "stopped")[-1]["message"]
+    # the policy's proposal there took code past its limit too: rejected, never in the schedule
+    (auto,) = store.proposals(rid)
+    assert (auto["decided_by"], auto["status"]) == ("auto", "rejected") and "code would reach" in auto["decision_reason"]
+    assert [s["source"] for s in store.schedule(rid)] == ["initial"]
+    # the boundary is open again: a mixture set now applies there when the run resumes
+    assert not store.checkpoint(rid, last)["boundary_done"]
+    with pytest.raises(DecisionError, match=r"code would reach .* epochs \(max_epochs 1\)"):
+        set_mixture(store, rid, dict.fromkeys(store.current_weights(rid), 1.0), by="ana")
+    fits = set_mixture(store, rid, {d: 0.0 if d == "code" else 1.0 for d in store.current_weights(rid)}, by="ana")
+    assert loop(store, rid).run() == "finished"
+    assert store.proposal(fits)["applied_step"] == last and store.weights_at(rid, last)["code"] == 0.0
+    assert store.checkpoints(rid)[-1]["domain_usage"]["code"]["epochs"] <= 1.0
 
 
 def test_an_untrusted_config_writes_token_caches_only_inside_the_data_roots(tmp_path):

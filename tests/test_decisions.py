@@ -154,6 +154,95 @@ def test_unknown_action_is_refused(store, run_id):
     assert store.proposal(pid)["status"] == "pending"
 
 
+# -- a mixture must have a checkpoint left to apply at, and fit max_epochs ------------
+
+
+def at_checkpoint(store, run_id, step, *, boundary_done=False, status="running", usage=None):
+    """The run as its worker leaves it at checkpoint `step` (its boundary done or not)."""
+    store.add_checkpoint(run_id, step=step, tokens_seen=step * 384, train_loss=None, wall_time=0.0,
+                         tokens_per_s=None, path="", weights=store.current_weights(run_id), domain_usage=usage)
+    store.mark_checkpoint(run_id, step, boundary_done=boundary_done)
+    store.update_run(run_id, status=status, step=step)
+
+
+@pytest.mark.parametrize("status, step, boundary_done", [
+    ("finished", 30, True),
+    ("running", 20, True),  # training its last stretch: the checkpoint at step 30 steers nothing
+    ("stopped", 20, True),  # resumes from 20 into the last stretch
+])
+def test_a_mixture_with_no_checkpoint_left_to_apply_it_is_refused(db, store, run_id, status, step, boundary_done):
+    pid = propose(store, run_id, step)
+    at_checkpoint(store, run_id, step, boundary_done=boundary_done, status=status)
+    before = raw_row(db, "proposals", "id", pid), len(store.events(run_id))
+    said = f"run {run_id} is {status} at step {step} of 30; no checkpoint is left to apply a mixture"
+    with pytest.raises(DecisionError, match=f"manual mixture refused: {said}"):
+        set_mixture(store, run_id, MORE_CODE, by="ana")
+    for action in ("approve", "edit"):
+        with pytest.raises(DecisionError, match=f"proposal {pid} .* refused: {said}"):
+            decide(store, pid, action, weights=MORE_CODE if action == "edit" else None, by="ana")
+    assert (raw_row(db, "proposals", "id", pid), len(store.events(run_id))) == before
+    assert [p["id"] for p in store.proposals(run_id)] == [pid]
+    assert decide(store, pid, "reject", by="ana")["status"] == "rejected"  # a rejection applies nothing
+
+
+@pytest.mark.parametrize("status", ["stopped", "failed", "running"])
+def test_a_run_that_can_go_on_takes_a_mixture_at_its_next_checkpoint(store, run_id, status):
+    at_checkpoint(store, run_id, 20, boundary_done=False, status=status)  # stopped before its boundary was done
+    pid = set_mixture(store, run_id, MORE_CODE, by="ana")
+    assert store.apply_approved(run_id, step=20, tokens_at=0)["id"] == pid
+
+
+PROSE_USAGE = {d: {"tokens": 1000, "epochs": None, "train_tokens": None} for d in DOMAINS} | {
+    "prose": {"tokens": 1000, "epochs": 0.1, "train_tokens": 10_000}}
+
+
+def prose_run(store, on_max_epochs):
+    """The tiny preset plus a folder domain prose (max_epochs 0.2, 10,000 training tokens, 1,000 trained)
+    at its checkpoint at step 10: the stretch to 20 trains 3,840 tokens."""
+    from backend.config import from_dict
+
+    cfg = preset("tiny").to_dict()
+    cfg["data"]["domains"].append({"name": "prose", "source": "folder", "path": "examples/prose", "max_epochs": 0.2})
+    cfg["data"]["on_max_epochs"] = on_max_epochs
+    rid = store.create_run(from_dict(cfg).to_dict())
+    store.add_segment(rid, from_step=0, tokens_at=0, weights=dict.fromkeys(DOMAINS + ["prose"], 1 / 7),
+                      source="initial")
+    at_checkpoint(store, rid, 10, usage=PROSE_USAGE)
+    return rid
+
+
+ALL_PROSE = dict.fromkeys(DOMAINS, 0.0) | {"prose": 1.0}
+
+
+def test_a_mixture_past_max_epochs_is_refused_naming_the_domain_its_epochs_and_limit(db, store):
+    rid = prose_run(store, "refuse")
+    said = r"from step 10 to 20, prose would reach 0\.48 epochs \(max_epochs 0\.2\) \(data\.on_max_epochs = refuse\)"
+    with pytest.raises(DecisionError, match="manual mixture refused: " + said):
+        set_mixture(store, rid, ALL_PROSE, by="ana")
+    assert store.proposals(rid) == [] and store.events(rid, "manual") == []
+    pid = store.add_proposal(rid, step=10, strategy="deficit", current_weights=store.current_weights(rid),
+                             weights=ALL_PROSE, rationale={}, forecast={})
+    before = raw_row(db, "proposals", "id", pid)
+    with pytest.raises(DecisionError, match=f"proposal {pid} approved refused: " + said):
+        decide(store, pid, "approve", by="ana")
+    with pytest.raises(DecisionError, match=f"proposal {pid} edited refused: from step 10 to 20, prose would reach"):
+        decide(store, pid, "edit", weights=ALL_PROSE | {"code": 1.0}, by="ana")
+    assert raw_row(db, "proposals", "id", pid) == before
+    # a mixture that fits is taken; so is one typed before the checkpoint it applies at, judged on the data
+    # counted so far (at least that much will have trained)
+    decide(store, pid, "edit", weights=dict.fromkeys(DOMAINS, 1.0) | {"prose": 0.5}, by="ana")
+    store.mark_checkpoint(rid, 10, boundary_done=True)
+    with pytest.raises(DecisionError, match=r"from step 20 to 30, prose would reach at least 0\.48 epochs"):
+        set_mixture(store, rid, ALL_PROSE, by="ana")
+
+
+def test_under_cap_a_mixture_past_max_epochs_is_taken_unless_nothing_can_take_the_rest(store):
+    rid = prose_run(store, "cap")
+    set_mixture(store, rid, ALL_PROSE | {"code": 1.0}, by="ana")  # capped at the checkpoint
+    with pytest.raises(DecisionError, match=r"prose would reach 0\.48 epochs .*\(no other domain can take the rest\)"):
+        set_mixture(store, rid, ALL_PROSE, by="ana")
+
+
 # -- concurrency -------------------------------------------------------------------
 
 

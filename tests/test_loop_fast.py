@@ -5,7 +5,7 @@ The preset tiny's cadence: 30 steps, a checkpoint every 10."""
 import pytest
 
 from backend.config import preset
-from backend.decisions import decide, set_mixture
+from backend.decisions import DecisionError, decide, set_mixture
 from backend.loop import PHASES, Checkpointer, ClosedLoop, Evaluator, Sampler, Trainer
 from backend.store import Store
 from backend.testing import Crash, crash_at, fake_components
@@ -178,3 +178,68 @@ def test_resume_falls_back_past_a_corrupt_last_checkpoint(store, uninterrupted, 
     assert outcome(store, rid) == uninterrupted
     skipped = [e["message"] for e in store.events(rid, "checkpoint_skipped")]
     assert len(skipped) == 1 and "step 20" in skipped[0]
+
+
+# -- a mixture that breaks a domain's max_epochs ----------------------------------
+
+ALL_PROSE = {"strings": 0.0, "arithmetic": 0.0, "logic": 0.0, "recall": 0.0, "noise": 0.0, "code": 0.0, "prose": 1.0}
+NO_PROSE = dict.fromkeys(ALL_PROSE, 1.0) | {"prose": 0.0}
+
+
+def prose_run(store: Store) -> int:
+    """The audit's repro: the tiny preset plus a folder domain prose of 10,000
+    training tokens (the fakes' size_tokens) that may be trained 0.4 epochs,
+    policy human. A stretch trains 3,840 tokens: all of them on prose pass
+    4,000 once the uniform mixture has given prose its ~550 of the first."""
+    from backend.config import from_dict
+
+    cfg = preset("tiny").replace(policy="human").to_dict()
+    cfg["data"]["domains"].append({"name": "prose", "source": "folder", "path": "examples/prose",
+                                   "size_tokens": 10_000, "max_epochs": 0.4})
+    return store.create_run(from_dict(cfg).to_dict())
+
+
+def person(store: Store, rid: int, crash: tuple[str, int] | None = None):
+    """Ana types all-prose at checkpoint 0 once it has applied what waited (it
+    fits the data counted at step 0, so it is taken; it applies at 10); at
+    checkpoint 10 she types it again (refused at once), then a mixture
+    without prose. `crash`: the worker dies there, once."""
+    made: dict = {}
+
+    def hook(phase: str, step: int) -> None:
+        if (phase, step) == ("propose", 0):
+            made["all_prose"] = set_mixture(store, rid, ALL_PROSE, by="ana")
+        if (phase, step) == ("propose", 10) and "no_prose" not in made:
+            with pytest.raises(DecisionError, match=r"prose would reach 0\.\d\d epochs \(max_epochs 0\.4\)"):
+                set_mixture(store, rid, ALL_PROSE, by="ana")
+            made["no_prose"] = set_mixture(store, rid, NO_PROSE, by="ana")
+        if (phase, step) == crash and "crashed" not in made:
+            made["crashed"] = True
+            raise Crash(f"injected crash after {phase} at step {step}")
+
+    return hook, made
+
+
+@pytest.mark.parametrize("crash", [None, ("estimate", 10), ("apply", 10)])
+def test_a_mixture_past_max_epochs_is_rejected_at_its_checkpoint_and_the_run_trains_on(store, crash):
+    rid = prose_run(store)
+    hook, made = person(store, rid, crash)
+    if crash:
+        with pytest.raises(Crash):
+            run_loop(store, rid, on_phase=hook)
+        assert run_loop(store, rid, on_phase=hook) == "finished"  # resumed: the refusal holds
+    else:
+        assert run_loop(store, rid, on_phase=hook) == "finished"
+    assert store.run(rid)["status"] == "finished"
+    refused = store.proposal(made["all_prose"])
+    assert (refused["status"], refused["decided_by"], refused["applied_step"]) == ("rejected", "ana", None)
+    assert "its mixture cannot train from step 10: prose would reach" in refused["decision_reason"]
+    (event,) = [e for e in store.events(rid, "rejected") if e["proposal_id"] == refused["id"]]
+    assert event["actor"] == "worker" and "(max_epochs 0.4) (data.on_max_epochs = refuse)" in event["message"]
+    # the schedule holds what trained: the first mixture to step 20, then the one without prose
+    segs = store.schedule(rid)
+    assert [(s["from_step"], s["source"], s["proposal_id"]) for s in segs] == \
+        [(0, "initial", None), (20, "manual", made["no_prose"])]
+    assert [c["weights"]["prose"] for c in store.checkpoints(rid)] == pytest.approx([1 / 7] * 3 + [0.0])
+    assert store.checkpoints(rid)[-1]["domain_usage"]["prose"]["epochs"] <= 0.4
+    assert store.events(rid, "max_epochs") == [] and store.events(rid, "failed") == []
