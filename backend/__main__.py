@@ -225,9 +225,16 @@ def cmd_decide(s: Session) -> int:
     if args.action != "edit" and weights is not None:
         raise UsageError("decide --weights: only goes with edit")
     p = decide(s.store, args.proposal, args.action, weights=weights, by=args.by, reason=args.reason)
-    _print(p, args.json, f"proposal {p['id']}: {p['status']}; it applies at the next checkpoint"
+    _print(p, args.json, f"proposal {p['id']}: {p['status']}; {_apply_note(s.store, p['run_id'])}"
            if p["status"] != "rejected" else f"proposal {p['id']}: rejected")
     return 0
+
+
+def _apply_note(store, run_id: int) -> str:
+    """status.apply_note of the run: when a mixture decided now applies."""
+    from backend.status import apply_note
+
+    return apply_note(store, store.run(run_id))
 
 
 def cmd_command(s: Session) -> int:
@@ -245,7 +252,7 @@ def cmd_set_mixture(s: Session) -> int:
 
     args = s.args
     pid = set_mixture(s.store, args.run, _weights_arg(args.weights), by=args.by, reason=args.reason)
-    _print({"proposal": pid}, args.json, f"manual mixture stored as proposal {pid}; applies at the next checkpoint")
+    _print({"proposal": pid}, args.json, f"manual mixture stored as proposal {pid}; {_apply_note(s.store, args.run)}")
     return 0
 
 

@@ -168,8 +168,12 @@ class DataConfig:
     `token-cache/` beside the run folders, shared by the runs of one
     database."""
     on_max_epochs: str = "refuse"
-    """What the loop does with a mixture that would take a domain past its
-    max_epochs: refuse (stop the run at the checkpoint, with an event) or
+    """What happens to a mixture that would take a domain past its
+    max_epochs: refuse (a person's mixture is refused when typed where the
+    data counted so far shows it, and an approved one is rejected at the
+    checkpoint where it would apply, with an event, the mixture in force
+    staying; when the mixture in force itself cannot go on, the run stops
+    at that checkpoint with an event until a mixture that fits is set) or
     cap (lower that domain's weight to what its epochs allow, the others
     renormalised, with an event)."""
 
