@@ -1,7 +1,8 @@
 """Training throughput: the project's training stretch against a bare
 PyTorch loop on the same model and batch size, side by side in one run.
 
-    python bench/throughput.py [--preset demo] [--steps 60] [--rounds 5]
+    python bench/throughput.py [--preset demo | --config FILE] [--steps 60] [--rounds 5]
+    python bench/throughput.py --config bench/text-domains.toml   # text domains only: token caches
 
 Both loops train the same Llama (same init) with AdamW, the same learning
 rate schedule and gradient clipping. The bare loop trains on one fixed
@@ -69,6 +70,7 @@ def bare_loop(model, params_model, cfg, trainer, fixed, *, sync_every_step: bool
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="demo")
+    ap.add_argument("--config", help="a run config file instead of a preset (its model, data and batch)")
     ap.add_argument("--steps", type=int, default=60, help="optimizer steps per round")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of each loop (alternating)")
     args = ap.parse_args()
@@ -76,7 +78,7 @@ def main() -> None:
     import torch
 
     from backend.client import RunClient
-    from backend.config import preset
+    from backend.config import load, preset
     from backend.data.domains import build_domains
     from backend.data.sampler import MixtureSampler
     from backend.data.tokenizer import train_tokenizer
@@ -85,7 +87,7 @@ def main() -> None:
     from backend.store import Store
     from backend.trainer import Trainer, pick_device
 
-    cfg = preset(args.preset)
+    cfg = load(args.config) if args.config else preset(args.preset)
     device = pick_device(cfg.train.device)
     tmp = Path(tempfile.mkdtemp())
     domains = build_domains(cfg.data.domains)
@@ -131,7 +133,7 @@ def main() -> None:
         bare_steps(args.steps)
         return args.steps * tokens_per_step / (time.perf_counter() - t)
 
-    print(f"preset {args.preset}: {count_parameters(model) / 1e6:.2f}M parameters, batch {B} x {T} tokens, "
+    print(f"{args.config or 'preset ' + args.preset}: {count_parameters(model) / 1e6:.2f}M parameters, batch {B} x {T} tokens, "
           f"device {device}, torch threads {torch.get_num_threads()}")
     project_round(), bare_round()  # warm-up (allocator, kernels)
     proj, bare = [], []
