@@ -115,7 +115,8 @@ class Trainer:
         so that a GPU is never waited for: float() it only to report it."""
         if self.forward is None:
             self._wrap()
-        self.model.train()
+        if not self.model.training:  # after an evaluation; train() walks every module (0.15 ms on the demo's)
+            self.model.train()
         if batch.device != self.device:
             if self.device.type == "cuda":  # pinned: the copy is queued, the host goes on
                 batch = batch.pin_memory()

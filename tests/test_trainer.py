@@ -623,3 +623,14 @@ def test_a_compiled_model_trains_like_the_eager_one():
     assert "OptimizedModule" in type(tc.forward).__name__
     for k, v in eager.state_dict().items():  # checkpoints see the plain module's keys
         torch.testing.assert_close(compiled.state_dict()[k], v, rtol=1e-3, atol=1e-5)
+
+
+def test_a_step_after_an_evaluation_trains_in_training_mode():
+    """train_step skips Module.train() while the model is in training mode
+    (it walks every module); after model.eval() (an evaluation) it restores
+    it, every submodule included."""
+    trainer = Trainer(tiny_model(), train_cfg(), torch.device("cpu"))
+    trainer.train_step(batch())
+    trainer.model.eval()
+    trainer.train_step(batch(1))
+    assert all(m.training for m in trainer.model.modules())
