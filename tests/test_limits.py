@@ -246,3 +246,9 @@ def test_a_task_whose_data_lies_outside_the_roots_is_refused(tmp_path):
     task.write_text(f"task: my_task\ndataset_path: {tmp_path / 'outside'}\n")  # a local dataset folder
     msg = refused(from_dict(with_task_folder(root / "tasks")), roots=[root])
     assert "dataset_path" in msg and "outside the data roots" in msg, msg
+    for key in ("data_dir", "cache_dir"):  # datasets reads every file under data_dir
+        task.write_text(f"task: my_task\ndataset_path: json\ndataset_kwargs: {{{key}: {tmp_path / 'outside'}}}\n")
+        msg = refused(from_dict(with_task_folder(root / "tasks")), roots=[root])
+        assert f"dataset_kwargs.{key}" in msg and "outside the data roots" in msg, msg
+    task.write_text("task: my_task\ndataset_path: json\ndataset_kwargs: {data_dir: data}\n")  # beside the YAML
+    check_untrusted(from_dict(with_task_folder(root / "tasks")), roots=[root])

@@ -238,8 +238,10 @@ def _check_task_yaml(path: Path, field: str, roots: list[Path], seen: set[Path])
 
 def _data_confined(data, path: Path, base: Path, field: str, roots: list[Path]) -> None:
     """A task YAML's local data (its `dataset_kwargs.data_files`, resolved
-    as backend.evaluation.lmeval_tasks resolves them, and a `dataset_path`
-    that names a local file or folder) must lie within the roots."""
+    as backend.evaluation.lmeval_tasks resolves them, a `dataset_path` that
+    names a local file or folder, and `dataset_kwargs.data_dir` /
+    `cache_dir`, which `datasets` reads from and writes to) must lie within
+    the roots."""
     from backend.evaluation.lmeval_tasks import _resolve_data_files
 
     if not isinstance(data, dict):
@@ -258,6 +260,15 @@ def _data_confined(data, path: Path, base: Path, field: str, roots: list[Path]) 
     if isinstance(local, str) and "\0" not in local and (Path(local).exists() or (base / local).exists()):
         _confined(local if Path(local).exists() else str(base / local), f"{field}: {str(path)!r} dataset_path",
                   roots)
+    for key in ("data_dir", "cache_dir"):  # datasets reads every file under data_dir, writes under cache_dir
+        where = kwargs.get(key) if isinstance(kwargs, dict) else None
+        if where is None:
+            continue
+        if not isinstance(where, str) or "\0" in where:
+            raise ConfigError(f"{field}: {str(path)!r}: dataset_kwargs.{key} must name a folder, got {where!r}"[:300])
+        near = base / where
+        _confined(str(near) if not Path(where).is_absolute() and near.exists() else where,
+                  f"{field}: {str(path)!r} dataset_kwargs.{key}", roots)
 
 
 def _at_most(field: str, value: int, limits: Limits, limit: str, what: str = "") -> None:
