@@ -106,3 +106,32 @@ def test_an_approval_from_another_process_steers_the_hf_dataset_at_the_next_chec
         assert not at.exception, at.exception
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert {"copy", "add2"} <= {t.get("name") for t in spec["data"]}
+
+
+def test_a_trainer_resumed_at_a_done_checkpoint_draws_from_the_mixture_set_there(tmp_path):
+    """HF's resume_from_checkpoint reaches the callback at a checkpoint whose
+    boundary ran before the crash: the fresh dataset (built at the step-0
+    mixture) must draw from the mixture applied there, as the schedule says."""
+    from backend.client import RunClient
+    from backend.config import preset
+    from backend.data.domains import build_domains
+    from backend.data.tokenizer import train_tokenizer
+    from backend.decisions import set_mixture
+    from backend.integrations.hf import ClosedLoopCallback, MixtureDataset
+
+    store = Store(tmp_path / "hf.db")
+    client = RunClient.register(store, preset("tiny").replace(policy="human"))
+    names = client.cfg.domain_names
+    for step in (0, 10):
+        client.report_checkpoint(step, step * client.tokens_per_step, train_loss=3.0,
+                                 tokens_per_domain=dict.fromkeys(names, step))
+        client.boundary(step)
+        if step == 0:
+            set_mixture(store, client.run_id, {**dict.fromkeys(names, 0.0), names[0]: 1.0}, by="ana")
+    assert client.mixture_at(10) != client.mixture_at(0)
+    tok = train_tokenizer(build_domains(client.cfg.data.domains), client.cfg.data.tokenizer_vocab, client.cfg.seed,
+                          tmp_path / "tok")
+    resumed = RunClient(store, client.run_id)
+    dataset = MixtureDataset.for_run(resumed, tok)
+    ClosedLoopCallback(resumed, dataset, tok)._boundary(10, model=None, path="")
+    assert dataset.weights == resumed.mixture_at(10)

@@ -143,6 +143,8 @@ class ClosedLoopCallback(TrainerCallback):
     def _boundary(self, step: int, model, path: str) -> None:
         ck = self.client.store.checkpoint(self.client.run_id, step)
         if ck is not None and ck["boundary_done"]:
+            # done before (the Trainer resumed from its checkpoint here): draw from what it set
+            self.dataset.set_weights(self.client.mixture_at(step), step)
             return
         loss = sum(self.losses[-10:]) / len(self.losses[-10:]) if self.losses else None
         self.client.report_checkpoint(step, step * self.client.tokens_per_step, train_loss=loss,
