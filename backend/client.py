@@ -507,8 +507,8 @@ class RunClient:
                                                 for e in es if e["step"] == step])
         for s in self.store.skills(self.run_id):
             held = vocab.holdout_name(s["name"])
-            if s["kind"] != "steer" or held not in est:
-                continue
+            if s["kind"] != "steer" or s["name"] not in est or held not in est:
+                continue  # a skill without an estimate (a value outside its metric's range) has nothing to guard
             since = guard.last_ack_step(self.store, self.run_id, s["name"]) or 0
             alert = guard.check(est[s["name"]], est[held], since)
             if alert:

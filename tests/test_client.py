@@ -186,3 +186,18 @@ def test_a_mixture_that_cannot_train_is_rejected_at_the_boundary_and_the_boundar
     client.boundary(0)  # the resumed worker
     assert store.proposal(fits)["applied_step"] == 0
     assert client.stretch_weights(0) == client.mixture_at(0) and client.mixture_at(0)["prose"] == 0.0
+
+
+@pytest.mark.parametrize("value", [1.7, -0.5])
+def test_a_steer_skill_off_its_range_at_the_first_checkpoint_is_not_guarded(store, value):
+    """capability.estimate leaves out a skill with no estimate: the Goodhart
+    guard skips it instead of failing every boundary (KeyError) for good."""
+    client = RunClient.register(store, preset("tiny"))
+    client.report_checkpoint(0, 0)
+    bad = rows(client, 0.1)
+    bad[0] = {**bad[0], "value": value}  # copy
+    client.report_measurements(0, bad)
+    client.boundary(0)
+    assert store.checkpoint(client.run_id, 0)["boundary_done"]
+    assert "copy" not in {c["skill"] for c in store.capability(client.run_id)}
+    assert "copy" in client.history(client.estimate_and_guard(0)).unsteerable
