@@ -22,6 +22,9 @@ checkpoint (Store.add_proposal).
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import operator
 import time
 from pathlib import Path
 from typing import Callable
@@ -39,6 +42,10 @@ DOMAIN_KEYS = ("name", "source", "skills", "size_tokens", "tokens_per_doc")
 MEASUREMENT_KEYS = ("task", "skill", "domain", "metric", "value", "stderr", "n", "prompt_variant", "decoding",
                     "scorer")
 """The keys of a measurement row given to RunClient.report_measurements."""
+SAMPLE_KEYS = ("task", "doc_id", "prompt", "target", "response", "correct")
+"""The keys of a per-item sample given to RunClient.report_measurements."""
+MEASUREMENT_FACETS = ("task", "metric", "prompt_variant", "decoding", "scorer")
+"""What identifies a measurement at a step (the measurements table's key)."""
 TRAIN_LOG_ROWS = 2_000
 """Training-curve rows a run keeps at most (about): StepLog sums each
 window of ceil(train.steps / TRAIN_LOG_ROWS) steps into one row, so a
@@ -329,30 +336,38 @@ class RunClient:
             {"domain", "task", "metric": "loss", "value", "stderr", "n"}.
         :param samples: per-item results {"task", "doc_id", "prompt", "target",
             "response", "correct"} (optional).
-        StoreError naming the row and key for an unknown skill, domain or key;
-        nothing is written then. Marks the checkpoint evaluated."""
+        StoreError naming the row (or sample) index and key for an unknown
+        skill, domain or key, a repeated row, or a value that is not what
+        the key holds: "value" a finite number; "stderr" a finite number
+        >= 0 or None; "n" a positive integer (None only on a domain's loss
+        row); "task", "metric" non-empty strings; a sample's "doc_id" an
+        integer >= 0. Nothing is written then. Once the checkpoint's boundary
+        is done its measurements stay as the boundary used them: a call with
+        the same rows (replayed) changes nothing, other rows are refused.
+        Otherwise rows and samples are written together and the checkpoint
+        is marked evaluated."""
         ck = self._checkpoint(step)
         kinds = {s["name"]: s["kind"] for s in self.store.skills(self.run_id)}
         domains = {d["name"] for d in self.store.domains(self.run_id)}
-        out = []
+        out, seen = [], {}
         for i, r in enumerate(rows):
-            unknown = [k for k in r if k not in MEASUREMENT_KEYS]
-            if unknown:
-                raise StoreError(f"rows[{i}].{unknown[0]}: unknown key (keys: {', '.join(MEASUREMENT_KEYS)})")
-            if r.get("skill") is not None:
-                if r["skill"] not in kinds:
-                    raise StoreError(f"rows[{i}].skill: unknown skill {r['skill']!r} (skills: {', '.join(kinds)})")
-                kind = kinds[r["skill"]]
-            elif r.get("domain") in domains:
-                kind = "domain_loss"
-            else:
-                raise StoreError(f"rows[{i}].domain: {r.get('domain')!r} is not a domain of run {self.run_id} "
-                                 f"(domains: {', '.join(sorted(domains))}); a skill row needs `skill`")
-            out.append({**r, "step": step, "tokens_seen": ck["tokens_seen"], "kind": kind})
-        self.store.add_measurements(self.run_id, out)
-        if samples:
-            self.store.add_samples(self.run_id, step, samples)
-        self.store.mark_checkpoint(self.run_id, step, evaluated=True)
+            row = _measurement_row(i, r, kinds, domains, self.run_id)
+            key = tuple(row[k] for k in MEASUREMENT_FACETS)
+            if key in seen:
+                raise StoreError(f"rows[{i}]: the same task, metric and facets as rows[{seen[key]}] ({key})")
+            seen[key] = i
+            out.append({**row, "step": step, "tokens_seen": ck["tokens_seen"]})
+        samples = [_sample_row(j, r) for j, r in enumerate(samples or [])]
+        if ck["boundary_done"]:
+            if _same_measurements(out, self.store.measurements(self.run_id, since_step=step)):
+                return  # a replayed call: what the boundary used is stored already
+            raise StoreError(f"step: the boundary of checkpoint {step} is done and acted on its measurements; "
+                             "they are kept as they were (a replayed call must report the same rows)")
+        with self.store.transaction():
+            self.store.add_measurements(self.run_id, out)
+            if samples:
+                self.store.add_samples(self.run_id, step, samples)
+            self.store.mark_checkpoint(self.run_id, step, evaluated=True)
 
     def record_evaluation(self, step: int, evaluator, on_progress: Callable | None = None) -> None:
         """Evaluate with an Evaluator (backend.loop.Evaluator: per skill and
@@ -648,3 +663,83 @@ def _check_domains(domains: list[dict], cfg: RunConfig) -> list[dict]:
         raise ConfigError(f"domains: expected one row per data.domains entry; missing {missing or 'none'}, "
                           f"{len(rows)} rows for {len(cfg.domain_names)} domains")
     return rows
+
+
+def _integer(v, field: str, *, low: int = 0) -> int:
+    """An integer >= low (numpy integers too, as int); StoreError names `field`."""
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        v = operator.index(v)
+    except TypeError:
+        raise StoreError(f"{field}: expected an integer, got {v!r}") from None
+    if v < low:
+        raise StoreError(f"{field}: expected an integer >= {low}, got {v}")
+    return v
+
+
+def _number(v, field: str, *, low: float | None = None) -> float:
+    """A finite real number (>= low when given) as float; StoreError names `field`."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise StoreError(f"{field}: expected a number, got {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise StoreError(f"{field}: expected a finite number, got {v}")
+    if low is not None and v < low:
+        raise StoreError(f"{field}: expected a number >= {low:g}, got {v:g}")
+    return v
+
+
+def _measurement_row(i: int, r: dict, kinds: dict[str, str], domains: set[str], run_id: int) -> dict:
+    """Measurement row `i` as report_measurements takes it, checked, with its
+    kind and the stored defaults of the facets; StoreError names the row and key."""
+    if not isinstance(r, dict):
+        raise StoreError(f"rows[{i}]: expected an object, got {type(r).__name__}")
+    unknown = [k for k in r if k not in MEASUREMENT_KEYS]
+    if unknown:
+        raise StoreError(f"rows[{i}].{unknown[0]}: unknown key (keys: {', '.join(MEASUREMENT_KEYS)})")
+    if r.get("skill") is not None:
+        if r["skill"] not in kinds:
+            raise StoreError(f"rows[{i}].skill: unknown skill {r['skill']!r} (skills: {', '.join(kinds)})")
+        kind, what = kinds[r["skill"]], f"rows[{i}] (skill {r['skill']})"
+    elif r.get("domain") in domains:
+        kind, what = "domain_loss", f"rows[{i}] (domain {r['domain']})"
+    else:
+        raise StoreError(f"rows[{i}].domain: {r.get('domain')!r} is not a domain of run {run_id} "
+                         f"(domains: {', '.join(sorted(domains))}); a skill row needs `skill`")
+    row = {"skill": None, "domain": None, "prompt_variant": "", "decoding": "", "scorer": "", **r, "kind": kind}
+    for k in ("task", "metric"):
+        if not isinstance(row.get(k), str) or not row[k].strip():
+            raise StoreError(f"{what}.{k}: expected a non-empty string, got {row.get(k)!r}")
+    for k in ("prompt_variant", "decoding", "scorer"):
+        row[k] = "" if row[k] is None else row[k]
+        if not isinstance(row[k], str):
+            raise StoreError(f"{what}.{k}: expected a string, got {row[k]!r}")
+    row["value"] = _number(row.get("value"), f"{what}.value")
+    if row.get("stderr") is not None:
+        row["stderr"] = _number(row["stderr"], f"{what}.stderr", low=0)
+    if row.get("n") is not None or kind != "domain_loss":  # a score's n counts its items: the estimate needs it
+        row["n"] = _integer(row.get("n"), f"{what}.n", low=1)
+    return row
+
+
+def _sample_row(j: int, r: dict) -> dict:
+    """Per-item sample `j`, checked; StoreError names the sample and key."""
+    if not isinstance(r, dict):
+        raise StoreError(f"samples[{j}]: expected an object, got {type(r).__name__}")
+    unknown = [k for k in r if k not in SAMPLE_KEYS]
+    if unknown:
+        raise StoreError(f"samples[{j}].{unknown[0]}: unknown key (keys: {', '.join(SAMPLE_KEYS)})")
+    if not isinstance(r.get("task"), str) or not r["task"]:
+        raise StoreError(f"samples[{j}].task: expected a non-empty string, got {r.get('task')!r}")
+    return {**r, "doc_id": _integer(r.get("doc_id"), f"samples[{j}].doc_id")}
+
+
+def _same_measurements(rows: list[dict], stored: list[dict]) -> bool:
+    """Whether every row of `rows` is stored with the same values at its step."""
+    by_key = {(m["step"], *(m[k] for k in MEASUREMENT_FACETS)): m for m in stored}
+    for r in rows:
+        m = by_key.get((r["step"], *(r[k] for k in MEASUREMENT_FACETS)))
+        if m is None or any(m[k] != r.get(k) for k in ("skill", "domain", "value", "stderr", "n")):
+            return False
+    return True

@@ -201,3 +201,79 @@ def test_a_steer_skill_off_its_range_at_the_first_checkpoint_is_not_guarded(stor
     assert store.checkpoint(client.run_id, 0)["boundary_done"]
     assert "copy" not in {c["skill"] for c in store.capability(client.run_id)}
     assert "copy" in client.history(client.estimate_and_guard(0)).unsteerable
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("value", "0.5", r"rows\[0\] \(skill copy\)\.value: expected a number, got '0\.5'"),
+    ("value", float("nan"), r"rows\[0\] \(skill copy\)\.value: expected a finite number, got nan"),
+    ("value", None, r"rows\[0\] \(skill copy\)\.value: expected a number, got None"),
+    ("value", True, r"rows\[0\] \(skill copy\)\.value: expected a number, got True"),
+    ("n", -5, r"rows\[0\] \(skill copy\)\.n: expected an integer >= 1, got -5"),
+    ("n", 0, r"rows\[0\] \(skill copy\)\.n: expected an integer >= 1, got 0"),
+    ("n", None, r"rows\[0\] \(skill copy\)\.n: expected an integer, got None"),
+    ("n", "many", r"rows\[0\] \(skill copy\)\.n: expected an integer, got 'many'"),
+    ("n", 2.5, r"rows\[0\] \(skill copy\)\.n: expected an integer, got 2\.5"),
+    ("stderr", -0.1, r"rows\[0\] \(skill copy\)\.stderr: expected a number >= 0, got -0\.1"),
+    ("stderr", float("nan"), r"rows\[0\] \(skill copy\)\.stderr: expected a finite number"),
+    ("stderr", "x", r"rows\[0\] \(skill copy\)\.stderr: expected a number, got 'x'"),
+    ("metric", None, r"rows\[0\] \(skill copy\)\.metric: expected a non-empty string, got None"),
+    ("task", "", r"rows\[0\] \(skill copy\)\.task: expected a non-empty string, got ''"),
+])
+def test_measurement_values_are_checked_when_reported_and_nothing_is_written(store, key, value, message):
+    client = RunClient.register(store, preset("tiny"))
+    client.report_checkpoint(0, 0)
+    bad = rows(client, 0.1)
+    bad[0] = {**bad[0], key: value}
+    with pytest.raises(StoreError, match=message):
+        client.report_measurements(0, bad)
+    assert store.measurements(client.run_id) == []
+    assert not store.checkpoint(client.run_id, 0)["evaluated"]
+
+
+def test_a_loss_row_needs_a_finite_value_and_may_leave_n_unknown(store):
+    client = RunClient.register(store, preset("tiny"))
+    client.report_checkpoint(0, 0)
+    bad = rows(client, 0.1)
+    bad[-1] = {**bad[-1], "value": float("inf")}
+    with pytest.raises(StoreError, match=r"rows\[\d+\] \(domain \w+\)\.value: expected a finite number, got inf"):
+        client.report_measurements(0, bad)
+    missing = rows(client, 0.1)
+    del missing[1]["task"]
+    with pytest.raises(StoreError, match=r"rows\[1\] \(skill copy_holdout\)\.task: expected a non-empty string"):
+        client.report_measurements(0, missing)
+    twice = rows(client, 0.1)
+    with pytest.raises(StoreError, match=r"rows\[\d+\]: the same task, metric and facets as rows\[0\]"):
+        client.report_measurements(0, twice + [{**twice[0], "value": 0.9}])
+    assert store.measurements(client.run_id) == []
+    import numpy as np
+
+    ok = rows(client, 0.1)
+    ok[-1] = {**ok[-1], "n": None}
+    ok[0] = {**ok[0], "n": np.int64(100), "value": np.float32(0.5)}
+    client.report_measurements(0, ok)
+    stored = {m["task"]: m for m in store.measurements(client.run_id)}
+    assert stored[ok[-1]["task"]]["n"] is None and stored["ext_copy"]["n"] == 100
+
+
+def test_a_refused_sample_leaves_the_measurements_unwritten(store):
+    client = RunClient.register(store, preset("tiny"))
+    client.report_checkpoint(0, 0)
+    for sample, message in (({"task": "ext_copy", "doc_id": 0, "bogus": 1}, r"samples\[0\]\.bogus: unknown key"),
+                            ({"task": "ext_copy"}, r"samples\[0\]\.doc_id: expected an integer, got None"),
+                            ({"task": "ext_copy", "doc_id": "notint"}, r"samples\[0\]\.doc_id: expected an integer")):
+        with pytest.raises(StoreError, match=message):
+            client.report_measurements(0, rows(client, 0.1), samples=[sample])
+    assert store.measurements(client.run_id) == [] and store.samples(client.run_id, 0) == []
+    assert not store.checkpoint(client.run_id, 0)["evaluated"]
+
+
+def test_measurements_of_a_checkpoint_whose_boundary_is_done_are_kept(store):
+    """The boundary acted on them: a replayed call (same rows) changes nothing,
+    other rows are refused, naming the step."""
+    client = RunClient.register(store, preset("tiny").replace(policy="human"))
+    checkpoint(client, 0, 0.2)
+    before = store.measurements(client.run_id)
+    client.report_measurements(0, rows(client, 0.2))  # replayed
+    with pytest.raises(StoreError, match="the boundary of checkpoint 0 is done"):
+        client.report_measurements(0, rows(client, 0.9))
+    assert store.measurements(client.run_id) == before
