@@ -16,7 +16,10 @@ itself a user of it: both paths share one set of rules.
 `boundary` is idempotent per checkpoint: the newest approved proposal is
 applied exactly once (Store.apply_approved: audited; a second call at the
 same checkpoint changes nothing), and a proposal is stored once per
-checkpoint (Store.add_proposal).
+checkpoint (Store.add_proposal). Each report checks all it is given before it
+writes, in one transaction: a refused call (StoreError naming the field)
+writes nothing; the checkpoints go forward (none before one whose boundary
+is done) and a finished run takes no boundary.
 """
 
 from __future__ import annotations
@@ -286,18 +289,73 @@ class RunClient:
         :param path: where the checkpoint's files are ("" if none).
         :param weights: the mixture that trained the stretch ending here
             (default: the segment in force at the previous step).
-        Idempotent: a second call for the same step only updates its path."""
+        Idempotent: a second call for the same step only updates its path.
+        StoreError naming the field, with nothing written, for a step that
+        is not an integer in [0, train.steps] or lies before a checkpoint
+        whose boundary is done (the schedule has moved on from there),
+        tokens_seen that is not an integer >= 0 or goes backwards against
+        the run's other checkpoints, a train_loss that is not a number,
+        weights that are not a mixture of the run's domains summing to 1,
+        tokens_per_domain with an unknown domain or a count that is not an
+        integer >= 0 (numpy integers are taken as int). A NaN or infinite
+        train_loss is a training event (divergence), not bad input: it is
+        stored as None with an event `train_loss`."""
+        step = _integer(step, "step")
+        if step > self.cfg.train.steps:
+            raise StoreError(f"step: {step} is past the run's last step (train.steps {self.cfg.train.steps})")
+        self._check_not_before_done(step)
+        tokens_seen = _integer(tokens_seen, "tokens_seen")
+        for c in self.store.checkpoints(self.run_id):
+            earlier, later = c["step"] < step, c["step"] > step
+            if (earlier and c["tokens_seen"] > tokens_seen) or (later and c["tokens_seen"] < tokens_seen):
+                raise StoreError(f"tokens_seen: {tokens_seen} at step {step} goes backwards against checkpoint "
+                                 f"{c['step']} ({c['tokens_seen']} tokens)")
+        diverged = None
+        if train_loss is not None:
+            if isinstance(train_loss, numbers.Real) and not isinstance(train_loss, bool) \
+                    and not math.isfinite(train_loss):
+                diverged, train_loss = float(train_loss), None
+            else:
+                train_loss = _number(train_loss, "train_loss")
         if weights is None:
             weights = self.store.weights_at(self.run_id, max(step - 1, 0))
+        else:
+            try:
+                checked = validate_weights(weights, self.cfg.domain_names)
+            except ValueError as e:
+                raise StoreError(f"weights: {e}") from None
+            if not math.isclose(sum(weights.values()), 1.0, abs_tol=1e-6):
+                raise StoreError(f"weights: sum to {sum(weights.values()):g}, not 1")
+            weights = checked
+        if tokens_per_domain is not None:
+            if not isinstance(tokens_per_domain, dict):
+                raise StoreError(f"tokens_per_domain: expected an object, got {type(tokens_per_domain).__name__}")
+            for d in tokens_per_domain:
+                if d not in self.cfg.domain_names:
+                    raise StoreError(f"tokens_per_domain.{d}: unknown domain (domains: "
+                                     f"{', '.join(self.cfg.domain_names)})")
+            tokens_per_domain = {d: _integer(v, f"tokens_per_domain.{d}") for d, v in tokens_per_domain.items()}
         run = self.store.run(self.run_id)
         wall = wall_time if wall_time is not None else time.time() - run["created_at"]
-        self.store.add_checkpoint(self.run_id, step=step, tokens_seen=tokens_seen, train_loss=train_loss,
-                                  wall_time=wall, tokens_per_s=tokens_per_s if tokens_per_s is not None
-                                  else run["tokens_per_s"], path=path or "", weights=weights)
-        self.store.heartbeat(self.run_id, step=step, tokens_seen=tokens_seen)
-        if tokens_per_domain is not None:
-            self.store.log_event(self.run_id, "tokens_per_domain", f"tokens per domain at step {step}",
-                                 after=tokens_per_domain)
+        with self.store.transaction():
+            self.store.add_checkpoint(self.run_id, step=step, tokens_seen=tokens_seen, train_loss=train_loss,
+                                      wall_time=wall, tokens_per_s=tokens_per_s if tokens_per_s is not None
+                                      else run["tokens_per_s"], path=path or "", weights=weights)
+            self.store.heartbeat(self.run_id, step=step, tokens_seen=tokens_seen)
+            if diverged is not None:
+                self.store.log_event(self.run_id, "train_loss", f"training loss at step {step} is {diverged} "
+                                     "(diverged?); stored as unknown")
+            if tokens_per_domain is not None:
+                self.store.log_event(self.run_id, "tokens_per_domain", f"tokens per domain at step {step}",
+                                     after=tokens_per_domain)
+
+    def _check_not_before_done(self, step: int) -> None:
+        """StoreError when a checkpoint after `step` has its boundary done:
+        the schedule moved on from there, and a stale step must not rewrite it."""
+        done = [c["step"] for c in self.store.checkpoints(self.run_id) if c["boundary_done"] and c["step"] > step]
+        if done:
+            raise StoreError(f"step: {step} is before checkpoint {max(done)}, whose boundary is done; "
+                             "a run reports its checkpoints in order (a resume repeats the latest)")
 
     def report_steps(self, rows: list[dict]) -> None:
         """Training-curve rows for the Training page, at any cadence (each
@@ -410,10 +468,15 @@ class RunClient:
         proposal exactly once and let the strategy propose (policy auto
         approves and applies it at once); a replay run follows its schedule
         instead. Idempotent: a checkpoint whose boundary is done is left alone.
+        StoreError on a finished run, and for a step before a checkpoint
+        whose boundary is done (it would rewrite the schedule from there).
 
         on_phase(phase, step) is called after "estimate", "apply", "propose"
         (backend.loop.PHASES); on_stage(words) when a long stage starts."""
         on_phase = on_phase or (lambda phase, s: None)
+        if self.store.run(self.run_id)["status"] == "finished":
+            raise StoreError(f"run {self.run_id} is finished: no boundary at step {step}")
+        self._check_not_before_done(step)
         ck = self._checkpoint(step)
         if ck["boundary_done"]:
             return
