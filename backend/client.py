@@ -16,12 +16,18 @@ itself a user of it: both paths share one set of rules.
 `boundary` is idempotent per checkpoint: the newest approved proposal is
 applied exactly once (Store.apply_approved: audited; a second call at the
 same checkpoint changes nothing), and a proposal is stored once per
-checkpoint (Store.add_proposal).
+checkpoint (Store.add_proposal). Each report checks all it is given before it
+writes, in one transaction: a refused call (StoreError naming the field)
+writes nothing; the checkpoints go forward (none before one whose boundary
+is done) and a finished run takes no boundary.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import operator
 import time
 from pathlib import Path
 from typing import Callable
@@ -39,6 +45,10 @@ DOMAIN_KEYS = ("name", "source", "skills", "size_tokens", "tokens_per_doc")
 MEASUREMENT_KEYS = ("task", "skill", "domain", "metric", "value", "stderr", "n", "prompt_variant", "decoding",
                     "scorer")
 """The keys of a measurement row given to RunClient.report_measurements."""
+SAMPLE_KEYS = ("task", "doc_id", "prompt", "target", "response", "correct")
+"""The keys of a per-item sample given to RunClient.report_measurements."""
+MEASUREMENT_FACETS = ("task", "metric", "prompt_variant", "decoding", "scorer")
+"""What identifies a measurement at a step (the measurements table's key)."""
 TRAIN_LOG_ROWS = 2_000
 """Training-curve rows a run keeps at most (about): StepLog sums each
 window of ceil(train.steps / TRAIN_LOG_ROWS) steps into one row, so a
@@ -279,18 +289,73 @@ class RunClient:
         :param path: where the checkpoint's files are ("" if none).
         :param weights: the mixture that trained the stretch ending here
             (default: the segment in force at the previous step).
-        Idempotent: a second call for the same step only updates its path."""
+        Idempotent: a second call for the same step only updates its path.
+        StoreError naming the field, with nothing written, for a step that
+        is not an integer in [0, train.steps] or lies before a checkpoint
+        whose boundary is done (the schedule has moved on from there),
+        tokens_seen that is not an integer >= 0 or goes backwards against
+        the run's other checkpoints, a train_loss that is not a number,
+        weights that are not a mixture of the run's domains summing to 1,
+        tokens_per_domain with an unknown domain or a count that is not an
+        integer >= 0 (numpy integers are taken as int). A NaN or infinite
+        train_loss is a training event (divergence), not bad input: it is
+        stored as None with an event `train_loss`."""
+        step = _integer(step, "step")
+        if step > self.cfg.train.steps:
+            raise StoreError(f"step: {step} is past the run's last step (train.steps {self.cfg.train.steps})")
+        self._check_not_before_done(step)
+        tokens_seen = _integer(tokens_seen, "tokens_seen")
+        for c in self.store.checkpoints(self.run_id):
+            earlier, later = c["step"] < step, c["step"] > step
+            if (earlier and c["tokens_seen"] > tokens_seen) or (later and c["tokens_seen"] < tokens_seen):
+                raise StoreError(f"tokens_seen: {tokens_seen} at step {step} goes backwards against checkpoint "
+                                 f"{c['step']} ({c['tokens_seen']} tokens)")
+        diverged = None
+        if train_loss is not None:
+            if isinstance(train_loss, numbers.Real) and not isinstance(train_loss, bool) \
+                    and not math.isfinite(train_loss):
+                diverged, train_loss = float(train_loss), None
+            else:
+                train_loss = _number(train_loss, "train_loss")
         if weights is None:
             weights = self.store.weights_at(self.run_id, max(step - 1, 0))
+        else:
+            try:
+                checked = validate_weights(weights, self.cfg.domain_names)
+            except ValueError as e:
+                raise StoreError(f"weights: {e}") from None
+            if not math.isclose(sum(weights.values()), 1.0, abs_tol=1e-6):
+                raise StoreError(f"weights: sum to {sum(weights.values()):g}, not 1")
+            weights = checked
+        if tokens_per_domain is not None:
+            if not isinstance(tokens_per_domain, dict):
+                raise StoreError(f"tokens_per_domain: expected an object, got {type(tokens_per_domain).__name__}")
+            for d in tokens_per_domain:
+                if d not in self.cfg.domain_names:
+                    raise StoreError(f"tokens_per_domain.{d}: unknown domain (domains: "
+                                     f"{', '.join(self.cfg.domain_names)})")
+            tokens_per_domain = {d: _integer(v, f"tokens_per_domain.{d}") for d, v in tokens_per_domain.items()}
         run = self.store.run(self.run_id)
         wall = wall_time if wall_time is not None else time.time() - run["created_at"]
-        self.store.add_checkpoint(self.run_id, step=step, tokens_seen=tokens_seen, train_loss=train_loss,
-                                  wall_time=wall, tokens_per_s=tokens_per_s if tokens_per_s is not None
-                                  else run["tokens_per_s"], path=path or "", weights=weights)
-        self.store.heartbeat(self.run_id, step=step, tokens_seen=tokens_seen)
-        if tokens_per_domain is not None:
-            self.store.log_event(self.run_id, "tokens_per_domain", f"tokens per domain at step {step}",
-                                 after=tokens_per_domain)
+        with self.store.transaction():
+            self.store.add_checkpoint(self.run_id, step=step, tokens_seen=tokens_seen, train_loss=train_loss,
+                                      wall_time=wall, tokens_per_s=tokens_per_s if tokens_per_s is not None
+                                      else run["tokens_per_s"], path=path or "", weights=weights)
+            self.store.heartbeat(self.run_id, step=step, tokens_seen=tokens_seen)
+            if diverged is not None:
+                self.store.log_event(self.run_id, "train_loss", f"training loss at step {step} is {diverged} "
+                                     "(diverged?); stored as unknown")
+            if tokens_per_domain is not None:
+                self.store.log_event(self.run_id, "tokens_per_domain", f"tokens per domain at step {step}",
+                                     after=tokens_per_domain)
+
+    def _check_not_before_done(self, step: int) -> None:
+        """StoreError when a checkpoint after `step` has its boundary done:
+        the schedule moved on from there, and a stale step must not rewrite it."""
+        done = [c["step"] for c in self.store.checkpoints(self.run_id) if c["boundary_done"] and c["step"] > step]
+        if done:
+            raise StoreError(f"step: {step} is before checkpoint {max(done)}, whose boundary is done; "
+                             "a run reports its checkpoints in order (a resume repeats the latest)")
 
     def report_steps(self, rows: list[dict]) -> None:
         """Training-curve rows for the Training page, at any cadence (each
@@ -329,30 +394,38 @@ class RunClient:
             {"domain", "task", "metric": "loss", "value", "stderr", "n"}.
         :param samples: per-item results {"task", "doc_id", "prompt", "target",
             "response", "correct"} (optional).
-        StoreError naming the row and key for an unknown skill, domain or key;
-        nothing is written then. Marks the checkpoint evaluated."""
+        StoreError naming the row (or sample) index and key for an unknown
+        skill, domain or key, a repeated row, or a value that is not what
+        the key holds: "value" a finite number; "stderr" a finite number
+        >= 0 or None; "n" a positive integer (None only on a domain's loss
+        row); "task", "metric" non-empty strings; a sample's "doc_id" an
+        integer >= 0. Nothing is written then. Once the checkpoint's boundary
+        is done its measurements stay as the boundary used them: a call with
+        the same rows (replayed) changes nothing, other rows are refused.
+        Otherwise rows and samples are written together and the checkpoint
+        is marked evaluated."""
         ck = self._checkpoint(step)
         kinds = {s["name"]: s["kind"] for s in self.store.skills(self.run_id)}
         domains = {d["name"] for d in self.store.domains(self.run_id)}
-        out = []
+        out, seen = [], {}
         for i, r in enumerate(rows):
-            unknown = [k for k in r if k not in MEASUREMENT_KEYS]
-            if unknown:
-                raise StoreError(f"rows[{i}].{unknown[0]}: unknown key (keys: {', '.join(MEASUREMENT_KEYS)})")
-            if r.get("skill") is not None:
-                if r["skill"] not in kinds:
-                    raise StoreError(f"rows[{i}].skill: unknown skill {r['skill']!r} (skills: {', '.join(kinds)})")
-                kind = kinds[r["skill"]]
-            elif r.get("domain") in domains:
-                kind = "domain_loss"
-            else:
-                raise StoreError(f"rows[{i}].domain: {r.get('domain')!r} is not a domain of run {self.run_id} "
-                                 f"(domains: {', '.join(sorted(domains))}); a skill row needs `skill`")
-            out.append({**r, "step": step, "tokens_seen": ck["tokens_seen"], "kind": kind})
-        self.store.add_measurements(self.run_id, out)
-        if samples:
-            self.store.add_samples(self.run_id, step, samples)
-        self.store.mark_checkpoint(self.run_id, step, evaluated=True)
+            row = _measurement_row(i, r, kinds, domains, self.run_id)
+            key = tuple(row[k] for k in MEASUREMENT_FACETS)
+            if key in seen:
+                raise StoreError(f"rows[{i}]: the same task, metric and facets as rows[{seen[key]}] ({key})")
+            seen[key] = i
+            out.append({**row, "step": step, "tokens_seen": ck["tokens_seen"]})
+        samples = [_sample_row(j, r) for j, r in enumerate(samples or [])]
+        if ck["boundary_done"]:
+            if _same_measurements(out, self.store.measurements(self.run_id, since_step=step)):
+                return  # a replayed call: what the boundary used is stored already
+            raise StoreError(f"step: the boundary of checkpoint {step} is done and acted on its measurements; "
+                             "they are kept as they were (a replayed call must report the same rows)")
+        with self.store.transaction():
+            self.store.add_measurements(self.run_id, out)
+            if samples:
+                self.store.add_samples(self.run_id, step, samples)
+            self.store.mark_checkpoint(self.run_id, step, evaluated=True)
 
     def record_evaluation(self, step: int, evaluator, on_progress: Callable | None = None) -> None:
         """Evaluate with an Evaluator (backend.loop.Evaluator: per skill and
@@ -395,10 +468,15 @@ class RunClient:
         proposal exactly once and let the strategy propose (policy auto
         approves and applies it at once); a replay run follows its schedule
         instead. Idempotent: a checkpoint whose boundary is done is left alone.
+        StoreError on a finished run, and for a step before a checkpoint
+        whose boundary is done (it would rewrite the schedule from there).
 
         on_phase(phase, step) is called after "estimate", "apply", "propose"
         (backend.loop.PHASES); on_stage(words) when a long stage starts."""
         on_phase = on_phase or (lambda phase, s: None)
+        if self.store.run(self.run_id)["status"] == "finished":
+            raise StoreError(f"run {self.run_id} is finished: no boundary at step {step}")
+        self._check_not_before_done(step)
         ck = self._checkpoint(step)
         if ck["boundary_done"]:
             return
@@ -507,8 +585,8 @@ class RunClient:
                                                 for e in es if e["step"] == step])
         for s in self.store.skills(self.run_id):
             held = vocab.holdout_name(s["name"])
-            if s["kind"] != "steer" or held not in est:
-                continue
+            if s["kind"] != "steer" or s["name"] not in est or held not in est:
+                continue  # a skill without an estimate (a value outside its metric's range) has nothing to guard
             since = guard.last_ack_step(self.store, self.run_id, s["name"]) or 0
             alert = guard.check(est[s["name"]], est[held], since)
             if alert:
@@ -648,3 +726,83 @@ def _check_domains(domains: list[dict], cfg: RunConfig) -> list[dict]:
         raise ConfigError(f"domains: expected one row per data.domains entry; missing {missing or 'none'}, "
                           f"{len(rows)} rows for {len(cfg.domain_names)} domains")
     return rows
+
+
+def _integer(v, field: str, *, low: int = 0) -> int:
+    """An integer >= low (numpy integers too, as int); StoreError names `field`."""
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        v = operator.index(v)
+    except TypeError:
+        raise StoreError(f"{field}: expected an integer, got {v!r}") from None
+    if v < low:
+        raise StoreError(f"{field}: expected an integer >= {low}, got {v}")
+    return v
+
+
+def _number(v, field: str, *, low: float | None = None) -> float:
+    """A finite real number (>= low when given) as float; StoreError names `field`."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise StoreError(f"{field}: expected a number, got {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise StoreError(f"{field}: expected a finite number, got {v}")
+    if low is not None and v < low:
+        raise StoreError(f"{field}: expected a number >= {low:g}, got {v:g}")
+    return v
+
+
+def _measurement_row(i: int, r: dict, kinds: dict[str, str], domains: set[str], run_id: int) -> dict:
+    """Measurement row `i` as report_measurements takes it, checked, with its
+    kind and the stored defaults of the facets; StoreError names the row and key."""
+    if not isinstance(r, dict):
+        raise StoreError(f"rows[{i}]: expected an object, got {type(r).__name__}")
+    unknown = [k for k in r if k not in MEASUREMENT_KEYS]
+    if unknown:
+        raise StoreError(f"rows[{i}].{unknown[0]}: unknown key (keys: {', '.join(MEASUREMENT_KEYS)})")
+    if r.get("skill") is not None:
+        if r["skill"] not in kinds:
+            raise StoreError(f"rows[{i}].skill: unknown skill {r['skill']!r} (skills: {', '.join(kinds)})")
+        kind, what = kinds[r["skill"]], f"rows[{i}] (skill {r['skill']})"
+    elif r.get("domain") in domains:
+        kind, what = "domain_loss", f"rows[{i}] (domain {r['domain']})"
+    else:
+        raise StoreError(f"rows[{i}].domain: {r.get('domain')!r} is not a domain of run {run_id} "
+                         f"(domains: {', '.join(sorted(domains))}); a skill row needs `skill`")
+    row = {"skill": None, "domain": None, "prompt_variant": "", "decoding": "", "scorer": "", **r, "kind": kind}
+    for k in ("task", "metric"):
+        if not isinstance(row.get(k), str) or not row[k].strip():
+            raise StoreError(f"{what}.{k}: expected a non-empty string, got {row.get(k)!r}")
+    for k in ("prompt_variant", "decoding", "scorer"):
+        row[k] = "" if row[k] is None else row[k]
+        if not isinstance(row[k], str):
+            raise StoreError(f"{what}.{k}: expected a string, got {row[k]!r}")
+    row["value"] = _number(row.get("value"), f"{what}.value")
+    if row.get("stderr") is not None:
+        row["stderr"] = _number(row["stderr"], f"{what}.stderr", low=0)
+    if row.get("n") is not None or kind != "domain_loss":  # a score's n counts its items: the estimate needs it
+        row["n"] = _integer(row.get("n"), f"{what}.n", low=1)
+    return row
+
+
+def _sample_row(j: int, r: dict) -> dict:
+    """Per-item sample `j`, checked; StoreError names the sample and key."""
+    if not isinstance(r, dict):
+        raise StoreError(f"samples[{j}]: expected an object, got {type(r).__name__}")
+    unknown = [k for k in r if k not in SAMPLE_KEYS]
+    if unknown:
+        raise StoreError(f"samples[{j}].{unknown[0]}: unknown key (keys: {', '.join(SAMPLE_KEYS)})")
+    if not isinstance(r.get("task"), str) or not r["task"]:
+        raise StoreError(f"samples[{j}].task: expected a non-empty string, got {r.get('task')!r}")
+    return {**r, "doc_id": _integer(r.get("doc_id"), f"samples[{j}].doc_id")}
+
+
+def _same_measurements(rows: list[dict], stored: list[dict]) -> bool:
+    """Whether every row of `rows` is stored with the same values at its step."""
+    by_key = {(m["step"], *(m[k] for k in MEASUREMENT_FACETS)): m for m in stored}
+    for r in rows:
+        m = by_key.get((r["step"], *(r[k] for k in MEASUREMENT_FACETS)))
+        if m is None or any(m[k] != r.get(k) for k in ("skill", "domain", "value", "stderr", "n")):
+            return False
+    return True

@@ -186,3 +186,171 @@ def test_a_mixture_that_cannot_train_is_rejected_at_the_boundary_and_the_boundar
     client.boundary(0)  # the resumed worker
     assert store.proposal(fits)["applied_step"] == 0
     assert client.stretch_weights(0) == client.mixture_at(0) and client.mixture_at(0)["prose"] == 0.0
+
+
+@pytest.mark.parametrize("value", [1.7, -0.5])
+def test_a_steer_skill_off_its_range_at_the_first_checkpoint_is_not_guarded(store, value):
+    """capability.estimate leaves out a skill with no estimate: the Goodhart
+    guard skips it instead of failing every boundary (KeyError) for good."""
+    client = RunClient.register(store, preset("tiny"))
+    client.report_checkpoint(0, 0)
+    bad = rows(client, 0.1)
+    bad[0] = {**bad[0], "value": value}  # copy
+    client.report_measurements(0, bad)
+    client.boundary(0)
+    assert store.checkpoint(client.run_id, 0)["boundary_done"]
+    assert "copy" not in {c["skill"] for c in store.capability(client.run_id)}
+    assert "copy" in client.history(client.estimate_and_guard(0)).unsteerable
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("value", "0.5", r"rows\[0\] \(skill copy\)\.value: expected a number, got '0\.5'"),
+    ("value", float("nan"), r"rows\[0\] \(skill copy\)\.value: expected a finite number, got nan"),
+    ("value", None, r"rows\[0\] \(skill copy\)\.value: expected a number, got None"),
+    ("value", True, r"rows\[0\] \(skill copy\)\.value: expected a number, got True"),
+    ("n", -5, r"rows\[0\] \(skill copy\)\.n: expected an integer >= 1, got -5"),
+    ("n", 0, r"rows\[0\] \(skill copy\)\.n: expected an integer >= 1, got 0"),
+    ("n", None, r"rows\[0\] \(skill copy\)\.n: expected an integer, got None"),
+    ("n", "many", r"rows\[0\] \(skill copy\)\.n: expected an integer, got 'many'"),
+    ("n", 2.5, r"rows\[0\] \(skill copy\)\.n: expected an integer, got 2\.5"),
+    ("stderr", -0.1, r"rows\[0\] \(skill copy\)\.stderr: expected a number >= 0, got -0\.1"),
+    ("stderr", float("nan"), r"rows\[0\] \(skill copy\)\.stderr: expected a finite number"),
+    ("stderr", "x", r"rows\[0\] \(skill copy\)\.stderr: expected a number, got 'x'"),
+    ("metric", None, r"rows\[0\] \(skill copy\)\.metric: expected a non-empty string, got None"),
+    ("task", "", r"rows\[0\] \(skill copy\)\.task: expected a non-empty string, got ''"),
+])
+def test_measurement_values_are_checked_when_reported_and_nothing_is_written(store, key, value, message):
+    client = RunClient.register(store, preset("tiny"))
+    client.report_checkpoint(0, 0)
+    bad = rows(client, 0.1)
+    bad[0] = {**bad[0], key: value}
+    with pytest.raises(StoreError, match=message):
+        client.report_measurements(0, bad)
+    assert store.measurements(client.run_id) == []
+    assert not store.checkpoint(client.run_id, 0)["evaluated"]
+
+
+def test_a_loss_row_needs_a_finite_value_and_may_leave_n_unknown(store):
+    client = RunClient.register(store, preset("tiny"))
+    client.report_checkpoint(0, 0)
+    bad = rows(client, 0.1)
+    bad[-1] = {**bad[-1], "value": float("inf")}
+    with pytest.raises(StoreError, match=r"rows\[\d+\] \(domain \w+\)\.value: expected a finite number, got inf"):
+        client.report_measurements(0, bad)
+    missing = rows(client, 0.1)
+    del missing[1]["task"]
+    with pytest.raises(StoreError, match=r"rows\[1\] \(skill copy_holdout\)\.task: expected a non-empty string"):
+        client.report_measurements(0, missing)
+    twice = rows(client, 0.1)
+    with pytest.raises(StoreError, match=r"rows\[\d+\]: the same task, metric and facets as rows\[0\]"):
+        client.report_measurements(0, twice + [{**twice[0], "value": 0.9}])
+    assert store.measurements(client.run_id) == []
+    import numpy as np
+
+    ok = rows(client, 0.1)
+    ok[-1] = {**ok[-1], "n": None}
+    ok[0] = {**ok[0], "n": np.int64(100), "value": np.float32(0.5)}
+    client.report_measurements(0, ok)
+    stored = {m["task"]: m for m in store.measurements(client.run_id)}
+    assert stored[ok[-1]["task"]]["n"] is None and stored["ext_copy"]["n"] == 100
+
+
+def test_a_refused_sample_leaves_the_measurements_unwritten(store):
+    client = RunClient.register(store, preset("tiny"))
+    client.report_checkpoint(0, 0)
+    for sample, message in (({"task": "ext_copy", "doc_id": 0, "bogus": 1}, r"samples\[0\]\.bogus: unknown key"),
+                            ({"task": "ext_copy"}, r"samples\[0\]\.doc_id: expected an integer, got None"),
+                            ({"task": "ext_copy", "doc_id": "notint"}, r"samples\[0\]\.doc_id: expected an integer")):
+        with pytest.raises(StoreError, match=message):
+            client.report_measurements(0, rows(client, 0.1), samples=[sample])
+    assert store.measurements(client.run_id) == [] and store.samples(client.run_id, 0) == []
+    assert not store.checkpoint(client.run_id, 0)["evaluated"]
+
+
+def test_measurements_of_a_checkpoint_whose_boundary_is_done_are_kept(store):
+    """The boundary acted on them: a replayed call (same rows) changes nothing,
+    other rows are refused, naming the step."""
+    client = RunClient.register(store, preset("tiny").replace(policy="human"))
+    checkpoint(client, 0, 0.2)
+    before = store.measurements(client.run_id)
+    client.report_measurements(0, rows(client, 0.2))  # replayed
+    with pytest.raises(StoreError, match="the boundary of checkpoint 0 is done"):
+        client.report_measurements(0, rows(client, 0.9))
+    assert store.measurements(client.run_id) == before
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"step": -10}, r"step: expected an integer >= 0, got -10"),
+    ({"step": 12.5}, r"step: expected an integer, got 12\.5"),
+    ({"step": 500}, r"step: 500 is past the run's last step \(train\.steps 30\)"),
+    ({"tokens_seen": "lots"}, r"tokens_seen: expected an integer, got 'lots'"),
+    ({"tokens_seen": -100}, r"tokens_seen: expected an integer >= 0, got -100"),
+    ({"tokens_seen": 5}, r"tokens_seen: 5 at step 20 goes backwards against checkpoint 10"),
+    ({"train_loss": "low"}, r"train_loss: expected a number, got 'low'"),
+    ({"weights": {"web": 1.0}}, r"weights: unknown domain 'web'"),
+    ({"weights": "half"}, r"weights: expected an object"),
+    ({"tokens_per_domain": {"web": 5}}, r"tokens_per_domain\.web: unknown domain"),
+    ({"tokens_per_domain": {"strings": -3}}, r"tokens_per_domain\.strings: expected an integer >= 0, got -3"),
+])
+def test_a_checkpoint_is_checked_before_anything_is_written(store, kwargs, message):
+    client = RunClient.register(store, preset("tiny").replace(policy="human"))
+    client.report_checkpoint(10, 10 * TOKENS_PER_STEP)
+    events = store.events(client.run_id)
+    with pytest.raises(StoreError, match=message):
+        client.report_checkpoint(**{"step": 20, "tokens_seen": 20 * TOKENS_PER_STEP, **kwargs})
+    assert [c["step"] for c in store.checkpoints(client.run_id)] == [10]
+    assert store.events(client.run_id) == events and store.run(client.run_id)["step"] == 10
+
+
+def test_checkpoint_weights_must_sum_to_one_and_numpy_counts_are_taken(store):
+    import numpy as np
+
+    client = RunClient.register(store, preset("tiny"))
+    doubled = {d: 2 * w for d, w in client.mixture_at(0).items()}
+    with pytest.raises(StoreError, match="weights: sum to 2, not 1"):
+        client.report_checkpoint(0, 0, weights=doubled)
+    client.report_checkpoint(np.int64(0), np.int64(0), tokens_per_domain={"strings": np.int64(3)},
+                             train_loss=np.float32(2.5))
+    assert store.events(client.run_id, "tokens_per_domain")[-1]["after"] == {"strings": 3}
+    assert store.checkpoint(client.run_id, 0)["train_loss"] == 2.5
+
+
+def test_a_diverged_train_loss_is_stored_as_unknown_with_an_event(store):
+    client = RunClient.register(store, preset("tiny"))
+    client.report_checkpoint(0, 0, train_loss=float("nan"))
+    assert store.checkpoint(client.run_id, 0)["train_loss"] is None
+    (event,) = store.events(client.run_id, "train_loss")
+    assert event["message"] == "training loss at step 0 is nan (diverged?); stored as unknown"
+
+
+def test_a_stale_checkpoint_cannot_rewrite_the_schedule(store):
+    """After the boundary at 20, a checkpoint at 10 is refused (it would add a
+    segment at 10 holding the proposal approved for 20); repeating 20 (a
+    resume) stays allowed and changes nothing."""
+    client = RunClient.register(store, preset("tiny").replace(policy="human"))
+    checkpoint(client, 0, 0.1)
+    decide(store, store.proposals(client.run_id, "pending")[-1]["id"], "approve", by="alice")
+    checkpoint(client, 20, 0.4)
+    schedule = store.schedule(client.run_id)
+    with pytest.raises(StoreError, match="step: 10 is before checkpoint 20, whose boundary is done"):
+        client.report_checkpoint(10, 10 * TOKENS_PER_STEP)
+    store.add_checkpoint(client.run_id, step=10, tokens_seen=10 * TOKENS_PER_STEP, train_loss=None, wall_time=0.0,
+                         tokens_per_s=None, path="", weights=client.mixture_at(0))  # past the client's check
+    with pytest.raises(StoreError, match="step: 10 is before checkpoint 20"):
+        client.boundary(10)
+    client.report_checkpoint(20, 20 * TOKENS_PER_STEP, path="again")
+    client.boundary(20)
+    assert store.schedule(client.run_id) == schedule
+
+
+def test_no_boundary_after_the_run_finished(store):
+    client = RunClient.register(store, preset("tiny"))
+    checkpoint(client, 0, 0.1)
+    client.finish(10)
+    client.report_checkpoint(20, 20 * TOKENS_PER_STEP)
+    client.report_measurements(20, rows(client, 0.3))
+    schedule, proposals = store.schedule(client.run_id), store.proposals(client.run_id)
+    with pytest.raises(StoreError, match=f"run {client.run_id} is finished: no boundary at step 20"):
+        client.boundary(20)
+    assert store.schedule(client.run_id) == schedule and store.proposals(client.run_id) == proposals
+    assert store.run(client.run_id)["status"] == "finished"
