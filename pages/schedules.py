@@ -34,7 +34,11 @@ if upload is not None:
         st.success(f"`{upload.name}`: {len(sched['segments'])} segments over {cfg.train.steps:,} steps "
                    f"(run {src.get('id', '?')} {src.get('name', '')}, seed {cfg.seed}).")
         if st.button("Start replay run", key="start_replay", type="primary", icon=":material/replay:"):
-            run_id = worker.start_replay(store.path, sched, source=upload.name)
+            try:
+                run_id = worker.start_replay(store.path, sched, source=upload.name)
+            except ConfigError as e:  # what this machine cannot run (a GPU, a folder, a task's data)
+                st.error(f"`{upload.name}` cannot run here: {e}. No run was started.")
+                st.stop()
             select_run_later(run_id)
             flash(f"Replay run #{run_id} started from `{upload.name}`.")
             st.rerun()

@@ -604,6 +604,26 @@ def test_a_replayed_schedule_reaching_outside_the_data_roots_is_refused(db, spaw
     assert len(store.runs()) == 1 and spawned == []
 
 
+def test_a_replayed_schedule_this_machine_cannot_run_is_refused(db, spawned, tmp_path, monkeypatch):
+    """A schedule whose config passes the limits but names a folder this
+    machine lacks: Start replay says so and starts nothing (no traceback)."""
+    store, run_id = db
+    monkeypatch.setenv("CLOSED_LOOP_DATA_ROOTS", str(tmp_path))
+    data = export_schedule(store, run_id)
+    missing = tmp_path / "gone"
+    domains = data["config"]["data"]["domains"]
+    (i,) = [i for i, d in enumerate(domains) if d["name"] == "noise"]
+    domains[i] = {"name": "noise", "source": "folder", "path": str(missing)}
+    at = open_app("pages/schedules.py")
+    at.file_uploader(key="schedule_upload").set_value(("s.json", json.dumps(data).encode(), "application/json")).run()
+    assert not at.error, texts(at.error)
+    at.button(key="start_replay").click().run()
+    assert not at.exception, at.exception
+    assert f"data.domains[{i}].path" in texts(at.error) and str(missing) in texts(at.error)
+    assert "No run was started" in texts(at.error)
+    assert len(store.runs()) == 1 and spawned == []
+
+
 def test_behind_a_proxy_the_header_names_who_decides(db, monkeypatch):
     """With CLOSED_LOOP_USER_HEADER set, a request without that header (not
     through the proxy; AppTest sends no headers) sees no page and decides
