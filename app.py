@@ -9,6 +9,7 @@ decisions and commands into it; the worker process trains.
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import numpy as np
@@ -182,7 +183,7 @@ if "pending_run_id" in ss:
 linked = st.query_params.get("run")  # a shared link (?run=ID) selects its run, once
 if linked is not None and linked != ss.get("run_linked"):
     ss["run_linked"] = linked
-    if linked.isdigit() and any(r["id"] == int(linked) for r in runs):
+    if re.fullmatch(r"[0-9]{1,18}", linked) and any(r["id"] == int(linked) for r in runs):  # else ignored
         ss["run_id"] = int(linked)
 with st.sidebar:
     if runs:

@@ -182,6 +182,18 @@ def test_a_shared_link_opens_the_skills_drill_down(db):
     assert at.query_params["skill"] == "copy" and at.selectbox(key=f"cap_drill_{run_id}").value == "copy"
 
 
+@pytest.mark.parametrize("linked", ["\u00b2", "1" * 5000, "abc", "-1", " 1"])
+def test_a_shared_link_with_no_run_id_is_ignored(db, linked):
+    """?run= that is no plain run id (a superscript digit, past int's digit
+    limit, a word) selects nothing and raises nothing."""
+    store, run_id = db
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["run"] = linked
+    at.run()
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox(key="run_id").value == run_id
+
+
 def test_training_page_draws_the_logged_curves(db):
     store, run_id = db
     logged = store.train_log(run_id)
