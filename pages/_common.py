@@ -9,6 +9,7 @@ SQL.
 from __future__ import annotations
 
 import os
+import sqlite3
 
 import pandas as pd
 import streamlit as st
@@ -42,7 +43,9 @@ def db_path() -> str:
 
 @st.cache_resource(show_spinner=False)
 def _open_store(path: str) -> Store:
-    return Store(path)
+    store = Store(path)
+    store.runs()  # an SQLite file of another schema opens, then fails its first query: here, once
+    return store
 
 
 def leave_pages_folder_mode() -> bool:
@@ -67,10 +70,18 @@ def leave_pages_folder_mode() -> bool:
 
 def get_store() -> Store:
     """The one Store of this server process (each thread gets its own
-    SQLite connection inside it)."""
+    SQLite connection inside it). A database that cannot be opened as one
+    (not SQLite, another schema, a folder) stops the page with an error
+    naming the file and what is wrong."""
     if leave_pages_folder_mode():
         st.rerun()  # the rerun goes through app.py's st.navigation
-    return _open_store(db_path())
+    path = db_path()
+    try:
+        return _open_store(path)
+    except sqlite3.Error as e:  # not SQLite, another schema, a folder, unreadable: no page can run
+        st.error(f"The run database `{path}` cannot be used: {e}. Point ${DB_ENV} at a Closed Loop database, "
+                 "or at a path where a new one can be made.")
+        st.stop()
 
 
 def header_user(headers, header: str | None) -> str | None:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -503,6 +504,27 @@ def test_new_run_from_a_toml_config(db, spawned):
     assert not at.exception, at.exception
     new = store.runs()[0]
     assert new["name"] == "from-toml" and new["config"]["seed"] == 3 and new["policy"] == "human"
+
+
+def _not_sqlite(path: Path) -> None:
+    path.write_bytes(b"not a database " * 100)
+
+
+def _other_schema(path: Path) -> None:
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE runs (x)")
+
+
+@pytest.mark.parametrize("make, what", [(_not_sqlite, "file is not a database"),
+                                        (_other_schema, "no such column"),
+                                        (Path.mkdir, "unable to open database file")])
+def test_a_database_that_is_no_run_store_is_named_not_a_traceback(tmp_path, monkeypatch, navigation_only, make, what):
+    path = tmp_path / "cl.db"
+    make(path)
+    monkeypatch.setenv("CLOSED_LOOP_DB", str(path))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert f"The run database `{path}` cannot be used: {what}" in texts(at.error)
 
 
 def test_empty_database_offers_the_demo_run(tmp_path, monkeypatch, navigation_only, spawned):
