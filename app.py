@@ -30,6 +30,7 @@ from pages._common import (
     db_path,
     flash,
     get_store,
+    md,
     refresh_every,
     proxy_user,
     require_run,
@@ -90,7 +91,7 @@ def home() -> None:
 
     run = require_run(store)
     run_id = run["id"]
-    st.title(f"Run #{run_id} · {run['name']}")
+    st.title(f"Run #{run_id} · {md(run['name'])}")
 
     @st.fragment(run_every=refresh_every(run))
     def live() -> None:
@@ -107,7 +108,7 @@ def home() -> None:
         cols[4].metric("Throughput", f"{human(now['tokens_per_s'])} tok/s" if working and now["tokens_per_s"]
                        else "-")
         if now["error"]:
-            st.error(f"The worker failed: {now['error']}")
+            st.error(f"The worker failed: {md(now['error'])}")
         st.caption(phase_line(store, now), help="what the worker is doing; times from the run's own pace")
 
         left, right = st.columns([3, 2], vertical_alignment="center")

@@ -16,6 +16,7 @@ from pages._common import (
     decision_card,
     flash,
     get_store,
+    md,
     refresh_every,
     require_run,
     rerun_when,
@@ -73,13 +74,13 @@ def _renormalised(values: dict[str, float]) -> dict[str, float] | None:
         st.error(f"Not a mixture: {e}. Nothing will be saved.")
         return None
     st.caption("Saved as (renormalised to sum to 1): " +
-               ", ".join(f"{d} **{w:.3f}**" for d, w in final.items()))
+               ", ".join(f"{md(d)} **{w:.3f}**" for d, w in final.items()))
     return final
 
 
 def _weight_inputs(prefix: str, start: dict[str, float]) -> dict[str, float]:
     cols = st.columns(min(4, len(domains)))
-    return {d: cols[i % len(cols)].number_input(d, value=round(float(start[d]), 4), step=0.01, format="%.4f",
+    return {d: cols[i % len(cols)].number_input(md(d), value=round(float(start[d]), 4), step=0.01, format="%.4f",
                                                 key=f"{prefix}_{d}")
             for i, d in enumerate(domains)}
 
@@ -110,7 +111,7 @@ def _decide(pid: int, action: str, reason_key: str) -> None:
 def proposal_card(p: dict, reason_key: str) -> None:
     pid = p["id"]
     with st.container(border=True):
-        st.subheader(f"Proposal #{pid} · {p['strategy']} · from the checkpoint at step {p['step']}")
+        st.subheader(f"Proposal #{pid} · {md(p['strategy'])} · from the checkpoint at step {p['step']}")
         decision_card(store, p)
 
         if closed:
@@ -150,7 +151,7 @@ def _acknowledge(skill: str, note_key: str) -> None:
     except StoreError as e:
         flash(str(e), "error")
         return
-    flash(f"Alert on {skill} acknowledged: the controller may push {skill} again, and the guard now "
+    flash(f"Alert on {md(skill)} acknowledged: the controller may push {md(skill)} again, and the guard now "
           "compares its progress from this step on.", "info")
 
 
@@ -163,11 +164,11 @@ def alerts() -> None:
                "teaching to the test. Until you acknowledge an alert, the controller stops pushing that skill.")
     for skill, alert in lines:
         with st.container(border=True):
-            st.warning(alert["message"], icon=":material/warning:")
+            st.warning(md(alert["message"]), icon=":material/warning:")
             note_key = f"ack_note_{run_id}_{skill}"
             left, right = st.columns([3, 1], vertical_alignment="bottom")
             left.text_input("Note (kept with the acknowledgement)", key=note_key)
-            right.button(f"Acknowledge {skill}", key=f"ack_{run_id}_{skill}", on_click=_acknowledge,
+            right.button(f"Acknowledge {md(skill)}", key=f"ack_{run_id}_{skill}", on_click=_acknowledge,
                          args=(skill, note_key))
 
 
@@ -192,7 +193,7 @@ def live() -> None:
             st.info(f"Proposal #{pid} is {p['status']}; {apply_note(store, now)}.")
         elif p:  # rejected where it would apply (max_epochs), superseded or expired: the log says why
             why = [e["message"] for e in store.events(run_id, p["status"]) if e["proposal_id"] == pid]
-            st.warning(f"Proposal #{pid} was not applied: {why[-1] if why else p['status']}.")
+            st.warning(f"Proposal #{pid} was not applied: {md(why[-1]) if why else p['status']}.")
 
     st.header("Mixture")
     left, right = st.columns([2, 3])

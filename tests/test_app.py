@@ -195,6 +195,28 @@ def test_a_shared_link_with_no_run_id_is_ignored(db, linked):
     assert at.sidebar.selectbox(key="run_id").value == run_id
 
 
+EVIL = "![x](http://e/p.png) *bold* :red[hi]"
+EVIL_SHOWN = r"\!\[x\]\(http\://e/p.png\) \*bold\* \:red\[hi\]"  # md(): each mark escaped, shown literally
+
+
+def test_names_from_configs_and_files_are_shown_literally_not_as_markdown(db, spawned):
+    """A run's name (free text in an uploaded config or a schedule) reaches
+    the title, headers and messages escaped: no image is fetched, no link or
+    emphasis drawn."""
+    store, run_id = db
+    evil_run = store.create_run(preset("tiny").replace(name=EVIL).to_dict())
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox(key="run_id").value == evil_run  # the newest
+    assert at.title[0].value == f"Run #{evil_run} · {EVIL_SHOWN}"
+    at.switch_page("pages/schedules.py").run()
+    assert f"Schedule of run #{evil_run} · {EVIL_SHOWN}" in texts(at.header)
+    data = export_schedule(store, run_id)
+    data["run"]["name"] = EVIL
+    at.file_uploader(key="schedule_upload").set_value(("s.json", json.dumps(data).encode(), "application/json")).run()
+    assert EVIL_SHOWN in texts(at.success) and EVIL not in texts(at.success)
+
+
 def test_training_page_draws_the_logged_curves(db):
     store, run_id = db
     logged = store.train_log(run_id)
