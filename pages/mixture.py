@@ -49,7 +49,12 @@ if policy_key not in ss or ss.get(seen_key) != run["policy"]:
 
 def _switch_policy() -> None:
     new = ss[policy_key]
-    decisions.set_policy(store, run_id, new, by=user())
+    try:
+        decisions.set_policy(store, run_id, new, by=user())
+    except DecisionError as e:  # nothing left to steer: the radio goes back to the policy in force
+        ss[policy_key] = ss[seen_key] = store.run(run_id)["policy"]
+        flash(str(e), "error")
+        return
     ss[seen_key] = new
     flash(f"Policy is now **{new}**" + (": proposals are approved as they arrive." if new == "auto"
                                         else ": proposals wait for your decision."))

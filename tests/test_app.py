@@ -411,6 +411,21 @@ def test_policy_switch_writes_once_and_follows_the_store(db):
     assert len(store.events(run_id, kind="policy")) == 2
 
 
+def test_a_stale_policy_radio_writes_nothing_and_a_finished_run_takes_no_policy(db):
+    store, run_id = db
+    stale, other = open_app("pages/mixture.py"), open_app("pages/mixture.py")
+    other.radio(key=f"policy_{run_id}").set_value("auto").run()
+    stale.radio(key=f"policy_{run_id}").set_value("auto").run()  # drawn before the switch: "human -> auto" again
+    assert [e["message"] for e in store.events(run_id, kind="policy")] == ["policy human -> auto"]
+    store.update_run(run_id, status="finished", step=30)
+    at = open_app("pages/mixture.py")
+    at.radio(key=f"policy_{run_id}").set_value("human").run()
+    assert not at.exception, at.exception
+    assert f"run {run_id} is finished at step 30 of 30; no checkpoint is left to steer" in texts(at.error)
+    assert store.run(run_id)["policy"] == "auto" and len(store.events(run_id, kind="policy")) == 1
+    assert at.radio(key=f"policy_{run_id}").value == "auto" and not at.success
+
+
 def test_goodhart_alert_is_shown_and_acknowledged(db):
     store, run_id = db
     raise_alert(store, run_id, step=20, skill="copy", message="Goodhart guard: copy rose +0.40, held-out +0.05.",
