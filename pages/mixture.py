@@ -233,20 +233,25 @@ live()
 
 
 # -- manual mixture ---------------------------------------------------------------
+def _save_manual() -> None:
+    """Button callback, like _decide: a run that finished meanwhile (the
+    form is then not drawn again) meets the store's refusal and its message."""
+    values = {d: ss.get(f"manual_{run_id}_{d}") for d in domains}
+    why = (ss.get(f"manual_reason_{run_id}") or "").strip() or None
+    try:
+        pid = decisions.set_mixture(store, run_id, values, by=user(), reason=why)
+    except DecisionError as e:
+        flash(str(e), "error")
+        return
+    flash(f"Manual mixture saved as proposal #{pid}; {apply_note(store, store.run(run_id))}.")
+    ss.setdefault("awaiting_apply", set()).add(pid)
+
+
 with st.expander("Set a mixture by hand", icon=":material/tune:"):
     if closed:
         st.caption(closed)
     else:
         st.caption("Stored as an approved `manual` proposal; it applies at the next checkpoint like any other.")
-        values = _weight_inputs(f"manual_{run_id}", store.current_weights(run_id))
-        final = _renormalised(values)
-        why = st.text_input("Reason", key=f"manual_reason_{run_id}")
-        if st.button("Save this mixture", key=f"manual_save_{run_id}", disabled=final is None):
-            try:
-                pid = decisions.set_mixture(store, run_id, values, by=user(), reason=why.strip() or None)
-            except DecisionError as e:
-                st.error(str(e))
-            else:
-                flash(f"Manual mixture saved as proposal #{pid}; {apply_note(store, store.run(run_id))}.")
-                ss.setdefault("awaiting_apply", set()).add(pid)
-                st.rerun()
+        final = _renormalised(_weight_inputs(f"manual_{run_id}", store.current_weights(run_id)))
+        st.text_input("Reason", key=f"manual_reason_{run_id}")
+        st.button("Save this mixture", key=f"manual_save_{run_id}", disabled=final is None, on_click=_save_manual)

@@ -384,6 +384,17 @@ def test_manual_mixture_is_validated_then_stored(db):
     assert "Manual mixture saved" in texts(at.success)
 
 
+def test_a_manual_mixture_saved_after_the_run_finished_is_refused_with_its_message(db):
+    store, run_id = db
+    n_before = len(store.proposals(run_id))
+    at = open_app("pages/mixture.py")
+    store.update_run(run_id, status="finished", step=30)  # meanwhile, the worker finished
+    at.button(key=f"manual_save_{run_id}").click().run()
+    assert not at.exception, at.exception
+    assert f"manual mixture refused: run {run_id} is finished at step 30" in texts(at.error)
+    assert len(store.proposals(run_id)) == n_before
+
+
 def test_a_run_with_no_checkpoint_left_is_offered_no_mixture(db):
     store, run_id = db
     store.update_run(run_id, status="finished", step=30)
