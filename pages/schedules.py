@@ -49,6 +49,9 @@ run_id = run["id"]
 # -- export --------------------------------------------------------------------------
 st.header(f"Schedule of run #{run_id} · {md(run['name'])}")
 exported = schedule.export_schedule(store, run_id)
+if not exported["segments"]:
+    st.info(f"Run #{run_id} has no mixture yet (its worker has not started training): the schedule below has no "
+            "segments, and a file downloaded now replays nothing.")
 segments = pd.DataFrame([{
     "from step": s["from_step"], "to step": s["to_step"], "from tokens": s["from_tokens"],
     "source": s["source"], "proposal": s["proposal_id"], "approved by": s["approved_by"],

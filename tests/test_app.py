@@ -485,6 +485,14 @@ def test_schedule_upload_starts_a_replay_run(db, spawned):
     assert at.sidebar.selectbox(key="run_id").value == new["id"]  # the new run is selected
 
 
+def test_a_run_with_no_schedule_yet_says_so_on_the_schedules_page(db):
+    store, _ = db
+    bare = store.create_run(preset("tiny").to_dict())  # not started: no mixture, no segment
+    at = open_app("pages/schedules.py")
+    assert at.sidebar.selectbox(key="run_id").value == bare
+    assert f"Run #{bare} has no mixture yet" in texts(at.info)
+
+
 @pytest.mark.parametrize("broken, field", [
     (lambda d: d["segments"][0]["weights"].update(strings=-1.0), "segments[0].weights.strings"),
     (lambda d: d.update(version=99), "version"),
