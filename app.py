@@ -9,6 +9,7 @@ decisions and commands into it; the worker process trains.
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import numpy as np
@@ -29,6 +30,7 @@ from pages._common import (
     db_path,
     flash,
     get_store,
+    md,
     refresh_every,
     proxy_user,
     require_run,
@@ -89,7 +91,7 @@ def home() -> None:
 
     run = require_run(store)
     run_id = run["id"]
-    st.title(f"Run #{run_id} · {run['name']}")
+    st.title(f"Run #{run_id} · {md(run['name'])}")
 
     @st.fragment(run_every=refresh_every(run))
     def live() -> None:
@@ -106,7 +108,7 @@ def home() -> None:
         cols[4].metric("Throughput", f"{human(now['tokens_per_s'])} tok/s" if working and now["tokens_per_s"]
                        else "-")
         if now["error"]:
-            st.error(f"The worker failed: {now['error']}")
+            st.error(f"The worker failed: {md(now['error'])}")
         st.caption(phase_line(store, now), help="what the worker is doing; times from the run's own pace")
 
         left, right = st.columns([3, 2], vertical_alignment="center")
@@ -182,7 +184,7 @@ if "pending_run_id" in ss:
 linked = st.query_params.get("run")  # a shared link (?run=ID) selects its run, once
 if linked is not None and linked != ss.get("run_linked"):
     ss["run_linked"] = linked
-    if linked.isdigit() and any(r["id"] == int(linked) for r in runs):
+    if re.fullmatch(r"[0-9]{1,18}", linked) and any(r["id"] == int(linked) for r in runs):  # else ignored
         ss["run_id"] = int(linked)
 with st.sidebar:
     if runs:

@@ -16,9 +16,12 @@ these functions; the store only keeps what they decide.
   checkpoint can tell is judged there: RunClient.apply rejects an approved
   mixture that breaks max_epochs (`refuse_approved`), the policy's
   approvals included.
-- `set_policy`: auto | human, audited.
+- `set_policy`: auto | human, audited; a switch to the policy in force
+  writes nothing.
 - `send_command`: pause / resume / stop, as the run's state allows.
 - `pin_link`: pin a (skill, domain) affinity link on or off, or clear it.
+- A policy switch or a pin needs a checkpoint left to steer (`applies_at`),
+  as a mixture does.
 - `set_objective`: a person's objective for a running run (the newest
   applies from the next proposal on).
 
@@ -129,6 +132,16 @@ def applies_at(store: Store, run: dict) -> int | None:
     return step if step < run["config"]["train"]["steps"] else None
 
 
+def _steered_at(store: Store, run_id: int, run: dict, what: str, left: str) -> int:
+    """applies_at, or DecisionError "`what` refused: run N is STATUS at step
+    S of STEPS; no checkpoint is left `left`"."""
+    at = applies_at(store, run)
+    if at is None:
+        raise DecisionError(f"{what} refused: run {run_id} is {run['status']} at step {run['step']} of "
+                            f"{run['config']['train']['steps']}; no checkpoint is left {left}")
+    return at
+
+
 def check_applies(store: Store, run_id: int, weights: dict[str, float], what: str) -> None:
     """DecisionError, starting with `what`, when a mixture decided now
     cannot apply: no checkpoint is left (the error names the run and its
@@ -137,11 +150,8 @@ def check_applies(store: Store, run_id: int, weights: dict[str, float], what: st
     data.on_max_epochs is refuse (the error names the domain, the epochs it
     would reach and its limit)."""
     run = store.run(run_id)
-    at = applies_at(store, run)
+    at = _steered_at(store, run_id, run, what, "to apply a mixture")
     train = run["config"]["train"]
-    if at is None:
-        raise DecisionError(f"{what} refused: run {run_id} is {run['status']} at step {run['step']} of "
-                            f"{train['steps']}; no checkpoint is left to apply a mixture")
     counted = [c for c in store.checkpoints(run_id) if c["step"] <= at]
     if not counted:
         return
@@ -216,10 +226,18 @@ def set_mixture(store: Store, run_id: int, weights, *, by: str, reason: str | No
 
 
 def set_policy(store: Store, run_id: int, policy: str, *, by: str) -> None:
-    """Switch a run between auto and human approval (audited)."""
+    """Switch a run between auto and human approval (audited); the policy
+    in force already writes nothing. DecisionError when no checkpoint is
+    left to steer (`applies_at`: the run finished, or only its last
+    checkpoint is left); StoreError for an unknown policy; NotFound for an
+    unknown run."""
     if policy not in POLICIES:
         raise StoreError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-    store.record_policy(run_id, policy, by=by)
+    with store.transaction():  # the look and the write together: of two same switches at once, one writes
+        run = store.run(run_id)
+        _steered_at(store, run_id, run, f"policy {policy}", "to steer")
+        if run["policy"] != policy:
+            store.record_policy(run_id, policy, by=by)
 
 
 def command_fits(status: str, command: str) -> bool:
@@ -246,9 +264,10 @@ def pin_link(store: Store, run_id: int, skill: str, domain: str, on: bool | None
     """Pin the link "domain feeds skill" on (True) or off (False), or clear
     the pin (None): the affinity estimate then keeps that link at 1 or 0
     whatever the run's history says. Audited (event `pin`). DecisionError
-    names an unknown steer skill or domain (nothing changed); NotFound for
-    an unknown run."""
-    store.run(run_id)
+    names an unknown steer skill or domain, or says that no checkpoint is
+    left to steer (`applies_at`) (nothing changed); NotFound for an unknown
+    run."""
+    _steered_at(store, run_id, store.run(run_id), "pin", "to steer")
     skills = [s["name"] for s in store.skills(run_id) if s["kind"] == "steer"]
     domains = [d["name"] for d in store.domains(run_id)]
     if skill not in skills:

@@ -9,6 +9,8 @@ SQL.
 from __future__ import annotations
 
 import os
+import re
+import sqlite3
 
 import pandas as pd
 import streamlit as st
@@ -42,7 +44,9 @@ def db_path() -> str:
 
 @st.cache_resource(show_spinner=False)
 def _open_store(path: str) -> Store:
-    return Store(path)
+    store = Store(path)
+    store.runs()  # an SQLite file of another schema opens, then fails its first query: here, once
+    return store
 
 
 def leave_pages_folder_mode() -> bool:
@@ -67,10 +71,18 @@ def leave_pages_folder_mode() -> bool:
 
 def get_store() -> Store:
     """The one Store of this server process (each thread gets its own
-    SQLite connection inside it)."""
+    SQLite connection inside it). A database that cannot be opened as one
+    (not SQLite, another schema, a folder) stops the page with an error
+    naming the file and what is wrong."""
     if leave_pages_folder_mode():
         st.rerun()  # the rerun goes through app.py's st.navigation
-    return _open_store(db_path())
+    path = db_path()
+    try:
+        return _open_store(path)
+    except sqlite3.Error as e:  # not SQLite, another schema, a folder, unreadable: no page can run
+        st.error(f"The run database `{path}` cannot be used: {e}. Point ${DB_ENV} at a Closed Loop database, "
+                 "or at a path where a new one can be made.")
+        st.stop()
 
 
 def header_user(headers, header: str | None) -> str | None:
@@ -94,6 +106,18 @@ def user() -> str:
     if identity is not None:
         return identity or "unidentified"  # app.py refuses such a request before any page runs
     return (st.session_state.get("user_name") or "").strip() or "dashboard"
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]()<>!|~:$&#])")  # what marks up inline text (links, images, code,
+# emphasis, HTML, :directives:, math, entities, headings); CommonMark takes each backslash-escaped literally
+
+
+def md(text) -> str:
+    """`text` that a person or a file chose (a run's name, a reason, who
+    decided, a skill or domain name, an error quoting them) escaped for the
+    st.* calls that render markdown, so that it shows literally: no image,
+    link, emphasis or :directive[...] of its own."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text))
 
 
 def check_untrusted(cfg) -> None:
@@ -232,7 +256,7 @@ def flash(message: str, kind: str = "success") -> None:
 
 def show_flash() -> None:
     """Show (once) the messages `flash` queued before the last rerun."""
-    for kind, message in st.session_state.pop("flash", []):
+    for kind, message in st.session_state.pop("flash", []):  # markdown: user text in it went through md()
         getattr(st, kind)(message)
 
 
@@ -306,7 +330,7 @@ def decision_card(store: Store, p: dict) -> None:
     pid, run_id = p["id"], p["run_id"]
     skills = store.skills(run_id)
     # the estimates the proposal was made from: written at its checkpoint
-    st.markdown(f"**{decision_sentence(p, skills, store.capability(run_id, since_step=p['step']))}**",
+    st.markdown(f"**{md(decision_sentence(p, skills, store.capability(run_id, since_step=p['step'])))}**",
                 help="Built from the proposal's weight changes and the latest latent estimate of each steer skill "
                      "the domains feed: learning = its 95% interval lies above its chance level.")
     table = frames.weights_table(p["current_weights"], p["weights"])
@@ -315,7 +339,7 @@ def decision_card(store: Store, p: dict) -> None:
                    column_config=_columns(table.columns, {"current": "%.3f", "proposed": "%.3f", "change": "%+.3f"}))
     right.plotly_chart(charts.weights_figure(table), key=f"bars_{pid}")
     st.markdown("**Why, per domain**", help=TERMS["reason"])
-    st.markdown("\n".join(f"- **{d}**: {p['rationale'].get(d, '')}" for d in p["current_weights"]))
+    st.markdown("\n".join(f"- **{md(d)}**: {md(p['rationale'].get(d, ''))}" for d in p["current_weights"]))
     if not p["forecast"]:
         return
     # the recent forecasts: how the strategy forecasts now, and a chart that stays readable

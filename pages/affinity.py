@@ -12,7 +12,7 @@ from backend import charts, decisions
 from backend.config import from_dict
 from backend.decisions import DecisionError
 from backend.objective import for_run
-from pages._common import flash, get_store, require_run, show_flash, user
+from pages._common import flash, get_store, md, require_run, show_flash, user
 
 ss = st.session_state
 store = get_store()
@@ -84,8 +84,8 @@ if st.button("Save pin", key=f"pin_save_{run_id}", icon=":material/push_pin:"):
     except DecisionError as e:
         st.error(str(e))
     else:
-        flash(f"Link {pin_domain} -> {pin_skill} pinned {pin_state}" if on is not None
-              else f"Pin on {pin_domain} -> {pin_skill} cleared", "info")
+        flash(md(f"Link {pin_domain} -> {pin_skill} pinned {pin_state}" if on is not None
+                 else f"Pin on {pin_domain} -> {pin_skill} cleared"), "info")
         st.rerun()
 
 # -- the objective --------------------------------------------------------------------

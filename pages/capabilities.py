@@ -19,6 +19,7 @@ from pages._common import (
     kept,
     latent,
     losses,
+    md,
     refresh_every,
     require_run,
     rerun_when,
@@ -59,7 +60,7 @@ holdout = c6.toggle("held-out", **kept("cap_holdout", True), help="Draw each ski
 band = c7.toggle("95% bands", **kept("cap_band", True))
 
 for skill, alert in alert_lines(store, run_id):
-    st.warning(f"**Goodhart alert on {skill}**: {alert['message']} "
+    st.warning(f"**Goodhart alert on {md(skill)}**: {md(alert['message'])} "
                "Acknowledge it on the Mixture & proposals page.", icon=":material/warning:")
 
 
@@ -126,11 +127,11 @@ skill = st.selectbox("Skill", names, **kept(drill_key, names[0]))
 st.query_params.update(skill=skill, run=str(run_id))  # the address bar is the link to share
 st.caption(f"Link to this skill: `/capabilities?skill={skill}&run={run_id}`")
 meta = next(s for s in skills if s["name"] == skill)
-st.caption(f"{meta['kind']} skill · base `{meta['base']}` · fed by domains: {', '.join(meta['domains']) or '-'}"
-           f" · tasks: {', '.join(meta['tasks'])}")
+st.caption(f"{meta['kind']} skill · base {md(meta['base'])} · fed by domains: {md(', '.join(meta['domains']) or '-')}"
+           f" · tasks: {md(', '.join(meta['tasks']))}")
 rows = store.measurements(run_id, skill=skill)
 if not rows:
-    st.info(f"No measurement of {skill} yet.")
+    st.info(f"No measurement of {md(skill)} yet.")
     st.stop()
 cols = ["step", "tokens_seen", "task", "metric", "value", "stderr", "n", "prompt_variant", "decoding", "scorer"]
 table = pd.DataFrame.from_records(rows, columns=cols).sort_values("step", ascending=False)
@@ -152,7 +153,7 @@ if items:
 
     if (answer := constant_response(items)) is not None:  # a guess, however the score moved
         chance = f", {meta['chance']:.2f}" if meta.get("chance") is not None else ""
-        st.caption(f":warning: answers {answer!r} to every item at step {step} (at chance{chance}): "
+        st.caption(f":warning: answers {md(repr(answer))} to every item at step {step} (at chance{chance}): "
                    "one constant answer, no skill")
     st.dataframe(pd.DataFrame.from_records(items, columns=["task", "doc_id", "prompt", "target", "response",
                                                            "correct"]),

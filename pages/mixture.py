@@ -16,6 +16,7 @@ from pages._common import (
     decision_card,
     flash,
     get_store,
+    md,
     refresh_every,
     require_run,
     rerun_when,
@@ -48,7 +49,12 @@ if policy_key not in ss or ss.get(seen_key) != run["policy"]:
 
 def _switch_policy() -> None:
     new = ss[policy_key]
-    decisions.set_policy(store, run_id, new, by=user())
+    try:
+        decisions.set_policy(store, run_id, new, by=user())
+    except DecisionError as e:  # nothing left to steer: the radio goes back to the policy in force
+        ss[policy_key] = ss[seen_key] = store.run(run_id)["policy"]
+        flash(str(e), "error")
+        return
     ss[seen_key] = new
     flash(f"Policy is now **{new}**" + (": proposals are approved as they arrive." if new == "auto"
                                         else ": proposals wait for your decision."))
@@ -73,13 +79,13 @@ def _renormalised(values: dict[str, float]) -> dict[str, float] | None:
         st.error(f"Not a mixture: {e}. Nothing will be saved.")
         return None
     st.caption("Saved as (renormalised to sum to 1): " +
-               ", ".join(f"{d} **{w:.3f}**" for d, w in final.items()))
+               ", ".join(f"{md(d)} **{w:.3f}**" for d, w in final.items()))
     return final
 
 
 def _weight_inputs(prefix: str, start: dict[str, float]) -> dict[str, float]:
     cols = st.columns(min(4, len(domains)))
-    return {d: cols[i % len(cols)].number_input(d, value=round(float(start[d]), 4), step=0.01, format="%.4f",
+    return {d: cols[i % len(cols)].number_input(md(d), value=round(float(start[d]), 4), step=0.01, format="%.4f",
                                                 key=f"{prefix}_{d}")
             for i, d in enumerate(domains)}
 
@@ -110,7 +116,7 @@ def _decide(pid: int, action: str, reason_key: str) -> None:
 def proposal_card(p: dict, reason_key: str) -> None:
     pid = p["id"]
     with st.container(border=True):
-        st.subheader(f"Proposal #{pid} · {p['strategy']} · from the checkpoint at step {p['step']}")
+        st.subheader(f"Proposal #{pid} · {md(p['strategy'])} · from the checkpoint at step {p['step']}")
         decision_card(store, p)
 
         if closed:
@@ -150,7 +156,7 @@ def _acknowledge(skill: str, note_key: str) -> None:
     except StoreError as e:
         flash(str(e), "error")
         return
-    flash(f"Alert on {skill} acknowledged: the controller may push {skill} again, and the guard now "
+    flash(f"Alert on {md(skill)} acknowledged: the controller may push {md(skill)} again, and the guard now "
           "compares its progress from this step on.", "info")
 
 
@@ -163,11 +169,11 @@ def alerts() -> None:
                "teaching to the test. Until you acknowledge an alert, the controller stops pushing that skill.")
     for skill, alert in lines:
         with st.container(border=True):
-            st.warning(alert["message"], icon=":material/warning:")
+            st.warning(md(alert["message"]), icon=":material/warning:")
             note_key = f"ack_note_{run_id}_{skill}"
             left, right = st.columns([3, 1], vertical_alignment="bottom")
             left.text_input("Note (kept with the acknowledgement)", key=note_key)
-            right.button(f"Acknowledge {skill}", key=f"ack_{run_id}_{skill}", on_click=_acknowledge,
+            right.button(f"Acknowledge {md(skill)}", key=f"ack_{run_id}_{skill}", on_click=_acknowledge,
                          args=(skill, note_key))
 
 
@@ -192,7 +198,7 @@ def live() -> None:
             st.info(f"Proposal #{pid} is {p['status']}; {apply_note(store, now)}.")
         elif p:  # rejected where it would apply (max_epochs), superseded or expired: the log says why
             why = [e["message"] for e in store.events(run_id, p["status"]) if e["proposal_id"] == pid]
-            st.warning(f"Proposal #{pid} was not applied: {why[-1] if why else p['status']}.")
+            st.warning(f"Proposal #{pid} was not applied: {md(why[-1]) if why else p['status']}.")
 
     st.header("Mixture")
     left, right = st.columns([2, 3])
@@ -227,20 +233,25 @@ live()
 
 
 # -- manual mixture ---------------------------------------------------------------
+def _save_manual() -> None:
+    """Button callback, like _decide: a run that finished meanwhile (the
+    form is then not drawn again) meets the store's refusal and its message."""
+    values = {d: ss.get(f"manual_{run_id}_{d}") for d in domains}
+    why = (ss.get(f"manual_reason_{run_id}") or "").strip() or None
+    try:
+        pid = decisions.set_mixture(store, run_id, values, by=user(), reason=why)
+    except DecisionError as e:
+        flash(str(e), "error")
+        return
+    flash(f"Manual mixture saved as proposal #{pid}; {apply_note(store, store.run(run_id))}.")
+    ss.setdefault("awaiting_apply", set()).add(pid)
+
+
 with st.expander("Set a mixture by hand", icon=":material/tune:"):
     if closed:
         st.caption(closed)
     else:
         st.caption("Stored as an approved `manual` proposal; it applies at the next checkpoint like any other.")
-        values = _weight_inputs(f"manual_{run_id}", store.current_weights(run_id))
-        final = _renormalised(values)
-        why = st.text_input("Reason", key=f"manual_reason_{run_id}")
-        if st.button("Save this mixture", key=f"manual_save_{run_id}", disabled=final is None):
-            try:
-                pid = decisions.set_mixture(store, run_id, values, by=user(), reason=why.strip() or None)
-            except DecisionError as e:
-                st.error(str(e))
-            else:
-                flash(f"Manual mixture saved as proposal #{pid}; {apply_note(store, store.run(run_id))}.")
-                ss.setdefault("awaiting_apply", set()).add(pid)
-                st.rerun()
+        final = _renormalised(_weight_inputs(f"manual_{run_id}", store.current_weights(run_id)))
+        st.text_input("Reason", key=f"manual_reason_{run_id}")
+        st.button("Save this mixture", key=f"manual_save_{run_id}", disabled=final is None, on_click=_save_manual)

@@ -12,7 +12,7 @@ from backend import config as config_mod
 from backend.config import ConfigError, DomainConfig
 from backend.controllers import STRATEGIES
 from backend.data.domains import DataError, build_domain
-from pages._common import check_untrusted, flash, get_store, select_run_later, show_flash, start_run
+from pages._common import check_untrusted, flash, get_store, md, select_run_later, show_flash, start_run
 
 ss = st.session_state
 store = get_store()
@@ -117,5 +117,5 @@ if st.button("Start run", key="new_start", type="primary", icon=":material/play_
         st.error(f"This configuration cannot run here: {e}. No run was started.")
         st.stop()
     select_run_later(run_id)
-    flash(f"Run #{run_id} ({cfg.name}, policy {cfg.policy}) started in the background.")
+    flash(f"Run #{run_id} ({md(cfg.name)}, policy {cfg.policy}) started in the background.")
     st.rerun()

@@ -10,7 +10,7 @@ import streamlit as st
 
 from backend import report, schedule, worker
 from backend.config import ConfigError
-from pages._common import check_untrusted, flash, get_store, require_run, select_run_later, show_flash
+from pages._common import check_untrusted, flash, get_store, md, require_run, select_run_later, show_flash
 
 ss = st.session_state
 store = get_store()
@@ -32,9 +32,13 @@ if upload is not None:
         cfg = sched["run_config"]
         src = sched.get("run") if isinstance(sched.get("run"), dict) else {}
         st.success(f"`{upload.name}`: {len(sched['segments'])} segments over {cfg.train.steps:,} steps "
-                   f"(run {src.get('id', '?')} {src.get('name', '')}, seed {cfg.seed}).")
+                   f"(run {md(src.get('id', '?'))} {md(src.get('name', ''))}, seed {cfg.seed}).")
         if st.button("Start replay run", key="start_replay", type="primary", icon=":material/replay:"):
-            run_id = worker.start_replay(store.path, sched, source=upload.name)
+            try:
+                run_id = worker.start_replay(store.path, sched, source=upload.name)
+            except ConfigError as e:  # what this machine cannot run (a GPU, a folder, a task's data)
+                st.error(f"`{upload.name}` cannot run here: {e}. No run was started.")
+                st.stop()
             select_run_later(run_id)
             flash(f"Replay run #{run_id} started from `{upload.name}`.")
             st.rerun()
@@ -43,8 +47,11 @@ run = require_run(store)
 run_id = run["id"]
 
 # -- export --------------------------------------------------------------------------
-st.header(f"Schedule of run #{run_id} · {run['name']}")
+st.header(f"Schedule of run #{run_id} · {md(run['name'])}")
 exported = schedule.export_schedule(store, run_id)
+if not exported["segments"]:
+    st.info(f"Run #{run_id} has no mixture yet (its worker has not started training): the schedule below has no "
+            "segments, and a file downloaded now replays nothing.")
 segments = pd.DataFrame([{
     "from step": s["from_step"], "to step": s["to_step"], "from tokens": s["from_tokens"],
     "source": s["source"], "proposal": s["proposal_id"], "approved by": s["approved_by"],

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -182,6 +183,40 @@ def test_a_shared_link_opens_the_skills_drill_down(db):
     assert at.query_params["skill"] == "copy" and at.selectbox(key=f"cap_drill_{run_id}").value == "copy"
 
 
+@pytest.mark.parametrize("linked", ["\u00b2", "1" * 5000, "abc", "-1", " 1"])
+def test_a_shared_link_with_no_run_id_is_ignored(db, linked):
+    """?run= that is no plain run id (a superscript digit, past int's digit
+    limit, a word) selects nothing and raises nothing."""
+    store, run_id = db
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["run"] = linked
+    at.run()
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox(key="run_id").value == run_id
+
+
+EVIL = "![x](http://e/p.png) *bold* :red[hi]"
+EVIL_SHOWN = r"\!\[x\]\(http\://e/p.png\) \*bold\* \:red\[hi\]"  # md(): each mark escaped, shown literally
+
+
+def test_names_from_configs_and_files_are_shown_literally_not_as_markdown(db, spawned):
+    """A run's name (free text in an uploaded config or a schedule) reaches
+    the title, headers and messages escaped: no image is fetched, no link or
+    emphasis drawn."""
+    store, run_id = db
+    evil_run = store.create_run(preset("tiny").replace(name=EVIL).to_dict())
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox(key="run_id").value == evil_run  # the newest
+    assert at.title[0].value == f"Run #{evil_run} · {EVIL_SHOWN}"
+    at.switch_page("pages/schedules.py").run()
+    assert f"Schedule of run #{evil_run} · {EVIL_SHOWN}" in texts(at.header)
+    data = export_schedule(store, run_id)
+    data["run"]["name"] = EVIL
+    at.file_uploader(key="schedule_upload").set_value(("s.json", json.dumps(data).encode(), "application/json")).run()
+    assert EVIL_SHOWN in texts(at.success) and EVIL not in texts(at.success)
+
+
 def test_training_page_draws_the_logged_curves(db):
     store, run_id = db
     logged = store.train_log(run_id)
@@ -349,6 +384,17 @@ def test_manual_mixture_is_validated_then_stored(db):
     assert "Manual mixture saved" in texts(at.success)
 
 
+def test_a_manual_mixture_saved_after_the_run_finished_is_refused_with_its_message(db):
+    store, run_id = db
+    n_before = len(store.proposals(run_id))
+    at = open_app("pages/mixture.py")
+    store.update_run(run_id, status="finished", step=30)  # meanwhile, the worker finished
+    at.button(key=f"manual_save_{run_id}").click().run()
+    assert not at.exception, at.exception
+    assert f"manual mixture refused: run {run_id} is finished at step 30" in texts(at.error)
+    assert len(store.proposals(run_id)) == n_before
+
+
 def test_a_run_with_no_checkpoint_left_is_offered_no_mixture(db):
     store, run_id = db
     store.update_run(run_id, status="finished", step=30)
@@ -374,6 +420,21 @@ def test_policy_switch_writes_once_and_follows_the_store(db):
     at.run()
     assert at.radio(key=f"policy_{run_id}").value == "human"
     assert len(store.events(run_id, kind="policy")) == 2
+
+
+def test_a_stale_policy_radio_writes_nothing_and_a_finished_run_takes_no_policy(db):
+    store, run_id = db
+    stale, other = open_app("pages/mixture.py"), open_app("pages/mixture.py")
+    other.radio(key=f"policy_{run_id}").set_value("auto").run()
+    stale.radio(key=f"policy_{run_id}").set_value("auto").run()  # drawn before the switch: "human -> auto" again
+    assert [e["message"] for e in store.events(run_id, kind="policy")] == ["policy human -> auto"]
+    store.update_run(run_id, status="finished", step=30)
+    at = open_app("pages/mixture.py")
+    at.radio(key=f"policy_{run_id}").set_value("human").run()
+    assert not at.exception, at.exception
+    assert f"run {run_id} is finished at step 30 of 30; no checkpoint is left to steer" in texts(at.error)
+    assert store.run(run_id)["policy"] == "auto" and len(store.events(run_id, kind="policy")) == 1
+    assert at.radio(key=f"policy_{run_id}").value == "auto" and not at.success
 
 
 def test_goodhart_alert_is_shown_and_acknowledged(db):
@@ -422,6 +483,14 @@ def test_schedule_upload_starts_a_replay_run(db, spawned):
     assert new["name"] == "replay-tiny" and new["replay_schedule"]["segments"]
     assert spawned == [(store.path, new["id"])]
     assert at.sidebar.selectbox(key="run_id").value == new["id"]  # the new run is selected
+
+
+def test_a_run_with_no_schedule_yet_says_so_on_the_schedules_page(db):
+    store, _ = db
+    bare = store.create_run(preset("tiny").to_dict())  # not started: no mixture, no segment
+    at = open_app("pages/schedules.py")
+    assert at.sidebar.selectbox(key="run_id").value == bare
+    assert f"Run #{bare} has no mixture yet" in texts(at.info)
 
 
 @pytest.mark.parametrize("broken, field", [
@@ -491,6 +560,27 @@ def test_new_run_from_a_toml_config(db, spawned):
     assert not at.exception, at.exception
     new = store.runs()[0]
     assert new["name"] == "from-toml" and new["config"]["seed"] == 3 and new["policy"] == "human"
+
+
+def _not_sqlite(path: Path) -> None:
+    path.write_bytes(b"not a database " * 100)
+
+
+def _other_schema(path: Path) -> None:
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE runs (x)")
+
+
+@pytest.mark.parametrize("make, what", [(_not_sqlite, "file is not a database"),
+                                        (_other_schema, "no such column"),
+                                        (Path.mkdir, "unable to open database file")])
+def test_a_database_that_is_no_run_store_is_named_not_a_traceback(tmp_path, monkeypatch, navigation_only, make, what):
+    path = tmp_path / "cl.db"
+    make(path)
+    monkeypatch.setenv("CLOSED_LOOP_DB", str(path))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert f"The run database `{path}` cannot be used: {what}" in texts(at.error)
 
 
 def test_empty_database_offers_the_demo_run(tmp_path, monkeypatch, navigation_only, spawned):
@@ -601,6 +691,26 @@ def test_a_replayed_schedule_reaching_outside_the_data_roots_is_refused(db, spaw
     assert not at.exception, at.exception
     assert "model.pretrained" in texts(at.error) and "No run was started" in texts(at.error)
     assert not [b for b in at.button if b.key == "start_replay"]
+    assert len(store.runs()) == 1 and spawned == []
+
+
+def test_a_replayed_schedule_this_machine_cannot_run_is_refused(db, spawned, tmp_path, monkeypatch):
+    """A schedule whose config passes the limits but names a folder this
+    machine lacks: Start replay says so and starts nothing (no traceback)."""
+    store, run_id = db
+    monkeypatch.setenv("CLOSED_LOOP_DATA_ROOTS", str(tmp_path))
+    data = export_schedule(store, run_id)
+    missing = tmp_path / "gone"
+    domains = data["config"]["data"]["domains"]
+    (i,) = [i for i, d in enumerate(domains) if d["name"] == "noise"]
+    domains[i] = {"name": "noise", "source": "folder", "path": str(missing)}
+    at = open_app("pages/schedules.py")
+    at.file_uploader(key="schedule_upload").set_value(("s.json", json.dumps(data).encode(), "application/json")).run()
+    assert not at.error, texts(at.error)
+    at.button(key="start_replay").click().run()
+    assert not at.exception, at.exception
+    assert f"data.domains[{i}].path" in texts(at.error) and str(missing) in texts(at.error)
+    assert "No run was started" in texts(at.error)
     assert len(store.runs()) == 1 and spawned == []
 
 

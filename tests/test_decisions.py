@@ -68,6 +68,8 @@ def test_set_policy_is_audited(store, run_id):
     with pytest.raises(StoreError):
         set_policy(store, run_id, "sometimes", by="cli")
     assert store.run(run_id)["policy"] == "human"
+    set_policy(store, run_id, "human", by="bo")  # the policy in force: nothing to audit
+    assert len(store.events(run_id, "policy")) == 1
 
 
 def test_manual_mixture_is_an_approved_proposal(store, run_id):
@@ -180,6 +182,12 @@ def test_a_mixture_with_no_checkpoint_left_to_apply_it_is_refused(db, store, run
     for action in ("approve", "edit"):
         with pytest.raises(DecisionError, match=f"proposal {pid} .* refused: {said}"):
             decide(store, pid, action, weights=MORE_CODE if action == "edit" else None, by="ana")
+    steer = said.replace("to apply a mixture", "to steer")
+    with pytest.raises(DecisionError, match=f"policy human refused: {steer}"):  # nothing left for a policy
+        set_policy(store, run_id, "human", by="ana")
+    with pytest.raises(DecisionError, match=f"pin refused: {steer}"):  # nor for a link to steer by
+        pin_link(store, run_id, "copy", "code", True, by="ana")
+    assert store.run(run_id)["policy"] == "auto" and store.pins(run_id) == {}
     assert (raw_row(db, "proposals", "id", pid), len(store.events(run_id))) == before
     assert [p["id"] for p in store.proposals(run_id)] == [pid]
     assert decide(store, pid, "reject", by="ana")["status"] == "rejected"  # a rejection applies nothing
