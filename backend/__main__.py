@@ -77,9 +77,12 @@ def cmd_run(s: Session) -> int:
         run_id = args.resume
         store.run(run_id)
         if args.policy:
-            from backend.decisions import set_policy
+            from backend.decisions import DecisionError, set_policy
 
-            set_policy(store, run_id, args.policy, by="cli")
+            try:
+                set_policy(store, run_id, args.policy, by="cli")
+            except DecisionError as e:  # nothing left to steer: the resume still finishes the run
+                print(f"--policy not applied: {e}", file=sys.stderr)
     else:
         run_id = create_run(store, _load_config(args))
     return _start(args, run_id, "run")

@@ -6,6 +6,7 @@ from pathlib import Path
 from conftest import ROOT, cli
 
 from backend.__main__ import build_parser
+from backend.store import Store
 
 
 def subcommands() -> list[str]:
@@ -126,3 +127,19 @@ def test_affinity_prints_the_latest_matrix_with_intervals(tmp_path, capsys):
                                          "code": {"value": 0.1, "stderr": 0.01}}}
     p = cli("affinity", 99, db=db, check=False)
     assert p.returncode == 2 and "no run 99" in p.stderr
+
+
+def test_resume_with_a_policy_when_nothing_is_left_to_steer_says_so_and_goes_on(tmp_path):
+    """set_policy refuses a run with no checkpoint left to steer; `run
+    --resume --policy` says the policy was not applied and goes on with the
+    resume (here: refused, the run is finished), without a traceback."""
+    from backend.client import RunClient
+    from backend.config import preset
+
+    store = Store(tmp_path / "x.db")
+    client = RunClient.register(store, preset("tiny").replace(policy="human"))
+    client.finish(0)
+    p = cli("run", "--resume", client.run_id, "--policy", "auto", db=tmp_path / "x.db", check=False)
+    assert "--policy not applied: policy auto refused: run 1 is finished" in p.stderr, p.stderr
+    assert "error: run 1 is finished" in p.stderr and "Traceback" not in p.stderr
+    assert store.run(client.run_id)["policy"] == "human"
