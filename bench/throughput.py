@@ -3,6 +3,7 @@ PyTorch loop on the same model and batch size, side by side in one run.
 
     python bench/throughput.py [--preset demo | --config FILE] [--steps 60] [--rounds 5]
     python bench/throughput.py --config bench/text-domains.toml   # text domains only: token caches
+    python bench/throughput.py --steps 10 --blocks 150             # alternated short blocks, total times
 
 Both loops train the same Llama (same init) with AdamW, the same learning
 rate schedule and gradient clipping. The bare loop trains on one fixed
@@ -73,6 +74,9 @@ def main() -> None:
     ap.add_argument("--config", help="a run config file instead of a preset (its model, data and batch)")
     ap.add_argument("--steps", type=int, default=60, help="optimizer steps per round")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of each loop (alternating)")
+    ap.add_argument("--blocks", type=int, default=0,
+                    help="instead of rounds: this many short blocks (--steps each), order alternated, "
+                         "ratio of total times")
     args = ap.parse_args()
 
     import torch
@@ -136,6 +140,17 @@ def main() -> None:
     print(f"{args.config or 'preset ' + args.preset}: {count_parameters(model) / 1e6:.2f}M parameters, batch {B} x {T} tokens, "
           f"device {device}, torch threads {torch.get_num_threads()}")
     project_round(), bare_round()  # warm-up (allocator, kernels)
+    if args.blocks:
+        # many short blocks, the order alternated (project, bare, bare, project, ...): both loops see
+        # the same host, and the ratio of their total times weighs every block alike
+        time_p = time_b = 0.0
+        for r in range(args.blocks):
+            for f in (project_round, bare_round) if r % 2 == 0 else (bare_round, project_round):
+                seconds = args.steps * tokens_per_step / f()
+                time_p, time_b = (time_p + seconds, time_b) if f is project_round else (time_p, time_b + seconds)
+        print(f"{args.blocks} alternating blocks of {args.steps} steps: ratio project/bare (total time): "
+              f"{time_b / time_p:.3f}")
+        return
     proj, bare = [], []
     for r in range(args.rounds):
         proj.append(project_round())

@@ -175,8 +175,10 @@ class MixtureSampler:
         (backend.data.tokenizer.WordEncoder) in line gives 0.94-1.01x (12 runs
         on 2026-12-07, the spread the machine's noise). A batch of 16 draws in
         0.13 ms from text domains' caches and 1.4 ms from the demo's synthetic
-        streams, yet 150 alternating blocks of 10 steps read 0.971x (demo)
-        and 0.972x (text domains only): what is left is not the draw."""
+        streams (~2% of a step); `bench/throughput.py --steps 10 --blocks 150`
+        (short blocks, order alternated, total times) reads 0.971x on the
+        demo (three runs) and 0.987x / 0.991x on text domains only (`--config
+        bench/text-domains.toml`)."""
         import torch
 
         if background:
