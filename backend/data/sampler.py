@@ -172,7 +172,7 @@ class MixtureSampler:
         throughput.py) in line gave 0.92x the fixed-batch loop, a forked
         prefetch process 0.83x (it takes a core from the step's threads) and
         a thread less still (the interpreter lock); with the word cache
-        (backend.data.tokenizer.WordEncoder) in line gives 0.94-1.01x (12 runs
+        (backend.data.tokenizer.WordEncoder) in line gives 0.94-1.01x (13 runs
         on 2026-12-07, the spread the machine's noise). A batch of 16 draws in
         0.13 ms from text domains' caches and 1.4 ms from the demo's synthetic
         streams (~2% of a step); `bench/throughput.py --steps 10 --blocks 150`
