@@ -35,7 +35,7 @@ import dataclasses
 import time
 
 from backend.mixture import WeightsError, validate_weights
-from backend.status import next_checkpoint
+from backend.status import applies_at
 from backend.store import AUTO, Store, StoreError
 from backend.vocab import COMMANDS, POLICIES, TERMINAL_STATES, config_tokens_per_step, next_boundary
 
@@ -119,17 +119,6 @@ def refuse_approved(store: Store, p: dict, why: str) -> None:
         store.update_proposal(p["id"], status="rejected", decision_reason=reason)
         store.log_event(p["run_id"], "rejected", f"proposal {p['id']} rejected: {why}", actor="worker",
                         proposal_id=p["id"], after=p["final_weights"])
-
-
-def applies_at(store: Store, run: dict) -> int | None:
-    """The step of the checkpoint where a mixture decided now would apply
-    (for a stopped or failed run: once it is resumed); None when no
-    checkpoint is left to apply one: the run finished, or only its last
-    checkpoint is left, where nothing is steered."""
-    if run["status"] == "finished":
-        return None
-    step = next_checkpoint(store, run)
-    return step if step < run["config"]["train"]["steps"] else None
 
 
 def _steered_at(store: Store, run_id: int, run: dict, what: str, left: str) -> int:

@@ -69,12 +69,25 @@ def next_checkpoint(store, run: dict) -> int:
     return next_boundary(step, every, total)
 
 
+def applies_at(store, run: dict) -> int | None:
+    """The step of the checkpoint where a mixture decided now would apply
+    (for a stopped or failed run: once it is resumed); None when no
+    checkpoint is left to apply one: the run finished, or only its last
+    checkpoint is left, where nothing is steered (backend.decisions
+    refuses a decision then)."""
+    if run["status"] == "finished":
+        return None
+    step = next_checkpoint(store, run)
+    return step if step < run["config"]["train"]["steps"] else None
+
+
 def apply_note(store, run: dict) -> str:
     """When an approved mixture takes effect, as a clause to end a sentence
     ("Proposal #3 approved; <note>.")."""
-    if run["status"] == "finished" or run["step"] >= run["config"]["train"]["steps"]:
-        return "the run has finished, so no checkpoint is left to apply it"
-    where = f"it applies at the next checkpoint (step {next_checkpoint(store, run)})"
+    at = applies_at(store, run)
+    if at is None:
+        return "no checkpoint is left to apply it"
+    where = f"it applies at the next checkpoint (step {at})"
     if run["status"] in TERMINAL_STATES:  # stopped or failed: resumable
         return f"{where} once the run is resumed"
     return where

@@ -9,7 +9,7 @@ from backend import charts, frames
 from backend.mixture import WeightsError, validate_weights
 from backend import decisions, guard
 from backend.decisions import DecisionError
-from backend.status import apply_note
+from backend.status import apply_note, applies_at
 from backend.store import StoreError
 from pages._common import (
     alert_lines,
@@ -64,9 +64,9 @@ st.radio("Approval policy", ["human", "auto"], key=policy_key, horizontal=True, 
          format_func={"human": "human: a person decides", "auto": "auto: approve every proposal"}.get)
 
 # a mixture decided now applies here; None: no checkpoint is left (decisions refuses it)
-applies_at = decisions.applies_at(store, run)
+at = applies_at(store, run)
 closed = (f"Run #{run_id} is {run['status']} at step {run['step']}: no checkpoint is left to apply a mixture."
-          if applies_at is None else None)
+          if at is None else None)
 
 
 # -- inbox -----------------------------------------------------------------------
