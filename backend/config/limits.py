@@ -242,13 +242,13 @@ def _data_confined(data, path: Path, base: Path, field: str, roots: list[Path]) 
     names a local file or folder, and `dataset_kwargs.data_dir` /
     `cache_dir`, which `datasets` reads from and writes to) must lie within
     the roots."""
-    from backend.evaluation.lmeval_tasks import _resolve_data_files
+    from backend.evaluation.lmeval_tasks import resolve_data_files
 
     if not isinstance(data, dict):
         return
     kwargs = data.get("dataset_kwargs")
     if isinstance(kwargs, dict) and kwargs.get("data_files") is not None:
-        files = _resolve_data_files({"dataset_kwargs": {"data_files": kwargs["data_files"]}}, base)
+        files = resolve_data_files({"dataset_kwargs": {"data_files": kwargs["data_files"]}}, base)
         files = files["dataset_kwargs"]["data_files"]
         flat = [x for v in (files.values() if isinstance(files, dict) else [files])
                 for x in (v if isinstance(v, list) else [v])]

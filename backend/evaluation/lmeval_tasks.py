@@ -82,7 +82,7 @@ def _num(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
-def _resolve_data_files(cfg: dict, base: Path) -> dict:
+def resolve_data_files(cfg: dict, base: Path) -> dict:
     """Data files given relative to the task's YAML folder become absolute
     (when the file exists there); others stay as given (working directory)."""
     cfg = copy.deepcopy(cfg)
@@ -187,10 +187,10 @@ class TaskSet:
                         tasks += self.load(child, where)
                     elif isinstance(child, dict):
                         base = Path(entry.yaml_path).parent if entry.yaml_path else Path.cwd()
-                        tasks += list(self.manager.load([_resolve_data_files(child, base)])["tasks"].values())
+                        tasks += list(self.manager.load([resolve_data_files(child, base)])["tasks"].values())
                 return tasks
             if entry.yaml_path is not None:
-                cfg = _resolve_data_files(load_yaml(entry.yaml_path, resolve_func=True), Path(entry.yaml_path).parent)
+                cfg = resolve_data_files(load_yaml(entry.yaml_path, resolve_func=True), Path(entry.yaml_path).parent)
                 for k in ("tag", "group"):
                     cfg.pop(k, None)
                 return list(self.manager.load([cfg])["tasks"].values())
