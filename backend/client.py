@@ -19,7 +19,8 @@ same checkpoint changes nothing), and a proposal is stored once per
 checkpoint (Store.add_proposal). Each report checks all it is given before it
 writes, in one transaction: a refused call (StoreError naming the field)
 writes nothing; the checkpoints go forward (none before one whose boundary
-is done) and a finished run takes no boundary.
+is done), a boundary needs its checkpoint's measurements, and a finished
+run takes no boundary.
 """
 
 from __future__ import annotations
@@ -468,8 +469,11 @@ class RunClient:
         proposal exactly once and let the strategy propose (policy auto
         approves and applies it at once); a replay run follows its schedule
         instead. Idempotent: a checkpoint whose boundary is done is left alone.
-        StoreError on a finished run, and for a step before a checkpoint
-        whose boundary is done (it would rewrite the schedule from there).
+        StoreError on a finished run, for a step before a checkpoint whose
+        boundary is done (it would rewrite the schedule from there), and for
+        a checkpoint without measurements (report_measurements or evaluate
+        first: the estimate and the proposal are made from them); nothing is
+        written then.
 
         on_phase(phase, step) is called after "estimate", "apply", "propose"
         (backend.loop.PHASES); on_stage(words) when a long stage starts."""
@@ -480,6 +484,9 @@ class RunClient:
         ck = self._checkpoint(step)
         if ck["boundary_done"]:
             return
+        if not ck["evaluated"]:
+            raise StoreError(f"step: checkpoint {step} of run {self.run_id} has no measurements; report them first "
+                             f"(report_measurements({step}, rows) or evaluate({step}, model, tokenizer))")
         tokens = ck["tokens_seen"]
         on_stage("estimating")
         estimates = self.estimate_and_guard(step)

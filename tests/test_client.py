@@ -354,3 +354,25 @@ def test_no_boundary_after_the_run_finished(store):
         client.boundary(20)
     assert store.schedule(client.run_id) == schedule and store.proposals(client.run_id) == proposals
     assert store.run(client.run_id)["status"] == "finished"
+
+
+def test_a_boundary_before_the_measurements_is_refused_and_writes_nothing(store):
+    """An external trainer that calls boundary(k) before reporting checkpoint
+    k's measurements is told which checkpoint lacks what; no estimate,
+    proposal, decision or event is stored, and the boundary runs once they
+    are reported."""
+    client = RunClient.register(store, preset("tiny").replace(policy="auto"))
+    rid = client.run_id
+    client.report_checkpoint(0, 0)
+    before = (store.events(rid), store.proposals(rid), store.schedule(rid), store.capability(rid),
+              store.affinity(rid), store.checkpoint(rid, 0))
+    stages = []
+    with pytest.raises(StoreError, match=r"step: checkpoint 0 of run \d+ has no measurements; report them first "
+                                         r"\(report_measurements\(0, rows\) or evaluate\(0, model, tokenizer\)\)"):
+        client.boundary(0, on_stage=stages.append)
+    assert (store.events(rid), store.proposals(rid), store.schedule(rid), store.capability(rid),
+            store.affinity(rid), store.checkpoint(rid, 0)) == before
+    assert stages == []
+    client.report_measurements(0, rows(client, 0.1))
+    client.boundary(0)
+    assert store.checkpoint(rid, 0)["boundary_done"] and [p["status"] for p in store.proposals(rid)] == ["applied"]

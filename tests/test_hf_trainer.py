@@ -125,6 +125,8 @@ def test_a_trainer_resumed_at_a_done_checkpoint_draws_from_the_mixture_set_there
     for step in (0, 10):
         client.report_checkpoint(step, step * client.tokens_per_step, train_loss=3.0,
                                  tokens_per_domain=dict.fromkeys(names, step))
+        client.report_measurements(step, [{"domain": d, "task": f"heldout_loss/{d}", "metric": "loss", "value": 3.0,
+                                           "stderr": 0.01, "n": 4} for d in names])
         client.boundary(step)
         if step == 0:
             set_mixture(store, client.run_id, {**dict.fromkeys(names, 0.0), names[0]: 1.0}, by="ana")
