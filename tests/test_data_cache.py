@@ -154,6 +154,92 @@ def test_a_missing_text_field_names_file_and_field(corpus, tmp_path):
         list(d.documents())
 
 
+def _lines(n: int, start: int = 0) -> bytes:
+    return "".join(json.dumps({"text": f"document {i}"}) + "\n" for i in range(start, start + n)).encode()
+
+
+def _cut(data: bytes) -> bytes:
+    return data[:len(data) // 2]
+
+
+def _zstd(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
+
+
+BROKEN = {  # kind -> (file name, its bytes, what the refusal says after the file's path)
+    "non-JSON line": ("a.jsonl", b'{"text": "ok"}\n{"text": "unterminated\n', ": line 2: not JSON"),
+    "missing text field": ("a.jsonl", b'{"text": "ok"}\n{"body": "x"}\n', ": line 2 has no string field 'text'"),
+    "truncated gz": ("a.jsonl.gz", _cut(gzip.compress(_lines(50))), ": unreadable (EOFError"),
+    # cut far past the bytes the preflight decompresses: found by walking the frames to the end
+    "truncated zst": ("a.jsonl.zst", _zstd(_lines(20_000))[:-100], ": not a complete zstd file"),
+    "not parquet": ("a.parquet", b"PAR1 this is not a parquet file", ": not a parquet file"),
+    "not UTF-8": ("a.txt", b"caf\xe9 au lait", ": not UTF-8 text (byte 3)"),
+}
+
+
+def broken_folder(root, kind: str) -> tuple[str, str]:
+    """A folder of one good file and one broken file of `kind`; returns the
+    folder and what its refusal must say (the broken file's path and why)."""
+    name, data, said = BROKEN[kind]
+    folder = root / f"data-{kind.replace(' ', '-')}"
+    folder.mkdir()
+    (folder / "0-good.txt").write_text("a good document")
+    (folder / name).write_bytes(data)
+    return str(folder), str(folder / name) + said
+
+
+@pytest.mark.parametrize("kind", BROKEN)
+def test_preflight_refuses_each_broken_file_naming_it(kind, tmp_path):
+    folder, said = broken_folder(tmp_path, kind)
+    d = build_domain(DomainConfig(name="mine", source="folder", path=folder))
+    with pytest.raises(DataError) as e:
+        d.preflight(tmp_path / "caches")
+    assert said in str(e.value), str(e.value)
+    with pytest.raises(DataError, match=re.escape(said.split(":")[0])):
+        list(d.documents())  # the worker's read refuses the same file
+
+
+def test_preflight_accepts_what_the_worker_reads(corpus, tmp_path):
+    prose(corpus).preflight(tmp_path)  # .txt, .jsonl.gz, .jsonl.zst with field body
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "a"}\r\n\n  \n{"text": "b"}{"text": "c"}')
+    (tmp_path / "list.jsonl").write_text(json.dumps([{"text": "d"}, {"text": "e"}]))
+    (tmp_path / "cut.txt").write_bytes("é".encode() * 40_000)  # the bound cuts a character in two
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": pa.array(["f", None, "f"]).dictionary_encode()}), tmp_path / "g.parquet")
+    d = build_domain(DomainConfig(name="mine", source="folder", path=str(tmp_path)))
+    d.preflight(tmp_path / "caches")
+    assert [t[:2] for t in d.documents()] == ["a", "b", "c", "éé", "f", "f", "d", "e"]
+
+
+def test_preflight_reads_a_bounded_prefix_and_skips_what_a_cache_read(tokenizer, tmp_path):
+    """A bad line past PREFLIGHT_BYTES is left to the worker (the preflight
+    does not read a corpus twice); a file a complete token cache was built
+    from (same path, size and mtime) is not read again."""
+    from backend.data.sources import PREFLIGHT_BYTES
+
+    data, caches = tmp_path / "data", tmp_path / "caches"
+    data.mkdir()
+    good = _lines(PREFLIGHT_BYTES // 20)
+    assert len(good) > PREFLIGHT_BYTES
+    (data / "a.jsonl").write_bytes(good + b"not json\n")
+    build_domain(DomainConfig(name="mine", source="folder", path=str(data))).preflight(caches)
+    (data / "a.jsonl").write_bytes(_lines(3))
+    d = build_domain(DomainConfig(name="mine", source="folder", path=str(data)))
+    d.attach(tokenizer, caches)
+    # the same size and mtime, another content: the fingerprint cannot tell (cache.py says so)
+    stat = (data / "a.jsonl").stat()
+    (data / "a.jsonl").write_bytes(_lines(3).replace(b'"document 0"', b'"document \xff"'))
+    os.utime(data / "a.jsonl", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    d = build_domain(DomainConfig(name="mine", source="folder", path=str(data)))
+    d.preflight(caches)  # the cache read this file: skipped
+    with pytest.raises(DataError, match=r"a\.jsonl: line 1: not UTF-8 text"):
+        d.preflight(tmp_path / "no-caches")
+
+
 def test_text_field_and_max_epochs_are_checked_by_config():
     from backend.config import ConfigError
 

@@ -8,7 +8,9 @@ One cache is a folder `<cache root>/<domain>-<key>/`:
   source order, raw little-endian uint16 (vocabulary < 65536) or uint32;
 - `docs.idx`: int64 offsets into tokens.bin, one per document plus the end
   (document k is tokens[offsets[k]:offsets[k + 1]], its EOS included);
-- `meta.json`: dtype, counts, and what the key was made of.
+- `meta.json`: dtype, counts, and what the key was made of; `shard_keys`
+  names each shard it was built from (shard_key), so a later run's
+  preflight skips the files a cache has read whole (read_shards).
 
 The key is a sha256 of the tokenizer (its serialized JSON) and the source's
 fingerprint: every file's path, size and modification time (not its
@@ -72,6 +74,25 @@ def tokenizer_json(tokenizer) -> str:
     `tokenizers.Tokenizer`): what keys a cache and what a build process loads."""
     raw = getattr(tokenizer, "backend_tokenizer", tokenizer)
     return raw.to_str()
+
+
+def shard_key(shard: Shard) -> str:
+    """What identifies a shard's data without reading it (its kind, field
+    and fingerprint), hashed."""
+    return hashlib.sha256(json.dumps([shard.kind, shard.text_field, shard.fingerprint()]).encode()).hexdigest()[:20]
+
+
+def read_shards(root: str | os.PathLike) -> set[str]:
+    """shard_key of every shard that a complete cache under `root` was
+    built from: each was read to its end without an error, whatever the
+    tokenizer."""
+    out: set[str] = set()
+    for meta in Path(root).glob("*/meta.json"):
+        if ".tmp-" in meta.parent.name or _problem(meta.parent) is not None:
+            continue
+        keys = json.loads(meta.read_text()).get("shard_keys", [])  # caches built before keys were kept: none
+        out.update(k for k in keys if isinstance(k, str))
+    return out
 
 
 @dataclass
@@ -196,7 +217,8 @@ def _build(name: str, shards: list[Shard], tok_json: str, eos: int | None, path:
         n_docs = sum(d for _, d in parts)
         (tmp / "meta.json").write_text(json.dumps({
             "format": FORMAT, "domain": name, "dtype": np.dtype(dtype).name, "n_tokens": n_tokens,
-            "n_docs": n_docs, "eos": eos, "shards": [s.path for s in shards]}, indent=1))
+            "n_docs": n_docs, "eos": eos, "shards": [s.path for s in shards],
+            "shard_keys": [shard_key(s) for s in shards]}, indent=1))
         try:
             os.rename(tmp, path)
         except OSError:  # another process finished the same cache first: use theirs

@@ -157,6 +157,17 @@ class TextDomain(Domain):
             raise DataError(f"domain {self.name!r}: no text found")
         return "\n".join(out)
 
+    def preflight(self, cache_root) -> None:
+        """Before a run is created: Shard.preflight of each shard that no
+        complete token cache under `cache_root` was built from (those were
+        read whole already). DataError names the file."""
+        from backend.data.cache import read_shards, shard_key
+
+        done = read_shards(cache_root)
+        for shard in self._shards:
+            if shard_key(shard) not in done:
+                shard.preflight()
+
     def attach(self, tokenizer, cache_root, *, progress: bool = False) -> None:
         """Open (building if needed) this domain's token cache for
         `tokenizer` under `cache_root`; size_tokens becomes the exact count
