@@ -62,21 +62,34 @@ def create_run(store: Store, cfg: RunConfig, *, replay_schedule: dict | None = N
     this machine can answer is checked first (check_runnable), so a run that
     would fail in its worker is refused naming the field before anything is
     written."""
-    check_runnable(cfg)
+    check_runnable(cfg, store)
     return store.create_run(cfg.to_dict(), parent_run=parent_run, replay_schedule=replay_schedule)
 
 
-def check_runnable(cfg: RunConfig) -> None:
+def check_runnable(cfg: RunConfig, store: Store) -> None:
     """What a config cannot say about the machine it runs on: a GPU where
-    train.device asks for one, every folder domain's folder, and every
-    lm-eval task loading offline (backend.loop.check_tasks). ConfigError
-    names the field."""
+    train.device asks for one, every folder domain's folder, every domain's
+    source and the files of each text domain (their preflight: formats and
+    a bounded prefix, backend.data.sources.Shard.preflight; files that a
+    token cache of `store`'s runs was built from are not read again), and
+    every lm-eval task loading offline (backend.loop.check_tasks).
+    ConfigError names the field, and the file, line and JSON field."""
     from backend.config import ConfigError
-    from backend.loop import check_tasks
+    from backend.data.cache import cache_root
+    from backend.data.domains import DataError, build_domain
+    from backend.loop import check_tasks, run_dir_for
 
     for i, d in enumerate(cfg.data.domains):
         if d.path is not None and not Path(d.path).is_dir():
             raise ConfigError(f"data.domains[{i}].path: no such folder {d.path!r} on this machine")
+    caches = cache_root(cfg.data.cache_dir, run_dir_for(store, 0))  # every run of the store shares this root
+    for i, d in enumerate(cfg.data.domains):
+        try:
+            domain = build_domain(d)
+            if hasattr(domain, "preflight"):
+                domain.preflight(caches)
+        except DataError as e:
+            raise ConfigError(f"data.domains[{i}]: {e}") from None
     if cfg.train.device == "cuda":
         import torch
 

@@ -9,9 +9,8 @@ from pathlib import Path
 import streamlit as st
 
 from backend import config as config_mod
-from backend.config import ConfigError, DomainConfig
+from backend.config import ConfigError
 from backend.controllers import STRATEGIES
-from backend.data.domains import DataError, build_domain
 from pages._common import check_untrusted, flash, get_store, md, select_run_later, show_flash, start_run
 
 ss = st.session_state
@@ -106,13 +105,7 @@ else:
 
 if st.button("Start run", key="new_start", type="primary", icon=":material/play_arrow:", disabled=cfg is None):
     try:
-        for d in extra:  # read the folders now: a bad one is refused before any run exists
-            build_domain(DomainConfig(**d))
-    except DataError as e:
-        st.error(f"Data folders: {e}. No run was started.")
-        st.stop()
-    try:
-        run_id = start_run(store, cfg)  # refuses what this machine cannot run (a GPU, a task's data)
+        run_id = start_run(store, cfg)  # refuses what this machine cannot run (a GPU, a data file, a task's data)
     except ConfigError as e:
         st.error(f"This configuration cannot run here: {e}. No run was started.")
         st.stop()

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 from conftest_dashboard import APP
+from test_data_cache import BROKEN, broken_folder
 from streamlit.testing.v1 import AppTest
 
 from backend.config import preset
@@ -540,7 +541,13 @@ def test_new_run_refuses_a_bad_data_folder_and_a_bad_config(db, spawned, tmp_pat
     at = open_app("pages/new_run.py")
     at.text_area(key="new_folders").set_value(str(tmp_path / "missing")).run()
     at.button(key="new_start").click().run()
-    assert "Data folders" in texts(at.error) and "does not exist" in texts(at.error)
+    assert f"data.domains[6].path: no such folder '{tmp_path / 'missing'}'" in texts(at.error)
+    assert "No run was started" in texts(at.error)
+    folder, said = broken_folder(tmp_path, "non-JSON line")
+    at.text_area(key="new_folders").set_value(folder).run()
+    at.button(key="new_start").click().run()
+    assert not at.exception, at.exception
+    assert f"data.domains[6]: {said}" in texts(at.error) and "No run was started" in texts(at.error)
     assert len(store.runs()) == 1 and spawned == []
 
     at.radio(key="new_source").set_value("file").run()
@@ -548,6 +555,24 @@ def test_new_run_refuses_a_bad_data_folder_and_a_bad_config(db, spawned, tmp_pat
     at.file_uploader(key="new_config_file").set_value(("cfg.json", bad, "application/json")).run()
     assert "train.steps" in texts(at.error)
     assert len(store.runs()) == 1 and spawned == []
+
+
+@pytest.mark.parametrize("kind", BROKEN)
+def test_start_run_refuses_a_broken_data_file_before_creating_the_run(kind, spawned, tmp_path):
+    """pages._common.start_run, what the New run page and a replay upload
+    call: a folder domain with a file the worker cannot read is refused
+    naming the file; no run row, no worker."""
+    from backend.config import ConfigError
+    from pages._common import start_run
+
+    folder, said = broken_folder(tmp_path, kind)
+    cfg = preset("tiny").to_dict()
+    cfg["data"]["domains"].append({"name": "mine", "source": "folder", "path": folder})
+    store = Store(tmp_path / "cl.db")
+    with pytest.raises(ConfigError) as e:
+        start_run(store, preset("tiny").replace(data=cfg["data"]))
+    assert f"data.domains[6]: {said}" in str(e.value), str(e.value)
+    assert store.runs() == [] and spawned == []
 
 
 def test_new_run_from_a_toml_config(db, spawned):

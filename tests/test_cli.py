@@ -3,7 +3,9 @@
 import re
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, cli
+from test_data_cache import BROKEN, broken_folder
 
 from backend.__main__ import build_parser
 from backend.store import Store
@@ -143,3 +145,24 @@ def test_resume_with_a_policy_when_nothing_is_left_to_steer_says_so_and_goes_on(
     assert "--policy not applied: policy auto refused: run 1 is finished" in p.stderr, p.stderr
     assert "error: run 1 is finished" in p.stderr and "Traceback" not in p.stderr
     assert store.run(client.run_id)["policy"] == "human"
+
+
+@pytest.mark.parametrize("kind", BROKEN)
+def test_run_refuses_a_broken_data_file_before_creating_the_run(kind, tmp_path, capsys):
+    """`run --config` with a folder domain holding a file the worker cannot
+    read: exit 2 naming the domain, the file and (where it applies) the line
+    and field; no run row is written."""
+    import json
+
+    from backend.__main__ import main
+    from backend.config import preset
+
+    folder, said = broken_folder(tmp_path, kind)
+    cfg = preset("tiny").to_dict()
+    cfg["data"]["domains"].append({"name": "mine", "source": "folder", "path": folder})
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    db = tmp_path / "x.db"
+    assert main(["run", "--config", str(tmp_path / "cfg.json"), "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: data.domains[6]: {said}" in err, err
+    assert Store(db).runs() == []
