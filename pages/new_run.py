@@ -23,9 +23,10 @@ show_flash()
 def _load_upload(upload) -> config_mod.RunConfig:
     """The uploaded file through backend.config.from_text: the command
     line's parser, input limits, presets and error messages (the file's
-    suffix picks JSON or TOML; the uploader allows only those)."""
+    suffix picks JSON or TOML; the uploader allows only those), its paths
+    confined to the data roots before anything looks whether they exist."""
     fmt = Path(upload.name).suffix.lower().lstrip(".")
-    return config_mod.from_text(upload.getvalue(), fmt, name=upload.name)
+    return config_mod.from_text(upload.getvalue(), fmt, name=upload.name, untrusted=True)
 
 
 def _folder_domains(text: str, taken: list[str]) -> list[dict]:
@@ -95,7 +96,7 @@ if run_name.strip():
 extra = _folder_domains(folders, [d["name"] for d in data["data"]["domains"]])
 data["data"]["domains"] += extra
 try:
-    cfg = config_mod.from_dict(data)
+    cfg = config_mod.from_dict(data, untrusted=True)
     check_untrusted(cfg)  # everything here came from the browser: paths and sizes within the limits
 except ConfigError as e:
     cfg = None

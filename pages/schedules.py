@@ -24,7 +24,7 @@ st.caption("Starts a new run with the schedule's config and seed that follows it
 upload = st.file_uploader("Schedule JSON", type=["json"], key="schedule_upload")
 if upload is not None:
     try:
-        sched = schedule.parse_schedule(upload.getvalue())
+        sched = schedule.parse_schedule(upload.getvalue(), untrusted=True)
         check_untrusted(sched["run_config"])  # the replay trains on the file's config: same limits as an upload
     except (schedule.ScheduleError, ConfigError) as e:
         st.error(f"`{upload.name}` refused: {e}. No run was started.")

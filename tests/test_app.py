@@ -9,6 +9,7 @@ import base64
 import json
 import math
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -51,6 +52,12 @@ def open_app(page: str | None = None) -> AppTest:
 
 def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
+
+
+def shown(elements) -> str:
+    """The elements' text as a reader sees it: texts() with markdown's
+    backslash escapes (what md() adds) taken out."""
+    return re.sub(r"\\(.)", r"\1", texts(elements))
 
 
 def frame_with(at: AppTest, column: str):
@@ -665,8 +672,32 @@ def test_an_uploaded_config_reaching_outside_the_data_roots_is_refused(db, spawn
         ("cfg.json", json.dumps(cfg).encode(), "application/json")).run()
     assert not at.exception, at.exception
     n = len(cfg["data"]["domains"]) - 1
-    assert "refused" in texts(at.error) and f"data.domains[{n}].path" in texts(at.error)
-    assert at.button(key="new_start").disabled
+    assert "refused" in shown(at.error) and f"data.domains[{n}].path" in shown(at.error)
+    assert not [b for b in at.button if b.key == "new_start"]  # refused as it is read: nothing to start
+    assert len(store.runs()) == 1 and spawned == []
+
+
+def test_an_upload_learns_nothing_of_folders_outside_the_data_roots(db, spawned, tmp_path, monkeypatch):
+    """Two uploads naming a model folder outside the data roots, one that
+    exists (/usr/lib) and one that does not, get the same refusal; inside
+    the roots, a folder that is not there is still named as missing."""
+    store, run_id = db
+    root = tmp_path / "data"
+    root.mkdir()
+    monkeypatch.setenv("CLOSED_LOOP_DATA_ROOTS", str(root))
+    at = open_app("pages/new_run.py")
+    at.radio(key="new_source").set_value("file").run()
+
+    def upload(path: str) -> str:
+        cfg = json.dumps({"preset": "tiny", "model": {"pretrained": path}}).encode()
+        at.file_uploader(key="new_config_file").set_value(("cfg.json", cfg, "application/json")).run()
+        assert not at.exception, at.exception
+        return shown(at.error).replace(repr(path), "PATH")
+
+    assert Path("/usr/lib").is_dir() and not Path("/usr/lib/no-such-folder").exists()
+    there, absent = upload("/usr/lib"), upload("/usr/lib/no-such-folder")
+    assert there == absent and "model.pretrained: PATH is outside the data roots" in there, (there, absent)
+    assert "model.pretrained: no such folder PATH" in upload(str(root / "absent"))
     assert len(store.runs()) == 1 and spawned == []
 
 
