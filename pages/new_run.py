@@ -63,7 +63,7 @@ else:
     try:
         base = _load_upload(upload)
     except ConfigError as e:
-        st.error(f"`{upload.name}` refused: {e}")
+        st.error(f"{md(upload.name)} refused: {md(e)}")
         st.stop()
 
 # -- choices ---------------------------------------------------------------------------
@@ -100,7 +100,7 @@ try:
     check_untrusted(cfg)  # everything here came from the browser: paths and sizes within the limits
 except ConfigError as e:
     cfg = None
-    st.error(f"This configuration is refused: {e}")
+    st.error(f"This configuration is refused: {md(e)}")
 else:
     with st.expander("Resolved configuration"):
         st.json(cfg.to_dict(), expanded=1)
@@ -110,12 +110,12 @@ if st.button("Start run", key="new_start", type="primary", icon=":material/play_
         for d in extra:  # read the folders now: a bad one is refused before any run exists
             build_domain(DomainConfig(**d))
     except DataError as e:
-        st.error(f"Data folders: {e}. No run was started.")
+        st.error(f"Data folders: {md(e)}. No run was started.")
         st.stop()
     try:
         run_id = start_run(store, cfg)  # refuses what this machine cannot run (a GPU, a task's data)
     except ConfigError as e:
-        st.error(f"This configuration cannot run here: {e}. No run was started.")
+        st.error(f"This configuration cannot run here: {md(e)}. No run was started.")
         st.stop()
     select_run_later(run_id)
     flash(f"Run #{run_id} ({md(cfg.name)}, policy {cfg.policy}) started in the background.")
