@@ -69,10 +69,12 @@ def export_schedule(store, run_id: int) -> dict:
     }
 
 
-def parse_schedule(data, *, limits: Limits | None = None) -> dict:
+def parse_schedule(data, *, limits: Limits | None = None, untrusted: bool = False) -> dict:
     """Validate an imported schedule (JSON text, bytes or plain data) completely;
     returns it with a checked RunConfig under `run_config` and each segment's
     weights renormalised. Raises ScheduleError naming the first bad field.
+    untrusted: an upload's; its config is built as backend.config.from_dict
+    builds an untrusted one (paths confined to the data roots first).
 
     Refused: text over limits.max_schedule_bytes or nested deeper than
     limits.max_depth, unknown keys, integers outside 64 bits, text that is
@@ -94,7 +96,7 @@ def parse_schedule(data, *, limits: Limits | None = None) -> dict:
     if "config" not in data:
         raise ScheduleError("config: missing")
     try:
-        cfg = config_mod.from_dict(data["config"], limits=limits)
+        cfg = config_mod.from_dict(data["config"], limits=limits, untrusted=untrusted)
     except ConfigError as e:
         raise ScheduleError(f"config.{e}") from None
     _check_header(data, cfg)

@@ -194,20 +194,21 @@ def _bad_preset(rng: random.Random, data: dict) -> str:
     return f"preset = {_short(data['preset'])}"
 
 
-def config_cases(n: int, seed: int = 0):
+def config_cases(n: int, seed: int = 0, untrusted: bool = False):
     """(what, parse) for n mutated configs, then the whole-text attacks:
-    `parse()` runs backend.config.from_data, or from_text for JSON text."""
+    `parse()` runs backend.config.from_data, or from_text for JSON text
+    (untrusted: as the dashboard parses an upload)."""
     rng = random.Random(seed)
     base = preset("tiny").to_dict()
     for i in range(n):
         data, what = _config_case(rng, base)
         text = _as_text(data) if i % 4 == 3 else None
         if text is not None:
-            yield what, lambda t=text: from_text(t, "json")
+            yield what, lambda t=text: from_text(t, "json", untrusted=untrusted)
         else:
-            yield what, lambda d=data: from_data(d)
+            yield what, lambda d=data: from_data(d, untrusted=untrusted)
     for what, text, fmt in _text_extremes():
-        yield what, lambda t=text, f=fmt: from_text(t, f)
+        yield what, lambda t=text, f=fmt: from_text(t, f, untrusted=untrusted)
 
 
 def fuzz_configs(n: int, seed: int = 0) -> dict:
@@ -301,23 +302,24 @@ SCHEDULE_OPS = {"reorder": _reorder, "overlap": _overlap, "duplicate": _duplicat
                 "tokens": _shift_tokens, "rescale": _rescale}
 
 
-def schedule_cases(n: int, seed: int = 0):
+def schedule_cases(n: int, seed: int = 0, untrusted: bool = False):
     """(what, parse) for n mutated schedules (plain data, or JSON text one
-    time in four), then whole-text attacks; `parse()` runs parse_schedule."""
+    time in four), then whole-text attacks; `parse()` runs parse_schedule
+    (untrusted: as the dashboard parses an upload)."""
     rng = random.Random(seed)
     base = valid_schedule()
     for i in range(n):
         data = copy.deepcopy(base)
         what = "; ".join(_mutate(rng, data, SCHEDULE_OPS) for _ in range(rng.choice([1, 1, 2])))
         text = _as_text(data) if i % 4 == 3 else None
-        yield what, (lambda t=text: parse_schedule(t)) if text is not None else (lambda d=data: parse_schedule(d))
+        yield what, lambda v=data if text is None else text: parse_schedule(v, untrusted=untrusted)
     for what, text in [
         ("100,000 nested objects", '{"a":' * 100_000 + "1" + "}" * 100_000),
         ("6 MB of spaces", " " * 6_000_000),
         ("version true", json.dumps({**base, "version": True})),
         ("approved_by an object", json.dumps(base).replace('"approved_by": "alice"', '"approved_by": {"x": 1}', 1)),
     ]:
-        yield what, lambda t=text: parse_schedule(t)
+        yield what, lambda t=text: parse_schedule(t, untrusted=untrusted)
 
 
 def fuzz_schedules(n: int, seed: int = 0) -> dict:
@@ -368,9 +370,10 @@ def soak(n_schedules: int, n_configs: int, seed: int, workdir) -> dict:
             raise AssertionError("the stored replay schedule lost its first segment")
 
     try:
-        for kind, cases, start, keep in (("schedules", schedule_cases(n_schedules, seed), start_schedule,
-                                          store_schedule),
-                                         ("configs", config_cases(n_configs, seed), start_config, store_config)):
+        for kind, cases, start, keep in (("schedules", schedule_cases(n_schedules, seed, untrusted=True),
+                                          start_schedule, store_schedule),
+                                         ("configs", config_cases(n_configs, seed, untrusted=True), start_config,
+                                          store_config)):
             out[kind] = 0
             for what, parse in cases:
                 out[kind] += 1

@@ -80,7 +80,7 @@ def get_store() -> Store:
     try:
         return _open_store(path)
     except sqlite3.Error as e:  # not SQLite, another schema, a folder, unreadable: no page can run
-        st.error(f"The run database `{path}` cannot be used: {e}. Point ${DB_ENV} at a Closed Loop database, "
+        st.error(f"The run database `{path}` cannot be used: {md(e)}. Point ${DB_ENV} at a Closed Loop database, "
                  "or at a path where a new one can be made.")
         st.stop()
 

@@ -82,7 +82,7 @@ if st.button("Save pin", key=f"pin_save_{run_id}", icon=":material/push_pin:"):
     try:
         decisions.pin_link(store, run_id, pin_skill, pin_domain, on, by=user(), reason=pin_reason.strip())
     except DecisionError as e:
-        st.error(str(e))
+        st.error(md(e))
     else:
         flash(md(f"Link {pin_domain} -> {pin_skill} pinned {pin_state}" if on is not None
                  else f"Pin on {pin_domain} -> {pin_skill} cleared"), "info")
@@ -98,7 +98,7 @@ st.caption(("Set on this page" if saved is not None else "From the run's config"
 refused = store.events(run_id, "refused")
 if refused:
     st.warning(f"{len(refused)} proposal{'s' if len(refused) > 1 else ''} refused for breaking the objective; "
-               f"the last: {refused[-1]['message']}", icon=":material/block:")
+               f"the last: {md(refused[-1]['message'])}", icon=":material/block:")
 
 current = saved if saved is not None else cfg.to_dict()["objective"]
 with st.expander("Edit the objective", icon=":material/flag:", expanded=False):
@@ -140,7 +140,7 @@ with st.expander("Edit the objective", icon=":material/flag:", expanded=False):
         try:
             oid = decisions.set_objective(store, run_id, data, by=user(), reason=why.strip())
         except DecisionError as e:
-            st.error(str(e))
+            st.error(md(e))
         else:
             flash(f"Objective {oid} saved: the next proposal steers by it.")
             st.rerun()

@@ -53,7 +53,7 @@ def _switch_policy() -> None:
         decisions.set_policy(store, run_id, new, by=user())
     except DecisionError as e:  # nothing left to steer: the radio goes back to the policy in force
         ss[policy_key] = ss[seen_key] = store.run(run_id)["policy"]
-        flash(str(e), "error")
+        flash(md(e), "error")
         return
     ss[seen_key] = new
     flash(f"Policy is now **{new}**" + (": proposals are approved as they arrive." if new == "auto"
@@ -76,7 +76,7 @@ def _renormalised(values: dict[str, float]) -> dict[str, float] | None:
     try:
         final = validate_weights(values, domains)
     except WeightsError as e:
-        st.error(f"Not a mixture: {e}. Nothing will be saved.")
+        st.error(f"Not a mixture: {md(e)}. Nothing will be saved.")
         return None
     st.caption("Saved as (renormalised to sum to 1): " +
                ", ".join(f"{md(d)} **{w:.3f}**" for d, w in final.items()))
@@ -102,7 +102,7 @@ def _decide(pid: int, action: str, reason_key: str) -> None:
     try:
         decisions.decide(store, pid, action, by=user(), **kw)
     except DecisionError as e:
-        flash(str(e), "error")
+        flash(md(e), "error")
         return
     if action == "reject":
         ss[reason_key] = ""
@@ -154,7 +154,7 @@ def _acknowledge(skill: str, note_key: str) -> None:
         guard.acknowledge(store, run_id, skill, by=user(), step=store.run(run_id)["step"],
                                 note=(ss.get(note_key) or "").strip() or None)
     except StoreError as e:
-        flash(str(e), "error")
+        flash(md(e), "error")
         return
     flash(f"Alert on {md(skill)} acknowledged: the controller may push {md(skill)} again, and the guard now "
           "compares its progress from this step on.", "info")
@@ -241,7 +241,7 @@ def _save_manual() -> None:
     try:
         pid = decisions.set_mixture(store, run_id, values, by=user(), reason=why)
     except DecisionError as e:
-        flash(str(e), "error")
+        flash(md(e), "error")
         return
     flash(f"Manual mixture saved as proposal #{pid}; {apply_note(store, store.run(run_id))}.")
     ss.setdefault("awaiting_apply", set()).add(pid)

@@ -22,9 +22,10 @@ show_flash()
 def _load_upload(upload) -> config_mod.RunConfig:
     """The uploaded file through backend.config.from_text: the command
     line's parser, input limits, presets and error messages (the file's
-    suffix picks JSON or TOML; the uploader allows only those)."""
+    suffix picks JSON or TOML; the uploader allows only those), its paths
+    confined to the data roots before anything looks whether they exist."""
     fmt = Path(upload.name).suffix.lower().lstrip(".")
-    return config_mod.from_text(upload.getvalue(), fmt, name=upload.name)
+    return config_mod.from_text(upload.getvalue(), fmt, name=upload.name, untrusted=True)
 
 
 def _folder_domains(text: str, taken: list[str]) -> list[dict]:
@@ -61,7 +62,7 @@ else:
     try:
         base = _load_upload(upload)
     except ConfigError as e:
-        st.error(f"`{upload.name}` refused: {e}")
+        st.error(f"{md(upload.name)} refused: {md(e)}")
         st.stop()
 
 # -- choices ---------------------------------------------------------------------------
@@ -94,11 +95,11 @@ if run_name.strip():
 extra = _folder_domains(folders, [d["name"] for d in data["data"]["domains"]])
 data["data"]["domains"] += extra
 try:
-    cfg = config_mod.from_dict(data)
+    cfg = config_mod.from_dict(data, untrusted=True)
     check_untrusted(cfg)  # everything here came from the browser: paths and sizes within the limits
 except ConfigError as e:
     cfg = None
-    st.error(f"This configuration is refused: {e}")
+    st.error(f"This configuration is refused: {md(e)}")
 else:
     with st.expander("Resolved configuration"):
         st.json(cfg.to_dict(), expanded=1)
@@ -107,7 +108,7 @@ if st.button("Start run", key="new_start", type="primary", icon=":material/play_
     try:
         run_id = start_run(store, cfg)  # refuses what this machine cannot run (a GPU, a data file, a task's data)
     except ConfigError as e:
-        st.error(f"This configuration cannot run here: {e}. No run was started.")
+        st.error(f"This configuration cannot run here: {md(e)}. No run was started.")
         st.stop()
     select_run_later(run_id)
     flash(f"Run #{run_id} ({md(cfg.name)}, policy {cfg.policy}) started in the background.")

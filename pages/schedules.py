@@ -24,23 +24,23 @@ st.caption("Starts a new run with the schedule's config and seed that follows it
 upload = st.file_uploader("Schedule JSON", type=["json"], key="schedule_upload")
 if upload is not None:
     try:
-        sched = schedule.parse_schedule(upload.getvalue())
+        sched = schedule.parse_schedule(upload.getvalue(), untrusted=True)
         check_untrusted(sched["run_config"])  # the replay trains on the file's config: same limits as an upload
     except (schedule.ScheduleError, ConfigError) as e:
-        st.error(f"`{upload.name}` refused: {e}. No run was started.")
+        st.error(f"{md(upload.name)} refused: {md(e)}. No run was started.")
     else:
         cfg = sched["run_config"]
         src = sched.get("run") if isinstance(sched.get("run"), dict) else {}
-        st.success(f"`{upload.name}`: {len(sched['segments'])} segments over {cfg.train.steps:,} steps "
+        st.success(f"{md(upload.name)}: {len(sched['segments'])} segments over {cfg.train.steps:,} steps "
                    f"(run {md(src.get('id', '?'))} {md(src.get('name', ''))}, seed {cfg.seed}).")
         if st.button("Start replay run", key="start_replay", type="primary", icon=":material/replay:"):
             try:
                 run_id = worker.start_replay(store.path, sched, source=upload.name)
             except ConfigError as e:  # what this machine cannot run (a GPU, a folder, a task's data)
-                st.error(f"`{upload.name}` cannot run here: {e}. No run was started.")
+                st.error(f"{md(upload.name)} cannot run here: {md(e)}. No run was started.")
                 st.stop()
             select_run_later(run_id)
-            flash(f"Replay run #{run_id} started from `{upload.name}`.")
+            flash(f"Replay run #{run_id} started from {md(upload.name)}.")
             st.rerun()
 
 run = require_run(store)

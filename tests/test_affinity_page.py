@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 from backend.config import preset
 from backend.store import Store
 from backend.vocab import skill_name
+from pages._common import md
 
 PAGE = "pages/affinity.py"
 AFFINITY_SQL = """CREATE TABLE IF NOT EXISTS affinity (
@@ -167,7 +168,7 @@ def test_the_objective_is_edited_audited_and_a_half_deadline_is_refused_naming_t
 
     at.number_input(key=f"obj_at_least_{run_id}_add2").set_value(0.6)
     at.button(key=f"obj_save_{run_id}").click().run()
-    assert "objective.skills.add2.by_tokens: a deadline needs both" in at.error[0].value
+    assert md("objective.skills.add2.by_tokens: a deadline needs both") in at.error[0].value  # shown as typed
     assert len(store.events(run_id, "objective")) == 1  # nothing saved
 
 

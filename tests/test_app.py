@@ -9,6 +9,7 @@ import base64
 import json
 import math
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -29,6 +30,7 @@ from backend.schedule import export_schedule
 from backend.decisions import decide, set_policy
 from backend.guard import open_alerts, raise_alert
 from backend.store import Store
+from pages._common import md
 
 PAGES = ["pages/capabilities.py", "pages/training.py", "pages/mixture.py", "pages/compare.py", "pages/schedules.py",
          "pages/new_run.py"]
@@ -52,6 +54,12 @@ def open_app(page: str | None = None) -> AppTest:
 
 def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
+
+
+def shown(elements) -> str:
+    """The elements' text as a reader sees it: texts() with markdown's
+    backslash escapes (what md() adds) taken out."""
+    return re.sub(r"\\(.)", r"\1", texts(elements))
 
 
 def frame_with(at: AppTest, column: str):
@@ -370,7 +378,7 @@ def test_manual_mixture_is_validated_then_stored(db):
     for d in domains:
         at.number_input(key=f"manual_{run_id}_{d}").set_value(0.0)
     at.run()
-    assert "Not a mixture: all weights are zero" in texts(at.error)
+    assert "Not a mixture: all weights are zero" in shown(at.error)
     assert at.button(key=f"manual_save_{run_id}").disabled
     assert len(store.proposals(run_id)) == n_before
 
@@ -392,7 +400,7 @@ def test_a_manual_mixture_saved_after_the_run_finished_is_refused_with_its_messa
     store.update_run(run_id, status="finished", step=30)  # meanwhile, the worker finished
     at.button(key=f"manual_save_{run_id}").click().run()
     assert not at.exception, at.exception
-    assert f"manual mixture refused: run {run_id} is finished at step 30" in texts(at.error)
+    assert f"manual mixture refused: run {run_id} is finished at step 30" in shown(at.error)
     assert len(store.proposals(run_id)) == n_before
 
 
@@ -511,7 +519,7 @@ def test_broken_schedule_is_refused_naming_the_field(db, spawned, broken, field)
     at = open_app("pages/schedules.py")
     at.file_uploader(key="schedule_upload").set_value(("bad.json", raw, "application/json")).run()
     assert not at.exception, at.exception
-    assert field in texts(at.error) and "No run was started" in texts(at.error)
+    assert field in shown(at.error) and "No run was started" in shown(at.error)
     assert not [b for b in at.button if b.key == "start_replay"]
     assert len(store.runs()) == 1 and spawned == []
 
@@ -553,7 +561,7 @@ def test_new_run_refuses_a_bad_data_folder_and_a_bad_config(db, spawned, tmp_pat
     at.radio(key="new_source").set_value("file").run()
     bad = json.dumps({"preset": "tiny", "train": {"steps": -5}}).encode()
     at.file_uploader(key="new_config_file").set_value(("cfg.json", bad, "application/json")).run()
-    assert "train.steps" in texts(at.error)
+    assert "train.steps" in shown(at.error)
     assert len(store.runs()) == 1 and spawned == []
 
 
@@ -605,7 +613,7 @@ def test_a_database_that_is_no_run_store_is_named_not_a_traceback(tmp_path, monk
     monkeypatch.setenv("CLOSED_LOOP_DB", str(path))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception, at.exception
-    assert f"The run database `{path}` cannot be used: {what}" in texts(at.error)
+    assert f"The run database `{path}` cannot be used: {what}" in shown(at.error)
 
 
 def test_empty_database_offers_the_demo_run(tmp_path, monkeypatch, navigation_only, spawned):
@@ -690,8 +698,79 @@ def test_an_uploaded_config_reaching_outside_the_data_roots_is_refused(db, spawn
         ("cfg.json", json.dumps(cfg).encode(), "application/json")).run()
     assert not at.exception, at.exception
     n = len(cfg["data"]["domains"]) - 1
-    assert "refused" in texts(at.error) and f"data.domains[{n}].path" in texts(at.error)
-    assert at.button(key="new_start").disabled
+    assert "refused" in shown(at.error) and f"data.domains[{n}].path" in shown(at.error)
+    assert not [b for b in at.button if b.key == "new_start"]  # refused as it is read: nothing to start
+    assert len(store.runs()) == 1 and spawned == []
+
+
+def test_an_upload_learns_nothing_of_folders_outside_the_data_roots(db, spawned, tmp_path, monkeypatch):
+    """Two uploads naming a model folder outside the data roots, one that
+    exists (/usr/lib) and one that does not, get the same refusal; inside
+    the roots, a folder that is not there is still named as missing."""
+    store, run_id = db
+    root = tmp_path / "data"
+    root.mkdir()
+    monkeypatch.setenv("CLOSED_LOOP_DATA_ROOTS", str(root))
+    at = open_app("pages/new_run.py")
+    at.radio(key="new_source").set_value("file").run()
+
+    def upload(path: str) -> str:
+        cfg = json.dumps({"preset": "tiny", "model": {"pretrained": path}}).encode()
+        at.file_uploader(key="new_config_file").set_value(("cfg.json", cfg, "application/json")).run()
+        assert not at.exception, at.exception
+        return shown(at.error).replace(repr(path), "PATH")
+
+    assert Path("/usr/lib").is_dir() and not Path("/usr/lib/no-such-folder").exists()
+    there, absent = upload("/usr/lib"), upload("/usr/lib/no-such-folder")
+    assert there == absent and "model.pretrained: PATH is outside the data roots" in there, (there, absent)
+    assert "model.pretrained: no such folder PATH" in upload(str(root / "absent"))
+    assert len(store.runs()) == 1 and spawned == []
+
+
+MARKED_UP = "**x** ![i](http://e/x.png) [a](javascript:alert(1))"
+
+
+def assert_literal(elements, value: str) -> None:
+    """`value` reaches the markdown source escaped and shows as typed."""
+    assert value not in texts(elements) and md(value) in texts(elements), texts(elements)
+    assert value in shown(elements), shown(elements)
+
+
+def test_uploaded_and_typed_values_in_messages_are_shown_literally(db, spawned, tmp_path, monkeypatch):
+    """Refusals quote what was typed or uploaded (a folder, a file's name, a
+    config value, who decided); st.error shows each as text: no image is
+    fetched, no link or emphasis drawn."""
+    store, run_id = db
+    monkeypatch.setenv("CLOSED_LOOP_DATA_ROOTS", str(tmp_path))
+    at = open_app("pages/new_run.py")
+    at.text_area(key="new_folders").set_value(MARKED_UP).run()  # a folder outside the roots
+    assert "is outside the data roots" in shown(at.error)
+    assert_literal(at.error, MARKED_UP)
+
+    at.text_area(key="new_folders").set_value("").run()
+    at.radio(key="new_source").set_value("file").run()
+    bad = json.dumps({"preset": "tiny", "policy": MARKED_UP}).encode()
+    at.file_uploader(key="new_config_file").set_value((f"{MARKED_UP}.json", bad, "application/json")).run()
+    assert "policy: must be auto or human" in shown(at.error)
+    assert_literal(at.error, f"{MARKED_UP}.json")
+    assert_literal(at.error, repr(MARKED_UP))
+
+    at.switch_page("pages/schedules.py").run()
+    data = export_schedule(store, run_id)
+    data["config"]["policy"] = MARKED_UP
+    at.file_uploader(key="schedule_upload").set_value((f"{MARKED_UP}.json", json.dumps(data).encode(),
+                                                       "application/json")).run()
+    assert "config.policy: must be auto or human" in shown(at.error)
+    assert_literal(at.error, f"{MARKED_UP}.json")
+    assert_literal(at.error, repr(MARKED_UP))
+
+    p = pending(store, run_id)
+    at.switch_page("pages/mixture.py").run()
+    decide(store, p["id"], "reject", by=MARKED_UP)  # decided elsewhere meanwhile, by a name typed there
+    at.button(key=f"approve_{p['id']}").click().run()
+    assert not at.exception, at.exception
+    assert "not pending" in shown(at.error)
+    assert_literal(at.error, MARKED_UP)
     assert len(store.runs()) == 1 and spawned == []
 
 
@@ -702,7 +781,7 @@ def test_typed_steps_beyond_the_limit_are_refused(db, spawned, monkeypatch):
     at.selectbox(key="new_preset").set_value("tiny")
     at.number_input(key="new_steps").set_value(10**6).run()
     assert not at.exception, at.exception
-    assert "train.steps" in texts(at.error) and at.button(key="new_start").disabled
+    assert "train.steps" in shown(at.error) and at.button(key="new_start").disabled
     assert len(store.runs()) == 1 and spawned == []
 
 
@@ -714,7 +793,7 @@ def test_a_replayed_schedule_reaching_outside_the_data_roots_is_refused(db, spaw
     at = open_app("pages/schedules.py")
     at.file_uploader(key="schedule_upload").set_value(("s.json", json.dumps(data).encode(), "application/json")).run()
     assert not at.exception, at.exception
-    assert "model.pretrained" in texts(at.error) and "No run was started" in texts(at.error)
+    assert "model.pretrained" in shown(at.error) and "No run was started" in shown(at.error)
     assert not [b for b in at.button if b.key == "start_replay"]
     assert len(store.runs()) == 1 and spawned == []
 
@@ -734,8 +813,8 @@ def test_a_replayed_schedule_this_machine_cannot_run_is_refused(db, spawned, tmp
     assert not at.error, texts(at.error)
     at.button(key="start_replay").click().run()
     assert not at.exception, at.exception
-    assert f"data.domains[{i}].path" in texts(at.error) and str(missing) in texts(at.error)
-    assert "No run was started" in texts(at.error)
+    assert f"data.domains[{i}].path" in shown(at.error) and str(missing) in shown(at.error)
+    assert "No run was started" in shown(at.error)
     assert len(store.runs()) == 1 and spawned == []
 
 
@@ -782,4 +861,4 @@ def test_new_run_refuses_what_this_machine_cannot_run(db):
     preset_box.select("gpu-small").run()
     at.button(key="new_start").click().run()
     assert not at.exception, at.exception
-    assert "train.device: cuda" in texts(at.error) and len(store.runs()) == before
+    assert "train.device: cuda" in shown(at.error) and len(store.runs()) == before

@@ -1,11 +1,12 @@
 """backend/config/limits.py: limits for untrusted configs, data roots and
 confinement of every path a config reads."""
 
+import json
 import os
 
 import pytest
 
-from backend.config import ConfigError, Limits, check_untrusted, data_roots, from_dict, preset
+from backend.config import ConfigError, Limits, check_untrusted, data_roots, from_dict, from_text, preset
 from backend.config.limits import REPO, estimate_params
 
 
@@ -132,6 +133,48 @@ def test_model_and_tokenizer_folders_are_confined(tmp_path):
     (outside / "tok" / "tokenizer.json").write_text("{}")
     d["data"]["tokenizer_path"] = str(outside / "tok")
     assert refused(from_dict(d), roots=[root]).startswith("data.tokenizer_path:")
+
+
+@pytest.mark.parametrize("field", ["model.pretrained", "data.tokenizer_path"])
+def test_an_upload_learns_nothing_of_folders_outside_the_roots(tmp_path, monkeypatch, field):
+    """The schema looks whether these folders exist; built from an upload
+    (untrusted), a path outside the roots is refused as outside before that,
+    with the same message whether a folder is there or not. Inside the roots
+    it is looked for."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "outside").mkdir()
+    monkeypatch.setenv("CLOSED_LOOP_DATA_ROOTS", str(root))
+    section, key = field.split(".")
+
+    def upload(path) -> str:
+        text = json.dumps({"preset": "tiny", section: {key: str(path)}})
+        with pytest.raises(ConfigError) as e:
+            from_text(text, "json", untrusted=True)
+        return str(e.value).replace(repr(str(path)), "PATH")
+
+    there, absent = upload(tmp_path / "outside"), upload(tmp_path / "absent")
+    assert there == absent and there.startswith(f"{field}: PATH is outside the data roots"), (there, absent)
+    assert upload(root / "absent") == f"{field}: no such folder PATH"
+    assert upload("/usr/lib\0x") == f"{field}: a path cannot hold a NUL character"
+
+
+def test_a_schedule_upload_learns_nothing_of_folders_outside_the_roots(tmp_path, monkeypatch):
+    from backend.schedule import ScheduleError, parse_schedule
+
+    monkeypatch.setenv("CLOSED_LOOP_DATA_ROOTS", str(tmp_path / "root"))
+    (tmp_path / "outside").mkdir()
+    messages = []
+    for path in (tmp_path / "outside", tmp_path / "absent"):
+        cfg = tiny()
+        cfg["model"]["pretrained"] = str(path)
+        segment = {"from_step": 0, "to_step": cfg["train"]["steps"],
+                   "weights": {d["name"]: 1.0 for d in cfg["data"]["domains"]}}
+        with pytest.raises(ScheduleError) as e:
+            parse_schedule({"format": "closed-loop-schedule", "version": 1, "config": cfg, "segments": [segment]},
+                           untrusted=True)
+        messages.append(str(e.value).replace(repr(str(path)), "PATH"))
+    assert messages[0] == messages[1] and "config.model.pretrained: PATH is outside the data roots" in messages[0]
 
 
 def test_a_pretrained_model_is_sized_from_its_config_json(tmp_path):

@@ -10,7 +10,10 @@ repository's examples/ and the runs folder.
 `check_untrusted` applies them to a config from someone who should not be
 able to read any file, run code or occupy the machine for a year (an upload
 to the dashboard); `backend.config.loader` and `backend.schedule` apply the
-input limits (size, depth) to every file they parse.
+input limits (size, depth) to every file they parse, and with
+`untrusted=True` confine its paths (`confine_paths`) before the schema looks
+whether the model and tokenizer folders exist, so that a refusal never tells
+whether a path outside the roots exists.
 
 Such a config runs no Python: the one way a config names code is an lm-eval
 task YAML under `evaluation.tasks[].include_path` carrying a `!function` tag
@@ -143,19 +146,10 @@ def check_untrusted(cfg: RunConfig, limits: Limits | None = None, roots: list | 
     exceeds the limits. Paths are resolved with realpath, so a symlink or `..`
     cannot leave a root."""
     limits = limits or Limits.from_env()
-    roots = [Path(os.path.realpath(r)) for r in (data_roots() if roots is None else roots)]
-    for i, d in enumerate(cfg.data.domains):
-        if d.path is not None:
-            _confined(d.path, f"data.domains[{i}].path", roots)
-    if cfg.model.pretrained:
-        _confined(cfg.model.pretrained, "model.pretrained", roots)
-    if cfg.data.tokenizer_path:
-        _confined(cfg.data.tokenizer_path, "data.tokenizer_path", roots)
-    if cfg.data.cache_dir:  # token caches are written there
-        _confined(cfg.data.cache_dir, "data.cache_dir", roots)
+    roots = _real(roots)
+    confine_paths(cfg.to_dict(), roots)
     for i, spec in enumerate(cfg.evaluation.tasks):
         if spec.include_path:
-            _confined(spec.include_path, f"evaluation.tasks[{i}].include_path", roots)
             _no_task_code(spec.include_path, f"evaluation.tasks[{i}].include_path", roots)
     m, t = cfg.model, cfg.train
     _at_most("model.num_layers", m.num_layers, limits, "max_layers")
@@ -174,7 +168,51 @@ def check_untrusted(cfg: RunConfig, limits: Limits | None = None, roots: list | 
              what="checkpoints (train.steps / train.checkpoint_every + 1)")
 
 
+def config_paths(data) -> list[tuple[str, str]]:
+    """(field, path) for every file or folder a config's plain data names:
+    each folder domain's path, the model and tokenizer folders, the token
+    cache folder (written to) and each lm-eval task's include_path. Read
+    from plain data (RunConfig.to_dict(), or an upload not built yet): a
+    value that is no string is left to the schema, which refuses it."""
+
+    def table(obj, key) -> dict:
+        value = obj.get(key) if isinstance(obj, dict) else None
+        return value if isinstance(value, dict) else {}
+
+    def rows(obj, key) -> list[dict]:
+        value = obj.get(key) if isinstance(obj, dict) else None
+        return [row for row in value if isinstance(row, dict)] if isinstance(value, list) else []
+
+    model, data_, evaluation = table(data, "model"), table(data, "data"), table(data, "evaluation")
+    named = [(f"data.domains[{i}].path", d.get("path")) for i, d in enumerate(rows(data_, "domains"))]
+    named += [("model.pretrained", model.get("pretrained")), ("data.tokenizer_path", data_.get("tokenizer_path")),
+              ("data.cache_dir", data_.get("cache_dir"))]
+    named += [(f"evaluation.tasks[{i}].include_path", t.get("include_path"))
+              for i, t in enumerate(rows(evaluation, "tasks"))]
+    return [(field, path) for field, path in named if isinstance(path, str)]
+
+
+def confine_paths(data, roots: list | None = None) -> None:
+    """Refuse (ConfigError naming the field) a path in a config's plain data
+    (config_paths) that lies outside the data roots. Run on an untrusted
+    config before it is built (backend.config.loader, untrusted=True): the
+    schema looks whether model.pretrained and data.tokenizer_path exist, so
+    building first would tell an upload whether any folder on the machine
+    exists. A path outside the roots gets the same refusal whether it exists
+    or not; only one inside is looked for."""
+    roots = _real(roots)
+    for field, path in config_paths(data):
+        _confined(path, field, roots)
+
+
+def _real(roots: list | None) -> list[Path]:
+    """The roots (default: data_roots()) resolved with realpath."""
+    return [Path(os.path.realpath(r)) for r in (data_roots() if roots is None else roots)]
+
+
 def _confined(path: str, field: str, roots: list[Path]) -> None:
+    if "\0" in path:  # realpath cannot take one
+        raise ConfigError(f"{field}: a path cannot hold a NUL character")
     real = Path(os.path.realpath(path))
     if not any(real == r or r in real.parents for r in roots):
         raise ConfigError(

@@ -24,7 +24,7 @@ import types
 import typing
 from pathlib import Path
 
-from backend.config.limits import Limits
+from backend.config.limits import Limits, confine_paths
 from backend.config.schema import INT64, ConfigError, ControllerConfig, RunConfig
 
 
@@ -199,15 +199,23 @@ def _encodable(s: str, where: str, key: bool = False) -> None:
 # -- plain data -> dataclasses ---------------------------------------------------------
 
 
-def from_dict(data: dict, cls: type = RunConfig, path: str = "", *, limits: Limits | None = None) -> typing.Any:
+def from_dict(data: dict, cls: type = RunConfig, path: str = "", *, limits: Limits | None = None,
+              untrusted: bool = False) -> typing.Any:
     """Build a config dataclass from plain data, refusing unknown keys, values
     of the wrong type, integers outside 64 bits, unencodable text and deep
-    nesting, with a message that names the field."""
+    nesting, with a message that names the field.
+
+    untrusted: a RunConfig's data from someone who may not read files (an
+    upload): every path it names must lie within the data roots, refused
+    before the schema looks whether it exists (limits.confine_paths); the
+    rest of limits.check_untrusted is the caller's, on the config built."""
     limits = limits or Limits.from_env()
     try:
         check_plain(data, max_depth=limits.max_depth, path=path)
     except InputError as e:
         raise ConfigError(str(e)) from None
+    if untrusted:
+        confine_paths(data)
     return _build(data, cls, path)
 
 
@@ -326,9 +334,10 @@ def load(path: str | Path, *, limits: Limits | None = None) -> RunConfig:
     return from_text(p.read_bytes(), p.suffix[1:], name=f"config file {str(p)!r}", limits=limits)
 
 
-def from_text(text: str | bytes, fmt: str, *, name: str = "config", limits: Limits | None = None) -> RunConfig:
+def from_text(text: str | bytes, fmt: str, *, name: str = "config", limits: Limits | None = None,
+              untrusted: bool = False) -> RunConfig:
     """A run config from TOML or JSON text (a file's or an upload's), within
-    the input limits; errors start with `name`."""
+    the input limits; errors start with `name`. untrusted: as from_dict."""
     limits = limits or Limits.from_env()
     if fmt not in ("toml", "json"):
         raise ConfigError(f"{name}: expected .json or .toml, got {fmt!r}")
@@ -336,11 +345,12 @@ def from_text(text: str | bytes, fmt: str, *, name: str = "config", limits: Limi
         data = parse_text(text, fmt, max_bytes=limits.max_config_bytes, max_depth=limits.max_depth)
     except InputError as e:
         raise ConfigError(str(e) if e.field else f"{name}: {e}") from None
-    return from_data(data, limits=limits)
+    return from_data(data, limits=limits, untrusted=untrusted)
 
 
-def from_data(data: dict, *, limits: Limits | None = None) -> RunConfig:
-    """A config from plain data, starting from `preset` when it names one."""
+def from_data(data: dict, *, limits: Limits | None = None, untrusted: bool = False) -> RunConfig:
+    """A config from plain data, starting from `preset` when it names one;
+    untrusted: as from_dict (the paths of the merged data are confined)."""
     from backend.config.presets import preset_data
 
     limits = limits or Limits.from_env()
@@ -353,7 +363,7 @@ def from_data(data: dict, *, limits: Limits | None = None) -> RunConfig:
     data = dict(data)
     if "preset" in data:
         data = merge(preset_data(data.pop("preset")), data)
-    return from_dict(data, limits=limits)
+    return from_dict(data, limits=limits, untrusted=untrusted)
 
 
 def merge(base: dict, over: dict) -> dict:
