@@ -549,13 +549,13 @@ def test_new_run_refuses_a_bad_data_folder_and_a_bad_config(db, spawned, tmp_pat
     at = open_app("pages/new_run.py")
     at.text_area(key="new_folders").set_value(str(tmp_path / "missing")).run()
     at.button(key="new_start").click().run()
-    assert f"data.domains[6].path: no such folder '{tmp_path / 'missing'}'" in texts(at.error)
-    assert "No run was started" in texts(at.error)
+    assert f"data.domains[6].path: no such folder '{tmp_path / 'missing'}'" in shown(at.error)
+    assert "No run was started" in shown(at.error)
     folder, said = broken_folder(tmp_path, "non-JSON line")
     at.text_area(key="new_folders").set_value(folder).run()
     at.button(key="new_start").click().run()
     assert not at.exception, at.exception
-    assert f"data.domains[6]: {said}" in texts(at.error) and "No run was started" in texts(at.error)
+    assert f"data.domains[6]: {said}" in shown(at.error) and "No run was started" in shown(at.error)
     assert len(store.runs()) == 1 and spawned == []
 
     at.radio(key="new_source").set_value("file").run()
