@@ -168,16 +168,13 @@ class MixtureSampler:
         advances by B as each is taken. With background=True (a GPU
         computes: the CPU is free) each is drawn in a thread while the trainer
         works on the one before. On the CPU each is drawn in line, between two
-        steps: one vectorised call, and measured on 2 quiet cores (bench/
-        throughput.py) in line gave 0.92x the fixed-batch loop, a forked
-        prefetch process 0.83x (it takes a core from the step's threads) and
-        a thread less still (the interpreter lock); with the word cache
-        (backend.data.tokenizer.WordEncoder) in line gives 0.94-1.01x (13 runs
-        on 2026-12-07, the spread the machine's noise). A batch of 16 draws in
-        0.13 ms from text domains' caches and 1.4 ms from the demo's synthetic
-        streams (~2% of a step); `bench/throughput.py --steps 10 --blocks 150`
-        (short blocks, order alternated, total times) reads 0.971x on the
-        demo (three runs) and 0.987x / 0.991x on text domains only (`--config
+        steps: one vectorised call. A forked prefetch process measured 0.83x
+        the fixed-batch loop on 2 cores (it takes a core from the step's
+        threads) and a thread no better than in line (the interpreter lock).
+        A batch of 16 draws in 0.13 ms from text domains' caches and ~0.9 ms
+        from the demo's synthetic streams (their skill makers and `random`,
+        ~1.3% of a step); `bench/throughput.py` reads 0.96-0.99x on the demo
+        and 0.99-1.00x on text domains only (`--config
         bench/text-domains.toml`)."""
         import torch
 
