@@ -30,6 +30,7 @@ import math
 import numbers
 import operator
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
@@ -620,6 +621,9 @@ class RunClient:
         declared = self.cfg.controller.links == "declared"
         steer = [s for s in self.store.skills(self.run_id) if s["kind"] == "steer"]
         ms = self.store.measurements(self.run_id)
+        by_skill_metric = defaultdict(list)  # one pass, not one per skill: runs hold 10^5+ rows
+        for m in ms:
+            by_skill_metric[m["skill"], m["metric"]].append(m)
         unsteerable = {}
         for s in steer:
             metric, hib = s["metric"] or "exact_match", s["higher_is_better"] in (None, 1)
@@ -627,7 +631,7 @@ class RunClient:
                 unsteerable[s["name"]] = "no domain is declared to feed it (evaluation.tasks[].domains)"
             elif not hib or not vocab.is_score(metric):
                 unsteerable[s["name"]] = f"its metric {metric} is not a [0, 1] score where higher is better"
-            elif off := off_range([m for m in ms if m["skill"] == s["name"] and m["metric"] == metric], metric):
+            elif off := off_range(by_skill_metric[s["name"], metric], metric):
                 unsteerable[s["name"]] = (f"its metric {metric} reported {off['value']:g} at step {off['step']}, "
                                           "outside [0, 1]: not estimated from that checkpoint on")
         skills = [s for s in steer if s["name"] not in unsteerable]
