@@ -110,14 +110,16 @@ def user() -> str:
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]()<>!|~:$&#])")  # what marks up inline text (links, images, code,
 # emphasis, HTML, :directives:, math, entities, headings); CommonMark takes each backslash-escaped literally
+_MD_LINE_START = re.compile(r"(?m)^([ \t]*(?:\d+)?)([-+=.)])")  # what starts a list item, a setext heading
+# underline or a thematic break at a line's start ("- a", "1. a", "==="); the sign is escaped, not the digits
 
 
 def md(text) -> str:
     """`text` that a person or a file chose (a run's name, a reason, who
     decided, a skill or domain name, an error quoting them) escaped for the
     st.* calls that render markdown, so that it shows literally: no image,
-    link, emphasis or :directive[...] of its own."""
-    return _MD_SPECIAL.sub(r"\\\1", str(text))
+    link, emphasis, :directive[...], list or heading of its own."""
+    return _MD_LINE_START.sub(r"\1\\\2", _MD_SPECIAL.sub(r"\\\1", str(text)))
 
 
 def check_untrusted(cfg) -> None:

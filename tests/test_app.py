@@ -226,6 +226,17 @@ def test_names_from_configs_and_files_are_shown_literally_not_as_markdown(db, sp
     assert EVIL_SHOWN in texts(at.success) and EVIL not in texts(at.success)
 
 
+@pytest.mark.parametrize("text, escaped", [
+    ("- a", r"\- a"), ("+ a", r"\+ a"), ("1. a", r"1\. a"), ("12) a", r"12\) a"), ("===", r"\==="),
+    ("ok\n  - b", "ok\n  \\- b"), ("x - y 0.5", "x - y 0.5"),
+])
+def test_md_escapes_what_starts_a_list_or_heading_at_a_line_start(text, escaped):
+    """A name or message that begins like a list item or a setext underline
+    shows as typed: the sign is escaped at each line's start, nowhere else."""
+    assert md(text) == escaped
+    assert re.sub(r"\\(.)", r"\1", md(text)) == text
+
+
 def test_training_page_draws_the_logged_curves(db):
     store, run_id = db
     logged = store.train_log(run_id)
