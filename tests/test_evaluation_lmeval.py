@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from backend.evaluation.lmeval_tasks import TaskError, evaluate_tasks, resolve_tasks, rotation_indices
+from backend.evaluation.lmeval_tasks import FEWSHOT_SEED, TaskError, evaluate_tasks, resolve_tasks, rotation_indices
 
 TASKS = str(ROOT / "examples" / "tasks")
 
@@ -430,3 +430,16 @@ def test_a_prompt_template_cannot_run_code(tmp_path):
         resolve_tasks([Spec("x", "t_render", include_path=folder)])
     assert not marker.exists()
 
+
+
+def test_more_shots_than_fewshot_documents_are_refused(fixed_tasks, fixed_lm):
+    """t_yn draws its examples from its own 8 documents: 9 shots cannot be
+    drawn, which lm-eval found only at the first checkpoint (random.sample,
+    mid-run); 8 can, and the draw of the check leaves the seeded ones."""
+    with pytest.raises(TaskError, match=r"evaluation.tasks\[0\].num_fewshot: task 't_yn' cannot draw 9 .* its 8 "):
+        resolve_tasks([Spec("yn", "t_yn", include_path=fixed_tasks, num_fewshot=9)])
+    ts = resolve_tasks([Spec("yn", "t_yn", include_path=fixed_tasks, num_fewshot=8)])
+    _, items = evaluate_tasks(ts, fixed_lm, round_=0, seed=0)
+    assert items[0]["prompt"].count("?") == 9
+    ts.leaves[0].task.set_fewshot_seed(seed=FEWSHOT_SEED)  # as lm-eval seeds it
+    assert evaluate_tasks(ts, fixed_lm, round_=0, seed=0)[1] == items

@@ -5,9 +5,10 @@ user's own tasks, or a group (each subtask its own facet).
 per worker and checks it before any training starts: an unknown task (with
 the closest names), a metric the task does not have, a group whose tasks are
 not all scored by one metric and direction (the skill's score is the mean of
-its facets), a held-out task equal to its steer task, a YAML folder that does
-not parse, or a registry task whose data is not on this machine (HF offline)
-is a `TaskError` naming the field.
+its facets), a held-out task equal to its steer task, more few-shot examples
+than the task has documents to draw them from, a YAML folder that does not
+parse, or a registry task whose data is not on this machine (HF offline) is a
+`TaskError` naming the field.
 
 What it learns about each leaf task: its output type, its metrics with their
 direction (`higher_is_better`, from the task itself), its document count, and
@@ -48,6 +49,9 @@ DECODING = {
     "loglikelihood": "teacher_forced",
     "loglikelihood_rolling": "teacher_forced",
 }
+
+
+FEWSHOT_SEED = 1234  # lm-eval's default few-shot seed: the examples a plain lm_eval run draws
 
 
 class TaskError(ValueError):
@@ -229,6 +233,23 @@ def _chance(task, output_type: str, metric: str) -> float | None:
     return None
 
 
+def _check_shots(task, where: str, name: str) -> None:
+    """The few-shot examples of a prompt can be drawn: one prompt is built
+    here, since lm-eval would fail only at the first checkpoint, mid-run,
+    when num_fewshot exceeds the documents it draws them from."""
+    shots = task.get_config("num_fewshot") or 0
+    if not shots:
+        return
+    try:
+        task.fewshot_context(doc=task.eval_docs[0], num_fewshot=shots)
+    except (ValueError, AssertionError):  # random.sample / first_n: more shots than documents
+        pool = len(task.sampler.fewshot_docs())
+        raise TaskError(f"{where}: task {name!r} cannot draw {shots} few-shot examples for a prompt from its {pool} "
+                        f"few-shot documents (less the evaluated one where they are its own split); "
+                        f"lower num_fewshot") from None
+    task.set_fewshot_seed(seed=FEWSHOT_SEED)  # the draw above moved it
+
+
 def resolve_tasks(specs: list, *, where: str = "evaluation.tasks") -> TaskSet:
     """Load and check every spec (objects with skill, task, include_path,
     metric, holdout, num_fewshot); returns the TaskSet with one LeafTask per
@@ -267,13 +288,14 @@ def resolve_tasks(specs: list, *, where: str = "evaluation.tasks") -> TaskSet:
                     task.set_config(key="num_fewshot", value=spec.num_fewshot)
                 elif task.get_config("num_fewshot") is None:
                     task.set_config(key="num_fewshot", value=0)
-                task.set_fewshot_seed(seed=1234)
+                task.set_fewshot_seed(seed=FEWSHOT_SEED)
                 try:
                     n_docs = len(task.eval_docs)
                 except Exception as e:  # noqa: BLE001 - a broken data file
                     raise TaskError(f"{at}.{field_}: task {tname!r} has no readable documents: {e}") from None
                 if n_docs == 0:
                     raise TaskError(f"{at}.{field_}: task {tname!r} has no documents")
+                _check_shots(task, f"{at}.num_fewshot", tname)
                 out = task.OUTPUT_TYPE
                 side.append(LeafTask(name=tname, skill=skill, kind=kind, task=task, output_type=out,
                                      metric=metric, higher_is_better=metrics[metric], n_docs=n_docs,
