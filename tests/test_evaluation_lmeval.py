@@ -76,6 +76,9 @@ def test_rotation_is_seeded_fresh_each_checkpoint_and_wraps():
     (Spec("x", "ex_adition"), ["evaluation.tasks[0].task", "unknown", "ex_addition"]),
     (Spec("x", "ex_addition", metric="f1"), ["evaluation.tasks[0].metric", "'f1'", "acc_norm"]),
     (Spec("x", "ex_addition", holdout="ex_addition"), ["evaluation.tasks[0].holdout", "equals"]),
+    # the guard would weigh a falling perplexity against a rising exact match
+    (Spec("x", "ex_copy", holdout="ex_verse"), ["evaluation.tasks[0].metric", "holdout 'ex_verse'",
+                                                "word_perplexity (lower is better)", "'ex_copy' by exact_match"]),
 ])
 def test_bad_specs_are_refused_naming_the_field(spec, words):
     with pytest.raises(TaskError) as e:

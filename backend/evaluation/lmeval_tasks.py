@@ -5,7 +5,8 @@ user's own tasks, or a group (each subtask its own facet).
 per worker and checks it before any training starts: an unknown task (with
 the closest names), a metric the task does not have, a group whose tasks are
 not all scored by one metric and direction (the skill's score is the mean of
-its facets), a held-out task equal to its steer task, more few-shot examples
+its facets), a held-out task equal to its steer task or scored by another
+metric or direction (the guard compares the two), more few-shot examples
 than the task has documents to draw them from, a YAML folder that does not
 parse, or a registry task whose data is not on this machine (HF offline) is a
 `TaskError` naming the field.
@@ -250,6 +251,11 @@ def _check_shots(task, where: str, name: str) -> None:
     task.set_fewshot_seed(seed=FEWSHOT_SEED)  # the draw above moved it
 
 
+def _scored(leaf: LeafTask) -> str:
+    """How a leaf scores its skill: "acc (higher is better)"."""
+    return f"{leaf.metric} ({'higher' if leaf.higher_is_better else 'lower'} is better)"
+
+
 def resolve_tasks(specs: list, *, where: str = "evaluation.tasks") -> TaskSet:
     """Load and check every spec (objects with skill, task, include_path,
     metric, holdout, num_fewshot); returns the TaskSet with one LeafTask per
@@ -303,12 +309,17 @@ def resolve_tasks(specs: list, *, where: str = "evaluation.tasks") -> TaskSet:
                                      per_checkpoint=getattr(spec, "items_per_checkpoint", None),
                                      domains=list(getattr(spec, "domains", []) or [])))
             # the skill's score is the mean of its facets: one metric, one direction
-            if len({(leaf.metric, leaf.higher_is_better) for leaf in side}) > 1:
-                scored = ", ".join(f"{leaf.name}: {leaf.metric} ({'higher' if leaf.higher_is_better else 'lower'}"
-                                   f" is better)" for leaf in side)
+            if len({_scored(leaf) for leaf in side}) > 1:
+                scored = ", ".join(f"{leaf.name}: {_scored(leaf)}" for leaf in side)
                 hint = "" if spec.metric else "; set `metric` to one metric they all have"
                 raise TaskError(f"{at}.metric: the tasks of {field_} {name!r} are not scored alike ({scored}): "
                                 f"skill {skill!r} needs one metric and direction for all of them{hint}")
+            # the Goodhart guard compares the held-out score's rise with the steer score's: one scale
+            if kind == "holdout" and _scored(side[0]) != _scored(ts.leaves[-1]):
+                hint = "" if spec.metric else "; set `metric` to one metric both have"
+                raise TaskError(f"{at}.metric: holdout {name!r} is scored by {_scored(side[0])}, its steer task "
+                                f"{spec.task!r} by {_scored(ts.leaves[-1])}: the guard compares the two, so "
+                                f"both need one metric and direction{hint}")
             ts.leaves += side
     return ts
 
