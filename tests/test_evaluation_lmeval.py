@@ -268,6 +268,8 @@ filter_list:
   - {name: a, filter: [{function: take_first}]}
   - {name: b, filter: [{function: take_first}]}
 """,
+    "data/none.jsonl": "",
+    "none.yaml": "include: yn.yaml\ntask: t_none\ndataset_kwargs: {data_files: {test: data/none.jsonl}}\n",
     "mixed.yaml": "group: g_mixed\ntask: [t_pick, t_sum]\n",
     "chances.yaml": "group: g_chances\ntask: [t_yn, t_pick]\n",
 }
@@ -383,6 +385,11 @@ def test_a_group_scored_by_different_metrics_is_refused(fixed_tasks, spec, words
         resolve_tasks([Spec(spec.skill, spec.task, include_path=fixed_tasks, holdout=spec.holdout)])
     for w in words:
         assert w in str(e.value), str(e.value)
+
+
+def test_a_task_without_documents_is_refused_as_such(fixed_tasks):
+    with pytest.raises(TaskError, match=r"evaluation.tasks\[0\].task: task 't_none' has no documents"):
+        resolve_tasks([Spec("none", "t_none", include_path=fixed_tasks)])
 
 
 def test_a_skills_chance_is_the_mean_of_its_tasks(fixed_tasks):

@@ -202,6 +202,8 @@ class TaskSet:
             return list(self.manager.load([name])["tasks"].values())
         except TaskError:
             raise
+        except StopIteration:  # datasets' json reader, on a data file without a row
+            raise TaskError(f"{where}: task {name!r} has no documents (an empty data file?)") from None
         except Exception as e:
             text = f"{type(e).__name__}: {e}"
             if any(w in text for w in ("offline", "Offline", "ConnectionError", "couldn't be found",
