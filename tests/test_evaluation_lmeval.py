@@ -375,6 +375,33 @@ def test_only_the_first_filter_scores_the_skill(fixed_tasks, fixed_lm, tmp_path)
     assert len(facet_figure(facets).data[0].x) == 2
 
 
+def test_the_spec_chooses_the_filter_that_scores_the_skill(fixed_tasks, fixed_lm):
+    """`metric = "exact_match,flexible-extract"` (lm-eval's results key):
+    flexible-extract's row (8 of 8) scores the skill and its answers are the
+    items; strict-match's is the metric of its own."""
+    from backend.client import taskset_configs
+
+    ts = resolve_tasks([Spec("sum", "t_sum", include_path=fixed_tasks, metric="exact_match,flexible-extract")])
+    rows, items = evaluate_tasks(ts, fixed_lm, round_=0, seed=0)
+    assert [(r["metric"], r["scorer"], r["value"], r["chance"] is None) for r in rows] == [
+        ("exact_match/strict-match", "exact_match/strict-match", 0.0, True),
+        ("exact_match", "exact_match/flexible-extract", 1.0, False)]
+    assert [it["correct"] for it in items] == [1] * 8 and taskset_configs(ts)[0]["metadata"]["metric"] == "exact_match"
+    ts = resolve_tasks([Spec("yn", "t_yn", include_path=fixed_tasks, metric="acc_norm,none")])  # no filter_list
+    assert {r["metric"] for r in evaluate_tasks(ts, fixed_lm, round_=0, seed=0)[0]} == {"acc", "acc_norm"}
+
+
+@pytest.mark.parametrize("metric, words", [
+    ("exact_match,flexible", ["has no metric 'exact_match,flexible'", "filters: strict-match, flexible-extract"]),
+    ("exact_match/flexible-extract", ["has no metric 'exact_match/flexible-extract'", "`metric,filter`"]),
+])
+def test_a_filter_the_task_has_not_is_refused(fixed_tasks, metric, words):
+    with pytest.raises(TaskError) as e:
+        resolve_tasks([Spec("sum", "t_sum", include_path=fixed_tasks, metric=metric)])
+    for w in ["evaluation.tasks[0].metric: task 't_sum'"] + words:
+        assert w in str(e.value), str(e.value)
+
+
 @pytest.mark.parametrize("spec, words", [
     (Spec("mixed", "g_mixed"), ["evaluation.tasks[0].metric", "task 'g_mixed'", "t_pick: acc (higher is better)",
                                 "t_sum: exact_match (higher is better)", "set `metric`"]),

@@ -72,6 +72,9 @@ class LeafTask:
     output_type: str
     metric: str
     """The metric that scores the skill (without lm-eval's filter suffix)."""
+    filter: str
+    """The lm-eval filter whose `metric` scores the skill ("none" where the
+    task has no filter_list)."""
     higher_is_better: bool
     n_docs: int
     chance: float | None
@@ -221,6 +224,11 @@ def _task_metrics(task) -> dict[str, bool]:
     return {str(k): bool(v) for k, v in hib.items()}
 
 
+def _filters(task) -> list[str]:
+    """The task's filter names in order: its filter_list's, else lm-eval's "none"."""
+    return [f["name"] for f in task.config.filter_list or []] or ["none"]
+
+
 def _chance(task, output_type: str, metric: str) -> float | None:
     declared = (task.config.metadata or {}).get("chance") if isinstance(task.config.metadata, dict) else None
     if _num(declared) is not None:
@@ -287,11 +295,14 @@ def resolve_tasks(specs: list, *, where: str = "evaluation.tasks") -> TaskSet:
                 if tname in seen:
                     raise TaskError(f"{at}.{field_}: task {tname!r} is already measured by skill {seen[tname]!r}")
                 seen[tname] = skill
-                metrics = _task_metrics(task)
-                metric = spec.metric or (next(iter(metrics)) if metrics else None)
-                if metric is None or metric not in metrics:
-                    raise TaskError(f"{at}.metric: task {tname!r} has no metric {metric!r} "
-                                    f"(its metrics: {', '.join(metrics) or 'none'})")
+                metrics, filters = _task_metrics(task), _filters(task)
+                metric, _, flt = (spec.metric or "").partition(",")  # lm-eval's key: "exact_match,strict-match"
+                metric, flt = metric or next(iter(metrics), None), flt or filters[0]
+                if metric not in metrics or flt not in filters:
+                    scored = (f"; its filters: {', '.join(filters)}, chosen as `metric,filter`"
+                              if len(filters) > 1 or flt not in filters else "")
+                    raise TaskError(f"{at}.metric: task {tname!r} has no metric {spec.metric or metric!r} "
+                                    f"(its metrics: {', '.join(metrics) or 'none'}{scored})")
                 if spec.num_fewshot is not None:
                     task.set_config(key="num_fewshot", value=spec.num_fewshot)
                 elif task.get_config("num_fewshot") is None:
@@ -306,7 +317,7 @@ def resolve_tasks(specs: list, *, where: str = "evaluation.tasks") -> TaskSet:
                 _check_shots(task, f"{at}.num_fewshot", tname)
                 out = task.OUTPUT_TYPE
                 side.append(LeafTask(name=tname, skill=skill, kind=kind, task=task, output_type=out,
-                                     metric=metric, higher_is_better=metrics[metric], n_docs=n_docs,
+                                     metric=metric, filter=flt, higher_is_better=metrics[metric], n_docs=n_docs,
                                      chance=_chance(task, out, metric), metrics=metrics,
                                      per_checkpoint=getattr(spec, "items_per_checkpoint", None),
                                      domains=list(getattr(spec, "domains", []) or [])))
@@ -463,12 +474,13 @@ def evaluate_tasks(ts: TaskSet, lm, *, round_: int, seed: int, per_checkpoint: i
     metric and its lm-eval filter). Every metric of the task is measured; the
     skill's own metric is the one named in its spec. A metric lm-eval scores
     under several filters (gsm8k's strict-match, then flexible-extract) is
-    measured once per filter, but only the first filter's row carries the
-    metric's name: it scores the skill, and a later filter's row is named by
-    its scorer ("exact_match/flexible-extract"), a metric of its own that
-    nothing reading the skill's metric pools with it. The samples are the
-    first filter's. `per_checkpoint` overrides each task's own count;
-    `skills` limits it to those skills' tasks."""
+    measured once per filter, but only the skill's filter's row carries the
+    metric's name (LeafTask.filter: the first, unless the spec names one as
+    "exact_match,flexible-extract"): it scores the skill, and another
+    filter's row is named by its scorer ("exact_match/strict-match"), a
+    metric of its own that nothing reading the skill's metric pools with it.
+    The samples are the skill's filter's. `per_checkpoint` overrides each
+    task's own count; `skills` limits it to those skills' tasks."""
     from lm_eval.evaluator import evaluate
 
     leaves = [leaf for leaf in ts.leaves if skills is None or leaf.skill in skills]
@@ -485,7 +497,7 @@ def evaluate_tasks(ts: TaskSet, lm, *, round_: int, seed: int, per_checkpoint: i
         n = res["n-samples"][leaf.name]["effective"]
         logged = res["samples"][leaf.name]  # one per document and filter, in filter order
         for metric, hib in leaf.metrics.items():
-            for j, (key, flt) in enumerate(_metric_keys(r, metric)):
+            for key, flt in _metric_keys(r, metric):
                 value = _num(r[key])
                 if value is None:
                     continue
@@ -494,12 +506,11 @@ def evaluate_tasks(ts: TaskSet, lm, *, round_: int, seed: int, per_checkpoint: i
                 if stderr is None:  # corpus-level perplexities carry none: from the items
                     stderr = _ratio_stderr([s.get(metric) for s in logged if s["filter"] == flt], metric)
                 measurements.append({
-                    "task": leaf.name, "skill": leaf.skill, "metric": metric if j == 0 else scorer,
+                    "task": leaf.name, "skill": leaf.skill, "metric": metric if flt == leaf.filter else scorer,
                     "value": value, "stderr": stderr, "n": n, "higher_is_better": hib,
-                    "chance": leaf.chance if metric == leaf.metric and j == 0 else None,
+                    "chance": leaf.chance if metric == leaf.metric and flt == leaf.filter else None,
                     "prompt_variant": leaf.name, "decoding": DECODING.get(leaf.output_type, leaf.output_type),
                     "scorer": scorer,
                 })
-        first = logged[0]["filter"] if logged else None
-        items += [_sample_row(leaf, s, leaf.metric) for s in logged if s["filter"] == first]
+        items += [_sample_row(leaf, s, leaf.metric) for s in logged if s["filter"] == leaf.filter]
     return measurements, items
