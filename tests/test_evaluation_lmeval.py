@@ -272,6 +272,10 @@ filter_list:
     "none.yaml": "include: yn.yaml\ntask: t_none\ndataset_kwargs: {data_files: {test: data/none.jsonl}}\n",
     "mixed.yaml": "group: g_mixed\ntask: [t_pick, t_sum]\n",
     "chances.yaml": "group: g_chances\ntask: [t_yn, t_pick]\n",
+    # groups lm-eval scores by another metric, or filter, than their tasks' first
+    "norm.yaml": "group: g_norm\ntask: [t_yn]\naggregate_metric_list: [{metric: acc_norm, weight_by_size: true}]\n",
+    "flex.yaml": "group: g_flex\ntask: [t_sum]\n"
+                 "aggregate_metric_list: [{metric: exact_match, filter_list: flexible-extract}]\n",
 }
 
 
@@ -412,6 +416,16 @@ def test_a_group_scored_by_different_metrics_is_refused(fixed_tasks, spec, words
         resolve_tasks([Spec(spec.skill, spec.task, include_path=fixed_tasks, holdout=spec.holdout)])
     for w in words:
         assert w in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("group, scored", [
+    ("g_norm", ("acc_norm", "none")), ("g_flex", ("exact_match", "flexible-extract")), ("g_chances", ("acc", "none"))])
+def test_a_group_is_scored_as_its_aggregate_metric_list_scores_it(fixed_tasks, group, scored):
+    """Without `metric`, the skill's metric and filter are the first of the
+    group's aggregate_metric_list (as lm-eval scores the group), else its
+    tasks' first."""
+    ts = resolve_tasks([Spec("g", group, include_path=fixed_tasks)])
+    assert {(leaf.metric, leaf.filter) for leaf in ts.leaves} == {scored}
 
 
 def test_a_task_without_documents_is_refused_as_such(fixed_tasks):

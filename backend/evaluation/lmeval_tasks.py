@@ -3,13 +3,14 @@ user's own tasks, or a group (each subtask its own facet).
 
 `resolve_tasks(specs, seed)` loads what a run's `evaluation.tasks` name once
 per worker and checks it before any training starts: an unknown task (with
-the closest names), a metric the task does not have, a group whose tasks are
-not all scored by one metric and direction (the skill's score is the mean of
-its facets), a held-out task equal to its steer task or scored by another
-metric or direction (the guard compares the two), more few-shot examples
-than the task has documents to draw them from, a YAML folder that does not
-parse, or a registry task whose data is not on this machine (HF offline) is a
-`TaskError` naming the field.
+the closest names), a metric or filter the task does not have, a group whose
+tasks are not all scored by one metric and direction (the skill's score is
+the unweighted mean of its facets; a group's own metric is the first of its
+aggregate_metric_list), a held-out task equal to its steer task or scored by
+another metric or direction (the guard compares the two), more few-shot
+examples than the task has documents to draw them from, a YAML folder that
+does not parse, or a registry task whose data is not on this machine (HF
+offline) is a `TaskError` naming the field.
 
 What it learns about each leaf task: its output type, its metrics with their
 direction (`higher_is_better`, from the task itself), its document count, and
@@ -175,6 +176,21 @@ class TaskSet:
     def names(self) -> list[str]:
         return self.manager.all_tasks
 
+    def group_metric(self, name: str) -> str | None:
+        """How lm-eval scores a group: the first metric of its
+        aggregate_metric_list, as "metric,filter" where it names a filter;
+        None for a task, a tag or a group without one."""
+        entry = self.manager.task_index.get(name)
+        if entry is None or entry.kind.name != "GROUP":
+            return None
+        agg = entry.cfg.get("aggregate_metric_list") or []
+        first = (agg if isinstance(agg, list) else [agg])[0] if agg else None
+        if not isinstance(first, dict) or not first.get("metric"):
+            return None
+        flt = first.get("filter_list")  # a name or a list of names; none: every filter
+        flt = flt[0] if isinstance(flt, list) and flt else flt
+        return f"{first['metric']},{flt}" if isinstance(flt, str) and flt != "none" else str(first["metric"])
+
     def load(self, name: str, where: str) -> list:
         """lm-eval Task objects of a task or group name (groups: every leaf)."""
         from lm_eval.tasks._yaml_loader import load_yaml
@@ -290,18 +306,19 @@ def resolve_tasks(specs: list, *, where: str = "evaluation.tasks") -> TaskSet:
             field_ = "task" if kind == "steer" else "holdout"
             skill = skill_name(spec.skill, kind)
             side = []
+            scored_by = spec.metric or ts.group_metric(name) or ""
             for task in ts.load(name, f"{at}.{field_}"):
                 tname = task.config.task
                 if tname in seen:
                     raise TaskError(f"{at}.{field_}: task {tname!r} is already measured by skill {seen[tname]!r}")
                 seen[tname] = skill
                 metrics, filters = _task_metrics(task), _filters(task)
-                metric, _, flt = (spec.metric or "").partition(",")  # lm-eval's key: "exact_match,strict-match"
+                metric, _, flt = scored_by.partition(",")  # lm-eval's key: "exact_match,strict-match"
                 metric, flt = metric or next(iter(metrics), None), flt or filters[0]
                 if metric not in metrics or flt not in filters:
                     scored = (f"; its filters: {', '.join(filters)}, chosen as `metric,filter`"
                               if len(filters) > 1 or flt not in filters else "")
-                    raise TaskError(f"{at}.metric: task {tname!r} has no metric {spec.metric or metric!r} "
+                    raise TaskError(f"{at}.metric: task {tname!r} has no metric {scored_by or metric!r} "
                                     f"(its metrics: {', '.join(metrics) or 'none'}{scored})")
                 if spec.num_fewshot is not None:
                     task.set_config(key="num_fewshot", value=spec.num_fewshot)
