@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from backend.evaluation.lmeval_tasks import TaskError, evaluate_tasks, resolve_tasks, rotation_indices
+from backend.evaluation.lmeval_tasks import FEWSHOT_SEED, TaskError, evaluate_tasks, resolve_tasks, rotation_indices
 
 TASKS = str(ROOT / "examples" / "tasks")
 
@@ -76,6 +76,9 @@ def test_rotation_is_seeded_fresh_each_checkpoint_and_wraps():
     (Spec("x", "ex_adition"), ["evaluation.tasks[0].task", "unknown", "ex_addition"]),
     (Spec("x", "ex_addition", metric="f1"), ["evaluation.tasks[0].metric", "'f1'", "acc_norm"]),
     (Spec("x", "ex_addition", holdout="ex_addition"), ["evaluation.tasks[0].holdout", "equals"]),
+    # the guard would weigh a falling perplexity against a rising exact match
+    (Spec("x", "ex_copy", holdout="ex_verse"), ["evaluation.tasks[0].metric", "holdout 'ex_verse'",
+                                                "word_perplexity (lower is better)", "'ex_copy' by exact_match"]),
 ])
 def test_bad_specs_are_refused_naming_the_field(spec, words):
     with pytest.raises(TaskError) as e:
@@ -265,8 +268,14 @@ filter_list:
   - {name: a, filter: [{function: take_first}]}
   - {name: b, filter: [{function: take_first}]}
 """,
+    "data/none.jsonl": "",
+    "none.yaml": "include: yn.yaml\ntask: t_none\ndataset_kwargs: {data_files: {test: data/none.jsonl}}\n",
     "mixed.yaml": "group: g_mixed\ntask: [t_pick, t_sum]\n",
     "chances.yaml": "group: g_chances\ntask: [t_yn, t_pick]\n",
+    # groups lm-eval scores by another metric, or filter, than their tasks' first
+    "norm.yaml": "group: g_norm\ntask: [t_yn]\naggregate_metric_list: [{metric: acc_norm, weight_by_size: true}]\n",
+    "flex.yaml": "group: g_flex\ntask: [t_sum]\n"
+                 "aggregate_metric_list: [{metric: exact_match, filter_list: flexible-extract}]\n",
 }
 
 
@@ -370,6 +379,33 @@ def test_only_the_first_filter_scores_the_skill(fixed_tasks, fixed_lm, tmp_path)
     assert len(facet_figure(facets).data[0].x) == 2
 
 
+def test_the_spec_chooses_the_filter_that_scores_the_skill(fixed_tasks, fixed_lm):
+    """`metric = "exact_match,flexible-extract"` (lm-eval's results key):
+    flexible-extract's row (8 of 8) scores the skill and its answers are the
+    items; strict-match's is the metric of its own."""
+    from backend.client import taskset_configs
+
+    ts = resolve_tasks([Spec("sum", "t_sum", include_path=fixed_tasks, metric="exact_match,flexible-extract")])
+    rows, items = evaluate_tasks(ts, fixed_lm, round_=0, seed=0)
+    assert [(r["metric"], r["scorer"], r["value"], r["chance"] is None) for r in rows] == [
+        ("exact_match/strict-match", "exact_match/strict-match", 0.0, True),
+        ("exact_match", "exact_match/flexible-extract", 1.0, False)]
+    assert [it["correct"] for it in items] == [1] * 8 and taskset_configs(ts)[0]["metadata"]["metric"] == "exact_match"
+    ts = resolve_tasks([Spec("yn", "t_yn", include_path=fixed_tasks, metric="acc_norm,none")])  # no filter_list
+    assert {r["metric"] for r in evaluate_tasks(ts, fixed_lm, round_=0, seed=0)[0]} == {"acc", "acc_norm"}
+
+
+@pytest.mark.parametrize("metric, words", [
+    ("exact_match,flexible", ["has no metric 'exact_match,flexible'", "filters: strict-match, flexible-extract"]),
+    ("exact_match/flexible-extract", ["has no metric 'exact_match/flexible-extract'", "`metric,filter`"]),
+])
+def test_a_filter_the_task_has_not_is_refused(fixed_tasks, metric, words):
+    with pytest.raises(TaskError) as e:
+        resolve_tasks([Spec("sum", "t_sum", include_path=fixed_tasks, metric=metric)])
+    for w in ["evaluation.tasks[0].metric: task 't_sum'"] + words:
+        assert w in str(e.value), str(e.value)
+
+
 @pytest.mark.parametrize("spec, words", [
     (Spec("mixed", "g_mixed"), ["evaluation.tasks[0].metric", "task 'g_mixed'", "t_pick: acc (higher is better)",
                                 "t_sum: exact_match (higher is better)", "set `metric`"]),
@@ -380,6 +416,21 @@ def test_a_group_scored_by_different_metrics_is_refused(fixed_tasks, spec, words
         resolve_tasks([Spec(spec.skill, spec.task, include_path=fixed_tasks, holdout=spec.holdout)])
     for w in words:
         assert w in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("group, scored", [
+    ("g_norm", ("acc_norm", "none")), ("g_flex", ("exact_match", "flexible-extract")), ("g_chances", ("acc", "none"))])
+def test_a_group_is_scored_as_its_aggregate_metric_list_scores_it(fixed_tasks, group, scored):
+    """Without `metric`, the skill's metric and filter are the first of the
+    group's aggregate_metric_list (as lm-eval scores the group), else its
+    tasks' first."""
+    ts = resolve_tasks([Spec("g", group, include_path=fixed_tasks)])
+    assert {(leaf.metric, leaf.filter) for leaf in ts.leaves} == {scored}
+
+
+def test_a_task_without_documents_is_refused_as_such(fixed_tasks):
+    with pytest.raises(TaskError, match=r"evaluation.tasks\[0\].task: task 't_none' has no documents"):
+        resolve_tasks([Spec("none", "t_none", include_path=fixed_tasks)])
 
 
 def test_a_skills_chance_is_the_mean_of_its_tasks(fixed_tasks):
@@ -430,3 +481,16 @@ def test_a_prompt_template_cannot_run_code(tmp_path):
         resolve_tasks([Spec("x", "t_render", include_path=folder)])
     assert not marker.exists()
 
+
+
+def test_more_shots_than_fewshot_documents_are_refused(fixed_tasks, fixed_lm):
+    """t_yn draws its examples from its own 8 documents: 9 shots cannot be
+    drawn, which lm-eval found only at the first checkpoint (random.sample,
+    mid-run); 8 can, and the draw of the check leaves the seeded ones."""
+    with pytest.raises(TaskError, match=r"evaluation.tasks\[0\].num_fewshot: task 't_yn' cannot draw 9 .* its 8 "):
+        resolve_tasks([Spec("yn", "t_yn", include_path=fixed_tasks, num_fewshot=9)])
+    ts = resolve_tasks([Spec("yn", "t_yn", include_path=fixed_tasks, num_fewshot=8)])
+    _, items = evaluate_tasks(ts, fixed_lm, round_=0, seed=0)
+    assert items[0]["prompt"].count("?") == 9
+    ts.leaves[0].task.set_fewshot_seed(seed=FEWSHOT_SEED)  # as lm-eval seeds it
+    assert evaluate_tasks(ts, fixed_lm, round_=0, seed=0)[1] == items

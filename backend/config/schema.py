@@ -223,7 +223,10 @@ class TaskSpec:
     folder."""
     metric: str | None = None
     """The metric that scores the skill (one of the task's metric_list);
-    default: the task's first metric. Its direction comes from the task."""
+    default: a group's first aggregate_metric_list metric, else the task's
+    first metric. Its direction comes from the task.
+    Scored under the task's first filter, or the one named as lm-eval's
+    results name it: "exact_match,flexible-extract"."""
     holdout: str | None = None
     """A held-out task watched by the Goodhart guard and never steered."""
     domains: list[str] = field(default_factory=list)

@@ -3,11 +3,14 @@ user's own tasks, or a group (each subtask its own facet).
 
 `resolve_tasks(specs, seed)` loads what a run's `evaluation.tasks` name once
 per worker and checks it before any training starts: an unknown task (with
-the closest names), a metric the task does not have, a group whose tasks are
-not all scored by one metric and direction (the skill's score is the mean of
-its facets), a held-out task equal to its steer task, a YAML folder that does
-not parse, or a registry task whose data is not on this machine (HF offline)
-is a `TaskError` naming the field.
+the closest names), a metric or filter the task does not have, a group whose
+tasks are not all scored by one metric and direction (the skill's score is
+the unweighted mean of its facets; a group's own metric is the first of its
+aggregate_metric_list), a held-out task equal to its steer task or scored by
+another metric or direction (the guard compares the two), more few-shot
+examples than the task has documents to draw them from, a YAML folder that
+does not parse, or a registry task whose data is not on this machine (HF
+offline) is a `TaskError` naming the field.
 
 What it learns about each leaf task: its output type, its metrics with their
 direction (`higher_is_better`, from the task itself), its document count, and
@@ -50,6 +53,9 @@ DECODING = {
 }
 
 
+FEWSHOT_SEED = 1234  # lm-eval's default few-shot seed: the examples a plain lm_eval run draws
+
+
 class TaskError(ValueError):
     """A task spec that cannot be evaluated here; the message names the field."""
 
@@ -67,6 +73,9 @@ class LeafTask:
     output_type: str
     metric: str
     """The metric that scores the skill (without lm-eval's filter suffix)."""
+    filter: str
+    """The lm-eval filter whose `metric` scores the skill ("none" where the
+    task has no filter_list)."""
     higher_is_better: bool
     n_docs: int
     chance: float | None
@@ -167,6 +176,21 @@ class TaskSet:
     def names(self) -> list[str]:
         return self.manager.all_tasks
 
+    def group_metric(self, name: str) -> str | None:
+        """How lm-eval scores a group: the first metric of its
+        aggregate_metric_list, as "metric,filter" where it names a filter;
+        None for a task, a tag or a group without one."""
+        entry = self.manager.task_index.get(name)
+        if entry is None or entry.kind.name != "GROUP":
+            return None
+        agg = entry.cfg.get("aggregate_metric_list") or []
+        first = (agg if isinstance(agg, list) else [agg])[0] if agg else None
+        if not isinstance(first, dict) or not first.get("metric"):
+            return None
+        flt = first.get("filter_list")  # a name or a list of names; none: every filter
+        flt = flt[0] if isinstance(flt, list) and flt else flt
+        return f"{first['metric']},{flt}" if isinstance(flt, str) and flt != "none" else str(first["metric"])
+
     def load(self, name: str, where: str) -> list:
         """lm-eval Task objects of a task or group name (groups: every leaf)."""
         from lm_eval.tasks._yaml_loader import load_yaml
@@ -197,6 +221,8 @@ class TaskSet:
             return list(self.manager.load([name])["tasks"].values())
         except TaskError:
             raise
+        except StopIteration:  # datasets' json reader, on a data file without a row
+            raise TaskError(f"{where}: task {name!r} has no documents (an empty data file?)") from None
         except Exception as e:
             text = f"{type(e).__name__}: {e}"
             if any(w in text for w in ("offline", "Offline", "ConnectionError", "couldn't be found",
@@ -214,6 +240,11 @@ def _task_metrics(task) -> dict[str, bool]:
     return {str(k): bool(v) for k, v in hib.items()}
 
 
+def _filters(task) -> list[str]:
+    """The task's filter names in order: its filter_list's, else lm-eval's "none"."""
+    return [f["name"] for f in task.config.filter_list or []] or ["none"]
+
+
 def _chance(task, output_type: str, metric: str) -> float | None:
     declared = (task.config.metadata or {}).get("chance") if isinstance(task.config.metadata, dict) else None
     if _num(declared) is not None:
@@ -227,6 +258,28 @@ def _chance(task, output_type: str, metric: str) -> float | None:
         targets = collections.Counter(str(task.doc_to_target(d)).strip() for d in docs)
         return targets.most_common(1)[0][1] / len(docs)
     return None
+
+
+def _check_shots(task, where: str, name: str) -> None:
+    """The few-shot examples of a prompt can be drawn: one prompt is built
+    here, since lm-eval would fail only at the first checkpoint, mid-run,
+    when num_fewshot exceeds the documents it draws them from."""
+    shots = task.get_config("num_fewshot") or 0
+    if not shots:
+        return
+    try:
+        task.fewshot_context(doc=task.eval_docs[0], num_fewshot=shots)
+    except (ValueError, AssertionError):  # random.sample / first_n: more shots than documents
+        pool = len(task.sampler.fewshot_docs())
+        raise TaskError(f"{where}: task {name!r} cannot draw {shots} few-shot examples for a prompt from its {pool} "
+                        f"few-shot documents (less the evaluated one where they are its own split); "
+                        f"lower num_fewshot") from None
+    task.set_fewshot_seed(seed=FEWSHOT_SEED)  # the draw above moved it
+
+
+def _scored(leaf: LeafTask) -> str:
+    """How a leaf scores its skill: "acc (higher is better)"."""
+    return f"{leaf.metric} ({'higher' if leaf.higher_is_better else 'lower'} is better)"
 
 
 def resolve_tasks(specs: list, *, where: str = "evaluation.tasks") -> TaskSet:
@@ -253,40 +306,50 @@ def resolve_tasks(specs: list, *, where: str = "evaluation.tasks") -> TaskSet:
             field_ = "task" if kind == "steer" else "holdout"
             skill = skill_name(spec.skill, kind)
             side = []
+            scored_by = spec.metric or ts.group_metric(name) or ""
             for task in ts.load(name, f"{at}.{field_}"):
                 tname = task.config.task
                 if tname in seen:
                     raise TaskError(f"{at}.{field_}: task {tname!r} is already measured by skill {seen[tname]!r}")
                 seen[tname] = skill
-                metrics = _task_metrics(task)
-                metric = spec.metric or (next(iter(metrics)) if metrics else None)
-                if metric is None or metric not in metrics:
-                    raise TaskError(f"{at}.metric: task {tname!r} has no metric {metric!r} "
-                                    f"(its metrics: {', '.join(metrics) or 'none'})")
+                metrics, filters = _task_metrics(task), _filters(task)
+                metric, _, flt = scored_by.partition(",")  # lm-eval's key: "exact_match,strict-match"
+                metric, flt = metric or next(iter(metrics), None), flt or filters[0]
+                if metric not in metrics or flt not in filters:
+                    scored = (f"; its filters: {', '.join(filters)}, chosen as `metric,filter`"
+                              if len(filters) > 1 or flt not in filters else "")
+                    raise TaskError(f"{at}.metric: task {tname!r} has no metric {scored_by or metric!r} "
+                                    f"(its metrics: {', '.join(metrics) or 'none'}{scored})")
                 if spec.num_fewshot is not None:
                     task.set_config(key="num_fewshot", value=spec.num_fewshot)
                 elif task.get_config("num_fewshot") is None:
                     task.set_config(key="num_fewshot", value=0)
-                task.set_fewshot_seed(seed=1234)
+                task.set_fewshot_seed(seed=FEWSHOT_SEED)
                 try:
                     n_docs = len(task.eval_docs)
                 except Exception as e:  # noqa: BLE001 - a broken data file
                     raise TaskError(f"{at}.{field_}: task {tname!r} has no readable documents: {e}") from None
                 if n_docs == 0:
                     raise TaskError(f"{at}.{field_}: task {tname!r} has no documents")
+                _check_shots(task, f"{at}.num_fewshot", tname)
                 out = task.OUTPUT_TYPE
                 side.append(LeafTask(name=tname, skill=skill, kind=kind, task=task, output_type=out,
-                                     metric=metric, higher_is_better=metrics[metric], n_docs=n_docs,
+                                     metric=metric, filter=flt, higher_is_better=metrics[metric], n_docs=n_docs,
                                      chance=_chance(task, out, metric), metrics=metrics,
                                      per_checkpoint=getattr(spec, "items_per_checkpoint", None),
                                      domains=list(getattr(spec, "domains", []) or [])))
             # the skill's score is the mean of its facets: one metric, one direction
-            if len({(leaf.metric, leaf.higher_is_better) for leaf in side}) > 1:
-                scored = ", ".join(f"{leaf.name}: {leaf.metric} ({'higher' if leaf.higher_is_better else 'lower'}"
-                                   f" is better)" for leaf in side)
+            if len({_scored(leaf) for leaf in side}) > 1:
+                scored = ", ".join(f"{leaf.name}: {_scored(leaf)}" for leaf in side)
                 hint = "" if spec.metric else "; set `metric` to one metric they all have"
                 raise TaskError(f"{at}.metric: the tasks of {field_} {name!r} are not scored alike ({scored}): "
                                 f"skill {skill!r} needs one metric and direction for all of them{hint}")
+            # the Goodhart guard compares the held-out score's rise with the steer score's: one scale
+            if kind == "holdout" and _scored(side[0]) != _scored(ts.leaves[-1]):
+                hint = "" if spec.metric else "; set `metric` to one metric both have"
+                raise TaskError(f"{at}.metric: holdout {name!r} is scored by {_scored(side[0])}, its steer task "
+                                f"{spec.task!r} by {_scored(ts.leaves[-1])}: the guard compares the two, so "
+                                f"both need one metric and direction{hint}")
             ts.leaves += side
     return ts
 
@@ -428,12 +491,13 @@ def evaluate_tasks(ts: TaskSet, lm, *, round_: int, seed: int, per_checkpoint: i
     metric and its lm-eval filter). Every metric of the task is measured; the
     skill's own metric is the one named in its spec. A metric lm-eval scores
     under several filters (gsm8k's strict-match, then flexible-extract) is
-    measured once per filter, but only the first filter's row carries the
-    metric's name: it scores the skill, and a later filter's row is named by
-    its scorer ("exact_match/flexible-extract"), a metric of its own that
-    nothing reading the skill's metric pools with it. The samples are the
-    first filter's. `per_checkpoint` overrides each task's own count;
-    `skills` limits it to those skills' tasks."""
+    measured once per filter, but only the skill's filter's row carries the
+    metric's name (LeafTask.filter: the first, unless the spec names one as
+    "exact_match,flexible-extract"): it scores the skill, and another
+    filter's row is named by its scorer ("exact_match/strict-match"), a
+    metric of its own that nothing reading the skill's metric pools with it.
+    The samples are the skill's filter's. `per_checkpoint` overrides each
+    task's own count; `skills` limits it to those skills' tasks."""
     from lm_eval.evaluator import evaluate
 
     leaves = [leaf for leaf in ts.leaves if skills is None or leaf.skill in skills]
@@ -450,7 +514,7 @@ def evaluate_tasks(ts: TaskSet, lm, *, round_: int, seed: int, per_checkpoint: i
         n = res["n-samples"][leaf.name]["effective"]
         logged = res["samples"][leaf.name]  # one per document and filter, in filter order
         for metric, hib in leaf.metrics.items():
-            for j, (key, flt) in enumerate(_metric_keys(r, metric)):
+            for key, flt in _metric_keys(r, metric):
                 value = _num(r[key])
                 if value is None:
                     continue
@@ -459,12 +523,11 @@ def evaluate_tasks(ts: TaskSet, lm, *, round_: int, seed: int, per_checkpoint: i
                 if stderr is None:  # corpus-level perplexities carry none: from the items
                     stderr = _ratio_stderr([s.get(metric) for s in logged if s["filter"] == flt], metric)
                 measurements.append({
-                    "task": leaf.name, "skill": leaf.skill, "metric": metric if j == 0 else scorer,
+                    "task": leaf.name, "skill": leaf.skill, "metric": metric if flt == leaf.filter else scorer,
                     "value": value, "stderr": stderr, "n": n, "higher_is_better": hib,
-                    "chance": leaf.chance if metric == leaf.metric and j == 0 else None,
+                    "chance": leaf.chance if metric == leaf.metric and flt == leaf.filter else None,
                     "prompt_variant": leaf.name, "decoding": DECODING.get(leaf.output_type, leaf.output_type),
                     "scorer": scorer,
                 })
-        first = logged[0]["filter"] if logged else None
-        items += [_sample_row(leaf, s, leaf.metric) for s in logged if s["filter"] == first]
+        items += [_sample_row(leaf, s, leaf.metric) for s in logged if s["filter"] == leaf.filter]
     return measurements, items
