@@ -282,7 +282,11 @@ def test_inconsistent_or_hostile_schedule_is_refused_naming_the_field(fn, start)
      "segments[1].weights.noise: an integer of 5000 digits"),
     (json.dumps(exported()).replace('"approved_by": null', '"approved_by": "\\udc00"', 1),
      "segments[0].approved_by: text with a lone surrogate"),
-], ids=["objects", "lists", "5000-digits", "surrogate"])
+    # json.loads keeps the last of a duplicate key without a word: the file means two things
+    (json.dumps(exported()).replace('"noise": 0.05', '"noise": 0.05, "noise": 0.9'),
+     "segments[1].weights: key 'noise' is given twice"),
+    (json.dumps(exported())[:-1] + ', "segments": []}', "top level: key 'segments' is given twice"),
+], ids=["objects", "lists", "5000-digits", "surrogate", "duplicate-weight", "duplicate-top-key"])
 def test_hostile_text_is_refused_naming_the_field(text, start):
     msg = refused(text)
     assert msg.startswith(start), msg[:200]
