@@ -35,16 +35,21 @@ class ScheduleError(ValueError):
 
 
 def export_schedule(store, run_id: int) -> dict:
-    """The run's schedule as a JSON-ready dict (format and version first)."""
+    """The run's schedule as a JSON-ready dict (format and version first):
+    the steps it trained. A run that has not finished (stopped, failed,
+    still running) ends at the step it reached, and a segment applied there
+    has trained nothing yet, so it is left out."""
     run = store.run(run_id)
     cfg = run["config"]
     tokens_per_step = config_tokens_per_step(cfg)
-    segments = store.schedule(run_id)
-    proposals = {p["id"]: p for p in store.proposals(run_id)}
     total = cfg["train"]["steps"]
+    # an outside trainer may finish without a checkpoint at its last step
+    end = total if run["status"] == "finished" else min(run["step"], total)
+    segments = [seg for seg in store.schedule(run_id) if seg["from_step"] < end]
+    proposals = {p["id"]: p for p in store.proposals(run_id)}
     out = []
     for i, seg in enumerate(segments):
-        to_step = segments[i + 1]["from_step"] if i + 1 < len(segments) else total
+        to_step = segments[i + 1]["from_step"] if i + 1 < len(segments) else end
         p = proposals.get(seg["proposal_id"])
         out.append({
             "from_step": seg["from_step"],
@@ -79,7 +84,8 @@ def parse_schedule(data, *, limits: Limits | None = None, untrusted: bool = Fals
     Refused: text over limits.max_schedule_bytes or nested deeper than
     limits.max_depth, unknown keys, integers outside 64 bits, text that is
     not valid Unicode, segments out of order, overlapping or not tiling the
-    run, token counts that disagree with the config, and a replay record
+    run (the last may end before train.steps: an unfinished run's export
+    does), token counts that disagree with the config, and a replay record
     over limits.max_stored_schedule_bytes."""
     limits = limits or Limits.from_env()
     data = _read(data, limits)
@@ -207,7 +213,8 @@ def _check_keys(obj: dict, types: dict[str, type], where: str) -> None:
 def _check_segments(segs, cfg) -> list[dict]:
     """Each segment checked in order (from_step and weights first, so the
     first wrong step is named), then the tiling: to_step meets the next
-    from_step, the last ends at train.steps, tokens follow steps."""
+    from_step, the last ends at train.steps or, an unfinished run's, before
+    it; tokens follow steps."""
     if not isinstance(segs, list) or not segs:
         raise ScheduleError("segments: expected a non-empty list")
     domains, every, total = cfg.domain_names, cfg.train.checkpoint_every, cfg.train.steps
@@ -245,11 +252,18 @@ def _check_segments(segs, cfg) -> list[dict]:
         out.append(seg)
     tokens_per_step = config_tokens_per_step(cfg.to_dict())
     for i, seg in enumerate(out):
-        where = f"segments[{i}]"
-        end = out[i + 1]["from_step"] if i + 1 < len(out) else total
-        if seg.get("to_step") is not None and seg["to_step"] != end:
-            whose = f"segments[{i + 1}].from_step" if i + 1 < len(out) else "train.steps"
-            raise ScheduleError(f"{where}.to_step: {seg['to_step']} must equal {whose} {end}")
+        where, to_step = f"segments[{i}]", seg.get("to_step")
+        if i + 1 < len(out):
+            end = out[i + 1]["from_step"]
+            if to_step is not None and to_step != end:
+                raise ScheduleError(f"{where}.to_step: {to_step} must equal segments[{i + 1}].from_step {end}")
+        elif to_step is None:
+            end = total
+        elif seg["from_step"] < to_step <= total:
+            end = to_step  # an unfinished run's export ends at the step it reached
+        else:
+            raise ScheduleError(f"{where}.to_step: {to_step} must be after from_step {seg['from_step']} and at most "
+                                f"train.steps {total}")
         for key, step in (("from_tokens", seg["from_step"]), ("to_tokens", end)):
             if seg.get(key) is not None and seg[key] != step * tokens_per_step:
                 raise ScheduleError(f"{where}.{key}: {seg[key]} is not step {step} x {tokens_per_step} "

@@ -330,6 +330,7 @@ def test_what_the_store_exports_passes_the_schema(tmp_path):
         rid = store.create_run(cfg)
         store.add_segment(rid, from_step=0, tokens_at=0, weights={d: 1 / len(domains) for d in domains},
                           source="initial")
+        store.update_run(rid, status="finished", step=30)
         native = export_schedule(store, rid)
     finally:
         store.close()

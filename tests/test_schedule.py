@@ -180,6 +180,7 @@ def filled(tmp_path):
     store.apply_approved(rid, step=20, tokens_at=20 * tokens_per_step)
     store.add_proposal(rid, step=20, strategy="deficit", current_weights=UNIFORM, weights=UNIFORM,
                        rationale={}, forecast={})
+    store.update_run(rid, status="finished", step=30)
     yield store, rid, pid, manual
     store.close()
 
@@ -190,7 +191,7 @@ def test_export_describes_the_trained_segments(filled):
     assert list(out)[:2] == ["format", "version"]
     assert (out["format"], out["version"], out["total_steps"], out["tokens_per_step"]) == (FORMAT, VERSION, 30, 384)
     assert out["domains"] == DOMAINS and out["config"] == CFG
-    assert out["run"] == {"id": rid, "name": "tiny", "seed": 0, "status": "created"}
+    assert out["run"] == {"id": rid, "name": "tiny", "seed": 0, "status": "finished"}
     segs = out["segments"]
     assert [(s["from_step"], s["to_step"]) for s in segs] == [(0, 10), (10, 20), (20, 30)]
     assert [s["source"] for s in segs] == ["initial", "proposal", "manual"]
@@ -216,6 +217,25 @@ def test_export_round_trips_through_json_and_parse(filled):
     assert parsed["segments"] == exported["segments"]
     blend = to_megatron_blend(parsed)
     assert [(b["from_step"], b["to_step"]) for b in blend] == [(0, 10), (10, 20), (20, 30)]
+
+
+@pytest.mark.parametrize("status, step, spans", [
+    ("stopped", 25, [(0, 10), (10, 20), (20, 25)]),  # stopped mid-stretch
+    ("stopped", 20, [(0, 10), (10, 20)]),  # at checkpoint 20: the manual mixture applied there trained nothing
+    ("failed", 10, [(0, 10)]),
+    ("running", 0, []),
+    ("finished", 20, [(0, 10), (10, 20), (20, 30)]),  # an outside trainer's last checkpoint may be before its end
+])
+def test_an_unfinished_run_exports_the_steps_it_trained(filled, status, step, spans):
+    store, rid, *_ = filled
+    store.update_run(rid, status=status, step=step)
+    out = export_schedule(store, rid)
+    assert [(s["from_step"], s["to_step"]) for s in out["segments"]] == spans
+    assert [(s["from_tokens"], s["to_tokens"]) for s in out["segments"]] == [(a * 384, b * 384) for a, b in spans]
+    assert out["total_steps"] == 30  # the config's, as the run was planned
+    if spans:  # and it reads back for a replay, which trains on with the last mixture
+        parsed = parse_schedule(json.dumps(out))
+        assert parsed["segments"] == out["segments"]
 
 
 def test_export_prefers_the_stored_domains(filled):
@@ -256,7 +276,10 @@ def test_a_full_export_passes():
     (lambda s: s["segments"][1].update(proposal_id=2**63), "segments[1].proposal_id: 9223372036854775808 is outside"),
     (lambda s: s["segments"][0].update(to_step=20), "segments[0].to_step: 20 must equal segments[1].from_step 10"),
     (lambda s: s["segments"][0].update(to_step=5), "segments[0].to_step: 5 must equal segments[1].from_step 10"),
-    (lambda s: s["segments"][1].update(to_step=40), "segments[1].to_step: 40 must equal train.steps 30"),
+    (lambda s: s["segments"][1].update(to_step=40, to_tokens=None),
+     "segments[1].to_step: 40 must be after from_step 10 and at most train.steps 30"),
+    (lambda s: s["segments"][1].update(to_step=10, to_tokens=None),
+     "segments[1].to_step: 10 must be after from_step 10"),
     (lambda s: s["segments"][1].update(from_tokens=3841), "segments[1].from_tokens: 3841 is not step 10 x 384"),
     (lambda s: s["segments"][0].update(to_tokens=0), "segments[0].to_tokens: 0 is not step 10 x 384"),
     (lambda s: s["segments"].reverse(), "segments[0].from_step: the first segment must start at step 0"),
