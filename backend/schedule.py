@@ -1,5 +1,5 @@
-"""The mixture schedule: export as versioned JSON, parse (validate) an
-imported one, and render it for other trainers.
+"""The mixture schedule: export as versioned JSON and parse (validate) an
+imported one; backend.exports renders it for other trainers.
 
 A schedule is the ordered segments of weights actually trained, each with
 where it came from (initial, proposal, manual, replay), the proposal id and
@@ -270,14 +270,3 @@ def _check_segments(segs, cfg) -> list[dict]:
                                     f"tokens per step ({step * tokens_per_step})")
     return out
 
-
-def to_megatron_blend(schedule: dict, paths: dict[str, str] | None = None) -> list[dict]:
-    """Per segment, the `--data-path` blend of Megatron-LM / GPT-NeoX
-    ("w1 path1 w2 path2 ...") with the step range it applies to."""
-    out = []
-    for seg in schedule["segments"]:
-        parts = []
-        for d, w in seg["weights"].items():
-            parts += [f"{w:.6f}", (paths or {}).get(d, d)]
-        out.append({"from_step": seg["from_step"], "to_step": seg["to_step"], "data_path": " ".join(parts)})
-    return out

@@ -1,5 +1,5 @@
-"""backend/schedule.py: parse (validate) imported schedules, render blends,
-and export a run's schedule from a store filled by hand."""
+"""backend/schedule.py: parse (validate) imported schedules and export a
+run's schedule from a store filled by hand."""
 
 import copy
 import itertools
@@ -16,7 +16,6 @@ from backend.schedule import (
     export_schedule,
     parse_replay,
     parse_schedule,
-    to_megatron_blend,
 )
 from backend.decisions import decide, set_mixture
 from backend.store import Store
@@ -150,17 +149,6 @@ def test_segment_source_is_optional():
     assert [seg.get("source") for seg in out["segments"]] == [None, None]
 
 
-def test_megatron_blend():
-    out = to_megatron_blend(schedule(), {"strings": "/data/strings_text_document"})
-    assert [(b["from_step"], b["to_step"]) for b in out] == [(0, 10), (10, 30)]
-    parts = out[1]["data_path"].split(" ")
-    assert len(parts) == 2 * len(DOMAINS)
-    weights, paths = [float(p) for p in parts[::2]], parts[1::2]
-    assert paths == ["/data/strings_text_document"] + DOMAINS[1:]
-    assert weights == pytest.approx([SKEWED[d] for d in DOMAINS], abs=1e-6)
-    assert out[0]["data_path"].startswith("0.166667 /data/strings_text_document 0.166667 arithmetic")
-
-
 # -- export from a store filled by hand ---------------------------------------------
 
 
@@ -215,8 +203,6 @@ def test_export_round_trips_through_json_and_parse(filled):
     parsed = parse_schedule(json.dumps(exported))
     assert isinstance(parsed["run_config"], RunConfig) and parsed["run_config"].to_dict() == CFG
     assert parsed["segments"] == exported["segments"]
-    blend = to_megatron_blend(parsed)
-    assert [(b["from_step"], b["to_step"]) for b in blend] == [(0, 10), (10, 20), (20, 30)]
 
 
 @pytest.mark.parametrize("status, step, spans", [
