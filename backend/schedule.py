@@ -97,7 +97,7 @@ def parse_schedule(data, *, limits: Limits | None = None, untrusted: bool = Fals
     if data.get("format") != FORMAT:
         raise ScheduleError(f"format: expected {FORMAT!r}, got {show(data.get('format'))}")
     version = data.get("version")
-    if isinstance(version, bool) or version != VERSION:  # True == 1 in Python
+    if type(version) is not int or version != VERSION:  # True == 1.0 == 1 in Python
         raise ScheduleError(f"version: expected {VERSION}, got {show(version)}")
     if "config" not in data:
         raise ScheduleError("config: missing")
@@ -197,7 +197,7 @@ def _check_header(data: dict, cfg) -> None:
     expected = {"total_steps": cfg.train.steps, "tokens_per_step": config_tokens_per_step(cfg.to_dict())}
     for key, want in expected.items():
         got = data.get(key)
-        if got is not None and (isinstance(got, bool) or got != want):
+        if got is not None and (type(got) is not int or got != want):  # not True, not 30.0
             raise ScheduleError(f"{key}: expected {want} (from the config), got {show(got)}")
 
 
@@ -243,9 +243,11 @@ def _check_segments(segs, cfg) -> list[dict]:
             field = key_path(f"{where}.weights", e.domain) if e.domain is not None else f"{where}.weights"
             raise ScheduleError(f"{field}: {e}") from None
         # An export's weights already sum to 1: keep their exact floats, so a
-        # replay samples bit-for-bit what the run did.
-        if abs(sum(seg["weights"].values()) - 1.0) > 1e-9:
-            seg = {**seg, "weights": weights}
+        # replay samples bit-for-bit what the run did (as floats in the
+        # domains' order; + 0.0 turns a -0.0 into 0.0)
+        if abs(sum(seg["weights"].values()) - 1.0) <= 1e-9:
+            weights = {d: float(seg["weights"][d]) + 0.0 for d in domains}
+        seg = {**seg, "weights": weights}
         _check_keys(seg, SEGMENT_KEYS, where)
         if seg.get("source", "proposal") not in SOURCES:
             raise ScheduleError(f"{where}.source: expected one of {', '.join(SOURCES)}, got {show(seg.get('source'))}")

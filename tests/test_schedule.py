@@ -130,6 +130,19 @@ def test_weights_follow_the_one_mixture_rule_renormalised():
     assert parse_schedule(schedule())["segments"][0]["weights"] == UNIFORM
 
 
+def test_weights_are_kept_as_floats_in_the_domains_order_without_a_negative_zero():
+    """-0.0 is a weight of 0 (an export must not show a negative share); an
+    integer 1 is 1.0; a file's own key order gives way to the domains'."""
+    for weights in ({**SKEWED, "noise": -0.0, "code": 0.2},  # sums to 1: the exact floats are kept
+                    {**SKEWED, "noise": -0.0},  # renormalised
+                    dict.fromkeys(DOMAINS, 0) | {"logic": 1}):
+        reordered = dict(reversed(list(weights.items())))
+        (_, seg) = parse_schedule(mutated(lambda s: s["segments"][1].update(weights=reordered)))["segments"]
+        assert list(seg["weights"]) == DOMAINS
+        assert all(type(w) is float and math.copysign(1, w) == 1 for w in seg["weights"].values())
+        assert json.dumps(seg["weights"]).count("-") == 0
+
+
 @pytest.mark.parametrize("data", ["{not json", b"\xff\xfe", "[1, 2]", "42", None])
 def test_not_a_json_object_is_refused(data):
     msg = refused(data)
@@ -271,6 +284,8 @@ def test_a_full_export_passes():
     (lambda s: s["segments"].reverse(), "segments[0].from_step: the first segment must start at step 0"),
     (lambda s: s.update(total_steps=40), "total_steps: expected 30"),
     (lambda s: s.update(tokens_per_step=True), "tokens_per_step: expected 384"),
+    (lambda s: s.update(total_steps=30.0), "total_steps: expected 30 (from the config), got 30.0"),
+    (lambda s: s.update(version=1.0), "version: expected 1, got 1.0"),
     (lambda s: s.update(domains=DOMAINS[:-1]), "domains: expected the config's domains"),
     (lambda s: s["segments"][1]["weights"].update(noise=10**5000), "segments[1].weights.noise: an integer of"),
     (lambda s: s["segments"][1].update(approved_by="bob\ud800"), "segments[1].approved_by: text with a lone surrogate"),
