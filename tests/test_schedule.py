@@ -419,3 +419,21 @@ def test_replay_cli_refuses_a_bad_mixture_and_writes_nothing(tmp_path):
         p = cli("replay", mix, *flags, db=db, check=False)
         assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, (flags, p.stderr[-400:])
     assert not db.exists() or Store(db).runs() == []
+
+
+def test_replay_cli_refuses_a_file_over_the_limit_before_reading_it(tmp_path):
+    """A 2 GiB schedule (sparse: no disk) is refused by its size, under a
+    1.5 GB address-space limit that reading it whole would break."""
+    import resource
+
+    from conftest import cli
+
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(2**31)
+    db = tmp_path / "x.db"
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))  # noqa: E731
+    p = cli("replay", big, db=db, check=False, preexec_fn=limit)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-400:]
+    assert "schedule: the file is 2,147,483,648 bytes, above the limit of 5,000,000 bytes" in p.stderr
+    assert not db.exists() or Store(db).runs() == []
