@@ -356,6 +356,7 @@ def cmd_export(s: Session) -> int:
 
 def cmd_replay(s: Session) -> int:
     from backend import config as config_mod
+    from backend.config import Limits
     from backend.schedule import ScheduleError, parse_replay
     from backend.worker import start_replay
 
@@ -370,6 +371,10 @@ def cmd_replay(s: Session) -> int:
         cfg = config_mod.load(args.config)
     elif args.preset:
         cfg = config_mod.preset(args.preset)
+    limit = Limits.from_env().max_schedule_bytes
+    if path.stat().st_size > limit:  # before reading: a 4 GB file is refused, not loaded
+        raise ScheduleError(f"{args.file}: schedule: the file is {path.stat().st_size:,} bytes, above the limit of "
+                            f"{limit:,} bytes (CLOSED_LOOP_MAX_SCHEDULE_BYTES)")
     try:
         sched = parse_replay(path.read_bytes(), cfg)
     except ScheduleError as e:

@@ -271,11 +271,12 @@ class RunClient:
         or the first segment of the schedule a replay run follows."""
         if self.store.schedule(self.run_id):
             return
-        source = "initial"
-        if self.replay is not None:
-            weights, source = self.replay["segments"][0]["weights"], "replay"
+        source, by = "initial", None
+        if self.replay is not None:  # who approved it travels with it, as in follow_replay
+            first = self.replay["segments"][0]
+            weights, source, by = first["weights"], "replay", first.get("approved_by")
         self.store.add_segment(self.run_id, from_step=0, tokens_at=0, weights=weights, source=source,
-                               proposal_id=None)
+                               proposal_id=None, decided_by=by)
 
     # -- reporting ----------------------------------------------------------------
     def report_checkpoint(self, step: int, tokens_seen: int, *, train_loss: float | None = None,

@@ -364,11 +364,17 @@ def _segments(data: dict, fmt: str) -> list[dict]:
 
 
 def _json_load(text: str, fmt: str, format_name: str | None = None) -> dict:
-    """JSON text -> its top-level object, whose `format` is `format_name` (default: fmt)."""
+    """JSON text -> its top-level object, whose `format` is `format_name` (default: fmt),
+    read as every input is (backend.config.loader.parse_text: within the schedule limits,
+    no key given twice, no integer past 64 bits)."""
+    from backend.config import Limits
+    from backend.config.loader import InputError, parse_text
+
+    limits = Limits.from_env()
     try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as e:  # bad JSON, a 5,000-digit integer, nesting past the stack
-        raise ExportError(f"{fmt}: not valid JSON: {str(e)[:200]}") from None
+        data = parse_text(text, "json", max_bytes=limits.max_schedule_bytes, max_depth=limits.max_depth)
+    except InputError as e:
+        raise ExportError(f"{fmt}: {str(e)[:300]}") from None
     if not isinstance(data, dict) or data.get("format") != (format_name or fmt):
         raise ExportError(f"{fmt}: expected a JSON object with format {fmt!r}")
     return data
@@ -377,8 +383,24 @@ def _json_load(text: str, fmt: str, format_name: str | None = None) -> dict:
 def _yaml_load(text: str, fmt: str) -> dict:
     import yaml  # a dependency of lm-eval
 
+    class Loader(yaml.SafeLoader):
+        """safe_load that refuses a key given twice (PyYAML keeps the last without a word)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    given = key in seen
+                except TypeError:  # unhashable: SafeLoader's construct_mapping refuses it
+                    continue
+                if given:
+                    raise yaml.YAMLError(f"key {key!r} is given twice (line {key_node.start_mark.line + 1})"[:200])
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=Loader)  # noqa: S506 -- a SafeLoader
     except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: a 5,000-digit integer
         raise ExportError(f"{fmt}: not valid YAML: {str(e)[:200]}") from None
     if not isinstance(data, dict) or data.get("format") != fmt:

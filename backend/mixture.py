@@ -48,7 +48,7 @@ def validate_weights(weights, domains: list[str]) -> dict[str, float]:
             raise WeightsError(f"weight of {d!r} is not finite: {shown}", d)
         if v < 0:
             raise WeightsError(f"weight of {d!r} is negative: {v!r}", d)
-        out[d] = float(v)
+        out[d] = float(v) + 0.0  # -0.0 is 0.0
     total = sum(out.values())
     if total == math.inf:  # each weight finite, their sum past the largest float: scale first
         top = max(out.values())

@@ -1,5 +1,5 @@
-"""The mixture schedule: export as versioned JSON, parse (validate) an
-imported one, and render it for other trainers.
+"""The mixture schedule: export as versioned JSON and parse (validate) an
+imported one; backend.exports renders it for other trainers.
 
 A schedule is the ordered segments of weights actually trained, each with
 where it came from (initial, proposal, manual, replay), the proposal id and
@@ -35,16 +35,21 @@ class ScheduleError(ValueError):
 
 
 def export_schedule(store, run_id: int) -> dict:
-    """The run's schedule as a JSON-ready dict (format and version first)."""
+    """The run's schedule as a JSON-ready dict (format and version first):
+    the steps it trained. A run that has not finished (stopped, failed,
+    still running) ends at the step it reached, and a segment applied there
+    has trained nothing yet, so it is left out."""
     run = store.run(run_id)
     cfg = run["config"]
     tokens_per_step = config_tokens_per_step(cfg)
-    segments = store.schedule(run_id)
-    proposals = {p["id"]: p for p in store.proposals(run_id)}
     total = cfg["train"]["steps"]
+    # an outside trainer may finish without a checkpoint at its last step
+    end = total if run["status"] == "finished" else min(run["step"], total)
+    segments = [seg for seg in store.schedule(run_id) if seg["from_step"] < end]
+    proposals = {p["id"]: p for p in store.proposals(run_id)}
     out = []
     for i, seg in enumerate(segments):
-        to_step = segments[i + 1]["from_step"] if i + 1 < len(segments) else total
+        to_step = segments[i + 1]["from_step"] if i + 1 < len(segments) else end
         p = proposals.get(seg["proposal_id"])
         out.append({
             "from_step": seg["from_step"],
@@ -79,7 +84,8 @@ def parse_schedule(data, *, limits: Limits | None = None, untrusted: bool = Fals
     Refused: text over limits.max_schedule_bytes or nested deeper than
     limits.max_depth, unknown keys, integers outside 64 bits, text that is
     not valid Unicode, segments out of order, overlapping or not tiling the
-    run, token counts that disagree with the config, and a replay record
+    run (the last may end before train.steps: an unfinished run's export
+    does), token counts that disagree with the config, and a replay record
     over limits.max_stored_schedule_bytes."""
     limits = limits or Limits.from_env()
     data = _read(data, limits)
@@ -91,7 +97,7 @@ def parse_schedule(data, *, limits: Limits | None = None, untrusted: bool = Fals
     if data.get("format") != FORMAT:
         raise ScheduleError(f"format: expected {FORMAT!r}, got {show(data.get('format'))}")
     version = data.get("version")
-    if isinstance(version, bool) or version != VERSION:  # True == 1 in Python
+    if type(version) is not int or version != VERSION:  # True == 1.0 == 1 in Python
         raise ScheduleError(f"version: expected {VERSION}, got {show(version)}")
     if "config" not in data:
         raise ScheduleError("config: missing")
@@ -191,7 +197,7 @@ def _check_header(data: dict, cfg) -> None:
     expected = {"total_steps": cfg.train.steps, "tokens_per_step": config_tokens_per_step(cfg.to_dict())}
     for key, want in expected.items():
         got = data.get(key)
-        if got is not None and (isinstance(got, bool) or got != want):
+        if got is not None and (type(got) is not int or got != want):  # not True, not 30.0
             raise ScheduleError(f"{key}: expected {want} (from the config), got {show(got)}")
 
 
@@ -207,7 +213,8 @@ def _check_keys(obj: dict, types: dict[str, type], where: str) -> None:
 def _check_segments(segs, cfg) -> list[dict]:
     """Each segment checked in order (from_step and weights first, so the
     first wrong step is named), then the tiling: to_step meets the next
-    from_step, the last ends at train.steps, tokens follow steps."""
+    from_step, the last ends at train.steps or, an unfinished run's, before
+    it; tokens follow steps."""
     if not isinstance(segs, list) or not segs:
         raise ScheduleError("segments: expected a non-empty list")
     domains, every, total = cfg.domain_names, cfg.train.checkpoint_every, cfg.train.steps
@@ -236,34 +243,32 @@ def _check_segments(segs, cfg) -> list[dict]:
             field = key_path(f"{where}.weights", e.domain) if e.domain is not None else f"{where}.weights"
             raise ScheduleError(f"{field}: {e}") from None
         # An export's weights already sum to 1: keep their exact floats, so a
-        # replay samples bit-for-bit what the run did.
-        if abs(sum(seg["weights"].values()) - 1.0) > 1e-9:
-            seg = {**seg, "weights": weights}
+        # replay samples bit-for-bit what the run did (as floats in the
+        # domains' order; + 0.0 turns a -0.0 into 0.0)
+        if abs(sum(seg["weights"].values()) - 1.0) <= 1e-9:
+            weights = {d: float(seg["weights"][d]) + 0.0 for d in domains}
+        seg = {**seg, "weights": weights}
         _check_keys(seg, SEGMENT_KEYS, where)
         if seg.get("source", "proposal") not in SOURCES:
             raise ScheduleError(f"{where}.source: expected one of {', '.join(SOURCES)}, got {show(seg.get('source'))}")
         out.append(seg)
     tokens_per_step = config_tokens_per_step(cfg.to_dict())
     for i, seg in enumerate(out):
-        where = f"segments[{i}]"
-        end = out[i + 1]["from_step"] if i + 1 < len(out) else total
-        if seg.get("to_step") is not None and seg["to_step"] != end:
-            whose = f"segments[{i + 1}].from_step" if i + 1 < len(out) else "train.steps"
-            raise ScheduleError(f"{where}.to_step: {seg['to_step']} must equal {whose} {end}")
+        where, to_step = f"segments[{i}]", seg.get("to_step")
+        if i + 1 < len(out):
+            end = out[i + 1]["from_step"]
+            if to_step is not None and to_step != end:
+                raise ScheduleError(f"{where}.to_step: {to_step} must equal segments[{i + 1}].from_step {end}")
+        elif to_step is None:
+            end = total
+        elif seg["from_step"] < to_step <= total:
+            end = to_step  # an unfinished run's export ends at the step it reached
+        else:
+            raise ScheduleError(f"{where}.to_step: {to_step} must be after from_step {seg['from_step']} and at most "
+                                f"train.steps {total}")
         for key, step in (("from_tokens", seg["from_step"]), ("to_tokens", end)):
             if seg.get(key) is not None and seg[key] != step * tokens_per_step:
                 raise ScheduleError(f"{where}.{key}: {seg[key]} is not step {step} x {tokens_per_step} "
                                     f"tokens per step ({step * tokens_per_step})")
     return out
 
-
-def to_megatron_blend(schedule: dict, paths: dict[str, str] | None = None) -> list[dict]:
-    """Per segment, the `--data-path` blend of Megatron-LM / GPT-NeoX
-    ("w1 path1 w2 path2 ...") with the step range it applies to."""
-    out = []
-    for seg in schedule["segments"]:
-        parts = []
-        for d, w in seg["weights"].items():
-            parts += [f"{w:.6f}", (paths or {}).get(d, d)]
-        out.append({"from_step": seg["from_step"], "to_step": seg["to_step"], "data_path": " ".join(parts)})
-    return out

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from backend import report, schedule, worker
+from backend import exports, report, schedule, worker
 from backend.config import ConfigError
 from pages._common import check_untrusted, flash, get_store, md, require_run, select_run_later, show_flash
 
@@ -64,9 +64,12 @@ c1, c2, c3 = st.columns(3)
 c1.download_button("Download schedule JSON", json.dumps(exported, indent=2), key="dl_schedule",
                    file_name=f"schedule-run{run_id}.json", mime="application/json", icon=":material/download:",
                    on_click="ignore")
-c2.download_button("Download Megatron blend", json.dumps(schedule.to_megatron_blend(exported), indent=2),
-                   key="dl_blend", file_name=f"blend-run{run_id}.json", mime="application/json",
-                   on_click="ignore", help="Per segment, the --data-path blend of Megatron-LM / GPT-NeoX")
+# the command line's megatron export (backend.exports): its units, precision and zero-weight rule
+c2.download_button("Download Megatron blend", exports.export(exported, "megatron") if exported["segments"] else "",
+                   key="dl_blend", file_name=f"megatron-run{run_id}.json", mime="application/json",
+                   on_click="ignore", disabled=not exported["segments"],
+                   help="Per segment, the --data-path blend of Megatron-LM / GPT-NeoX "
+                        "(export-schedule --format megatron)")
 # the report inlines plotly.js (~5 MB): build it only when asked
 c3.download_button("Download HTML report", lambda: report.render_report(store, run_id), key="dl_report",
                    file_name=f"report-run{run_id}.html", mime="text/html", icon=":material/description:",

@@ -513,6 +513,32 @@ def test_a_run_with_no_schedule_yet_says_so_on_the_schedules_page(db):
     assert f"Run #{bare} has no mixture yet" in texts(at.info)
 
 
+def test_the_megatron_download_is_the_command_lines_megatron_export(db, monkeypatch):
+    """The page's Megatron file is `export-schedule --format megatron`'s text
+    (a second renderer wrote 6 decimals and kept zero-weight domains);
+    a run with no segment yet has nothing to download."""
+    from streamlit.delta_generator import DeltaGenerator
+
+    from backend.exports import export, parse
+
+    offered = {}
+    download_button = DeltaGenerator.download_button
+
+    def spy(self, label, data, *args, **kwargs):
+        offered[kwargs["key"]] = (data, kwargs.get("disabled"))
+        return download_button(self, label, data, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "download_button", spy)
+    store, run_id = db
+    open_app("pages/schedules.py")
+    exported = export_schedule(store, run_id)
+    assert offered["dl_blend"] == (export(exported, "megatron"), False)
+    assert parse(offered["dl_blend"][0], "megatron")[0] == pytest.approx(exported["segments"][0]["weights"], abs=1e-12)
+    store.create_run(preset("tiny").to_dict())  # not started: no segment
+    open_app("pages/schedules.py")
+    assert offered["dl_blend"] == ("", True)
+
+
 @pytest.mark.parametrize("broken, field", [
     (lambda d: d["segments"][0]["weights"].update(strings=-1.0), "segments[0].weights.strings"),
     (lambda d: d.update(version=99), "version"),

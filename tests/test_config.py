@@ -426,8 +426,10 @@ def test_a_preset_that_is_not_a_known_name_is_refused(value, words):
     ('{"preset": "tiny", "name": "a\\ud800"}', "json", "name: text with a lone surrogate"),
     ('{"preset": "tiny", "na\\udfffme": 1}', "json", "top level: a key with a lone surrogate"),
     ('{"preset": ["tiny"]}', "json", "preset: expected a preset name"),
+    ('{"preset": "tiny", "train": {"lr": 0.001, "lr": 1e9}}', "json", "train: key 'lr' is given twice"),
 ], ids=["json-lists", "json-objects", "toml-arrays", "toml-inline-tables", "toml-dotted-key", "json-5000-digits",
-        "toml-5000-digits", "json-1e400", "json-surrogate", "json-surrogate-key", "json-preset-list"])
+        "toml-5000-digits", "json-1e400", "json-surrogate", "json-surrogate-key", "json-preset-list",
+        "json-duplicate-key"])
 def test_hostile_files_are_refused_naming_the_field(tmp_path, text, suffix, start):
     p = tmp_path / f"run.{suffix}"
     p.write_text(text, encoding="utf-8")

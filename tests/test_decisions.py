@@ -390,6 +390,7 @@ def test_a_manual_mixture_set_during_an_auto_run_is_what_trains(store):
     for step in (10, 20, 30):
         manual.append(set_mixture(store, rid, MORE_CODE | {"logic": step}, by="ana", step=step - 5))
         auto.append(boundary(store, rid, step))
+    store.update_run(rid, status="finished", step=40)  # the export holds the steps a run trained
     segments = export_schedule(store, rid)["segments"]
     assert [(s["from_step"], s["source"], s["proposal_id"], s["approved_by"]) for s in segments] == \
         [(0, "proposal", first, "auto")] + [(s, "manual", m, "ana") for s, m in zip((10, 20, 30), manual)]

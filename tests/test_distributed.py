@@ -17,6 +17,7 @@ from backend.data.domains import build_domains
 from backend.data.sampler import MixtureSampler
 from backend.distributed import Dist, rank_batches
 from backend.loop import run_dir_for
+from backend.schedule import export_schedule
 from backend.store import Store
 from conftest import ROOT, cli, cli_json
 
@@ -122,11 +123,16 @@ def test_two_processes_train_as_one_and_resume_in_one(tmp_path):
         assert s["world_size"] == 2 and s["weights"] == store.weights_at(rid, s["from_step"])
     # one owner: rank 0's pid wrote the heartbeat and owned the run, rank 1's never
     assert {s["pid"] for s in rank0} == {store.run(rid)["pid"]} != {s["pid"] for s in rank1}
+    # the export holds the stretches the ranks trained: to step 20 (the mixture applied there
+    # has trained nothing yet), not to the run's 30
+    stretches = lambda segs: [(s["from_step"], s["to_step"], s["weights"]) for s in segs]  # noqa: E731
+    assert stretches(export_schedule(store, rid)["segments"]) == stretches(rank0)
 
     # resume in one process from the 2-process checkpoint at step 20
     assert cli_json("run", "--resume", rid, db=ddp_db)["status"] == "finished"
     resumed = train_log(ddp_db, rid, 0)[-1]
     assert (resumed["from_step"], resumed["world_size"]) == (20, 1)
+    assert stretches(export_schedule(store, rid)["segments"]) == stretches(train_log(ddp_db, rid, 0))
 
     # every step's loss as in one process, to float rounding; the same schedule
     ddp_losses, ref_losses = losses_by_step(train_log(ddp_db, rid, 0)), losses_by_step(

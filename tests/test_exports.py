@@ -271,6 +271,14 @@ def first(pattern: str, repl: str):
     ("megatron", first(r'"segments": \[', '"segments": [1, '),
      r"megatron: segments: expected a non-empty list of objects"),
     ("streaming", lambda t: t + "x: " + "[" * 100_000 + "\n", "streaming: not valid YAML"),
+    # a key given twice: json.loads and yaml.safe_load would keep the last without a word
+    ("megatron", first(r'"data_path": "', '"data_path": "1 code", "data_path": "'),
+     r"megatron: segments\[0\]: key 'data_path' is given twice"),
+    ("native", first(r'"code": 0.2', '"code": 0.9, "code": 0.2'), r"native: segments\[0\].weights: key 'code' is given"),
+    ("streaming", first(r"\n  code: 400.0\n", "\n  code: 400.0\n  code: 40.0\n"),
+     r"streaming: not valid YAML: key 'code' is given twice \(line \d+\)"),
+    ("data-juicer", first(r"\nunit: documents\n", "\nunit: documents\nunit: tokens\n"),
+     r"data-juicer: not valid YAML: key 'unit' is given twice"),
     ("streaming", lambda t: t.replace("segments:", "old_segments:"), "streaming: segments: expected a non-empty list"),
     ("nemo", lambda t: t + "\nfoo = {[1]: 2}\n", None),  # code that is no literal: not read, not an error
     ("nemo", first(r"paths=\{", "paths={[1]: 2}, other={"), r"nemo: segment_0: paths= is not a literal"),
@@ -330,6 +338,7 @@ def test_what_the_store_exports_passes_the_schema(tmp_path):
         rid = store.create_run(cfg)
         store.add_segment(rid, from_step=0, tokens_at=0, weights={d: 1 / len(domains) for d in domains},
                           source="initial")
+        store.update_run(rid, status="finished", step=30)
         native = export_schedule(store, rid)
     finally:
         store.close()

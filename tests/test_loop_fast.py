@@ -243,3 +243,43 @@ def test_a_mixture_past_max_epochs_is_rejected_at_its_checkpoint_and_the_run_tra
     assert [c["weights"]["prose"] for c in store.checkpoints(rid)] == pytest.approx([1 / 7] * 3 + [0.0])
     assert store.checkpoints(rid)[-1]["domain_usage"]["prose"]["epochs"] <= 0.4
     assert store.events(rid, "max_epochs") == [] and store.events(rid, "failed") == []
+
+
+# -- replay: an export in, the same schedule out ----------------------------------------
+
+
+def test_a_replayed_export_exports_the_same_schedule_and_approvers(store, db):
+    import json
+
+    from backend.schedule import export_schedule, parse_schedule
+    from backend.worker import start_replay
+
+    rid = new_run(store)
+    run_loop(store, rid)
+    original = export_schedule(store, rid)
+    replay_id = start_replay(str(db), parse_schedule(json.dumps(original)), source="schedule.json", detach=False)
+    assert run_loop(store, replay_id) == "finished"
+    keep = ("from_step", "to_step", "from_tokens", "to_tokens", "weights", "approved_by")
+    replayed = export_schedule(store, replay_id)["segments"]
+    assert [{k: s[k] for k in keep} for s in replayed] == [{k: s[k] for k in keep} for s in original["segments"]]
+    # the first segment too keeps who approved it (the policy's auto-approval at step 0)
+    assert [s["approved_by"] for s in replayed] == ["auto"] * 3 and {s["source"] for s in replayed} == {"replay"}
+
+
+def test_a_stopped_run_exports_the_steps_it_trained_and_its_replay_trains_on(store, db):
+    import json
+
+    from backend.decisions import send_command
+    from backend.schedule import export_schedule, parse_schedule
+    from backend.worker import start_replay
+
+    rid = new_run(store)
+    stop = decide_at("propose", 10, lambda s: send_command(store, rid, "stop", by="ana"))
+    assert run_loop(store, rid, on_phase=stop) == "stopped"
+    assert [s["from_step"] for s in store.schedule(rid)] == [0, 10]  # applied at 10, never trained
+    out = export_schedule(store, rid)
+    assert [(s["from_step"], s["to_step"], s["to_tokens"]) for s in out["segments"]] == [(0, 10, 10 * 384)]
+    replay_id = start_replay(str(db), parse_schedule(json.dumps(out)), source="schedule.json", detach=False)
+    assert run_loop(store, replay_id) == "finished"
+    (seg,) = export_schedule(store, replay_id)["segments"]  # as far as the file goes, then its last mixture
+    assert (seg["from_step"], seg["to_step"], seg["weights"]) == (0, 30, out["segments"][0]["weights"])

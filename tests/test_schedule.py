@@ -1,5 +1,5 @@
-"""backend/schedule.py: parse (validate) imported schedules, render blends,
-and export a run's schedule from a store filled by hand."""
+"""backend/schedule.py: parse (validate) imported schedules and export a
+run's schedule from a store filled by hand."""
 
 import copy
 import itertools
@@ -16,7 +16,6 @@ from backend.schedule import (
     export_schedule,
     parse_replay,
     parse_schedule,
-    to_megatron_blend,
 )
 from backend.decisions import decide, set_mixture
 from backend.store import Store
@@ -131,6 +130,19 @@ def test_weights_follow_the_one_mixture_rule_renormalised():
     assert parse_schedule(schedule())["segments"][0]["weights"] == UNIFORM
 
 
+def test_weights_are_kept_as_floats_in_the_domains_order_without_a_negative_zero():
+    """-0.0 is a weight of 0 (an export must not show a negative share); an
+    integer 1 is 1.0; a file's own key order gives way to the domains'."""
+    for weights in ({**SKEWED, "noise": -0.0, "code": 0.2},  # sums to 1: the exact floats are kept
+                    {**SKEWED, "noise": -0.0},  # renormalised
+                    dict.fromkeys(DOMAINS, 0) | {"logic": 1}):
+        reordered = dict(reversed(list(weights.items())))
+        (_, seg) = parse_schedule(mutated(lambda s: s["segments"][1].update(weights=reordered)))["segments"]
+        assert list(seg["weights"]) == DOMAINS
+        assert all(type(w) is float and math.copysign(1, w) == 1 for w in seg["weights"].values())
+        assert json.dumps(seg["weights"]).count("-") == 0
+
+
 @pytest.mark.parametrize("data", ["{not json", b"\xff\xfe", "[1, 2]", "42", None])
 def test_not_a_json_object_is_refused(data):
     msg = refused(data)
@@ -148,17 +160,6 @@ def test_segment_source_is_optional():
         seg.pop("source")
     out = parse_schedule(s)
     assert [seg.get("source") for seg in out["segments"]] == [None, None]
-
-
-def test_megatron_blend():
-    out = to_megatron_blend(schedule(), {"strings": "/data/strings_text_document"})
-    assert [(b["from_step"], b["to_step"]) for b in out] == [(0, 10), (10, 30)]
-    parts = out[1]["data_path"].split(" ")
-    assert len(parts) == 2 * len(DOMAINS)
-    weights, paths = [float(p) for p in parts[::2]], parts[1::2]
-    assert paths == ["/data/strings_text_document"] + DOMAINS[1:]
-    assert weights == pytest.approx([SKEWED[d] for d in DOMAINS], abs=1e-6)
-    assert out[0]["data_path"].startswith("0.166667 /data/strings_text_document 0.166667 arithmetic")
 
 
 # -- export from a store filled by hand ---------------------------------------------
@@ -180,6 +181,7 @@ def filled(tmp_path):
     store.apply_approved(rid, step=20, tokens_at=20 * tokens_per_step)
     store.add_proposal(rid, step=20, strategy="deficit", current_weights=UNIFORM, weights=UNIFORM,
                        rationale={}, forecast={})
+    store.update_run(rid, status="finished", step=30)
     yield store, rid, pid, manual
     store.close()
 
@@ -190,7 +192,7 @@ def test_export_describes_the_trained_segments(filled):
     assert list(out)[:2] == ["format", "version"]
     assert (out["format"], out["version"], out["total_steps"], out["tokens_per_step"]) == (FORMAT, VERSION, 30, 384)
     assert out["domains"] == DOMAINS and out["config"] == CFG
-    assert out["run"] == {"id": rid, "name": "tiny", "seed": 0, "status": "created"}
+    assert out["run"] == {"id": rid, "name": "tiny", "seed": 0, "status": "finished"}
     segs = out["segments"]
     assert [(s["from_step"], s["to_step"]) for s in segs] == [(0, 10), (10, 20), (20, 30)]
     assert [s["source"] for s in segs] == ["initial", "proposal", "manual"]
@@ -214,8 +216,25 @@ def test_export_round_trips_through_json_and_parse(filled):
     parsed = parse_schedule(json.dumps(exported))
     assert isinstance(parsed["run_config"], RunConfig) and parsed["run_config"].to_dict() == CFG
     assert parsed["segments"] == exported["segments"]
-    blend = to_megatron_blend(parsed)
-    assert [(b["from_step"], b["to_step"]) for b in blend] == [(0, 10), (10, 20), (20, 30)]
+
+
+@pytest.mark.parametrize("status, step, spans", [
+    ("stopped", 25, [(0, 10), (10, 20), (20, 25)]),  # stopped mid-stretch
+    ("stopped", 20, [(0, 10), (10, 20)]),  # at checkpoint 20: the manual mixture applied there trained nothing
+    ("failed", 10, [(0, 10)]),
+    ("running", 0, []),
+    ("finished", 20, [(0, 10), (10, 20), (20, 30)]),  # an outside trainer's last checkpoint may be before its end
+])
+def test_an_unfinished_run_exports_the_steps_it_trained(filled, status, step, spans):
+    store, rid, *_ = filled
+    store.update_run(rid, status=status, step=step)
+    out = export_schedule(store, rid)
+    assert [(s["from_step"], s["to_step"]) for s in out["segments"]] == spans
+    assert [(s["from_tokens"], s["to_tokens"]) for s in out["segments"]] == [(a * 384, b * 384) for a, b in spans]
+    assert out["total_steps"] == 30  # the config's, as the run was planned
+    if spans:  # and it reads back for a replay, which trains on with the last mixture
+        parsed = parse_schedule(json.dumps(out))
+        assert parsed["segments"] == out["segments"]
 
 
 def test_export_prefers_the_stored_domains(filled):
@@ -256,12 +275,17 @@ def test_a_full_export_passes():
     (lambda s: s["segments"][1].update(proposal_id=2**63), "segments[1].proposal_id: 9223372036854775808 is outside"),
     (lambda s: s["segments"][0].update(to_step=20), "segments[0].to_step: 20 must equal segments[1].from_step 10"),
     (lambda s: s["segments"][0].update(to_step=5), "segments[0].to_step: 5 must equal segments[1].from_step 10"),
-    (lambda s: s["segments"][1].update(to_step=40), "segments[1].to_step: 40 must equal train.steps 30"),
+    (lambda s: s["segments"][1].update(to_step=40, to_tokens=None),
+     "segments[1].to_step: 40 must be after from_step 10 and at most train.steps 30"),
+    (lambda s: s["segments"][1].update(to_step=10, to_tokens=None),
+     "segments[1].to_step: 10 must be after from_step 10"),
     (lambda s: s["segments"][1].update(from_tokens=3841), "segments[1].from_tokens: 3841 is not step 10 x 384"),
     (lambda s: s["segments"][0].update(to_tokens=0), "segments[0].to_tokens: 0 is not step 10 x 384"),
     (lambda s: s["segments"].reverse(), "segments[0].from_step: the first segment must start at step 0"),
     (lambda s: s.update(total_steps=40), "total_steps: expected 30"),
     (lambda s: s.update(tokens_per_step=True), "tokens_per_step: expected 384"),
+    (lambda s: s.update(total_steps=30.0), "total_steps: expected 30 (from the config), got 30.0"),
+    (lambda s: s.update(version=1.0), "version: expected 1, got 1.0"),
     (lambda s: s.update(domains=DOMAINS[:-1]), "domains: expected the config's domains"),
     (lambda s: s["segments"][1]["weights"].update(noise=10**5000), "segments[1].weights.noise: an integer of"),
     (lambda s: s["segments"][1].update(approved_by="bob\ud800"), "segments[1].approved_by: text with a lone surrogate"),
@@ -282,7 +306,11 @@ def test_inconsistent_or_hostile_schedule_is_refused_naming_the_field(fn, start)
      "segments[1].weights.noise: an integer of 5000 digits"),
     (json.dumps(exported()).replace('"approved_by": null', '"approved_by": "\\udc00"', 1),
      "segments[0].approved_by: text with a lone surrogate"),
-], ids=["objects", "lists", "5000-digits", "surrogate"])
+    # json.loads keeps the last of a duplicate key without a word: the file means two things
+    (json.dumps(exported()).replace('"noise": 0.05', '"noise": 0.05, "noise": 0.9'),
+     "segments[1].weights: key 'noise' is given twice"),
+    (json.dumps(exported())[:-1] + ', "segments": []}', "top level: key 'segments' is given twice"),
+], ids=["objects", "lists", "5000-digits", "surrogate", "duplicate-weight", "duplicate-top-key"])
 def test_hostile_text_is_refused_naming_the_field(text, start):
     msg = refused(text)
     assert msg.startswith(start), msg[:200]
@@ -390,4 +418,22 @@ def test_replay_cli_refuses_a_bad_mixture_and_writes_nothing(tmp_path):
         mix.write_text(json.dumps(data))
         p = cli("replay", mix, *flags, db=db, check=False)
         assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, (flags, p.stderr[-400:])
+    assert not db.exists() or Store(db).runs() == []
+
+
+def test_replay_cli_refuses_a_file_over_the_limit_before_reading_it(tmp_path):
+    """A 2 GiB schedule (sparse: no disk) is refused by its size, under a
+    1.5 GB address-space limit that reading it whole would break."""
+    import resource
+
+    from conftest import cli
+
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(2**31)
+    db = tmp_path / "x.db"
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))  # noqa: E731
+    p = cli("replay", big, db=db, check=False, preexec_fn=limit)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-400:]
+    assert "schedule: the file is 2,147,483,648 bytes, above the limit of 5,000,000 bytes" in p.stderr
     assert not db.exists() or Store(db).runs() == []

@@ -9,7 +9,8 @@ preset a config names and merges its overrides (`merge`).
 `parse_text` and `check_plain` are the hardened parsing every input path
 shares (configs here, schedules in backend.schedule): they refuse, naming
 where, what would otherwise crash later: nesting deep enough to exhaust the
-stack, integers beyond 64 bits, text that cannot be encoded as UTF-8.
+stack, integers beyond 64 bits, text that cannot be encoded as UTF-8, a
+JSON key given twice (which json.loads would settle silently, last wins).
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def text_depth(text: str, fmt: str, limit: int | None = None) -> int:
 
 def parse_text(text: str | bytes, fmt: str, *, max_bytes: int, max_depth: int):
     """Parse JSON or TOML text within a size and depth limit; InputError
-    otherwise (not UTF-8, too large, too deep, invalid, a 5,000-digit int)."""
+    otherwise (not UTF-8, too large, too deep, invalid, a 5,000-digit int,
+    a key given twice in one object)."""
     size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
     if size > max_bytes:
         raise InputError(f"the file is {size:,} bytes, above the limit of {max_bytes:,} bytes")
@@ -128,7 +130,8 @@ def parse_text(text: str | bytes, fmt: str, *, max_bytes: int, max_depth: int):
     if text_depth(text, fmt, max_depth) > max_depth:
         raise InputError(f"not valid {kind}: nested deeper than {max_depth} levels")
     try:
-        data = json.loads(text, parse_int=_json_int) if fmt == "json" else tomllib.loads(text)
+        data = (json.loads(text, parse_int=_json_int, object_pairs_hook=_json_object) if fmt == "json"
+                else tomllib.loads(text))
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         raise InputError(f"not valid {kind}: {e}") from None
     except ValueError:  # tomllib: an int past str()'s 4,300-digit limit
@@ -151,6 +154,26 @@ def _json_int(digits: str):
     return int(digits) if len(digits) <= 20 else _LongInt(digits)
 
 
+class _DuplicateKey:
+    """A JSON object that gives a key twice, kept so check_plain can name
+    where (json.loads would keep the last value without a word; tomllib
+    refuses a duplicate itself)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _json_object(pairs: list[tuple[str, object]]):
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                return _DuplicateKey(k)
+            seen.add(k)
+    return out
+
+
 def _long_int_line(text: str) -> str:
     for n, line in enumerate(text.splitlines(), 1):
         m = re.search(r"(?<![\w.])[+-]?\d[\d_]{4000,}", line)
@@ -161,9 +184,10 @@ def _long_int_line(text: str) -> str:
 
 def check_plain(data, *, max_depth: int, path: str = "") -> None:
     """Refuse, naming the path, plain data deeper than max_depth, with an
-    integer outside 64 bits, or with a string (or key) that is not valid
-    Unicode (a lone surrogate cannot be written as UTF-8). Iterative, so
-    depth costs no stack."""
+    integer outside 64 bits, with a string (or key) that is not valid
+    Unicode (a lone surrogate cannot be written as UTF-8), or (as parse_text
+    reads JSON) with an object that gives a key twice. Iterative, so depth
+    costs no stack."""
     stack = [(data, path, 0)]
     while stack:
         value, where, depth = stack.pop()
@@ -178,6 +202,8 @@ def check_plain(data, *, max_depth: int, path: str = "") -> None:
                 raise InputError(f"{show(value)} is outside 64-bit integers", where or "top level")
         elif isinstance(value, _LongInt):
             raise InputError(f"an integer of {value.digits} digits is outside 64-bit integers", where or "top level")
+        elif isinstance(value, _DuplicateKey):
+            raise InputError(f"key {show(value.key)} is given twice", where or "top level")
         elif isinstance(value, dict):
             for k, v in value.items():
                 if isinstance(k, str):
