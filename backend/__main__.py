@@ -388,12 +388,11 @@ def cmd_report(s: Session) -> int:
 
 def cmd_validate(s: Session) -> int:
     from backend import config as config_mod
-
-    from backend.loop import check_tasks
+    from backend.worker import check_runnable
 
     args = s.args
     cfg = config_mod.load(args.config)
-    check_tasks(cfg)  # every lm-eval task loads here, offline, or is named
+    check_runnable(cfg, args.db)  # what `run` checks before it creates a run: data files, model, every lm-eval task
     _print(cfg.to_dict(), args.json, f"{args.config}: valid ({cfg.name}, {len(cfg.domain_names)} domains, "
            f"{len(cfg.steer_skills)} synthetic skills, {len(cfg.evaluation.tasks)} lm-eval tasks)")
     return 0

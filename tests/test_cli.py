@@ -166,3 +166,8 @@ def test_run_refuses_a_broken_data_file_before_creating_the_run(kind, tmp_path, 
     err = capsys.readouterr().err
     assert f"error: data.domains[6]: {said}" in err, err
     assert Store(db).runs() == []
+    # validate-config checks what a run start checks, and opens no database
+    other = tmp_path / "other.db"
+    assert main(["validate-config", str(tmp_path / "cfg.json"), "--db", str(other)]) == 2
+    assert f"error: data.domains[6]: {said}" in capsys.readouterr().err
+    assert not other.exists()
