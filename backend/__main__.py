@@ -24,7 +24,9 @@ class UsageError(Exception):
 
 class Session:
     """What one command works with: its arguments and the store, opened on
-    first use (validate-config never opens one) and closed by main()."""
+    first use (validate-config never opens one) and closed by main(). Only
+    a command that starts a new run (`creates_db`) creates a database that
+    is not there; the others name the path (a mistyped --db)."""
 
     def __init__(self, args):
         self.args = args
@@ -35,7 +37,11 @@ class Session:
         if self._store is None:
             from backend.store import Store
 
-            self._store = Store(self.args.db)
+            args = self.args
+            new_run = getattr(args, "creates_db", False) and getattr(args, "resume", None) is None
+            if not new_run and args.db != ":memory:" and not Path(args.db).exists():
+                raise UsageError(f"--db: no database at {str(args.db)!r} (python -m backend run creates one)")
+            self._store = Store(args.db)
         return self._store
 
     def close(self) -> None:
@@ -67,13 +73,13 @@ def cmd_run(s: Session) -> int:
     from backend.worker import create_run
 
     args = s.args
-    store = s.store
     if args.nproc > 1 and args.detach:
         raise UsageError("--nproc: runs in the foreground (--detach starts one process); "
                          "use nohup or a terminal multiplexer to leave it running")
     if args.resume is not None:
         if args.preset or args.config:
             raise UsageError("run --resume: continues an existing run; do not pass --preset/--config")
+        store = s.store
         run_id = args.resume
         store.run(run_id)
         if args.policy:
@@ -84,7 +90,8 @@ def cmd_run(s: Session) -> int:
             except DecisionError as e:  # nothing left to steer: the resume still finishes the run
                 print(f"--policy not applied: {e}", file=sys.stderr)
     else:
-        run_id = create_run(store, _load_config(args))
+        cfg = _load_config(args)
+        run_id = create_run(s.store, cfg)
     return _start(args, run_id, "run")
 
 
@@ -254,7 +261,8 @@ def cmd_set_mixture(s: Session) -> int:
     from backend.decisions import set_mixture
 
     args = s.args
-    pid = set_mixture(s.store, args.run, _weights_arg(args.weights), by=args.by, reason=args.reason)
+    weights = _weights_arg(args.weights)  # the flag first: a bad --weights is named before the database is
+    pid = set_mixture(s.store, args.run, weights, by=args.by, reason=args.reason)
     _print({"proposal": pid}, args.json, f"manual mixture stored as proposal {pid}; {_apply_note(s.store, args.run)}")
     return 0
 
@@ -430,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("run", cmd_run, "start a run (foreground, or --detach), or --resume one")
+    p.set_defaults(creates_db=True)
     p.add_argument("--preset", help="demo | gpu-small | tiny")
     p.add_argument("--config", help="run config file (.json or .toml)")
     p.add_argument("--policy", choices=("auto", "human"))
@@ -493,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file prefix or path of a domain's data in the trainer's format (repeatable)")
 
     p = add("replay", cmd_replay, "start a run that follows an exported schedule or a {domain: weight} mixture")
+    p.set_defaults(creates_db=True)
     p.add_argument("file", help="a native schedule (export-schedule) or a plain {domain: weight} JSON mixture")
     p.add_argument("--config", help="run config file for a plain mixture (.json or .toml)")
     p.add_argument("--preset", help="preset run for a plain mixture: demo | gpu-small | tiny")

@@ -42,10 +42,23 @@ def test_shipped_configs_validate():
 
 def test_unknown_run_and_proposal_are_named(tmp_path):
     db = tmp_path / "x.db"
+    Store(db).close()
     p = cli("show", 7, db=db, check=False)
     assert p.returncode == 2 and "no run 7" in p.stderr
     p = cli("decide", 3, "approve", db=db, check=False)
     assert p.returncode == 2 and "no proposal 3" in p.stderr
+
+
+@pytest.mark.parametrize("argv", [["runs"], ["show", "1"], ["decide", "1", "approve"], ["run", "--resume", "1"]])
+def test_a_database_that_is_not_there_is_named_not_created(argv, tmp_path, capsys):
+    """A mistyped --db: commands that read a run name the path instead of
+    creating an empty database (and its folder) and reporting no runs."""
+    from backend.__main__ import main
+
+    db = tmp_path / "typo" / "x.db"
+    assert main([*argv, "--db", str(db)]) == 2
+    assert f"error: --db: no database at '{db}'" in capsys.readouterr().err
+    assert not db.parent.exists()
 
 
 def test_replay_refuses_a_broken_schedule(tmp_path):
