@@ -427,6 +427,9 @@ def _nproc(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from backend.config.presets import PRESETS
+
+    presets = " | ".join(PRESETS)
     ap = argparse.ArgumentParser(prog="python -m backend", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -439,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", cmd_run, "start a run (foreground, or --detach), or --resume one")
     p.set_defaults(creates_db=True)
-    p.add_argument("--preset", help="demo | gpu-small | tiny")
+    p.add_argument("--preset", help=presets)
     p.add_argument("--config", help="run config file (.json or .toml)")
     p.add_argument("--policy", choices=("auto", "human"))
     p.add_argument("--seed", type=int)
@@ -505,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(creates_db=True)
     p.add_argument("file", help="a native schedule (export-schedule) or a plain {domain: weight} JSON mixture")
     p.add_argument("--config", help="run config file for a plain mixture (.json or .toml)")
-    p.add_argument("--preset", help="preset run for a plain mixture: demo | gpu-small | tiny")
+    p.add_argument("--preset", help=f"preset run for a plain mixture: {presets}")
     p.add_argument("--detach", action="store_true")
 
     p = add("report", cmd_report, "write a standalone HTML report of a run (charts, mixture, decisions)")

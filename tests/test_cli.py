@@ -25,6 +25,17 @@ def test_every_command_is_in_the_readme():
     assert not missing, f"commands missing from README.md: {missing}"
 
 
+@pytest.mark.parametrize("command", ["run", "replay"])
+def test_preset_help_lists_every_preset(command, capsys, monkeypatch):
+    from backend.config.presets import PRESETS
+
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapping (argparse breaks lines at hyphens)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    shown = capsys.readouterr().out
+    assert all(name in shown.split() for name in PRESETS), (sorted(PRESETS), shown)
+
+
 def test_bad_config_file_names_the_field(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text('preset = "tiny"\n[train]\nlr = -1.0\n')
