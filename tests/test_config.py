@@ -565,3 +565,10 @@ def test_an_evaluation_tasks_skill_may_carry_an_objective():
 ])
 def test_a_bad_objective_names_the_field(objective, field):
     assert field in refused(tiny() | {"objective": objective})
+
+
+def test_a_config_path_that_is_not_a_file_says_which_it_is(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load(tmp_path)

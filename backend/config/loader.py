@@ -325,7 +325,8 @@ def load(path: str | Path, *, limits: Limits | None = None) -> RunConfig:
     limits = limits or Limits.from_env()
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
+        raise ConfigError(f"config file {str(p)!r} " + ("is a folder, not a config file" if p.is_dir()
+                                                        else "does not exist"))
     if p.suffix not in (".toml", ".json"):
         raise ConfigError(f"config file {str(p)!r}: expected .json or .toml")
     if p.stat().st_size > limits.max_config_bytes:
