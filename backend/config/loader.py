@@ -364,7 +364,15 @@ def from_data(data: dict, *, limits: Limits | None = None, untrusted: bool = Fal
     data = dict(data)
     if "preset" in data:
         data = merge(preset_data(data.pop("preset")), data)
-    return from_dict(data, limits=limits, untrusted=untrusted)
+    cfg = from_dict(data, limits=limits, untrusted=untrusted)
+    # from_dict drops another strategy's legacy settings from options (stored
+    # configs of the era when options held all five); written by a person, one is a slip
+    known = [f.name for f in dataclasses.fields(cfg.controller.settings_class())]
+    for key in (data.get("controller") or {}).get("options") or {}:
+        if key not in known:
+            raise ConfigError(f"{key_path('controller.options', key)}: not a setting of strategy "
+                              f"{cfg.controller.strategy!r} (its settings: {', '.join(known) or 'none'})")
+    return cfg
 
 
 def merge(base: dict, over: dict) -> dict:
