@@ -9,6 +9,7 @@ with status 2; a traceback means a bug.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -342,6 +343,16 @@ def _prefixes(pairs: list[str] | None) -> dict[str, str] | None:
     return out or None
 
 
+@contextlib.contextmanager
+def _writing(output: str):
+    """-o OUTPUT as a Path; a file that cannot be written there (a folder,
+    no permission, a full disk) is named as -o's, not a traceback."""
+    try:
+        yield Path(output)
+    except OSError as e:
+        raise UsageError(f"-o: cannot write {output!r}: {e.strerror}") from None
+
+
 def cmd_export(s: Session) -> int:
     from backend.exports import export
     from backend.schedule import export_schedule
@@ -352,11 +363,9 @@ def cmd_export(s: Session) -> int:
     # measured tokens per document
     per_doc = {d["name"]: d["tokens_per_doc"] for d in s.store.domains(args.run) if d.get("tokens_per_doc")}
     text = export(data, args.format, prefixes=_prefixes(args.prefix), tokens_per_doc=per_doc or None)
-    try:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"-o: cannot write {args.output!r}: {e.strerror}") from None
+    with _writing(args.output) as path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
     _print({"file": args.output, "format": args.format, "segments": len(data["segments"])}, args.json,
            f"wrote {args.output} ({args.format}, {len(data['segments'])} segments)")
     return 0
@@ -389,7 +398,8 @@ def cmd_replay(s: Session) -> int:
 def cmd_report(s: Session) -> int:
     args = s.args
     from backend.report import write_report
-    write_report(s.store, args.run, args.output)
+    with _writing(args.output) as path:
+        write_report(s.store, args.run, path)
     _print({"file": args.output}, args.json, f"wrote {args.output}")
     return 0
 

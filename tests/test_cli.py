@@ -195,3 +195,13 @@ def test_run_refuses_a_broken_data_file_before_creating_the_run(kind, tmp_path, 
     assert main(["validate-config", str(tmp_path / "cfg.json"), "--db", str(other)]) == 2
     assert f"error: data.domains[6]: {said}" in capsys.readouterr().err
     assert not other.exists()
+
+
+@pytest.mark.parametrize("command", [["report"], ["export-schedule", "--format", "megatron"]])
+def test_an_output_that_cannot_be_written_is_named(command, tiny_run, tmp_path, capsys):
+    """-o naming a folder (or a path with no permission): exit 2 naming -o, no traceback."""
+    from backend.__main__ import main
+
+    db, run_id = tiny_run
+    assert main([command[0], str(run_id), *command[1:], "-o", str(tmp_path), "--db", str(db)]) == 2
+    assert f"error: -o: cannot write '{tmp_path}': Is a directory" in capsys.readouterr().err
