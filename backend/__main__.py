@@ -9,6 +9,7 @@ with status 2; a traceback means a bug.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -24,7 +25,9 @@ class UsageError(Exception):
 
 class Session:
     """What one command works with: its arguments and the store, opened on
-    first use (validate-config never opens one) and closed by main()."""
+    first use (validate-config never opens one) and closed by main(). Only
+    a command that starts a new run (`creates_db`) creates a database that
+    is not there; the others name the path (a mistyped --db)."""
 
     def __init__(self, args):
         self.args = args
@@ -35,7 +38,11 @@ class Session:
         if self._store is None:
             from backend.store import Store
 
-            self._store = Store(self.args.db)
+            args = self.args
+            new_run = getattr(args, "creates_db", False) and getattr(args, "resume", None) is None
+            if not new_run and args.db != ":memory:" and not Path(args.db).exists():
+                raise UsageError(f"--db: no database at {str(args.db)!r} (python -m backend run creates one)")
+            self._store = Store(args.db)
         return self._store
 
     def close(self) -> None:
@@ -67,13 +74,13 @@ def cmd_run(s: Session) -> int:
     from backend.worker import create_run
 
     args = s.args
-    store = s.store
     if args.nproc > 1 and args.detach:
         raise UsageError("--nproc: runs in the foreground (--detach starts one process); "
                          "use nohup or a terminal multiplexer to leave it running")
     if args.resume is not None:
         if args.preset or args.config:
             raise UsageError("run --resume: continues an existing run; do not pass --preset/--config")
+        store = s.store
         run_id = args.resume
         store.run(run_id)
         if args.policy:
@@ -84,7 +91,8 @@ def cmd_run(s: Session) -> int:
             except DecisionError as e:  # nothing left to steer: the resume still finishes the run
                 print(f"--policy not applied: {e}", file=sys.stderr)
     else:
-        run_id = create_run(store, _load_config(args))
+        cfg = _load_config(args)
+        run_id = create_run(s.store, cfg)
     return _start(args, run_id, "run")
 
 
@@ -254,7 +262,8 @@ def cmd_set_mixture(s: Session) -> int:
     from backend.decisions import set_mixture
 
     args = s.args
-    pid = set_mixture(s.store, args.run, _weights_arg(args.weights), by=args.by, reason=args.reason)
+    weights = _weights_arg(args.weights)  # the flag first: a bad --weights is named before the database is
+    pid = set_mixture(s.store, args.run, weights, by=args.by, reason=args.reason)
     _print({"proposal": pid}, args.json, f"manual mixture stored as proposal {pid}; {_apply_note(s.store, args.run)}")
     return 0
 
@@ -334,6 +343,16 @@ def _prefixes(pairs: list[str] | None) -> dict[str, str] | None:
     return out or None
 
 
+@contextlib.contextmanager
+def _writing(output: str):
+    """-o OUTPUT as a Path; a file that cannot be written there (a folder,
+    no permission, a full disk) is named as -o's, not a traceback."""
+    try:
+        yield Path(output)
+    except OSError as e:
+        raise UsageError(f"-o: cannot write {output!r}: {e.strerror}") from None
+
+
 def cmd_export(s: Session) -> int:
     from backend.exports import export
     from backend.schedule import export_schedule
@@ -344,11 +363,9 @@ def cmd_export(s: Session) -> int:
     # measured tokens per document
     per_doc = {d["name"]: d["tokens_per_doc"] for d in s.store.domains(args.run) if d.get("tokens_per_doc")}
     text = export(data, args.format, prefixes=_prefixes(args.prefix), tokens_per_doc=per_doc or None)
-    try:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"-o: cannot write {args.output!r}: {e.strerror}") from None
+    with _writing(args.output) as path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
     _print({"file": args.output, "format": args.format, "segments": len(data["segments"])}, args.json,
            f"wrote {args.output} ({args.format}, {len(data['segments'])} segments)")
     return 0
@@ -386,19 +403,19 @@ def cmd_replay(s: Session) -> int:
 def cmd_report(s: Session) -> int:
     args = s.args
     from backend.report import write_report
-    write_report(s.store, args.run, args.output)
+    with _writing(args.output) as path:
+        write_report(s.store, args.run, path)
     _print({"file": args.output}, args.json, f"wrote {args.output}")
     return 0
 
 
 def cmd_validate(s: Session) -> int:
     from backend import config as config_mod
-
-    from backend.loop import check_tasks
+    from backend.worker import check_runnable
 
     args = s.args
     cfg = config_mod.load(args.config)
-    check_tasks(cfg)  # every lm-eval task loads here, offline, or is named
+    check_runnable(cfg, args.db)  # what `run` checks before it creates a run: data files, model, every lm-eval task
     _print(cfg.to_dict(), args.json, f"{args.config}: valid ({cfg.name}, {len(cfg.domain_names)} domains, "
            f"{len(cfg.steer_skills)} synthetic skills, {len(cfg.evaluation.tasks)} lm-eval tasks)")
     return 0
@@ -425,6 +442,9 @@ def _nproc(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from backend.config.presets import PRESETS
+
+    presets = " | ".join(PRESETS)
     ap = argparse.ArgumentParser(prog="python -m backend", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -436,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("run", cmd_run, "start a run (foreground, or --detach), or --resume one")
-    p.add_argument("--preset", help="demo | gpu-small | tiny")
+    p.set_defaults(creates_db=True)
+    p.add_argument("--preset", help=presets)
     p.add_argument("--config", help="run config file (.json or .toml)")
     p.add_argument("--policy", choices=("auto", "human"))
     p.add_argument("--seed", type=int)
@@ -499,9 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file prefix or path of a domain's data in the trainer's format (repeatable)")
 
     p = add("replay", cmd_replay, "start a run that follows an exported schedule or a {domain: weight} mixture")
+    p.set_defaults(creates_db=True)
     p.add_argument("file", help="a native schedule (export-schedule) or a plain {domain: weight} JSON mixture")
     p.add_argument("--config", help="run config file for a plain mixture (.json or .toml)")
-    p.add_argument("--preset", help="preset run for a plain mixture: demo | gpu-small | tiny")
+    p.add_argument("--preset", help=f"preset run for a plain mixture: {presets}")
     p.add_argument("--detach", action="store_true")
 
     p = add("report", cmd_report, "write a standalone HTML report of a run (charts, mixture, decisions)")

@@ -164,11 +164,11 @@ class Components:
     """Draw batches in a background thread (a GPU trains: the CPU is free)."""
 
 
-def run_dir_for(store: Store, run_id: int) -> Path:
-    """Run files (tokenizer, checkpoints, eval data) live beside the database,
-    named after it, so two databases in one folder never share a run folder:
-    runs/closed_loop.db -> runs/closed_loop-run-1/."""
-    db = Path(store.path).resolve()
+def run_dir_for(store: Store | str | os.PathLike, run_id: int) -> Path:
+    """Run files (tokenizer, checkpoints, eval data) live beside the database
+    (a Store or its path), named after it, so two databases in one folder
+    never share a run folder: runs/closed_loop.db -> runs/closed_loop-run-1/."""
+    db = Path(store.path if isinstance(store, Store) else store).resolve()
     return db.parent / f"{db.stem}-run-{run_id}"
 
 
@@ -295,10 +295,9 @@ def build_components(cfg: RunConfig, run_dir: Path, dist: Dist | None = None) ->
     domains = build_domains(cfg.data.domains, seed=cfg.seed,
                             eval_items_per_skill=cfg.evaluation.items_per_skill * cfg.evaluation.item_rounds)
     tok_dir = run_dir / "tokenizer"
-    if cfg.data.tokenizer_path:
-        tokenizer = load_tokenizer(cfg.data.tokenizer_path)
-    elif cfg.model.pretrained:  # your own model: its own tokenizer, from the same folder
-        tokenizer = load_tokenizer(cfg.model.pretrained)
+    own = own_tokenizer(cfg)
+    if own:
+        tokenizer = load_tokenizer(own[0])
     elif (tok_dir / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(tok_dir)  # resume: the run's own tokenizer
     else:
@@ -306,7 +305,7 @@ def build_components(cfg: RunConfig, run_dir: Path, dist: Dist | None = None) ->
     model = build_model(cfg.model, len(tokenizer), cfg.data.context_length,
                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seed=cfg.seed)
     if cfg.model.pretrained:
-        check_fits(tokenizer, model, "data.tokenizer_path" if cfg.data.tokenizer_path else "model.pretrained")
+        check_fits(tokenizer, model.config.vocab_size, own[1])
     trainer = Trainer(model, cfg.train, device, dist=dist)
     sampler = MixtureSampler(domains, tokenizer, cfg.data.context_length, cfg.seed,
                              cache_dir=cache_root(cfg.data.cache_dir, run_dir), progress=True)
@@ -316,6 +315,40 @@ def build_components(cfg: RunConfig, run_dir: Path, dist: Dist | None = None) ->
                       checkpointer=FolderCheckpointer(run_dir / "checkpoints", model, trainer,
                                                      keep_last=cfg.train.keep_checkpoints, tokenizer=tokenizer),
                       background=device.type == "cuda")
+
+
+def own_tokenizer(cfg: RunConfig) -> tuple[str, str] | None:
+    """The folder of the tokenizer a run brings and the field that names it:
+    data.tokenizer_path, else your own model's (model.pretrained); None when
+    the run trains its own."""
+    if cfg.data.tokenizer_path:
+        return cfg.data.tokenizer_path, "data.tokenizer_path"
+    if cfg.model.pretrained:
+        return cfg.model.pretrained, "model.pretrained"
+    return None
+
+
+def check_pretrained(cfg: RunConfig) -> None:
+    """Before a run on your own model (model.pretrained) is created: its
+    tokenizer loads and the model embeds every id of it (the vocabulary
+    read from the model's config.json, its weights not loaded), so the
+    worker cannot fail on it. ConfigError names the field."""
+    if not cfg.model.pretrained:
+        return
+    from transformers import AutoConfig
+
+    from backend.config import ConfigError
+    from backend.data.tokenizer import check_fits, load_tokenizer
+
+    folder, field = own_tokenizer(cfg)
+    try:
+        vocab = AutoConfig.from_pretrained(cfg.model.pretrained, local_files_only=True).vocab_size
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.pretrained: no model config loads from {cfg.model.pretrained!r} ({e})") from None
+    try:
+        check_fits(load_tokenizer(folder), vocab, field)
+    except ValueError as e:
+        raise ConfigError(str(e) if str(e).startswith(field) else f"{field}: {e}") from None
 
 
 def build_evaluator(cfg: RunConfig, run_dir: Path, model, tokenizer, device, sampler) -> ModelEvaluator:

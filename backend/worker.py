@@ -62,27 +62,29 @@ def create_run(store: Store, cfg: RunConfig, *, replay_schedule: dict | None = N
     this machine can answer is checked first (check_runnable), so a run that
     would fail in its worker is refused naming the field before anything is
     written."""
-    check_runnable(cfg, store)
+    check_runnable(cfg, store.path)
     return store.create_run(cfg.to_dict(), parent_run=parent_run, replay_schedule=replay_schedule)
 
 
-def check_runnable(cfg: RunConfig, store: Store) -> None:
+def check_runnable(cfg: RunConfig, db_path: str | os.PathLike) -> None:
     """What a config cannot say about the machine it runs on: a GPU where
     train.device asks for one, every folder domain's folder, every domain's
     source and the files of each text domain (their preflight: formats and
     a bounded prefix, backend.data.sources.Shard.preflight; files that a
-    token cache of `store`'s runs was built from are not read again), and
-    every lm-eval task loading offline (backend.loop.check_tasks).
-    ConfigError names the field, and the file, line and JSON field."""
+    token cache of the runs of the database at `db_path` was built from are
+    not read again), your own model's tokenizer fitting it
+    (backend.loop.check_pretrained), and every lm-eval task loading offline
+    (backend.loop.check_tasks). ConfigError names the field, and the file,
+    line and JSON field. Nothing is written."""
     from backend.config import ConfigError
     from backend.data.cache import cache_root
     from backend.data.domains import DataError, build_domain
-    from backend.loop import check_tasks, run_dir_for
+    from backend.loop import check_pretrained, check_tasks, run_dir_for
 
     for i, d in enumerate(cfg.data.domains):
         if d.path is not None and not Path(d.path).is_dir():
             raise ConfigError(f"data.domains[{i}].path: no such folder {d.path!r} on this machine")
-    caches = cache_root(cfg.data.cache_dir, run_dir_for(store, 0))  # every run of the store shares this root
+    caches = cache_root(cfg.data.cache_dir, run_dir_for(db_path, 0))  # every run of the database shares this root
     for i, d in enumerate(cfg.data.domains):
         try:
             domain = build_domain(d)
@@ -95,6 +97,7 @@ def check_runnable(cfg: RunConfig, store: Store) -> None:
 
         if not torch.cuda.is_available():
             raise ConfigError("train.device: cuda, but torch sees no GPU on this machine (use auto or cpu)")
+    check_pretrained(cfg)
     check_tasks(cfg)
 
 

@@ -25,6 +25,17 @@ def test_every_command_is_in_the_readme():
     assert not missing, f"commands missing from README.md: {missing}"
 
 
+@pytest.mark.parametrize("command", ["run", "replay"])
+def test_preset_help_lists_every_preset(command, capsys, monkeypatch):
+    from backend.config.presets import PRESETS
+
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapping (argparse breaks lines at hyphens)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    shown = capsys.readouterr().out
+    assert all(name in shown.split() for name in PRESETS), (sorted(PRESETS), shown)
+
+
 def test_bad_config_file_names_the_field(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text('preset = "tiny"\n[train]\nlr = -1.0\n')
@@ -42,10 +53,23 @@ def test_shipped_configs_validate():
 
 def test_unknown_run_and_proposal_are_named(tmp_path):
     db = tmp_path / "x.db"
+    Store(db).close()
     p = cli("show", 7, db=db, check=False)
     assert p.returncode == 2 and "no run 7" in p.stderr
     p = cli("decide", 3, "approve", db=db, check=False)
     assert p.returncode == 2 and "no proposal 3" in p.stderr
+
+
+@pytest.mark.parametrize("argv", [["runs"], ["show", "1"], ["decide", "1", "approve"], ["run", "--resume", "1"]])
+def test_a_database_that_is_not_there_is_named_not_created(argv, tmp_path, capsys):
+    """A mistyped --db: commands that read a run name the path instead of
+    creating an empty database (and its folder) and reporting no runs."""
+    from backend.__main__ import main
+
+    db = tmp_path / "typo" / "x.db"
+    assert main([*argv, "--db", str(db)]) == 2
+    assert f"error: --db: no database at '{db}'" in capsys.readouterr().err
+    assert not db.parent.exists()
 
 
 def test_replay_refuses_a_broken_schedule(tmp_path):
@@ -166,3 +190,18 @@ def test_run_refuses_a_broken_data_file_before_creating_the_run(kind, tmp_path, 
     err = capsys.readouterr().err
     assert f"error: data.domains[6]: {said}" in err, err
     assert Store(db).runs() == []
+    # validate-config checks what a run start checks, and opens no database
+    other = tmp_path / "other.db"
+    assert main(["validate-config", str(tmp_path / "cfg.json"), "--db", str(other)]) == 2
+    assert f"error: data.domains[6]: {said}" in capsys.readouterr().err
+    assert not other.exists()
+
+
+@pytest.mark.parametrize("command", [["report"], ["export-schedule", "--format", "megatron"]])
+def test_an_output_that_cannot_be_written_is_named(command, tiny_run, tmp_path, capsys):
+    """-o naming a folder (or a path with no permission): exit 2 naming -o, no traceback."""
+    from backend.__main__ import main
+
+    db, run_id = tiny_run
+    assert main([command[0], str(run_id), *command[1:], "-o", str(tmp_path), "--db", str(db)]) == 2
+    assert f"error: -o: cannot write '{tmp_path}': Is a directory" in capsys.readouterr().err

@@ -390,6 +390,20 @@ def test_flat_strategy_keys_of_older_configs_move_into_options(settings_strategy
     assert refused(old).startswith("controller.step_size: expected a number")
 
 
+def test_a_file_giving_another_strategys_setting_in_options_is_refused():
+    """[controller.options] reference_losses with the default strategy (a
+    slip: strategy = "doremi" forgotten) names the key instead of running
+    deficit without it; a stored config of the era when options held every
+    strategy's five settings still loads (from_dict)."""
+    text = 'preset = "tiny"\n[controller.options]\nreference_losses = {strings = 1.0}\n'
+    with pytest.raises(ConfigError, match=r"^controller.options.reference_losses: not a setting of strategy "
+                                          r"'deficit' \(its settings: step_size, target, saturation\)"):
+        config.from_text(text, "toml")
+    stored = preset("tiny").to_dict()
+    stored["controller"]["options"]["reference_losses"] = None
+    assert "reference_losses" not in from_dict(stored).controller.options
+
+
 def test_changing_the_strategy_over_a_preset_drops_its_options(settings_strategy):
     cfg = from_data({"preset": "tiny", "controller": {"strategy": "test-settings"}})
     assert cfg.controller.options == {"step_size": 1.0, "horizon": 2}
@@ -567,3 +581,10 @@ def test_an_evaluation_tasks_skill_may_carry_an_objective():
 ])
 def test_a_bad_objective_names_the_field(objective, field):
     assert field in refused(tiny() | {"objective": objective})
+
+
+def test_a_config_path_that_is_not_a_file_says_which_it_is(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load(tmp_path)

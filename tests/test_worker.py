@@ -202,3 +202,20 @@ def test_a_run_that_would_fail_in_its_worker_is_refused_before_it_is_stored(stor
     with pytest.raises(ConfigError, match=r"evaluation.tasks\[0\].task: unknown"):
         create_run(store, preset("tiny").replace(evaluation=ev))
     assert len(store.runs()) == before
+
+
+def test_your_own_model_with_a_tokenizer_it_cannot_embed_is_refused_before_it_is_stored(store, tmp_path):
+    """model.pretrained whose tokenizer has ids the model cannot embed: a
+    ConfigError naming the field before any run row is written (not a
+    failed run and a traceback from its worker)."""
+    from test_model import _own_model_folder
+
+    from backend.config import ConfigError, preset
+    from backend.worker import create_run
+
+    folder, n_tokens = _own_model_folder(tmp_path, spare_ids=-10)
+    model = {**preset("tiny").to_dict()["model"], "pretrained": str(folder)}
+    with pytest.raises(ConfigError, match=f"model.pretrained: the tokenizer has {n_tokens} tokens but the model "
+                                          f"embeds only {n_tokens - 10}"):
+        create_run(store, preset("tiny").replace(model=model))
+    assert store.runs() == []

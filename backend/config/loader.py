@@ -351,7 +351,8 @@ def load(path: str | Path, *, limits: Limits | None = None) -> RunConfig:
     limits = limits or Limits.from_env()
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
+        raise ConfigError(f"config file {str(p)!r} " + ("is a folder, not a config file" if p.is_dir()
+                                                        else "does not exist"))
     if p.suffix not in (".toml", ".json"):
         raise ConfigError(f"config file {str(p)!r}: expected .json or .toml")
     if p.stat().st_size > limits.max_config_bytes:
@@ -389,7 +390,15 @@ def from_data(data: dict, *, limits: Limits | None = None, untrusted: bool = Fal
     data = dict(data)
     if "preset" in data:
         data = merge(preset_data(data.pop("preset")), data)
-    return from_dict(data, limits=limits, untrusted=untrusted)
+    cfg = from_dict(data, limits=limits, untrusted=untrusted)
+    # from_dict drops another strategy's legacy settings from options (stored
+    # configs of the era when options held all five); written by a person, one is a slip
+    known = [f.name for f in dataclasses.fields(cfg.controller.settings_class())]
+    for key in (data.get("controller") or {}).get("options") or {}:
+        if key not in known:
+            raise ConfigError(f"{key_path('controller.options', key)}: not a setting of strategy "
+                              f"{cfg.controller.strategy!r} (its settings: {', '.join(known) or 'none'})")
+    return cfg
 
 
 def merge(base: dict, over: dict) -> dict:

@@ -339,7 +339,8 @@ class ControllerConfig:
     """Strategy settings that older configs and stored runs give flat in
     [controller]; they load into `options` (a flat key wins over the same
     key in options). One the strategy's settings lack is dropped, flat or in
-    options, as every strategy used to ignore the others' fields."""
+    options, as every strategy used to ignore the others' fields; a config
+    file or upload that puts one in options is refused (loader.from_data)."""
 
     def __init__(self, *, options: dict | None = None, **values):
         flat = {k: values.pop(k) for k in list(values) if k in self.LEGACY_KEYS}

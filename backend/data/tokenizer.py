@@ -148,11 +148,10 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
-def check_fits(tokenizer, model, where: str) -> None:
-    """Refuse a tokenizer whose ids the model cannot embed (a tokenizer
-    from another model): every id, EOS and pad included, must be below the
-    model's vocabulary size. `where` names the config field."""
-    vocab = model.config.vocab_size
+def check_fits(tokenizer, vocab: int, where: str) -> None:
+    """Refuse a tokenizer whose ids a model embedding `vocab` ids cannot
+    embed (a tokenizer from another model): every id, EOS and pad included,
+    must be below it. ValueError; `where` names the config field."""
     if len(tokenizer) > vocab:
         raise ValueError(f"{where}: the tokenizer has {len(tokenizer)} tokens but the model embeds only {vocab}: "
                          f"they do not belong together")
