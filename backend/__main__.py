@@ -388,9 +388,9 @@ def cmd_replay(s: Session) -> int:
         cfg = config_mod.load(args.config)
     elif args.preset:
         cfg = config_mod.preset(args.preset)
-    limit = Limits.from_env().max_schedule_bytes
-    if path.stat().st_size > limit:  # before reading: a 4 GB file is refused, not loaded
-        raise ScheduleError(f"{args.file}: schedule: the file is {path.stat().st_size:,} bytes, above the limit of "
+    limit, size = Limits.from_env().max_schedule_bytes, path.stat().st_size
+    if size > limit:  # before reading: a 4 GB file is refused, not loaded
+        raise ScheduleError(f"{args.file}: schedule: the file is {size:,} bytes, above the limit of "
                             f"{limit:,} bytes (CLOSED_LOOP_MAX_SCHEDULE_BYTES)")
     try:
         sched = parse_replay(path.read_bytes(), cfg)
